@@ -1,0 +1,253 @@
+"""Templates of NetFlow v9 and IPFIX, compiled once into columnar record decoders.
+
+A template is compiled into a numpy structured dtype whose fields sit at the template's
+offsets, so all records of every data set using it (across many datagrams) are turned
+into column arrays with one ``np.frombuffer`` and one conversion per column.  Templates
+with variable-length fields (RFC 7011 §7) are first normalised record by record into a
+fixed layout; they are rare in flow export, so that slower path is acceptable.
+
+Templates are scoped per exporter address and observation domain (RFC 7011 §8, RFC 3954
+§5.1 source id): :class:`TemplateCache` keys them by (exporter, domain, template id).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .fields import BY_IE, PREFERENCE, REQUIRED_LENGTH, Conv
+
+VARIABLE = 65535
+_STRING_WIDTH = 64  # variable-length strings are cut to this in the normalised layout
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One template field: element id, length (65535 = variable), enterprise number."""
+
+    ie: int
+    length: int
+    enterprise: int = 0
+
+
+@dataclass(frozen=True)
+class Extract:
+    """Where a used element sits in the (normalised) record and what it fills."""
+
+    name: str  # the structured-dtype field name
+    target: str
+    conv: Conv
+    ie: int
+    length: int
+
+
+@dataclass
+class CompiledTemplate:
+    """A template ready to decode records: fixed-layout dtype plus the extracts.
+
+    `variable` templates carry `wire_fields`, used to normalise each record into the
+    fixed `dtype` layout before the columnar step.
+    """
+
+    fields: tuple[FieldSpec, ...]
+    scope_count: int
+    dtype: np.dtype[np.void]
+    extracts: tuple[Extract, ...]
+    variable: bool
+    min_record_length: int
+    enterprise_fields: int
+    unusable_fields: int
+    wire_fields: tuple[tuple[FieldSpec, str | None], ...] = field(default=())
+
+    @property
+    def record_length(self) -> int:
+        return self.dtype.itemsize
+
+    @property
+    def is_options(self) -> bool:
+        return self.scope_count > 0
+
+    def records(self, body: bytes | memoryview) -> tuple[bytes, int]:
+        """Fixed-layout bytes for the records in one set body, and how many there are.
+
+        Trailing bytes shorter than a record are padding (RFC 7011 §3.3.1).
+        """
+        if not self.variable:
+            n = len(body) // self.record_length
+            return bytes(body[: n * self.record_length]), n
+        return self._normalise(bytes(body))
+
+    def _normalise(self, body: bytes) -> tuple[bytes, int]:
+        out = bytearray()
+        off, n, end = 0, 0, len(body)
+        width = self.record_length
+        while end - off >= self.min_record_length and self.min_record_length > 0:
+            rec = bytearray(width)
+            pos = 0
+            for spec, name in self.wire_fields:
+                length = spec.length
+                if length == VARIABLE:
+                    if off >= end:
+                        return bytes(out), n
+                    length = body[off]
+                    off += 1
+                    if length == 255:
+                        if off + 2 > end:
+                            return bytes(out), n
+                        length = int.from_bytes(body[off : off + 2], "big")
+                        off += 2
+                if off + length > end:
+                    return bytes(out), n
+                if name is not None:
+                    dst = self.dtype.fields[name][1]  # type: ignore[index]
+                    size = self.dtype.fields[name][0].itemsize  # type: ignore[index]
+                    chunk = body[off : off + min(length, size)]
+                    if spec.length == VARIABLE:
+                        rec[dst : dst + len(chunk)] = chunk
+                    else:
+                        rec[dst : dst + size] = chunk
+                off += length
+                pos += 1
+            out += rec
+            n += 1
+        return bytes(out), n
+
+    def decode(self, data: bytes, n: int) -> dict[str, npt.NDArray[Any]]:
+        """Raw arrays per extract target (targets may repeat: first by preference wins)."""
+        rec = np.frombuffer(data, dtype=self.dtype, count=n)
+        out: dict[str, npt.NDArray[Any]] = {}
+        for ex in self.extracts:
+            if ex.target in out:
+                continue
+            out[ex.target] = convert(rec[ex.name], ex.conv, ex.length)
+        return out
+
+
+def convert(col: npt.NDArray[Any], conv: Conv, length: int) -> npt.NDArray[Any]:
+    """One field's values (a strided view of the records) to a plain array."""
+    if conv in (Conv.ADDR6,):
+        return np.ascontiguousarray(col)  # (n, 16) uint8
+    if conv is Conv.ADDR4:
+        from ..batch import ipv4_to_addr
+
+        return ipv4_to_addr(col.astype(np.uint32))
+    if conv is Conv.STRING:
+        return col  # (n, width) uint8, decoded by the options handler
+    if conv is Conv.MAC or (conv is Conv.UINT and length not in (1, 2, 4, 8)):
+        raw = col.astype(np.uint64)  # (n, length) bytes, big-endian
+        acc = np.zeros(len(col), dtype=np.uint64)
+        for i in range(raw.shape[1]):
+            acc = (acc << np.uint64(8)) | raw[:, i]
+        return acc
+    return col.astype(col.dtype.newbyteorder("="))
+
+
+def _field_format(conv: Conv, length: int) -> tuple[Any, int]:
+    if conv in (Conv.ADDR6, Conv.MAC) or (conv is Conv.UINT and length not in (1, 2, 4, 8)):
+        return (np.uint8, (length,)), length
+    if conv is Conv.STRING:
+        width = _STRING_WIDTH if length == VARIABLE else length
+        return (np.uint8, (width,)), width
+    if conv in (Conv.NTP_US, Conv.NTP_NS, Conv.MILLISECONDS) or length == 8:
+        return np.dtype(">u8"), 8
+    return np.dtype(f">u{length}"), length
+
+
+def compile_template(fields: tuple[FieldSpec, ...], scope_count: int = 0) -> CompiledTemplate:
+    """Compile a template's field list (see the module docstring)."""
+    variable = any(f.length == VARIABLE for f in fields)
+    names: list[str] = []
+    formats: list[Any] = []
+    offsets: list[int] = []
+    extracts: list[Extract] = []
+    wire: list[tuple[FieldSpec, str | None]] = []
+    enterprise = unusable = 0
+    wire_off = 0  # offset in the wire record (fixed templates)
+    norm_off = 0  # offset in the normalised record (variable templates)
+    for i, spec in enumerate(fields):
+        element = BY_IE.get(spec.ie) if spec.enterprise == 0 else None
+        if spec.enterprise:
+            enterprise += 1
+        usable = element is not None and (
+            (element.conv is Conv.STRING)
+            or (spec.length in REQUIRED_LENGTH.get(element.conv, ()))
+        )
+        if element is not None and not usable:
+            unusable += 1
+        name: str | None = None
+        if usable and element is not None:
+            name = f"f{i}"
+            fmt, width = _field_format(element.conv, spec.length)
+            names.append(name)
+            formats.append(fmt)
+            offsets.append(norm_off if variable else wire_off)
+            if variable:
+                norm_off += width
+            extracts.append(Extract(name, element.target, element.conv, spec.ie, spec.length))
+        wire.append((spec, name))
+        if spec.length != VARIABLE:
+            wire_off += spec.length
+    itemsize = norm_off if variable else wire_off
+    extracts.sort(key=lambda e: PREFERENCE.get(e.ie, 1 << 30))
+    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets,
+                      "itemsize": max(itemsize, 1)})
+    min_len = sum(1 if f.length == VARIABLE else f.length for f in fields)
+    return CompiledTemplate(
+        fields=fields,
+        scope_count=scope_count,
+        dtype=dtype,
+        extracts=tuple(extracts),
+        variable=variable,
+        min_record_length=min_len,
+        enterprise_fields=enterprise,
+        unusable_fields=unusable,
+        wire_fields=tuple(wire) if variable else (),
+    )
+
+
+TemplateKey = tuple[str, int, int]  # exporter, observation domain, template id
+
+
+class TemplateCache:
+    """Live templates per (exporter, domain, id); identical definitions share one compile."""
+
+    def __init__(self) -> None:
+        self._live: dict[TemplateKey, CompiledTemplate] = {}
+        self._compiled: dict[tuple[tuple[FieldSpec, ...], int], CompiledTemplate] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def get(self, key: TemplateKey) -> CompiledTemplate | None:
+        return self._live.get(key)
+
+    def define(self, key: TemplateKey, fields: tuple[FieldSpec, ...], scope_count: int = 0
+               ) -> tuple[CompiledTemplate, bool]:
+        """Install a template; returns it and whether it is new or changed."""
+        ck = (fields, scope_count)
+        tmpl = self._compiled.get(ck)
+        if tmpl is None:
+            tmpl = compile_template(fields, scope_count)
+            if len(self._compiled) > 4096:  # a misbehaving exporter cycling definitions
+                self._compiled.clear()
+            self._compiled[ck] = tmpl
+        previous = self._live.get(key)
+        self._live[key] = tmpl
+        return tmpl, previous is not tmpl
+
+    def withdraw(self, key: TemplateKey) -> bool:
+        return self._live.pop(key, None) is not None
+
+    def withdraw_domain(self, exporter: str, domain: int, options: bool | None = None) -> int:
+        """Withdraw all templates (or all options / data templates) of one domain."""
+        doomed = [k for k, t in self._live.items()
+                  if k[0] == exporter and k[1] == domain and (options is None or t.is_options == options)]
+        for k in doomed:
+            del self._live[k]
+        return len(doomed)
+
+    def keys(self) -> list[TemplateKey]:
+        return list(self._live)
