@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .columns import BY_NAME, COLUMNS, DIRECTION_NAMES, Kind
+from .columns import BY_NAME, COLUMNS, Kind
 
 U8 = npt.NDArray[np.uint8]
 UIntArray = npt.NDArray[np.unsignedinteger[Any]]
@@ -169,6 +169,8 @@ class FlowBatch:
     def concat(batches: Sequence[FlowBatch]) -> FlowBatch:
         """One batch holding all rows of `batches`, in order."""
         batches = [b for b in batches if b.n]
+        if not batches:
+            return FlowBatch(0)
         if len(batches) == 1:
             return batches[0]
         total = sum(b.n for b in batches)
@@ -192,8 +194,6 @@ class FlowBatch:
                 rendered[col.name] = data.strings()
             else:
                 rendered[col.name] = [data.row(i) for i in range(self.n)]
-        rendered["flow_direction_name"] = [DIRECTION_NAMES[d] if d < len(DIRECTION_NAMES) else "unknown"
-                                           for d in rendered["flow_direction"]]
         keys = list(rendered)
         for i in range(self.n):
             yield {k: rendered[k][i] for k in keys}

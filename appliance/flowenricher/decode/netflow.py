@@ -123,6 +123,9 @@ class NetFlowDecoder:
                     self.stats.drop(exporter, "bad_version", detail=str(version))
             except (struct.error, ValueError, IndexError) as err:
                 self.stats.drop(exporter, "malformed", detail=str(err))
+        if self._held:  # templates that came in this call release sets held before
+            for key in [k for k in self._held if self.templates.get(k) is not None]:
+                self._release(groups, key)
         self._expire_held()
         return self._assemble(groups)
 
