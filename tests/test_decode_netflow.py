@@ -144,7 +144,7 @@ def test_exporter_sampling_override_and_little_endian_quirk() -> None:
     assert set(forced["sampling_rate"].tolist()) == {10}
     swapped, _ = decode_files(CASES[7][0], FlowDecoder(quirks={"238.0.0.1": ExporterQuirks(little_endian_sampling=True)}))
     # 4000 read as little-endian 32-bit is 0xA00F0000: what RouterOS v6 would have meant.
-    assert int(0xA00F0000) in set(swapped["sampling_rate"].tolist())
+    assert 0xA00F0000 in set(swapped["sampling_rate"].tolist())
 
 
 def test_icmp_type_and_code() -> None:
@@ -163,7 +163,7 @@ def test_ipv6_and_forwarding_status() -> None:
 
 def test_ipfix_template_withdrawal() -> None:
     """RFC 7011 §8.1: a template record with field count 0 withdraws the template."""
-    batch, decoder = decode_files(["akvorado-netflow__ipfixprobe-templates"])
+    _batch, decoder = decode_files(["akvorado-netflow__ipfixprobe-templates"])
     assert len(decoder.netflow.templates) == 2
     header = bytes.fromhex("000a") + (16 + 8).to_bytes(2, "big") + bytes(8) + (1).to_bytes(4, "big")
     withdraw_all = (2).to_bytes(2, "big") + (8).to_bytes(2, "big") + (2).to_bytes(2, "big") + bytes(2)

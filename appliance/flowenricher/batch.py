@@ -74,7 +74,8 @@ class ListColumn:
         return cls(offsets, flat)
 
     def row(self, i: int) -> list[int]:
-        return self.values[int(self.offsets[i]) : int(self.offsets[i + 1])].tolist()
+        values: list[int] = self.values[int(self.offsets[i]) : int(self.offsets[i + 1])].tolist()
+        return values
 
     def take(self, idx: npt.NDArray[np.intp]) -> ListColumn:
         return ListColumn.from_lists([self.row(int(i)) for i in idx])
@@ -104,7 +105,8 @@ def ipv4_to_addr(v4: npt.NDArray[np.uint32]) -> U8:
 
 
 def addr_is_v4(addr: U8) -> npt.NDArray[np.bool_]:
-    return np.all(addr[:, :12] == _V4_PREFIX, axis=1)
+    result: npt.NDArray[np.bool_] = np.all(addr[:, :12] == _V4_PREFIX, axis=1)
+    return result
 
 
 def addr_to_str(row: U8) -> str:
@@ -125,7 +127,7 @@ def str_to_addr(text: str) -> bytes:
 class FlowBatch:
     """Flows as columns.  `n` rows; columns not set read as their defaults."""
 
-    __slots__ = ("n", "_cols")
+    __slots__ = ("_cols", "n")
 
     def __init__(self, n: int, columns: dict[str, ColumnData] | None = None) -> None:
         self.n = n

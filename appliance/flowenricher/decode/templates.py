@@ -86,7 +86,6 @@ class CompiledTemplate:
         width = self.record_length
         while end - off >= self.min_record_length and self.min_record_length > 0:
             rec = bytearray(width)
-            pos = 0
             for spec, name in self.wire_fields:
                 length = spec.length
                 if length == VARIABLE:
@@ -110,7 +109,6 @@ class CompiledTemplate:
                     else:
                         rec[dst : dst + size] = chunk
                 off += length
-                pos += 1
             out += rec
             n += 1
         return bytes(out), n

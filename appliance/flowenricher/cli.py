@@ -1,0 +1,183 @@
+"""The `flowenricher` command line (DESIGN §2): run, decode, replay, generate, validate, sql.
+
+Each subcommand is a thin shell over a module that owns the work; this file only parses
+arguments, wires settings and maps errors to exit codes (2: bad input, 1: failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ConfigError, FlowEnricherError
+
+log = logging.getLogger("flowenricher")
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _add(parser: argparse.ArgumentParser, name: str, **kw: object) -> None:
+    """An option spelled both ways: `-config` like the original Go tool, and `--config`."""
+    parser.add_argument(f"-{name}", f"--{name}", dest=name.replace("-", "_"), **kw)  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowenricher", description=__doc__)
+    parser.add_argument("--log-level", default=None, help="debug, info, warning, error (default: config's)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="receive, decode and store flows until stopped")
+    _add(run, "config", default=None, help="config.yaml (default: built-in embedded defaults)")
+    _add(run, "rules", default=None, help="detection.yml (default: detection.rules_config)")
+
+    dec = sub.add_parser("decode", help="decode captures offline")
+    dec.add_argument("files", nargs="+", help="pcap files; templates carry across files in this order")
+    dec.add_argument("--format", choices=("jsonl", "table", "summary"), default="jsonl")
+
+    rep = sub.add_parser("replay", help="send the UDP payloads of a capture to a collector")
+    rep.add_argument("file")
+    rep.add_argument("--to", required=True, metavar="HOST:PORT")
+    rep.add_argument("--rate", type=float, default=None, metavar="PPS", help="packets/s (default: as fast as possible)")
+
+    gen = sub.add_parser("generate", help="send synthetic flow export of a small AS")
+    gen.add_argument("--to", required=True, metavar="HOST:PORT")
+    gen.add_argument("--fps", type=int, default=10_000, help="flows per second")
+    gen.add_argument("--duration", type=float, default=10.0, help="seconds")
+    gen.add_argument("--protocol", choices=("v5", "v9", "ipfix", "sflow"), default="ipfix")
+    gen.add_argument("--scenario", default="normal", help="normal, scan or flood")
+    gen.add_argument("--seed", type=int, default=1)
+
+    val = sub.add_parser("validate", help="validate config and rules against the JSON Schemas")
+    _add(val, "config", default=None)
+    _add(val, "rules", default=None)
+
+    sql = sub.add_parser("sql", help="run a query on the configured store")
+    sql.add_argument("query")
+    _add(sql, "config", default=None)
+    sql.add_argument("--format", choices=("tsv", "json"), default="tsv")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=(args.log_level or "info").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        handler = globals()[f"_cmd_{args.command}"]
+        code: int = handler(args)
+        return code
+    except ConfigError as err:
+        for line in err.problems:
+            print(line, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except FlowEnricherError as err:
+        print(f"flowenricher {args.command}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def _settings(path: str | None):  # type: ignore[no-untyped-def]
+    from .config import Settings, load_config
+
+    return load_config(path) if path else Settings.default()
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .config import load_config, load_rules
+
+    if not args.config and not args.rules:
+        print("flowenricher validate: give --config and/or --rules", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    problems: list[str] = []
+    for path, loader in ((args.config, load_config), (args.rules, load_rules)):
+        if path:
+            try:
+                loader(path)
+            except ConfigError as err:
+                problems.extend(err.problems)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if not problems:
+        print("valid:", ", ".join(p for p in (args.config, args.rules) if p))
+    return EXIT_BAD_INPUT if problems else EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_rules
+    from .service import run_service
+    from .wiring import service_settings
+
+    cfg = _settings(args.config)
+    if args.log_level is None:
+        logging.getLogger().setLevel(cfg.log_level.upper())
+    rules_path = args.rules or (cfg.detection.rules_path if cfg.detection.enabled else None)
+    if rules_path and Path(rules_path).exists():
+        rules = load_rules(rules_path)
+        log.info("rules: %d loaded from %s (the detection engine is not part of this build yet)",
+                 len(rules), rules_path)
+    return run_service(service_settings(cfg))
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from .decode.dispatch import FlowDecoder
+    from .pcap import read_udp
+    from .report import print_rows, print_summary
+
+    decoder = FlowDecoder()
+    total = 0
+    out = sys.stdout
+    for path in args.files:
+        datagrams = [(d.payload, d.src, int(d.timestamp)) for d in read_udp(path)]
+        batch = decoder.decode(datagrams)
+        total += batch.n
+        if args.format != "summary":
+            print_rows(batch, args.format, out)
+    decoder.finish()
+    if args.format == "summary":
+        print_summary(decoder.stats, total, out)
+    return EXIT_OK
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .generate.sender import replay
+
+    result = replay(args.file, args.to, rate_pps=args.rate)
+    print(json.dumps(result if isinstance(result, dict) else vars(result), default=str))
+    return EXIT_OK
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .generate.sender import generate
+
+    result = generate(args.to, fps=args.fps, duration=args.duration, protocol=args.protocol,
+                      scenario=args.scenario, seed=args.seed)
+    print(json.dumps(result if isinstance(result, dict) else vars(result), default=str))
+    return EXIT_OK
+
+
+def _cmd_sql(args: argparse.Namespace) -> int:
+    from .control import query_running
+    from .storage import open_store
+    from .wiring import store_settings
+
+    cfg = _settings(args.config)
+    store_cfg = store_settings(cfg)
+    fmt = "JSONEachRow" if args.format == "json" else "TSVWithNames"
+    result = query_running(store_cfg.path, args.query, fmt) if store_cfg.embedded else None
+    if result is None:
+        store = open_store(store_cfg)
+        try:
+            result = store.query(args.query, fmt)
+        finally:
+            store.close()
+    sys.stdout.buffer.write(result)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Receiving: UDP sockets and the worker processes that decode what arrives."""

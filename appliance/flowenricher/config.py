@@ -1,0 +1,1006 @@
+"""Read config.yaml and detection.yml, check them against the JSON Schemas, build typed settings.
+
+The schemas in ``schemas/`` are the one contract shared by the service, the API and the
+Ansible role; this module adds what JSON Schema cannot say (address parsing, cross-field
+checks) and reports every problem of a file at once, one line each, as
+``FILE: $.json.path: what is wrong``, so an operator fixes a file in one pass.
+
+Decisions an operator can notice:
+
+- Unknown keys are errors: a typo such as ``bindprt`` would otherwise be ignored silently
+  and the default used.  Only top-level keys starting with ``x-`` are free (notes, YAML
+  anchors).
+- YAML numbers are read as YAML 1.2 reads them: ``65001:59`` stays a string (YAML 1.1
+  makes it a base-60 integer, which would turn a BGP community into a number), dates stay
+  strings, and a key given twice in one mapping is an error (the original's Go YAML library
+  rejected it too, and the second value silently winning hides mistakes).
+- Relative paths (``storage.path``, the GeoIP databases, ``detection.rules_config``) stay
+  relative to the working directory of the process, as in the original; the deployment
+  sets the service's working directory.  Settings keep them as written so that logs show
+  what the operator wrote.
+- Without ``clickhouse.host`` (or with an empty one) the store is embedded; the original's
+  ``host: localhost`` keeps meaning a ClickHouse server on this machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+import yaml
+from jsonschema import Draft202012Validator, FormatChecker, ValidationError
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, ScalarNode
+
+from .errors import ConfigError
+
+__all__ = [
+    "CONFIG_SCHEMA",
+    "RULES_SCHEMA",
+    "ApiSettings",
+    "BgpListenerSettings",
+    "BgpSettings",
+    "ClickHouseSettings",
+    "CollectorSettings",
+    "DetectionSettings",
+    "DnsSettings",
+    "ExporterSettings",
+    "GeoIpSettings",
+    "GoBgpSettings",
+    "InsertSettings",
+    "KafkaSettings",
+    "ListenerSettings",
+    "MetricsSettings",
+    "Settings",
+    "SnmpSettings",
+    "StorageSettings",
+    "TemplateHoldSettings",
+    "load_config",
+    "load_rules",
+    "load_schema",
+    "parse_actions",
+    "parse_config",
+    "parse_duration",
+    "parse_rules",
+    "parse_yaml",
+    "schema_path",
+    "split_host_port",
+]
+
+CONFIG_SCHEMA = "flowenricher.config.schema.json"
+RULES_SCHEMA = "detection.rules.schema.json"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+ListenerProtocol = Literal["netflow", "sflow"]
+ByteOrder = Literal["big", "little"]
+JsonPathElement = str | int
+
+# Ports the appliance listens on when `collectors.listeners` is absent, besides bindport:
+# the IANA ports of IPFIX (RFC 7011) and sFlow.
+IPFIX_PORT = 4739
+SFLOW_PORT = 6343
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+def schema_path(name: str) -> Path:
+    """Where the schema file `name` is: a copy inside the package (built distributions) or
+    the repository's ``schemas/`` folder (a checkout, an editable install)."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "schemas", here.parents[1] / "schemas"):
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"schema {name} not found next to {here}")
+
+
+@functools.cache
+def load_schema(name: str) -> Mapping[str, Any]:
+    """The parsed schema `name`, read once per process (treat it as read-only)."""
+    with schema_path(name).open(encoding="utf-8") as handle:
+        schema: dict[str, Any] = json.load(handle)
+    return schema
+
+
+@functools.cache
+def _validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(load_schema(name), format_checker=_FORMATS)
+
+
+# --------------------------------------------------------------------------- formats
+# JSON Schema has no type for CIDR networks, host:port or time zones; these checks run as
+# formats, so their errors come out of the schema validation with the right JSON path.
+
+_FORMATS = FormatChecker(formats=())
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}\.?$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+_COMMUNITY_SYNTAX = re.compile(r"^[0-9]{1,10}:[0-9]{1,10}(:[0-9]{1,10})?$")
+
+
+@_FORMATS.checks("ip-address", raises=ValueError)
+def _check_ip_address(value: object) -> bool:
+    if isinstance(value, str):
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("") from None
+    return True
+
+
+@_FORMATS.checks("ip-network", raises=ValueError)
+def _check_ip_network(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    if "/" not in value:
+        raise ValueError("the /prefix-length is missing")
+    try:
+        ipaddress.ip_network(value)
+    except ValueError:
+        try:
+            network = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError("") from None
+        # The original masked such values silently; for the prefixes that decide what is
+        # "ours" (and never blackholed) a typo must not widen or move the network.
+        raise ValueError(f"host bits are set (did you mean {network}?)") from None
+    return True
+
+
+@_FORMATS.checks("host-port", raises=ValueError)
+def _check_host_port(value: object) -> bool:
+    if isinstance(value, str):
+        split_host_port(value)
+    return True
+
+
+@_FORMATS.checks("router-id", raises=ValueError)
+def _check_router_id(value: object) -> bool:
+    if isinstance(value, str) and value:
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError("") from None
+    return True
+
+
+@_FORMATS.checks("timezone", raises=ValueError)
+def _check_timezone(value: object) -> bool:
+    if isinstance(value, str):
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            if not available_timezones():
+                return True  # no time zone database on this machine: nothing to check against
+            raise ValueError("unknown time zone") from None
+    return True
+
+
+@_FORMATS.checks("bgp-community", raises=ValueError)
+def _check_community(value: object) -> bool:
+    if not isinstance(value, str) or not _COMMUNITY_SYNTAX.match(value):
+        return True  # the schema's pattern reports the syntax
+    parts = [int(part) for part in value.split(":")]
+    if len(parts) == 2 and max(parts) > 0xFFFF:
+        raise ValueError("both parts of a standard community are 0-65535 (RFC 1997)")
+    if len(parts) == 3 and max(parts) > 0xFFFFFFFF:
+        raise ValueError("each part of a large community is 0-4294967295 (RFC 8092)")
+    return True
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6addr]:port`` for IPv6) into host and port.
+
+    Raises ValueError naming what is wrong, so the same words reach the operator whether
+    the value came from a file or from the API.
+    """
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError("expected [IPv6 address]:port")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = value.rpartition(":")
+        if not colon or not host:
+            raise ValueError("the host or the :port is missing")
+        if ":" in host:
+            raise ValueError("an IPv6 address goes in brackets, as in [::1]:9600")
+        if not _HOSTNAME.match(host):
+            raise ValueError(f"{host!r} is not a host name or IPv4 address")
+        if host.replace(".", "").isdigit():
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(f"{host!r} is not an IPv4 address") from None
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
+    return host, int(port_text)
+
+
+# --------------------------------------------------------------------------- values
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_UNIT = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds in a duration: Go's syntax as the original used (``60s``, ``1m30s``,
+    ``500ms``, ``0``) or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"{value!r} is negative")
+        return float(value)
+    if value == "0":
+        return 0.0
+    total, position = 0.0, 0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != position:
+            break
+        total += float(match[1]) * _DURATION_UNIT[match[2]]
+        position = match.end()
+    if position == 0 or position != len(value):
+        raise ValueError(f"{value!r} is not a duration such as 60s, 1m30s or 500ms")
+    return total
+
+
+def _split_list(value: str | Iterable[str]) -> tuple[str, ...]:
+    """Items of a comma-separated string (the original's format) or of a list."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def parse_actions(value: str | Iterable[str]) -> tuple[str, ...]:
+    """A rule's actions, from ``"alert,blackhole"`` or ``["alert", "blackhole"]``, in order."""
+    return tuple(dict.fromkeys(_split_list(value)))
+
+
+def _parse_enrich(value: str | Iterable[str]) -> frozenset[str]:
+    items = set(_split_list(value)) - {"none"}
+    # The original's own comment lists "smtp" among the values; it means snmp.
+    return frozenset("snmp" if item == "smtp" else item for item in items)
+
+
+# --------------------------------------------------------------------------- YAML
+
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+
+
+class _Loader(yaml.SafeLoader):
+    """A safe loader with YAML 1.2 numbers, string keys and duplicate-key detection."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[str, int, int]] = []  # key, line, first line
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        first_line: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                line = key_node.start_mark.line + 1
+                if key_node.value in first_line:
+                    self.duplicates.append((key_node.value, line, first_line[key_node.value]))
+                else:
+                    first_line[key_node.value] = line
+        self.flatten_mapping(node)  # `<<` merges: later keys legitimately override merged ones
+        mapping: dict[Hashable, Any] = {}
+        for key_node, value_node in node.value:
+            # Keys are the text written (`on:` stays "on", `2055:` stays "2055"): a JSON
+            # document has string keys, and exporter addresses are keys.
+            if isinstance(key_node, ScalarNode):
+                key: object = key_node.value
+            else:
+                key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                raise ConstructorError("while constructing a mapping", node.start_mark,
+                                       "found a key that is not a scalar", key_node.start_mark)
+            mapping[key] = self.construct_object(value_node, deep=deep)
+        return mapping
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT_TAG, _FLOAT_TAG, _TIMESTAMP_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _INT_TAG,
+    re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+|0o[0-7_]+)$"),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    _FLOAT_TAG,
+    re.compile(
+        r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.VERBOSE,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str) -> object:
+    """The YAML document in `text`; a syntax error or duplicate key raises ConfigError
+    naming `source` and the line."""
+    loader = _Loader(text)
+    try:
+        document = loader.get_single_data()
+    except yaml.MarkedYAMLError as err:
+        raise ConfigError([_yaml_problem(source, err)]) from err
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{source}: YAML error: {err}"]) from err
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise ConfigError([
+            f"{source}: line {line}: duplicate key {key!r} (first on line {first})"
+            for key, line, first in loader.duplicates
+        ])
+    return document
+
+
+def _yaml_problem(source: str, err: yaml.MarkedYAMLError) -> str:
+    mark = err.problem_mark or err.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+    text = f"{source}: {where}: YAML syntax error: {err.problem or err.context}"
+    if err.problem and err.context and err.context_mark is not None:
+        text += f" ({err.context} started on line {err.context_mark.line + 1})"
+    return text
+
+
+def _read_yaml_file(path: str | os.PathLike[str]) -> object:
+    name = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{name}: file not found"]) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{name}: not UTF-8 text (byte {err.start})"]) from err
+    except OSError as err:
+        raise ConfigError([f"{name}: cannot be read: {err.strerror or err}"]) from err
+    return parse_yaml(text, name)
+
+
+# --------------------------------------------------------------------------- problems
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def json_path(path: Iterable[JsonPathElement]) -> str:
+    """``$.a.b[0]['10.0.0.1']``: dots for plain keys, brackets for indexes and other keys."""
+    text = "$"
+    for element in path:
+        if isinstance(element, int):
+            text += f"[{element}]"
+        elif _IDENTIFIER.match(element):
+            text += f".{element}"
+        else:
+            text += f"[{element!r}]"
+    return text
+
+
+@dataclass(frozen=True)
+class _Problem:
+    path: tuple[JsonPathElement, ...]
+    message: str
+
+
+def _schema_problems(schema_name: str, document: object) -> list[_Problem]:
+    problems: list[_Problem] = []
+    for error in _validator(schema_name).iter_errors(document):
+        problems.extend(_describe(error))
+    return problems
+
+
+def _describe(error: ValidationError) -> list[_Problem]:
+    """Turn a jsonschema error into problems worded for an operator."""
+    path = tuple(cast("Iterable[JsonPathElement]", error.absolute_path))
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    instance = error.instance
+    keyword = error.validator
+    title = schema.get("title")
+    if keyword == "additionalProperties" and isinstance(instance, dict):
+        # jsonschema names the parent object; name each unknown key instead.
+        known = list(schema.get("properties", {}))
+        patterns = list(schema.get("patternProperties", {}))
+        problems = []
+        for key in instance:
+            if key in known or any(re.search(pattern, str(key)) for pattern in patterns):
+                continue
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6) or [
+                name for name in known if name.startswith(str(key)) or str(key).startswith(name)]
+            hint = f"did you mean {close[0]!r}?" if close else "expected one of: " + ", ".join(known)
+            problems.append(_Problem((*path, key), f"unknown key ({hint})"))
+        return problems
+    if keyword in ("pattern", "format"):
+        what = title or f"a valid {error.validator_value}"
+        message = f"{instance!r} is not {what}"
+        if keyword == "format" and error.cause is not None and str(error.cause):
+            message += f": {error.cause}"
+        if "propertyNames" in error.schema_path:
+            return [_Problem((*path, str(instance)), "key " + message)]
+        return [_Problem(path, message)]
+    if keyword == "required" and title:
+        return [_Problem(path, f"{error.message} ({title})")]
+    if instance is None and keyword in ("type", "enum"):
+        # YAML's empty value reads as None; say it in the file's words.
+        return [_Problem(path, "null (empty value)" + error.message.removeprefix("None"))]
+    return [_Problem(path, error.message)]
+
+
+def _position(document: object, path: tuple[JsonPathElement, ...]) -> tuple[int, ...]:
+    """Where `path` sits in the document, so problems are listed top to bottom."""
+    position: list[int] = []
+    node: object = document
+    for element in path:
+        if isinstance(node, dict) and element in node:
+            position.append(list(node).index(element))
+            node = node[element]
+        elif isinstance(node, list) and isinstance(element, int) and 0 <= element < len(node):
+            position.append(element)
+            node = node[element]
+        else:
+            position.append(1 << 30)
+            node = None
+    return tuple(position)
+
+
+def _raise_if_problems(source: str, document: object, problems: list[_Problem]) -> None:
+    if problems:
+        ordered = sorted(problems, key=lambda p: (_position(document, p.path), p.message))
+        unique = dict.fromkeys(f"{source}: {json_path(p.path)}: {p.message}" for p in ordered)
+        raise ConfigError(list(unique))
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def _resolved(root: Mapping[str, Any], schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`schema` merged with the local definition its ``$ref`` names (siblings win)."""
+    while "$ref" in schema:
+        reference = str(schema["$ref"])
+        target: Any = root
+        for part in reference.removeprefix("#/").split("/"):
+            target = target[part]
+        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def _with_defaults(root: Mapping[str, Any], schema: Mapping[str, Any], value: object) -> Any:
+    """A copy of a valid `value` with every absent key given its schema default.
+
+    The schema is the one place defaults are written, so the documentation, the API's
+    view of the config and the running service cannot disagree.
+    """
+    schema = _resolved(root, schema)
+    if isinstance(value, dict):
+        filled: dict[str, Any] = {}
+        properties: Mapping[str, Any] = schema.get("properties", {})
+        for key, item in value.items():
+            sub = properties.get(key, schema.get("additionalProperties"))
+            filled[key] = _with_defaults(root, sub, item) if isinstance(sub, dict) else copy.deepcopy(item)
+        for key, sub in properties.items():
+            if key not in filled and "default" in sub:
+                filled[key] = _with_defaults(root, sub, copy.deepcopy(sub["default"]))
+        return filled
+    if isinstance(value, list):
+        items = schema.get("items")
+        if isinstance(items, dict):
+            return [_with_defaults(root, items, item) for item in value]
+        return copy.deepcopy(value)
+    return value
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    """One UDP listener. `netflow` takes v5, v9 and IPFIX (told apart per datagram)."""
+
+    address: str
+    port: int
+    protocol: ListenerProtocol
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterSettings:
+    """Overrides for one exporter, keyed by its normalised address (``str(ip_address)``)."""
+
+    address: str
+    name: str | None
+    sampling_rate: int | None
+    sampling_byte_order: ByteOrder
+
+    @property
+    def little_endian_sampling(self) -> bool:
+        """RouterOS v6 sends the sampling interval little-endian."""
+        return self.sampling_byte_order == "little"
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateHoldSettings:
+    """How many data sets wait for a late template, and for how long."""
+
+    max_sets: int
+    max_age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorSettings:
+    """Flow reception. `workers` is as configured: 0 means one per CPU (`worker_count()`)."""
+
+    listeners: tuple[ListenerSettings, ...]
+    workers: int
+    receive_buffer_bytes: int
+    template_hold: TemplateHoldSettings
+    exporters: Mapping[str, ExporterSettings]
+    debug: bool
+
+    def worker_count(self) -> int:
+        """Workers to start: the configured number, or one per usable CPU for 0."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """Local data: embedded store directory, retention, partitioning and spool."""
+
+    path: Path
+    ttl_days: int
+    partition_by: str
+    spool_dir: Path  # storage.spool_dir, or <path>/spool
+    spool_max_bytes: int
+    spool_max_age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClickHouseSettings:
+    """Where flows are stored: a ClickHouse server (`host` set) or the embedded chDB."""
+
+    host: str | None
+    port: int
+    user: str
+    password: str = field(repr=False)
+    database: str
+    table: str
+    secure: bool
+
+    @property
+    def embedded(self) -> bool:
+        """True when no server is configured: chDB in `storage.path`."""
+        return self.host is None
+
+
+@dataclass(frozen=True, slots=True)
+class InsertSettings:
+    """Batching of inserts into the store."""
+
+    batch_size: int
+    flush_interval_ms: int
+
+    @property
+    def flush_interval_s(self) -> float:
+        return self.flush_interval_ms / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The Prometheus endpoint; `listen` as written, `host`/`port` split from it."""
+
+    listen: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """The control plane's HTTP API; `listen` as written, `host`/`port` split from it."""
+
+    listen: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class GoBgpSettings:
+    """GoBGP's gRPC API address."""
+
+    api: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class BgpListenerSettings:
+    """The router session GoBGP holds (the original ``bgp.bgp_listener``).
+
+    `router_id` falls back to `listen_ip` and `local_asn` to `asn`, as the original
+    documented.
+    """
+
+    enabled: bool
+    listen_ip: str | None
+    router_id: str | None
+    peer_ip: str | None
+    local_asn: int | None
+    remote_asn: int | None
+    max_peers: int
+
+
+@dataclass(frozen=True, slots=True)
+class BgpSettings:
+    listener: BgpListenerSettings
+    gobgp: GoBgpSettings
+
+
+@dataclass(frozen=True, slots=True)
+class GeoIpSettings:
+    """MaxMind-format databases; None disables that lookup."""
+
+    asn_db: Path | None
+    city_db: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    enabled: bool
+    brokers: tuple[str, ...]
+    topic: str
+    group_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """PTR lookups; `nameserver` None means the system's resolvers."""
+
+    nameserver: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SnmpSettings:
+    enabled: bool
+    target: str | None
+    community: str = field(repr=False)
+    port: int
+    timeout_s: float
+    retries: int
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionSettings:
+    """The detection engine (``detection.*``); durations in seconds."""
+
+    enabled: bool
+    rules_path: Path | None
+    flow_cache_max_window_s: float
+    debug: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service runs on, validated and typed.
+
+    `raw` is the document as written (validated, no defaults); `effective` is the same with
+    every default and derived value filled in (what `GET config` shows).  Neither takes
+    part in comparisons, so two files meaning the same thing give equal settings.
+    """
+
+    collectors: CollectorSettings
+    storage: StorageSettings
+    clickhouse: ClickHouseSettings
+    insert: InsertSettings
+    metrics: MetricsSettings
+    api: ApiSettings
+    bgp: BgpSettings
+    geoip: GeoIpSettings
+    kafka: KafkaSettings
+    dns: DnsSettings
+    snmp: SnmpSettings
+    detection: DetectionSettings
+    enrich: frozenset[str]
+    my_asn: int | None
+    my_prefixes: tuple[IPNetwork, ...]
+    timezone: str
+    debug: bool
+    log_level: str
+    source: Path | None = field(default=None, compare=False)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    effective: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def default(cls) -> Settings:
+        """The embedded default: what an empty config file means."""
+        return parse_config({})
+
+
+# --------------------------------------------------------------------------- config
+
+
+def load_config(path: str | os.PathLike[str]) -> Settings:
+    """Read, validate and type the config file at `path`.
+
+    Raises ConfigError listing every problem, one line each (``FILE: $.path: reason``).
+    An empty file is the embedded default.
+    """
+    document = _read_yaml_file(path)
+    return _parse_config(document, os.fspath(path), Path(path))
+
+
+def parse_config(document: object, source: str = "config") -> Settings:
+    """Validate and type a config document already parsed (the API, tests); `source`
+    names it in the problems."""
+    return _parse_config(document, source, None)
+
+
+def _parse_config(document: object, source: str, path: Path | None) -> Settings:
+    raw = {} if document is None else document
+    problems = _schema_problems(CONFIG_SCHEMA, raw)
+    if isinstance(raw, dict):
+        problems += _config_checks(raw)
+    _raise_if_problems(source, raw, problems)
+    assert isinstance(raw, dict)  # the schema requires an object
+    return _build_settings(cast("dict[str, Any]", raw), path)
+
+
+def _mapping(document: Mapping[str, Any], *keys: str) -> Mapping[str, Any]:
+    """The nested mapping at `keys`, or an empty one where the document has none."""
+    node: object = document
+    for key in keys:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node if isinstance(node, Mapping) else {}
+
+
+def _config_checks(raw: Mapping[str, Any]) -> list[_Problem]:
+    """Cross-field rules JSON Schema cannot express; defensive about types, which the
+    schema reports on its own."""
+    problems: list[_Problem] = []
+    collectors = _mapping(raw, "collectors")
+
+    bindaddr = _mapping(collectors, "netflow", "config").get("bindaddr", "0.0.0.0")
+    listeners = collectors.get("listeners")
+    if isinstance(listeners, list):
+        seen: dict[tuple[str, int], int] = {}
+        for index, item in enumerate(listeners):
+            if not isinstance(item, dict) or not isinstance(item.get("port"), int) or item["port"] == 0:
+                continue
+            address = item.get("address", bindaddr)
+            try:
+                normalised = str(ipaddress.ip_address(address))
+            except ValueError:
+                continue
+            where = seen.setdefault((normalised, item["port"]), index)
+            if where != index:
+                problems.append(_Problem(("collectors", "listeners", index),
+                                         f"same address and port as listeners[{where}]"))
+
+    exporters = collectors.get("exporters")
+    if isinstance(exporters, dict):
+        known: dict[str, str] = {}
+        for key in exporters:
+            try:
+                normalised = str(ipaddress.ip_address(key))
+            except ValueError:
+                continue
+            first = known.setdefault(normalised, key)
+            if first != key:
+                problems.append(_Problem(("collectors", "exporters", key), f"same exporter as {first!r}"))
+
+    session = _mapping(raw, "bgp", "bgp_listener")
+    if session.get("enabled") is True:
+        router_id = session.get("router_id")
+        listen_ip = session.get("listen_ip")
+        if not router_id:
+            try:
+                usable = isinstance(listen_ip, str) and ipaddress.ip_address(listen_ip).version == 4
+            except ValueError:
+                usable = True  # the schema reports the bad address
+            if not usable:
+                problems.append(_Problem(("bgp", "bgp_listener", "router_id"),
+                                         "required when listen_ip is not an IPv4 address "
+                                         "(the BGP identifier is an IPv4 address)"))
+        if session.get("asn") is None and session.get("local_asn") is None:
+            problems.append(_Problem(("bgp", "bgp_listener"),
+                                     "'asn' or 'local_asn' is required (this side's AS number)"))
+    return problems
+
+
+def _default_listeners(bindaddr: str, bindport: int) -> list[dict[str, Any]]:
+    listeners: list[dict[str, Any]] = []
+    for port, protocol in ((bindport, "netflow"), (IPFIX_PORT, "netflow"), (SFLOW_PORT, "sflow")):
+        if all(item["port"] != port for item in listeners):
+            listeners.append({"address": bindaddr, "port": port, "protocol": protocol})
+    return listeners
+
+
+def _build_settings(raw: dict[str, Any], path: Path | None) -> Settings:
+    root = load_schema(CONFIG_SCHEMA)
+    eff: dict[str, Any] = _with_defaults(root, root, raw)
+
+    # Derived defaults, written back into `effective` so it shows what runs.
+    col = eff["collectors"]
+    netflow = col["netflow"]["config"]
+    bindaddr, bindport = str(netflow["bindaddr"]), int(netflow["bindport"])
+    raw_listeners = _mapping(raw, "collectors").get("listeners")
+    if isinstance(raw_listeners, list):
+        col["listeners"] = [
+            {"address": item.get("address", bindaddr), "port": item["port"],
+             "protocol": item.get("protocol", "netflow")}
+            for item in raw_listeners
+        ]
+    else:
+        col["listeners"] = _default_listeners(bindaddr, bindport)
+    storage = eff["storage"]
+    if storage["spool_dir"] is None:
+        storage["spool_dir"] = os.path.join(storage["path"], "spool")
+    if "log_level" not in raw and eff["debug"]:
+        eff["log_level"] = "debug"
+
+    exporters = {
+        str(ipaddress.ip_address(key)): ExporterSettings(
+            address=str(ipaddress.ip_address(key)),
+            name=value["name"],
+            sampling_rate=None if value["sampling_rate"] is None else int(value["sampling_rate"]),
+            sampling_byte_order=value["sampling_byte_order"],
+        )
+        for key, value in col["exporters"].items()
+    }
+    collectors = CollectorSettings(
+        listeners=tuple(ListenerSettings(str(item["address"]), int(item["port"]), item["protocol"])
+                        for item in col["listeners"]),
+        workers=int(col["workers"]),
+        receive_buffer_bytes=int(col["receive_buffer_bytes"]),
+        template_hold=TemplateHoldSettings(int(col["template_hold"]["max_sets"]),
+                                           float(col["template_hold"]["max_age_s"])),
+        exporters=MappingProxyType(exporters),
+        debug=bool(netflow["debug"]),
+    )
+
+    ch = eff["clickhouse"]
+    clickhouse = ClickHouseSettings(
+        host=ch["host"] or None, port=int(ch["port"]), user=ch["user"], password=ch["password"],
+        database=ch["database"], table=ch["table"], secure=bool(ch["secure"]),
+    )
+    session = eff["bgp"]["bgp_listener"]
+    listener = BgpListenerSettings(
+        enabled=bool(session["enabled"]),
+        listen_ip=session["listen_ip"],
+        router_id=session["router_id"] or session["listen_ip"],
+        peer_ip=session["peer_ip"],
+        local_asn=_optional_int(session["local_asn"] if session["local_asn"] is not None else session["asn"]),
+        remote_asn=_optional_int(session["remote_asn"]),
+        max_peers=int(session["max_peers"]),
+    )
+    gobgp_host, gobgp_port = split_host_port(eff["bgp"]["gobgp"]["api"])
+    metrics_host, metrics_port = split_host_port(eff["metrics"]["listen"])
+    api_host, api_port = split_host_port(eff["api"]["listen"])
+    snmp = eff["snmp"]
+    detection = eff["detection"]
+    geoip = eff["geoip"]
+    kafka = eff["kafka"]
+
+    return Settings(
+        collectors=collectors,
+        storage=StorageSettings(
+            path=Path(storage["path"]), ttl_days=int(storage["ttl_days"]),
+            partition_by=storage["partition_by"],
+            spool_dir=Path(storage["spool_dir"]), spool_max_bytes=int(storage["spool_max_bytes"]),
+            spool_max_age_s=float(storage["spool_max_age_s"]),
+        ),
+        clickhouse=clickhouse,
+        insert=InsertSettings(int(eff["insert"]["batch_size"]), int(eff["insert"]["flush_interval_ms"])),
+        metrics=MetricsSettings(eff["metrics"]["listen"], metrics_host, metrics_port),
+        api=ApiSettings(eff["api"]["listen"], api_host, api_port),
+        bgp=BgpSettings(listener, GoBgpSettings(eff["bgp"]["gobgp"]["api"], gobgp_host, gobgp_port)),
+        geoip=GeoIpSettings(_optional_path(geoip["asn_db"]), _optional_path(geoip["city_db"])),
+        kafka=KafkaSettings(
+            bool(kafka["enabled"]), tuple(kafka["brokers"]), kafka["topic"], kafka["group_id"],
+        ),
+        dns=DnsSettings(eff["dns"]["nameserver"]),
+        snmp=SnmpSettings(
+            enabled=bool(snmp["enabled"]), target=snmp["target"], community=snmp["community"],
+            port=int(snmp["port"]), timeout_s=float(snmp["timeout"]), retries=int(snmp["retries"]),
+        ),
+        detection=DetectionSettings(
+            enabled=bool(detection["enable_detection_engine"]),
+            rules_path=_optional_path(detection["rules_config"]),
+            flow_cache_max_window_s=parse_duration(detection["flow_cache_max_window"]),
+            debug=bool(detection["debug_detection"]),
+        ),
+        enrich=_parse_enrich(eff["enrich"]),
+        my_asn=_optional_int(eff["my_asn"]),
+        my_prefixes=tuple(ipaddress.ip_network(prefix) for prefix in eff["my_prefixes"]),
+        timezone=eff["timezone"],
+        debug=bool(eff["debug"]),
+        log_level=eff["log_level"],
+        source=path,
+        raw=copy.deepcopy(raw),
+        effective=eff,
+    )
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(cast("int", value))
+
+
+def _optional_path(value: object) -> Path | None:
+    return None if value is None else Path(cast("str", value))
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def load_rules(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read and validate a detection rules file; the rules come back with every default
+    filled in (keys and values as in the file, e.g. ``time_window: "60s"``; use
+    parse_duration and parse_actions on them).  An empty file has no rules.
+
+    Raises ConfigError listing every problem, one line each.
+    """
+    return parse_rules(_read_yaml_file(path), os.fspath(path))
+
+
+def parse_rules(document: object, source: str = "rules") -> list[dict[str, Any]]:
+    """Validate a rules document already parsed: a list of rules or ``{rules: [...]}``."""
+    raw = [] if document is None else document
+    problems = _schema_problems(RULES_SCHEMA, raw)
+    rules, prefix = (raw, ()) if isinstance(raw, list) else (_mapping_list(raw, "rules"), ("rules",))
+    problems += _rules_checks(rules, prefix)
+    _raise_if_problems(source, raw, problems)
+    root = load_schema(RULES_SCHEMA)
+    rule_schema = root["$defs"]["rule"]
+    return [_with_defaults(root, rule_schema, rule) for rule in rules]
+
+
+def _mapping_list(document: object, key: str) -> list[Any]:
+    value = document.get(key) if isinstance(document, dict) else None
+    return value if isinstance(value, list) else []
+
+
+def _rules_checks(rules: list[Any], prefix: tuple[JsonPathElement, ...]) -> list[_Problem]:
+    problems: list[_Problem] = []
+    names: dict[str, int] = {}
+    for index, rule in enumerate(rules):
+        if not isinstance(rule, dict):
+            continue
+        name = rule.get("name")
+        if isinstance(name, str):
+            first = names.setdefault(name, index)
+            if first != index:
+                where = json_path((*prefix, first))
+                problems.append(_Problem((*prefix, index, "name"),
+                                         f"{name!r} is already the name of {where}"))
+        window = rule.get("time_window")
+        try:
+            if window is not None and parse_duration(window) <= 0:
+                problems.append(_Problem((*prefix, index, "time_window"), "must be longer than 0"))
+        except (ValueError, TypeError):
+            pass  # the schema reports the syntax
+    return problems

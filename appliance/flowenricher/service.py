@@ -1,0 +1,187 @@
+"""The `flowenricher run` service: worker processes receive and decode, this process
+stores.
+
+Data flow: N worker processes (SO_REUSEPORT on every listener) -> bounded queue of
+FlowBatches -> BatchWriter -> store (chDB embedded or a ClickHouse server), with the
+spool in between when the store is away.  This process also serves /metrics and the
+control socket used by `flowenricher sql`.  SIGTERM or SIGINT: workers drain their
+sockets and send what they hold, the writer flushes, then the store closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from .batch import FlowBatch
+from .collector.receiver import kernel_drops, open_socket
+from .collector.worker import DONE, FAILED, FLOWS, READY, STATS, WorkerSettings, run_worker
+from .control import ControlServer
+from .errors import FlowEnricherError
+from .metrics import CollectorMetrics, WorkerSnapshots, serve
+from .storage import open_store
+from .storage.base import FlowStore
+from .storage.settings import StoreSettings
+from .storage.spool import Spool
+from .storage.writer import BatchWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What the service needs, built from the validated config (see cli.py)."""
+
+    worker: WorkerSettings
+    store: StoreSettings
+    workers: int = 0  # 0: one per CPU
+    metrics_listen: str | None = "127.0.0.1:9601"
+    queue_batches: int = 256
+
+
+class _LockedStore:
+    """The store shared by the writer (main thread) and the control socket (its thread)."""
+
+    def __init__(self, store: FlowStore) -> None:
+        self.store = store
+        self.lock = threading.Lock()
+
+    def query(self, sql: str, fmt: str) -> bytes:
+        with self.lock:
+            return self.store.query(sql, fmt)
+
+
+class CollectorService:
+    """Runs until stopped; `run()` returns the process exit code."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.snapshots = WorkerSnapshots()
+        self.registry = CollectorRegistry()
+        self._stop = threading.Event()
+        self.rows_received = 0
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        cfg = self.settings
+        # Fail before anything runs if a port is taken or an address is not ours.
+        for listener in cfg.worker.listeners:
+            open_socket(listener, 1 << 16).close()
+        store = open_store(cfg.store)
+        applied = store.migrate()
+        if applied:
+            log.info("storage: applied migrations %s", applied)
+        where = f"embedded chDB in {os.path.abspath(cfg.store.path)}" if cfg.store.embedded else \
+            f"ClickHouse at {cfg.store.host}:{cfg.store.port}"
+        log.info("storage: %s, table %s", where, cfg.store.qualified_table)
+        spool = Spool(cfg.store.spool_path, cfg.store.spool_max_bytes, cfg.store.spool_max_age_s,
+                      registry=self.registry)
+        writer = BatchWriter(store, cfg.store, spool, registry=self.registry)
+        locked = _LockedStore(store)
+        writer_store_lock = locked.lock
+        control = ControlServer(cfg.store.path, locked.query) if cfg.store.embedded else None
+        if control is not None:
+            control.start()
+
+        ctx = mp.get_context("spawn")
+        out: Any = ctx.Queue(maxsize=cfg.queue_batches)
+        stop = ctx.Event()
+        n = cfg.workers or os.cpu_count() or 1
+        procs = [ctx.Process(target=run_worker, args=(i, cfg.worker, out, stop), name=f"flowenricher-worker-{i}",
+                             daemon=True) for i in range(n)]
+        ports = {listener.port for listener in cfg.worker.listeners}
+        self.registry.register(CollectorMetrics(self.snapshots, lambda: kernel_drops(ports), out.qsize))
+        metrics_server = serve(self.registry, cfg.metrics_listen) if cfg.metrics_listen else None
+        if metrics_server is not None:
+            log.info("metrics on http://%s/metrics", cfg.metrics_listen)
+        for proc in procs:
+            proc.start()
+        previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        exit_code = 0
+        try:
+            exit_code = self._loop(out, procs, stop, writer, writer_store_lock)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            stop.set()
+            for proc in procs:
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.kill()
+            with writer_store_lock:
+                writer.close()
+            if control is not None:
+                control.stop()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+            with writer_store_lock:
+                store.close()
+            log.info("stopped: %d flows received, stored or spooled", self.rows_received)
+        return exit_code
+
+    def _loop(self, out: Any, procs: list[Any], stop: Any, writer: BatchWriter, lock: threading.Lock) -> int:
+        ready: set[int] = set()
+        done: set[int] = set()
+        exit_code = 0
+        stopping_since: float | None = None
+        while len(done) < len(procs):
+            if self._stop.is_set() and stopping_since is None:
+                log.info("stopping: draining workers and flushing")
+                stop.set()
+                stopping_since = time.monotonic()
+            if stopping_since is not None and time.monotonic() - stopping_since > 30:
+                log.error("workers did not finish within 30 s; stopping anyway")
+                break
+            try:
+                kind, worker_id, payload = out.get(timeout=0.1)
+            except queue.Empty:
+                kind = None
+            if kind == FLOWS:
+                batch: FlowBatch = payload
+                self.rows_received += batch.n
+                with lock:
+                    writer.add(batch)
+            elif kind == STATS:
+                self.snapshots.update(worker_id, payload)
+            elif kind == READY:
+                ready.add(worker_id)
+                if len(ready) == len(procs):
+                    for listener in payload:
+                        log.info("listening: %s (%d workers)", listener, len(procs))
+            elif kind == DONE:
+                done.add(worker_id)
+            elif kind == FAILED:
+                log.error("worker %d: %s", worker_id, payload)
+                exit_code = 1
+                self._stop.set()
+                done.add(worker_id)
+            if not self._stop.is_set() and any(not p.is_alive() for p in procs if p.pid) and \
+                    len(done) < len(procs) and kind is None:
+                dead = [p.name for p in procs if not p.is_alive()]
+                if dead:
+                    log.error("worker died: %s; stopping", ", ".join(dead))
+                    exit_code = 1
+                    self._stop.set()
+                    done.update(i for i, p in enumerate(procs) if not p.is_alive())
+            with lock:
+                writer.maybe_flush(time.monotonic())
+        return exit_code
+
+
+def run_service(settings: ServiceSettings) -> int:
+    try:
+        return CollectorService(settings).run()
+    except FlowEnricherError as err:
+        log.error("%s", err)
+        return 1

@@ -1,0 +1,158 @@
+"""The embedded flow store: the ClickHouse engine in this process (chDB) on a data directory.
+
+Facts about chDB 4.4 that shape this module (checked on this machine):
+
+* One process owns a data directory: a second process fails to open it ("Cannot lock
+  file <dir>/status"); the owner's PID is in that ``status`` file.
+* One process holds one directory at a time: opening a different path while a
+  connection is open fails ("EmbeddedServer already initialized with path ..."); after
+  every connection is closed another path can be opened.  Several connections to the
+  same path share the engine, and paths are compared literally, so it is normalised.
+* ``Connection.send_insert(sql, "Native")`` streams a Native block into an INSERT, with
+  no temporary file and no ``file()``/``user_files_path`` detour; it is as fast as
+  ``INSERT ... SELECT * FROM file(path, 'Native')`` and reads columns by name, so blocks
+  may carry any subset of the columns.
+* A connection runs one statement at a time, so writes and reads use one connection
+  each: a long dashboard query does not hold up inserts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import chdb
+
+from ..batch import FlowBatch
+from ..errors import StoreError
+from . import schema
+from .native import encode_block
+from .settings import StoreSettings
+
+log = logging.getLogger(__name__)
+
+_chdb_connect: Callable[[str], Any] = chdb.connect  # untyped in chDB
+
+
+class EmbeddedStore:
+    """A :class:`~.base.FlowStore` on chDB; build it with :meth:`open`."""
+
+    def __init__(self, settings: StoreSettings, path: str, writer: Any, reader: Any) -> None:
+        self.settings = settings
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, settings: StoreSettings) -> EmbeddedStore:
+        """Open (creating it if needed) the data directory ``settings.path``.
+
+        Raises StoreError naming the directory when another process or another
+        directory in this process holds the engine.
+        """
+        path = os.path.realpath(settings.path)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"embedded store: cannot create data directory {path}: {err}") from err
+        writer = _connect(path)
+        try:
+            reader = _connect(path)
+        except StoreError:
+            writer.close()
+            raise
+        log.info("embedded store: chDB %s in %s", chdb.__version__, path)
+        return cls(settings, path, writer, reader)
+
+    def migrate(self) -> list[int]:
+        return schema.migrate(self.settings, self._execute, self._rows)
+
+    def insert(self, batch: FlowBatch) -> None:
+        if batch.n:
+            self.insert_native(encode_block(batch), batch.n)
+
+    def insert_native(self, block: bytes, rows: int) -> None:
+        table = self.settings.qualified_table
+        with self._write_lock:
+            conn = self._live(self._writer)
+            try:
+                with conn.send_insert(f"INSERT INTO {table}", "Native") as stream:
+                    stream.append(block)
+                    stream.finish()
+            except Exception as err:  # chDB raises RuntimeError or ChdbError
+                raise StoreError(
+                    f"embedded store {self.path}: insert of {rows} rows into {table} failed: {err}"
+                ) from err
+
+    def query(self, sql: str, fmt: str = "TSVWithNames") -> bytes:
+        with self._read_lock:
+            conn = self._live(self._reader)
+            try:
+                return bytes(conn.query(sql, fmt).bytes())
+            except Exception as err:
+                raise StoreError(f"embedded store {self.path}: query failed: {err}") from err
+
+    def ping(self) -> bool:
+        try:
+            return self.query("SELECT 1", "TSV").strip() == b"1"
+        except StoreError:
+            return False
+
+    def close(self) -> None:
+        """Close both connections; the directory is free for another process afterwards."""
+        with self._write_lock, self._read_lock:
+            for conn in (self._writer, self._reader):
+                if conn is not None:
+                    conn.close()
+            self._writer = self._reader = None
+
+    def _live(self, conn: Any) -> Any:
+        if conn is None:
+            raise StoreError(f"embedded store {self.path}: used after close()")
+        return conn
+
+    def _execute(self, sql: str) -> None:
+        with self._write_lock:
+            conn = self._live(self._writer)
+            try:
+                conn.query(sql, "TSV")
+            except Exception as err:
+                raise StoreError(f"embedded store {self.path}: {err}\n  in: {sql}") from err
+
+    def _rows(self, sql: str) -> list[list[str]]:
+        text = self.query(sql, "TSV").decode()
+        return [line.split("\t") for line in text.splitlines()]
+
+
+def _connect(path: str) -> Any:
+    try:
+        return _chdb_connect(path)
+    except Exception as err:
+        raise StoreError(_open_failure(path, str(err))) from err
+
+
+def _open_failure(path: str, detail: str) -> str:
+    """Say who holds the directory: the usual reason chDB refuses to open one."""
+    if "already initialized with path" in detail:
+        return (
+            f"embedded store: cannot open {path}: this process already has another chDB data "
+            f"directory open (chDB allows one per process): {detail}"
+        )
+    owner = ""
+    try:
+        with open(os.path.join(path, "status"), encoding="utf-8", errors="replace") as f:
+            owner = next((line.strip() for line in f if line.startswith("PID:")), "")
+    except OSError:
+        pass
+    if owner:
+        return (
+            f"embedded store: cannot open {path}: the directory is in use by another process "
+            f"({owner}, see {path}/status); stop it or set storage.path to another directory "
+            f"(chDB: {detail})"
+        )
+    return f"embedded store: cannot open {path}: {detail}"

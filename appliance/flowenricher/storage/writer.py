@@ -1,0 +1,168 @@
+"""BatchWriter: turns many small flow batches into few large inserts, and never loses
+them quietly when the store is away.
+
+Batches are encoded to Native as they arrive (spreading the work) and sent together
+when ``batch_size`` rows are waiting or ``flush_interval_ms`` has passed.  A block the
+store refuses goes to the spool; while the spool is not empty, it is replayed oldest
+first before anything new is sent, so flows reach the store in the order they came
+(delivery is at least once: an insert that failed after the store took part of it is
+sent again).  After a failure the store is left alone for a growing back-off, so a
+dead server costs one connection attempt per back-off, not one per flush.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..batch import FlowBatch
+from ..errors import StoreError
+from .base import FlowStore
+from .metrics import WriterMetrics
+from .native import encode_block
+from .settings import StoreSettings
+from .spool import Spool, SpoolEntry
+
+log = logging.getLogger(__name__)
+
+RETRY_MIN_S = 1.0
+RETRY_MAX_S = 30.0
+REJECT_AFTER = 5
+"""Failed attempts, each while the store answers ping, after which a block is set aside
+(with the back-off, about 30 s of a store that is up but refuses this block).  The file
+is kept in ``<spool>/rejected/`` and can be moved back by hand once the cause is fixed."""
+
+
+class BatchWriter:
+    """Batches, inserts, spools and replays.  Not thread-safe: one service loop calls it."""
+
+    def __init__(
+        self,
+        store: FlowStore,
+        settings: StoreSettings,
+        spool: Spool,
+        registry: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.spool = spool
+        self.metrics = WriterMetrics(registry)
+        self._clock = clock
+        self._blocks: list[bytes] = []
+        self._rows = 0
+        self._last_flush = clock()
+        self._retry_at = 0.0
+        self._backoff = RETRY_MIN_S
+        self._attempts: dict[int, int] = {}  # spool seq -> failed attempts while the store was up
+
+    @property
+    def pending_rows(self) -> int:
+        return self._rows
+
+    def add(self, batch: FlowBatch) -> None:
+        """Queue a batch; flushes when ``batch_size`` rows are waiting."""
+        if batch.n == 0:
+            return
+        self._blocks.append(encode_block(batch))
+        self._rows += batch.n
+        self.metrics.pending_rows.set(self._rows)
+        if self._rows >= self.settings.batch_size:
+            self.flush()
+
+    def maybe_flush(self, now: float | None = None) -> None:
+        """The service loop's tick: flush when the interval has passed, retry the spool."""
+        now = self._clock() if now is None else now
+        if now - self._last_flush >= self.settings.flush_interval_ms / 1000:
+            self.flush(now)
+        elif len(self.spool) and now >= self._retry_at:
+            self._replay(now)
+        self.spool.expire()
+
+    def flush(self, now: float | None = None) -> None:
+        """Send everything waiting, after the spool; spool it if that cannot be done now.
+
+        Replaying the spool is not budgeted: after a long outage one flush may take a
+        while, which is why the writer runs in its own loop, away from the receivers.
+        """
+        now = self._clock() if now is None else now
+        self._last_flush = now
+        if self._blocks:
+            block, rows = b"".join(self._blocks), self._rows
+            self._blocks, self._rows = [], 0
+            self.metrics.pending_rows.set(0)
+            if not (now >= self._retry_at and self._replay(now) and self._send(block, rows, now)):
+                self._spool(block, rows)
+        elif len(self.spool) and now >= self._retry_at:
+            self._replay(now)
+
+    def close(self) -> None:
+        """Flush what is waiting; what the store refuses stays in the spool for next time."""
+        self._retry_at = 0.0  # a last attempt, whatever the back-off
+        self.flush()
+        if len(self.spool):
+            stats = self.spool.stats()
+            log.warning("writer: closing with %d rows in the spool %s", stats.rows, self.spool.directory)
+
+    def _send(self, block: bytes, rows: int, now: float) -> bool:
+        """One insert attempt; on failure, start or lengthen the back-off."""
+        started = time.perf_counter()
+        try:
+            self.store.insert_native(block, rows)
+        except StoreError as err:
+            self.metrics.insert_errors.inc()
+            self._retry_at = now + self._backoff
+            log.warning("writer: %s; next attempt in %.0f s", err, self._backoff)
+            self._backoff = min(self._backoff * 2, RETRY_MAX_S)
+            return False
+        elapsed = time.perf_counter() - started
+        self._backoff = RETRY_MIN_S
+        self._retry_at = 0.0
+        self.metrics.inserts.inc()
+        self.metrics.rows_inserted.inc(rows)
+        self.metrics.insert_seconds.observe(elapsed)
+        self.metrics.last_insert_seconds.set(elapsed)
+        return True
+
+    def _replay(self, now: float) -> bool:
+        """Send the spool oldest first; True when it is empty afterwards."""
+        for entry in self.spool.entries():
+            try:
+                block = self.spool.read(entry)
+            except StoreError as err:
+                self.spool.reject(entry, str(err))
+                continue
+            if not self._send(block, entry.rows, now):
+                if self._set_aside(entry):
+                    continue
+                return False
+            self._attempts.pop(entry.seq, None)
+            self.spool.remove(entry)
+            self.metrics.rows_replayed.inc(entry.rows)
+            log.info("writer: replayed %d spooled rows (block %d)", entry.rows, entry.seq)
+        return True
+
+    def _set_aside(self, entry: SpoolEntry) -> bool:
+        """True when a block that just failed is taken out of the queue.
+
+        A block that fails while the store answers ping is probably itself the problem
+        (corrupt, or from an incompatible schema): after a few such attempts it is set
+        aside, so the queue behind it is not stuck until the limits drop everything.
+        """
+        if not self.store.ping():
+            return False  # the store is away: not this block's fault
+        tries = self._attempts.get(entry.seq, 0) + 1
+        self._attempts[entry.seq] = tries
+        if tries < REJECT_AFTER:
+            return False
+        del self._attempts[entry.seq]
+        self.spool.reject(entry, f"failed {tries} times while the store answered ping")
+        self._retry_at = 0.0
+        self._backoff = RETRY_MIN_S
+        return True
+
+    def _spool(self, block: bytes, rows: int) -> None:
+        self.spool.push(block, rows)
+        self.metrics.rows_spooled.inc(rows)

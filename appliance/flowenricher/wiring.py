@@ -1,0 +1,37 @@
+"""Maps the validated config (config.Settings) onto the settings each part takes.
+
+Kept apart from config.py so the config stays free of imports of the parts it configures.
+"""
+
+from __future__ import annotations
+
+from .collector.receiver import Listener
+from .collector.worker import WorkerSettings
+from .config import Settings
+from .decode.netflow import ExporterQuirks
+from .service import ServiceSettings
+from .storage.settings import StoreSettings
+
+
+def store_settings(cfg: Settings) -> StoreSettings:
+    ch, st = cfg.clickhouse, cfg.storage
+    return StoreSettings(
+        host=ch.host, port=ch.port, user=ch.user, password=ch.password, secure=ch.secure,
+        database=ch.database, table=ch.table, path=str(st.path), ttl_days=st.ttl_days,
+        partition_by=st.partition_by, batch_size=cfg.insert.batch_size,
+        flush_interval_ms=cfg.insert.flush_interval_ms, spool_dir=str(st.spool_dir),
+        spool_max_bytes=st.spool_max_bytes, spool_max_age_s=int(st.spool_max_age_s),
+    )
+
+
+def service_settings(cfg: Settings) -> ServiceSettings:
+    col = cfg.collectors
+    quirks = {addr: ExporterQuirks(sampling_rate=e.sampling_rate, little_endian_sampling=e.little_endian_sampling)
+              for addr, e in col.exporters.items()}
+    worker = WorkerSettings(
+        listeners=tuple(Listener(x.address, x.port, x.protocol) for x in col.listeners),
+        receive_buffer_bytes=col.receive_buffer_bytes, quirks=quirks,
+        hold_max_sets=col.template_hold.max_sets, hold_max_age_s=col.template_hold.max_age_s,
+    )
+    return ServiceSettings(worker=worker, store=store_settings(cfg), workers=col.worker_count(),
+                           metrics_listen=cfg.metrics.listen)

@@ -1,0 +1,208 @@
+"""The schema on the real engine: the original names, migrations, rollups, ptr_cache."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import sample_batch
+
+from appliance.flowenricher.columns import ALIASES, COLUMNS, Column, Kind
+from appliance.flowenricher.errors import ConfigError
+from appliance.flowenricher.storage import schema
+from appliance.flowenricher.storage.embedded import EmbeddedStore
+from appliance.flowenricher.storage.settings import StoreSettings
+
+# The columns of the original pmacct.flows table (examples/README.md).
+ORIGINAL_COLUMNS = (
+    "timestamp_start", "proto", "tcpflags", "tos", "src_host", "src_port", "src_host_country",
+    "dst_host", "dst_port", "dst_host_country", "peer_src_as", "peer_dst_as", "as_path", "packets",
+    "bytes", "peer_dst_as_name", "peer_src_as_name", "dst_as", "ingested_at", "local_pref",
+    "input_interface", "output_interface", "input_interface_name", "output_interface_name",
+    "flow_direction", "ip_protocol",
+)  # fmt: skip
+
+TYPICAL_QUERY = """
+SELECT timestamp_start, src_host, dst_host, peer_src_as, peer_dst_as, as_path, dst_as,
+       src_host_country, peer_dst_as_name
+FROM pmacct.flows ORDER BY ingested_at DESC LIMIT 10;
+"""
+
+
+@pytest.fixture
+def open_embedded(tmp_path: Path) -> Iterator[list[EmbeddedStore]]:
+    """Stores opened by a test, closed after it (one data directory per test)."""
+    opened: list[EmbeddedStore] = []
+    yield opened
+    for store in opened:
+        store.close()
+
+
+def _open(opened: list[EmbeddedStore], settings: StoreSettings) -> EmbeddedStore:
+    store = EmbeddedStore.open(settings)
+    opened.append(store)
+    return store
+
+
+def _rows(store: EmbeddedStore, sql: str) -> list[list[str]]:
+    return [line.split("\t") for line in store.query(sql, "TSV").decode().splitlines()]
+
+
+def test_original_table_names_and_typical_query(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:
+    store = _open(open_embedded, StoreSettings(path=str(tmp_path), database="pmacct", table="flows"))
+    store.migrate()
+    store.insert(sample_batch(20))
+    assert _rows(store, f"SELECT count() FROM (SELECT {', '.join(ORIGINAL_COLUMNS)} FROM pmacct.flows)") == [
+        ["20"]
+    ]
+    result = json.loads(store.query(TYPICAL_QUERY, "JSON"))
+    assert result["rows"] == 10
+    assert [m["name"] for m in result["meta"]] == [
+        "timestamp_start",
+        "src_host",
+        "dst_host",
+        "peer_src_as",
+        "peer_dst_as",
+        "as_path",
+        "dst_as",
+        "src_host_country",
+        "peer_dst_as_name",
+    ]
+    types = {m["name"]: m["type"] for m in result["meta"]}
+    assert (types["src_host"], types["as_path"]) == ("String", "Array(String)")
+
+
+def test_flows_table_derives_from_columns(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:
+    settings = StoreSettings(path=str(tmp_path), ttl_days=30, partition_by="toYYYYMM(timestamp_start)")
+    store = _open(open_embedded, settings)
+    store.migrate()
+    described = _rows(
+        store,
+        "SELECT name, type, default_kind, compression_codec FROM system.columns"
+        " WHERE database = 'flowenricher' AND table = 'flows' ORDER BY position",
+    )
+    stored = [(name, ch_type, codec) for name, ch_type, kind, codec in described if kind != "ALIAS"]
+    assert stored == [(c.name, c.ch_type, f"CODEC({c.codec})" if c.codec else "") for c in COLUMNS]
+    assert [name for name, _, kind, _ in described if kind == "ALIAS"] == list(ALIASES)
+    [[partition_key, sorting_key, create]] = _rows(
+        store,
+        "SELECT partition_key, sorting_key, create_table_query FROM system.tables"
+        " WHERE database = 'flowenricher' AND name = 'flows'",
+    )
+    assert partition_key == "toYYYYMM(timestamp_start)"
+    assert sorting_key == "toStartOfHour(timestamp_start), exporter_address, timestamp_start"
+    assert "TTL received_at + toIntervalDay(30)" in create
+
+
+def test_ttl_zero_keeps_flows_forever(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:
+    store = _open(open_embedded, StoreSettings(path=str(tmp_path), ttl_days=0))
+    store.migrate()
+    creates = _rows(store, "SELECT create_table_query FROM system.tables WHERE database = 'flowenricher'")
+    assert creates and not any(" TTL " in c[0] for c in creates)
+
+
+def test_migrate_twice_is_a_no_op(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:
+    store = _open(open_embedded, StoreSettings(path=str(tmp_path)))
+    assert store.migrate() == [1]
+    tables = _rows(
+        store, "SELECT name, create_table_query FROM system.tables WHERE database = 'flowenricher'"
+    )
+    assert store.migrate() == []
+    assert (
+        _rows(store, "SELECT name, create_table_query FROM system.tables WHERE database = 'flowenricher'")
+        == tables
+    )
+    assert _rows(store, "SELECT version FROM flowenricher.schema_migrations") == [["1"]]
+
+
+def test_migrations_survive_a_restart(tmp_path: Path) -> None:
+    store = EmbeddedStore.open(StoreSettings(path=str(tmp_path)))
+    store.migrate()
+    store.insert(sample_batch(10))
+    store.close()
+    store = EmbeddedStore.open(StoreSettings(path=str(tmp_path)))
+    try:
+        assert store.migrate() == []
+        assert _rows(store, "SELECT count() FROM flowenricher.flows") == [["10"]]
+    finally:
+        store.close()
+
+
+def test_missing_columns_are_added_in_place(
+    tmp_path: Path, open_embedded: list[EmbeddedStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installation from before a column existed gets it, after its predecessor in COLUMNS."""
+    store = _open(open_embedded, StoreSettings(path=str(tmp_path)))
+    store.migrate()
+    store.insert(sample_batch(5))
+    store.query("ALTER TABLE flowenricher.flows DROP COLUMN dst_vlan")
+    store.query("ALTER TABLE flowenricher.flows DROP COLUMN src_host")  # an alias, too
+    new = Column("dst_asn_org_id", "UInt32", Kind.UINT, "a column added later", "T64, ZSTD(1)", "<u4")
+    position = [c.name for c in COLUMNS].index("dst_as") + 1
+    monkeypatch.setattr(schema, "COLUMNS", (*COLUMNS[:position], new, *COLUMNS[position:]))
+    assert store.migrate() == []
+    names = [
+        r[0]
+        for r in _rows(
+            store,
+            "SELECT name FROM system.columns"
+            " WHERE database = 'flowenricher' AND table = 'flows' ORDER BY position",
+        )
+    ]
+    assert names[names.index("src_vlan") + 1] == "dst_vlan"
+    assert names[names.index("dst_as") + 1] == "dst_asn_org_id"
+    assert "src_host" in names
+    # Old rows read the new column as its default; the alias works again.
+    assert _rows(store, "SELECT sum(dst_asn_org_id), countIf(src_host != '') FROM flowenricher.flows") == [
+        ["0", "5"]
+    ]
+    [[codec]] = _rows(
+        store,
+        "SELECT compression_codec FROM system.columns"
+        " WHERE database = 'flowenricher' AND table = 'flows' AND name = 'dst_asn_org_id'",
+    )
+    assert codec == "CODEC(T64, ZSTD(1))"
+    assert store.migrate() == []
+
+
+def test_rollups_follow_inserts(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:
+    store = _open(open_embedded, StoreSettings(path=str(tmp_path)))
+    store.migrate()
+    batch = sample_batch(5000, seed=4)
+    store.insert(batch)
+    store.insert(batch)
+    total = [str(2 * batch.n), str(2 * int(batch["bytes"].sum())), str(2 * int(batch["packets"].sum()))]
+    for rollup in schema.ROLLUPS:
+        table = schema.rollup_table(store.settings, rollup)
+        assert _rows(store, f"SELECT sum(flows), sum(bytes), sum(packets) FROM {table}") == [total], table
+    # One bucket per step, service ports folded above 1023.
+    assert _rows(store, "SELECT uniqExact(timestamp) FROM flowenricher.flows_1h") == [["1"]]
+    assert _rows(store, "SELECT max(service_port) FROM flowenricher.flows_1m") == [["443"]]
+    per_country = _rows(
+        store,
+        "SELECT src_host_country, sum(flows) FROM flowenricher.flows_5m GROUP BY 1 ORDER BY 1",
+    )
+    countries, counts = np.unique(np.array(batch["src_host_country"].strings()), return_counts=True)
+    assert per_country == [[c, str(2 * n)] for c, n in zip(countries.tolist(), counts.tolist(), strict=True)]
+
+
+def test_ptr_cache_has_the_original_columns(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:
+    store = _open(open_embedded, StoreSettings(path=str(tmp_path)))
+    store.migrate()
+    store.query(
+        "INSERT INTO flowenricher.ptr_cache (ip, ptr, asn, asn_name, country)"
+        " VALUES ('1.2.3.4', 'a.b', 1, 'X', 'FR')"
+    )
+    rows = _rows(store, "SELECT ip, ptr, updated_at > 0, asn, asn_name, country FROM flowenricher.ptr_cache")
+    assert rows == [["1.2.3.4", "a.b", "1", "1", "X", "FR"]]
+
+
+def test_names_are_checked() -> None:
+    with pytest.raises(
+        ConfigError, match=re.escape("storage: database 'x; DROP' must be a plain identifier")
+    ):
+        StoreSettings(database="x; DROP")

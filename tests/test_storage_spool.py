@@ -1,0 +1,227 @@
+"""The spool and the batch writer: outages lose nothing within the limits, and every loss
+beyond them is counted."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+from support import sample_batch
+from support.clickhouse_http import ClickHouseHTTPStandIn
+
+from appliance.flowenricher.batch import FlowBatch
+from appliance.flowenricher.storage.embedded import EmbeddedStore
+from appliance.flowenricher.storage.server import ServerStore
+from appliance.flowenricher.storage.settings import StoreSettings
+from appliance.flowenricher.storage.spool import Dropped, Spool
+from appliance.flowenricher.storage.writer import REJECT_AFTER, BatchWriter
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_spool_keeps_order_and_survives_restart(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path), max_bytes=1 << 20, max_age_s=3600)
+    for i in range(3):
+        spool.push(bytes([i]) * 10, rows=i + 1)
+    (tmp_path / ".tmp-000000000099-0000000000000-5.native").write_bytes(b"cut short")
+    again = Spool(str(tmp_path), max_bytes=1 << 20, max_age_s=3600)
+    assert [spool.read(e)[:1] for e in again.entries()] == [b"\x00", b"\x01", b"\x02"]
+    assert again.stats().rows == 6 and again.stats().files == 3 and again.stats().size == 30
+    assert not any(name.startswith(".tmp-") for name in os.listdir(tmp_path))
+    again.remove(again.entries()[0])
+    again.push(b"new", rows=1)
+    assert [e.rows for e in Spool(str(tmp_path), 1 << 20, 3600).entries()] == [2, 3, 1]
+
+
+def test_full_spool_drops_oldest_and_counts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    registry = CollectorRegistry()
+    spool = Spool(str(tmp_path), max_bytes=2500, max_age_s=0, registry=registry)
+    assert not spool.push(b"a" * 1000, rows=10)
+    assert not spool.push(b"b" * 1000, rows=20)
+    dropped = spool.push(b"c" * 1000, rows=30)
+    assert dropped == Dropped(files=1, rows=10, size=1000)
+    assert [spool.read(e)[:1] for e in spool.entries()] == [b"b", b"c"]
+    assert _metric(registry, "flowenricher_store_rows_dropped_total", reason="size") == 10
+    assert _metric(registry, "flowenricher_store_spool_bytes") == 2000
+    assert _metric(registry, "flowenricher_store_spool_rows") == 50
+    assert "DROPPED 10 rows" in caplog.text
+
+
+def test_old_blocks_expire_and_count(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    clock = Clock()
+    spool = Spool(str(tmp_path), max_bytes=1 << 20, max_age_s=60, registry=registry, clock=clock)
+    spool.push(b"x", rows=7)
+    clock.now += 30
+    spool.push(b"y", rows=8)
+    assert _metric(registry, "flowenricher_store_spool_oldest_age_seconds") == 30
+    clock.now += 31
+    assert spool.expire() == Dropped(1, 7, 1)
+    assert [e.rows for e in spool.entries()] == [8]
+    assert _metric(registry, "flowenricher_store_rows_dropped_total", reason="age") == 7
+
+
+def test_spool_disabled_counts_every_failed_batch(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path), max_bytes=0, max_age_s=0)
+    assert spool.push(b"block", rows=12) == Dropped(1, 12, 5)
+    assert len(spool) == 0 and spool.dropped_rows == 12
+
+
+@pytest.fixture
+def standin(tmp_path: Path) -> Iterator[ClickHouseHTTPStandIn]:
+    with ClickHouseHTTPStandIn(str(tmp_path / "server")) as ch:
+        yield ch
+
+
+def _numbered(first: int, n: int) -> FlowBatch:
+    batch = sample_batch(n, seed=first)
+    batch["observation_domain"] = np.arange(first, first + n, dtype=np.uint32)
+    return batch
+
+
+def _stored_ids(store: ServerStore | EmbeddedStore) -> list[int]:
+    out = store.query("SELECT observation_domain FROM flowenricher.flows ORDER BY observation_domain", "TSV")
+    return [int(x) for x in out.split()]
+
+
+def _insert_order(store: ServerStore) -> list[tuple[int, int]]:
+    """(first id, last id) of each insert, in the order the server wrote them (one part
+    per insert: merges are stopped, and block numbers grow with every insert)."""
+    out = store.query(
+        "SELECT min(observation_domain), max(observation_domain),"
+        " toUInt64(splitByChar('_', _part)[2]) AS block\n"
+        "FROM flowenricher.flows GROUP BY block ORDER BY block",
+        "TSV",
+    )
+    return [(int(a), int(b)) for a, b, _ in (line.split("\t") for line in out.decode().splitlines())]
+
+
+@pytest.mark.parametrize("outage", ["connection refused", "http 500"])
+def test_outage_spools_then_replays_in_order(
+    tmp_path: Path, standin: ClickHouseHTTPStandIn, outage: str
+) -> None:
+    registry = CollectorRegistry()
+    settings = StoreSettings(
+        host="127.0.0.1", port=standin.port, path=str(tmp_path / "client"), batch_size=10_000
+    )
+    store = ServerStore(settings)
+    store.migrate()
+    store.query("SYSTEM STOP MERGES flowenricher.flows")
+    clock = Clock()
+    writer = BatchWriter(store, settings, Spool.from_settings(settings), registry=registry, clock=clock)
+
+    writer.add(_numbered(0, 1000))
+    writer.flush()
+    if outage == "connection refused":
+        standin.stop()
+    else:
+        standin.fail_with(500)
+    for start in (1000, 2000, 3000):  # three flushes during the outage, each spooled
+        writer.add(_numbered(start, 1000))
+        clock.now += 1.5
+        writer.maybe_flush()
+    assert writer.spool.stats().rows == 3000
+    assert _metric(registry, "flowenricher_store_rows_spooled_total") == 3000
+    if outage == "connection refused":
+        standin.start()
+    else:
+        standin.fail_with(None)
+
+    writer.add(_numbered(4000, 1000))
+    clock.now += 60  # past any back-off
+    writer.maybe_flush()
+    writer.close()
+
+    assert _stored_ids(store) == list(range(5000))
+    assert _insert_order(store) == [(0, 999), (1000, 1999), (2000, 2999), (3000, 3999), (4000, 4999)]
+    assert len(writer.spool) == 0
+    assert _metric(registry, "flowenricher_store_rows_replayed_total") == 3000
+    assert _metric(registry, "flowenricher_store_rows_inserted_total") == 5000
+    assert _metric(registry, "flowenricher_store_insert_errors_total") >= 1
+    store.close()
+
+
+def test_spool_left_by_a_previous_run_goes_first(tmp_path: Path, standin: ClickHouseHTTPStandIn) -> None:
+    settings = StoreSettings(host="127.0.0.1", port=standin.port + 1, path=str(tmp_path / "client"))
+    down = ServerStore(settings)  # nothing listens there
+    writer = BatchWriter(down, settings, Spool.from_settings(settings))
+    writer.add(_numbered(0, 100))
+    writer.close()
+    down.close()
+    assert len(writer.spool) == 1
+
+    settings = StoreSettings(host="127.0.0.1", port=standin.port, path=str(tmp_path / "client"))
+    store = ServerStore(settings)
+    store.migrate()
+    store.query("SYSTEM STOP MERGES flowenricher.flows")
+    writer = BatchWriter(store, settings, Spool.from_settings(settings))
+    writer.add(_numbered(100, 100))
+    writer.close()
+    assert _insert_order(store) == [(0, 99), (100, 199)]
+    store.close()
+
+
+def test_batches_accumulate_until_size_or_interval(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    settings = StoreSettings(path=str(tmp_path / "data"), batch_size=2500, flush_interval_ms=1000)
+    store = EmbeddedStore.open(settings)
+    try:
+        store.migrate()
+        clock = Clock()
+        writer = BatchWriter(store, settings, Spool.from_settings(settings), registry=registry, clock=clock)
+        writer.add(_numbered(0, 1000))
+        writer.add(_numbered(1000, 1000))
+        clock.now += 0.5
+        writer.maybe_flush()
+        assert _metric(registry, "flowenricher_store_inserts_total") == 0
+        assert _metric(registry, "flowenricher_store_pending_rows") == 2000
+        writer.add(_numbered(2000, 1000))  # 3000 >= batch_size: one insert now
+        assert _metric(registry, "flowenricher_store_inserts_total") == 1
+        writer.add(_numbered(3000, 10))
+        clock.now += 1.0
+        writer.maybe_flush()  # the interval has passed
+        assert _metric(registry, "flowenricher_store_inserts_total") == 2
+        assert _stored_ids(store) == list(range(3010))
+        assert _metric(registry, "flowenricher_store_insert_seconds_count") == 2
+        assert _metric(registry, "flowenricher_store_last_insert_seconds") > 0
+    finally:
+        store.close()
+
+
+def test_block_the_store_keeps_refusing_is_set_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = CollectorRegistry()
+    settings = StoreSettings(path=str(tmp_path / "data"))
+    store = EmbeddedStore.open(settings)
+    try:
+        store.migrate()
+        spool = Spool.from_settings(settings, registry)
+        spool.push(b"\x01\x05garbage", rows=5)  # not a Native block
+        clock = Clock()
+        writer = BatchWriter(store, settings, spool, registry=registry, clock=clock)
+        for i in range(REJECT_AFTER):
+            writer.add(_numbered(i * 10, 10))
+            clock.now += 60
+            writer.maybe_flush()
+        assert len(spool) == 0
+        assert _stored_ids(store) == list(range(REJECT_AFTER * 10))
+        assert _metric(registry, "flowenricher_store_rows_dropped_total", reason="rejected") == 5
+        assert os.listdir(tmp_path / "data" / "spool" / "rejected")
+        assert "rejected by the store" in caplog.text
+    finally:
+        store.close()
