@@ -116,7 +116,7 @@ def test_default_config_is_valid() -> None:
     assert (settings.clickhouse.database, settings.clickhouse.table) == ("flowenricher", "flows")
     assert settings.storage.path == Path("data")
     assert settings.storage.spool_dir == Path("data/spool")
-    assert settings.insert.batch_size == 50000 and settings.insert.flush_interval_ms == 1000
+    assert settings.insert.batch_size == 250000 and settings.insert.flush_interval_ms == 1000
     assert (settings.api.host, settings.api.port) == ("127.0.0.1", 9600)
     assert (settings.metrics.host, settings.metrics.port) == ("127.0.0.1", 9601)
     assert (settings.bgp.gobgp.host, settings.bgp.gobgp.port) == ("127.0.0.1", 50051)

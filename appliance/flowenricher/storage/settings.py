@@ -41,7 +41,7 @@ class StoreSettings:
     path: str = "./data"
     ttl_days: int = 90
     partition_by: str = DEFAULT_PARTITION_BY
-    batch_size: int = 50_000
+    batch_size: int = 250_000
     flush_interval_ms: int = 1000
     spool_dir: str | None = None
     spool_max_bytes: int = 1 << 30
