@@ -40,3 +40,30 @@ class FlowStore(Protocol):
     def close(self) -> None:
         """Release the engine or connection; the store is unusable afterwards."""
         ...
+
+
+class NativeBackend:
+    """What both backends share: migrations run through their own statement helpers, and
+    a FlowBatch is stored as one Native block.  Subclasses provide the three primitives."""
+
+    settings: StoreSettings
+
+    def _execute(self, sql: str) -> None:
+        raise NotImplementedError
+
+    def _rows(self, sql: str) -> list[list[str]]:
+        raise NotImplementedError
+
+    def insert_native(self, block: bytes, rows: int) -> None:
+        raise NotImplementedError
+
+    def migrate(self) -> list[int]:
+        from . import schema
+
+        return schema.migrate(self.settings, self._execute, self._rows)
+
+    def insert(self, batch: FlowBatch) -> None:
+        if batch.n:
+            from .native import encode_block
+
+            self.insert_native(encode_block(batch), batch.n)

@@ -26,10 +26,8 @@ from typing import Any
 
 import chdb
 
-from ..batch import FlowBatch
 from ..errors import StoreError
-from . import schema
-from .native import encode_block
+from .base import NativeBackend
 from .settings import StoreSettings
 
 log = logging.getLogger(__name__)
@@ -37,7 +35,7 @@ log = logging.getLogger(__name__)
 _chdb_connect: Callable[[str], Any] = chdb.connect  # untyped in chDB
 
 
-class EmbeddedStore:
+class EmbeddedStore(NativeBackend):
     """A :class:`~.base.FlowStore` on chDB; build it with :meth:`open`."""
 
     def __init__(self, settings: StoreSettings, path: str, writer: Any, reader: Any) -> None:
@@ -68,13 +66,6 @@ class EmbeddedStore:
             raise
         log.info("embedded store: chDB %s in %s", chdb.__version__, path)
         return cls(settings, path, writer, reader)
-
-    def migrate(self) -> list[int]:
-        return schema.migrate(self.settings, self._execute, self._rows)
-
-    def insert(self, batch: FlowBatch) -> None:
-        if batch.n:
-            self.insert_native(encode_block(batch), batch.n)
 
     def insert_native(self, block: bytes, rows: int) -> None:
         table = self.settings.qualified_table

@@ -14,16 +14,14 @@ from typing import Any
 
 import clickhouse_connect
 
-from ..batch import FlowBatch
 from ..errors import StoreError
-from . import schema
-from .native import encode_block
+from .base import NativeBackend
 from .settings import StoreSettings
 
 log = logging.getLogger(__name__)
 
 
-class ServerStore:
+class ServerStore(NativeBackend):
     """A :class:`~.base.FlowStore` on a ClickHouse server; no I/O until first used."""
 
     def __init__(self, settings: StoreSettings) -> None:
@@ -35,13 +33,6 @@ class ServerStore:
     def address(self) -> str:
         scheme = "https" if self.settings.secure else "http"
         return f"{scheme}://{self.settings.host}:{self.settings.port}"
-
-    def migrate(self) -> list[int]:
-        return schema.migrate(self.settings, self._execute, self._rows)
-
-    def insert(self, batch: FlowBatch) -> None:
-        if batch.n:
-            self.insert_native(encode_block(batch), batch.n)
 
     def insert_native(self, block: bytes, rows: int) -> None:
         # No column list: the server matches a Native block's columns by name and
