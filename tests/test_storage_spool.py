@@ -14,6 +14,7 @@ from support import sample_batch
 from support.clickhouse_http import ClickHouseHTTPStandIn
 
 from appliance.flowenricher.batch import FlowBatch
+from appliance.flowenricher.errors import StoreError
 from appliance.flowenricher.storage.embedded import EmbeddedStore
 from appliance.flowenricher.storage.server import ServerStore
 from appliance.flowenricher.storage.settings import StoreSettings
@@ -225,3 +226,31 @@ def test_block_the_store_keeps_refusing_is_set_aside(
         assert "rejected by the store" in caplog.text
     finally:
         store.close()
+
+
+def test_server_down_at_start_spools_then_migrates_and_replays(
+    tmp_path: Path, standin: ClickHouseHTTPStandIn
+) -> None:
+    """The service starts while ClickHouse is away (the HTTP stand-in over chDB is
+    stopped before anything migrated): batches go to the spool, and the first insert
+    that reaches the server creates the schema first, then replays in order."""
+    standin.stop()
+    settings = StoreSettings(host="127.0.0.1", port=standin.port, path=str(tmp_path / "client"), batch_size=10_000)
+    store = ServerStore(settings)
+    with pytest.raises(StoreError):
+        store.migrate()
+    clock = Clock()
+    writer = BatchWriter(store, settings, Spool.from_settings(settings), clock=clock, migrated=False)
+    for start in (0, 1000):
+        writer.add(_numbered(start, 1000))
+        clock.now += 1.5
+        writer.maybe_flush()
+    assert writer.spool.stats().rows == 2000
+    standin.start()
+    writer.add(_numbered(2000, 1000))
+    clock.now += 60
+    writer.maybe_flush()
+    writer.close()
+    assert _stored_ids(store) == list(range(3000))
+    assert len(writer.spool) == 0
+    store.close()

@@ -117,6 +117,8 @@ COLUMNS: tuple[Column, ...] = (
     _lc("dst_host_city", "city of dst_addr"),
     _lc("src_net_name", "configured network name of src_addr"),
     _lc("dst_net_name", "configured network name of dst_addr"),
+    _lc("src_net_customer", "customer of the configured network holding src_addr"),
+    _lc("dst_net_customer", "customer of the configured network holding dst_addr"),
     _lc("src_host_ptr", "reverse DNS name of src_addr, when already resolved (see ptr_cache)"),
     _lc("dst_host_ptr", "reverse DNS name of dst_addr, when already resolved (see ptr_cache)"),
     _u("flow_direction", 8, "0 unknown, 1 inbound, 2 outbound, 3 internal, 4 transit"),

@@ -659,6 +659,7 @@ class BgpListenerSettings:
 class BgpSettings:
     listener: BgpListenerSettings
     gobgp: GoBgpSettings
+    prefix_file: Path | None = None  # a JSON prefix table instead of GoBGP's RIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,6 +668,8 @@ class GeoIpSettings:
 
     asn_db: Path | None
     city_db: Path | None
+    reload_interval_s: float = 60.0
+    cache_size: int = 262144
 
 
 @dataclass(frozen=True, slots=True)
@@ -679,9 +682,35 @@ class KafkaSettings:
 
 @dataclass(frozen=True, slots=True)
 class DnsSettings:
-    """PTR lookups; `nameserver` None means the system's resolvers."""
+    """PTR lookups; `nameserver` None means the system's resolvers.  Durations in seconds."""
 
     nameserver: str | None
+    port: int = 53
+    timeout_s: float = 2.0
+    max_inflight: int = 64
+    rate_per_s: float = 200.0
+    backlog: int = 10000
+    cache_size: int = 262144
+    min_ttl_s: float = 300.0
+    max_ttl_s: float = 86400.0
+    negative_ttl_s: float = 3600.0
+    private: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SnmpTargetSettings:
+    """One SNMP agent naming the interfaces of one flow exporter."""
+
+    exporter: str
+    host: str
+    port: int
+    version: str
+    community: str = field(repr=False)
+    user: str | None
+    auth_protocol: str
+    auth_key: str | None = field(repr=False)
+    priv_protocol: str
+    priv_key: str | None = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -692,6 +721,17 @@ class SnmpSettings:
     port: int
     timeout_s: float
     retries: int
+    interval_s: float = 300.0
+    targets: tuple[SnmpTargetSettings, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSettings:
+    """One entry of the operator's network classification (``networks``)."""
+
+    prefix: IPNetwork
+    name: str
+    customer: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -728,6 +768,7 @@ class Settings:
     enrich: frozenset[str]
     my_asn: int | None
     my_prefixes: tuple[IPNetwork, ...]
+    networks: tuple[NetworkSettings, ...]
     timezone: str
     debug: bool
     log_level: str
@@ -918,15 +959,18 @@ def _build_settings(raw: dict[str, Any], path: Path | None) -> Settings:
         insert=InsertSettings(int(eff["insert"]["batch_size"]), int(eff["insert"]["flush_interval_ms"])),
         metrics=MetricsSettings(eff["metrics"]["listen"], metrics_host, metrics_port),
         api=ApiSettings(eff["api"]["listen"], api_host, api_port),
-        bgp=BgpSettings(listener, GoBgpSettings(eff["bgp"]["gobgp"]["api"], gobgp_host, gobgp_port)),
-        geoip=GeoIpSettings(_optional_path(geoip["asn_db"]), _optional_path(geoip["city_db"])),
+        bgp=BgpSettings(listener, GoBgpSettings(eff["bgp"]["gobgp"]["api"], gobgp_host, gobgp_port),
+                        _optional_path(eff["bgp"]["prefix_file"])),
+        geoip=GeoIpSettings(_optional_path(geoip["asn_db"]), _optional_path(geoip["city_db"]),
+                            parse_duration(geoip["reload_interval"]), int(geoip["cache_size"])),
         kafka=KafkaSettings(
             bool(kafka["enabled"]), tuple(kafka["brokers"]), kafka["topic"], kafka["group_id"],
         ),
-        dns=DnsSettings(eff["dns"]["nameserver"]),
+        dns=_dns_settings(eff["dns"]),
         snmp=SnmpSettings(
             enabled=bool(snmp["enabled"]), target=snmp["target"], community=snmp["community"],
             port=int(snmp["port"]), timeout_s=float(snmp["timeout"]), retries=int(snmp["retries"]),
+            interval_s=parse_duration(snmp["interval"]), targets=_snmp_targets(snmp),
         ),
         detection=DetectionSettings(
             enabled=bool(detection["enable_detection_engine"]),
@@ -937,12 +981,47 @@ def _build_settings(raw: dict[str, Any], path: Path | None) -> Settings:
         enrich=_parse_enrich(eff["enrich"]),
         my_asn=_optional_int(eff["my_asn"]),
         my_prefixes=tuple(ipaddress.ip_network(prefix) for prefix in eff["my_prefixes"]),
+        networks=tuple(
+            NetworkSettings(ipaddress.ip_network(prefix), *((value, "") if isinstance(value, str)
+                                                              else (value["name"], value.get("customer", ""))))
+            for prefix, value in eff["networks"].items()
+        ),
         timezone=eff["timezone"],
         debug=bool(eff["debug"]),
         log_level=eff["log_level"],
         source=path,
         raw=copy.deepcopy(raw),
         effective=eff,
+    )
+
+
+def _dns_settings(dns: Mapping[str, Any]) -> DnsSettings:
+    return DnsSettings(
+        nameserver=dns["nameserver"], port=int(dns["port"]), timeout_s=float(dns["timeout"]),
+        max_inflight=int(dns["max_inflight"]), rate_per_s=float(dns["rate_per_s"]), backlog=int(dns["backlog"]),
+        cache_size=int(dns["cache_size"]), min_ttl_s=parse_duration(dns["min_ttl"]),
+        max_ttl_s=parse_duration(dns["max_ttl"]), negative_ttl_s=parse_duration(dns["negative_ttl"]),
+        private=bool(dns["private"]),
+    )
+
+
+def _snmp_targets(snmp: Mapping[str, Any]) -> tuple[SnmpTargetSettings, ...]:
+    """`snmp.target` (when enabled) first, then `snmp.targets`, each completed from the block."""
+    keys = ("port", "version", "community", "user", "auth_protocol", "auth_key", "priv_protocol", "priv_key")
+    items: list[dict[str, Any]] = []
+    if snmp["enabled"] and snmp["target"]:
+        items.append({"exporter": snmp["target"], "host": snmp["target"], **{k: snmp[k] for k in keys}})
+    for entry in snmp["targets"]:
+        items.append({**{k: snmp[k] for k in keys}, **{k: v for k, v in entry.items() if v is not None},
+                      "host": entry.get("host") or entry["exporter"]})
+    return tuple(
+        SnmpTargetSettings(
+            exporter=str(item["exporter"]), host=str(item["host"]), port=int(item["port"]),
+            version=str(item["version"]), community=str(item["community"]), user=item["user"],
+            auth_protocol=str(item["auth_protocol"]), auth_key=item["auth_key"],
+            priv_protocol=str(item["priv_protocol"]), priv_key=item["priv_key"],
+        )
+        for item in items
     )
 
 

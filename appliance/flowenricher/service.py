@@ -26,7 +26,7 @@ from .batch import FlowBatch
 from .collector.receiver import kernel_drops, open_socket
 from .collector.worker import DONE, FAILED, FLOWS, READY, STATS, WorkerSettings, run_worker
 from .control import ControlServer
-from .errors import FlowEnricherError
+from .errors import FlowEnricherError, StoreError
 from .metrics import CollectorMetrics, WorkerSnapshots, serve
 from .storage import open_store
 from .storage.base import FlowStore
@@ -79,15 +79,24 @@ class CollectorService:
         for listener in cfg.worker.listeners:
             open_socket(listener, 1 << 16).close()
         store = open_store(cfg.store)
-        applied = store.migrate()
-        if applied:
-            log.info("storage: applied migrations %s", applied)
+        migrated = True
+        try:
+            applied = store.migrate()
+            if applied:
+                log.info("storage: applied migrations %s", applied)
+        except StoreError as err:
+            if cfg.store.embedded:
+                raise  # a local engine that cannot start will not get better by waiting
+            # A ClickHouse server that is down must not stop flow collection: flows go to
+            # the spool and the writer migrates before its first successful insert.
+            log.warning("storage: %s; collecting into the spool until the server answers", err)
+            migrated = False
         where = f"embedded chDB in {os.path.abspath(cfg.store.path)}" if cfg.store.embedded else \
             f"ClickHouse at {cfg.store.host}:{cfg.store.port}"
         log.info("storage: %s, table %s", where, cfg.store.qualified_table)
         spool = Spool(cfg.store.spool_path, cfg.store.spool_max_bytes, cfg.store.spool_max_age_s,
                       registry=self.registry)
-        writer = BatchWriter(store, cfg.store, spool, registry=self.registry)
+        writer = BatchWriter(store, cfg.store, spool, registry=self.registry, migrated=migrated)
         locked = _LockedStore(store)
         writer_store_lock = locked.lock
         control = ControlServer(cfg.store.path, locked.query) if cfg.store.embedded else None

@@ -37,9 +37,25 @@ class AddressSet:
     def of(cls, batch: FlowBatch) -> AddressSet:
         n = batch.n
         both = np.concatenate([batch["src_addr"], batch["dst_addr"]])
-        keys = np.ascontiguousarray(both).view(np.dtype((np.void, 16))).ravel()
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        addrs = np.frombuffer(uniq.tobytes(), dtype=np.uint8).reshape(-1, 16)
+        hi, lo = addr_halves(both)
+        # Sorting two uint64 keys is several times faster than np.unique on 16-byte
+        # rows; an all-IPv4 batch (one high half) needs only the low half.
+        if len(hi) and bool((hi == hi[0]).all()):
+            uniq_lo, inverse = np.unique(lo, return_inverse=True)
+            halves = np.empty((len(uniq_lo), 2), dtype=">u8")
+            halves[:, 0] = hi[0]
+            halves[:, 1] = uniq_lo
+        else:
+            order = np.lexsort((lo, hi))
+            s_hi, s_lo = hi[order], lo[order]
+            first = np.ones(len(order), dtype=bool)
+            first[1:] = (s_hi[1:] != s_hi[:-1]) | (s_lo[1:] != s_lo[:-1])
+            inverse = np.empty(len(order), dtype=np.intp)
+            inverse[order] = np.cumsum(first) - 1
+            halves = np.empty((int(first.sum()), 2), dtype=">u8")
+            halves[:, 0] = s_hi[first]
+            halves[:, 1] = s_lo[first]
+        addrs = halves.view(np.uint8).reshape(-1, 16)
         inverse = inverse.ravel().astype(np.intp)
         return cls(addrs, inverse[:n], inverse[n:])
 

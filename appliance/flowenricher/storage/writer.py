@@ -45,6 +45,7 @@ class BatchWriter:
         spool: Spool,
         registry: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        migrated: bool = True,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -57,6 +58,9 @@ class BatchWriter:
         self._retry_at = 0.0
         self._backoff = RETRY_MIN_S
         self._attempts: dict[int, int] = {}  # spool seq -> failed attempts while the store was up
+        # False when the service started while the server was away: the schema is brought
+        # up to date before the first insert that reaches it.
+        self._migrated = migrated
 
     @property
     def pending_rows(self) -> int:
@@ -110,6 +114,10 @@ class BatchWriter:
         """One insert attempt; on failure, start or lengthen the back-off."""
         started = time.perf_counter()
         try:
+            if not self._migrated:
+                applied = self.store.migrate()
+                self._migrated = True
+                log.info("writer: store reachable, schema up to date (applied %s)", applied or "nothing")
             self.store.insert_native(block, rows)
         except StoreError as err:
             self.metrics.insert_errors.inc()
