@@ -17,6 +17,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from .batch import FlowBatch
 from .collector.receiver import kernel_drops, open_socket
 from .collector.worker import DONE, FAILED, FLOWS, READY, STATS, WorkerSettings, run_worker
 from .control import ControlServer
+from .enrich.pipeline import Enricher
 from .errors import FlowEnricherError, StoreError
 from .metrics import CollectorMetrics, WorkerSnapshots, serve
 from .storage import open_store
@@ -60,11 +62,18 @@ class _LockedStore:
             return self.store.query(sql, fmt)
 
 
+EnricherFactory = Callable[[CollectorRegistry, FlowStore], Enricher]
+"""Builds the enrichment pipeline in this process, once the store is open (the PTR stage
+writes ptr_cache through it).  Stages hold caches and background threads, so they live
+here, in the one storing process, not in the spawned workers."""
+
+
 class CollectorService:
     """Runs until stopped; `run()` returns the process exit code."""
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, build_enricher: EnricherFactory | None = None) -> None:
         self.settings = settings
+        self._build_enricher = build_enricher
         self.snapshots = WorkerSnapshots()
         self.registry = CollectorRegistry()
         self._stop = threading.Event()
@@ -97,6 +106,13 @@ class CollectorService:
         spool = Spool(cfg.store.spool_path, cfg.store.spool_max_bytes, cfg.store.spool_max_age_s,
                       registry=self.registry)
         writer = BatchWriter(store, cfg.store, spool, registry=self.registry, migrated=migrated)
+        try:
+            enricher = self._build_enricher(self.registry, store) if self._build_enricher else Enricher([])
+        except BaseException:
+            store.close()
+            raise
+        if enricher.stages:
+            log.info("enrichment: %s", ", ".join(enricher.names))
         locked = _LockedStore(store)
         writer_store_lock = locked.lock
         control = ControlServer(cfg.store.path, locked.query) if cfg.store.embedded else None
@@ -119,7 +135,7 @@ class CollectorService:
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         exit_code = 0
         try:
-            exit_code = self._loop(out, procs, stop, writer, writer_store_lock)
+            exit_code = self._loop(out, procs, stop, writer, writer_store_lock, enricher)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -130,6 +146,7 @@ class CollectorService:
                     proc.kill()
             with writer_store_lock:
                 writer.close()
+            enricher.close()
             if control is not None:
                 control.stop()
             if metrics_server is not None:
@@ -139,7 +156,8 @@ class CollectorService:
             log.info("stopped: %d flows received, stored or spooled", self.rows_received)
         return exit_code
 
-    def _loop(self, out: Any, procs: list[Any], stop: Any, writer: BatchWriter, lock: threading.Lock) -> int:
+    def _loop(self, out: Any, procs: list[Any], stop: Any, writer: BatchWriter, lock: threading.Lock,
+              enricher: Enricher) -> int:
         ready: set[int] = set()
         done: set[int] = set()
         exit_code = 0
@@ -159,6 +177,7 @@ class CollectorService:
             if kind == FLOWS:
                 batch: FlowBatch = payload
                 self.rows_received += batch.n
+                enricher.enrich(batch)
                 with lock:
                     writer.add(batch)
             elif kind == STATS:
@@ -188,9 +207,9 @@ class CollectorService:
         return exit_code
 
 
-def run_service(settings: ServiceSettings) -> int:
+def run_service(settings: ServiceSettings, build_enricher: EnricherFactory | None = None) -> int:
     try:
-        return CollectorService(settings).run()
+        return CollectorService(settings, build_enricher).run()
     except FlowEnricherError as err:
         log.error("%s", err)
         return 1

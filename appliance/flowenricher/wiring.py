@@ -5,11 +5,17 @@ Kept apart from config.py so the config stays free of imports of the parts it co
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry
+
 from .collector.receiver import Listener
 from .collector.worker import WorkerSettings
 from .config import Settings
 from .decode.netflow import ExporterQuirks
-from .service import ServiceSettings
+from .enrich.base import Stage
+from .enrich.networks import NetworkInfo, NetworksStage
+from .enrich.pipeline import Enricher
+from .service import EnricherFactory, ServiceSettings
+from .storage.base import FlowStore
 from .storage.settings import StoreSettings
 
 
@@ -35,3 +41,19 @@ def service_settings(cfg: Settings) -> ServiceSettings:
     )
     return ServiceSettings(worker=worker, store=store_settings(cfg), workers=col.worker_count(),
                            metrics_listen=cfg.metrics.listen)
+
+
+def enricher_factory(cfg: Settings) -> EnricherFactory:
+    """The enrichment pipeline the config asks for (``enrich:`` and the blocks it names).
+
+    Direction and networks need no outside source and always run; the others follow
+    the ``enrich`` switch, in the order enrich/pipeline.py explains.
+    """
+
+    def build(registry: CollectorRegistry, store: FlowStore) -> Enricher:
+        stages: list[Stage] = [
+            NetworksStage(cfg.my_prefixes, {n.prefix: NetworkInfo(n.name, n.customer) for n in cfg.networks}),
+        ]
+        return Enricher(stages, registry)
+
+    return build
