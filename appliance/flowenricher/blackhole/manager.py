@@ -1,0 +1,258 @@
+"""The blackhole manager: the one owner of BGP blackhole announcements (DESIGN §1).
+
+Manual (API) and automatic (detection) requests both come here.  Each one is checked
+against the safety policy, persisted in the state DB *before* GoBGP is asked (so a
+crash in between re-announces it on restart instead of forgetting it), announced,
+logged to ``blackholes.txt`` with its rule and evidence, and withdrawn exactly once
+when it expires.  GoBGP being down delays announcements and withdrawals (they are
+retried from the state DB on every tick), it never loses them.  ``reconcile`` compares
+what GoBGP holds with what should be active, so a restart of either side converges.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from .safety import IPNetwork, Refused, SafetyPolicy, parse_prefix
+from .state import Blackhole, StateDB
+
+log = logging.getLogger(__name__)
+
+
+class AnnounceError(Exception):
+    """GoBGP could not be reached or refused the change; the manager retries."""
+
+
+class Announcer(Protocol):
+    """Where blackhole routes go (GoBGP's gRPC API in production; see bgp/announcer.py)."""
+
+    def announce(self, prefix: str, next_hop: str, communities: Sequence[str]) -> None: ...
+
+    def withdraw(self, prefix: str, next_hop: str, communities: Sequence[str]) -> None: ...
+
+    def announced(self) -> set[str]:
+        """Prefixes this appliance currently announces (locally originated paths)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a request that does not say gets: RFC 7999's BLACKHOLE community, the
+    conventional discard next hops (192.0.2.1 from TEST-NET-1, 100::1 from RFC 6666's
+    discard prefix), and no expiry for manual blackholes unless configured."""
+
+    next_hop_v4: str = "192.0.2.1"
+    next_hop_v6: str = "100::1"
+    communities: tuple[str, ...] = ("65535:666",)
+    duration_s: float | None = None
+
+
+class BlackholeManager:
+    """Thread-safe: the detection engine, the API and the service's tick all call it."""
+
+    def __init__(self, state: StateDB, announcer: Announcer, policy: SafetyPolicy, log_path: Path | None,
+                 defaults: Defaults = Defaults(), registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.time, reconcile_interval_s: float = 5.0) -> None:
+        self.state = state
+        self.announcer = announcer
+        self.policy = policy
+        self.defaults = defaults
+        self.log_path = log_path
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._reconcile_interval = reconcile_interval_s
+        self._next_reconcile = 0.0
+        # Withdrawals GoBGP did not take yet: prefix -> (next hop, communities).
+        self._pending_withdrawals: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._actions = Counter("flowenricher_blackhole_actions", "Blackhole announcements and withdrawals",
+                                ["action", "source"], registry=registry)
+        self._refused = Counter("flowenricher_blackhole_refused", "Blackhole requests the safety policy refused",
+                                ["source"], registry=registry)
+        self._errors = Counter("flowenricher_blackhole_gobgp_errors", "GoBGP calls that failed (retried)",
+                               registry=registry)
+        self._active = Gauge("flowenricher_blackholes_active", "Blackholes active now", registry=registry)
+        self._pending = Gauge("flowenricher_blackholes_pending", "Blackhole changes waiting for GoBGP",
+                              registry=registry)
+
+    # ----------------------------------------------------------------- requests
+
+    def announce(self, prefix: str, next_hop: str | None = None, communities: Sequence[str] | None = None,
+                 duration_s: float | None = None, source: str = "api", rule: str = "",
+                 evidence: dict[str, Any] | None = None, role: str = "manual") -> Blackhole:
+        """Blackhole `prefix` (a bare address means its host route); raises Refused.
+
+        Asking again for an active prefix extends its expiry (and updates next hop and
+        communities if they differ) instead of stacking a second announcement.
+        """
+        net = _host_route(prefix)
+        text = str(net)
+        hop = next_hop or (self.defaults.next_hop_v4 if net.version == 4 else self.defaults.next_hop_v6)
+        comms = tuple(communities) if communities else self.defaults.communities
+        duration = duration_s if duration_s is not None else self.defaults.duration_s
+        now = self._clock()
+        with self._lock:
+            current = self.state.find_active(text)
+            try:
+                self.policy.check(net, role, len(self.state.active()), now, already_active=current is not None)
+            except Refused as err:
+                self._refused.labels(source).inc()
+                self._log("refused", text, hop, comms, source, rule, evidence, None, reason=str(err))
+                raise
+            expires = now + duration if duration else None
+            if self.policy.settings.dry_run:
+                self._log("dry-run-announce", text, hop, comms, source, rule, evidence, expires)
+                log.warning("dry run: would blackhole %s via %s %s (%s)", text, hop, ",".join(comms), rule or source)
+                return Blackhole(0, text, hop, comms, source, rule, evidence or {}, now, expires, None, False)
+            if current is not None:
+                new_expiry = None if current.expires_at is None or expires is None else max(current.expires_at, expires)
+                changed = current.next_hop != hop or current.communities != comms
+                self.state.update(current.id, expires_at=new_expiry, next_hop=hop, communities=list(comms),
+                                  announced=current.announced and not changed)
+                self._log("extend", text, hop, comms, source, rule, evidence, new_expiry)
+                if changed:
+                    self._try_announce(current.id, text, hop, comms)
+                return self.state.find_active(text) or current
+            self.policy.admitted(now)
+            row = self.state.add(prefix=text, next_hop=hop, communities=list(comms), source=source, rule=rule,
+                                 evidence=evidence or {}, created_at=now, expires_at=expires, announced=False)
+            self._pending_withdrawals.pop(text, None)
+            self._log("announce", text, hop, comms, source, rule, evidence, expires)
+            self._actions.labels("announce", source).inc()
+            self._try_announce(row.id, text, hop, comms)
+            self._update_gauges()
+            return self.state.find_active(text) or row
+
+    def withdraw(self, prefix: str, reason: str = "api") -> Blackhole | None:
+        """Withdraw an active blackhole; None when `prefix` is not active."""
+        text = str(_host_route(prefix))
+        with self._lock:
+            current = self.state.find_active(text)
+            if current is None:
+                return None
+            self._withdraw(current, reason, self._clock())
+            return current
+
+    def request(self, prefix: str, next_hop: str | None, communities: list[str], duration_s: float, rule: str,
+                evidence: dict[str, Any]) -> None:
+        """The detection engine's entry point: an attacker's (or victim's) address.
+
+        `evidence["key"]` says which: "src" blackholes a source, "dst" a victim; refusals
+        are logged and counted, never raised into the engine.
+        """
+        role = "destination" if evidence.get("key") == "dst" else "source"
+        try:
+            self.announce(prefix, next_hop, communities, duration_s, source="rule", rule=rule, evidence=evidence,
+                          role=role)
+        except Refused as err:
+            log.warning("blackhole for rule %s refused: %s", rule, err)
+
+    def active(self) -> list[Blackhole]:
+        return self.state.active()
+
+    # ----------------------------------------------------------------- time
+
+    def tick(self, now: float | None = None) -> None:
+        """Expire what is due, retry what GoBGP missed, and reconcile now and then."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            for bh in self.state.active():
+                if bh.expires_at is not None and bh.expires_at <= now:
+                    self._withdraw(bh, "expired", now)
+                elif not bh.announced:
+                    self._try_announce(bh.id, bh.prefix, bh.next_hop, bh.communities)
+            for prefix, (hop, comms) in list(self._pending_withdrawals.items()):
+                self._try_withdraw(prefix, hop, comms)
+            if now >= self._next_reconcile:
+                self._next_reconcile = now + self._reconcile_interval
+                self.reconcile()
+            self._update_gauges()
+
+    def reconcile(self) -> None:
+        """Make GoBGP hold exactly the active blackholes (after either side restarted)."""
+        with self._lock:
+            try:
+                held = self.announcer.announced()
+            except AnnounceError as err:
+                self._errors.inc()
+                log.debug("reconcile: GoBGP unreachable: %s", err)
+                return
+            active = {bh.prefix: bh for bh in self.state.active()}
+            for prefix, bh in active.items():
+                if prefix not in held:
+                    if bh.announced:
+                        log.warning("reconcile: %s missing from GoBGP (restarted?); announcing again", prefix)
+                    self._try_announce(bh.id, prefix, bh.next_hop, bh.communities)
+            for prefix in held - set(active):
+                hop, comms = self._pending_withdrawals.get(prefix, ("", ()))
+                log.warning("reconcile: GoBGP holds %s, which is not active; withdrawing", prefix)
+                self._try_withdraw(prefix, hop, comms)
+
+    # ----------------------------------------------------------------- internals
+
+    def _withdraw(self, bh: Blackhole, reason: str, now: float) -> None:
+        self.state.update(bh.id, withdrawn_at=now, withdraw_reason=reason)
+        self._log("withdraw", bh.prefix, bh.next_hop, bh.communities, bh.source, bh.rule, None, bh.expires_at,
+                  reason=reason)
+        self._actions.labels("withdraw", reason).inc()
+        self._pending_withdrawals[bh.prefix] = (bh.next_hop, bh.communities)
+        self._try_withdraw(bh.prefix, bh.next_hop, bh.communities)
+        self._update_gauges()
+
+    def _try_announce(self, row_id: int, prefix: str, hop: str, comms: Sequence[str]) -> None:
+        try:
+            self.announcer.announce(prefix, hop, comms)
+        except AnnounceError as err:
+            self._errors.inc()
+            log.warning("blackhole %s: GoBGP did not take it (%s); retrying", prefix, err)
+            self.state.update(row_id, announced=False)
+            return
+        self.state.update(row_id, announced=True)
+
+    def _try_withdraw(self, prefix: str, hop: str, comms: Sequence[str]) -> None:
+        try:
+            self.announcer.withdraw(prefix, hop, comms)
+        except AnnounceError as err:
+            self._errors.inc()
+            log.warning("withdraw %s: GoBGP did not take it (%s); retrying", prefix, err)
+            return
+        self._pending_withdrawals.pop(prefix, None)
+
+    def _update_gauges(self) -> None:
+        self._active.set(len(self.state.active()))
+        self._pending.set(len(self._pending_withdrawals) + sum(1 for b in self.state.active() if not b.announced))
+
+    def _log(self, action: str, prefix: str, hop: str, comms: Sequence[str], source: str, rule: str,
+             evidence: dict[str, Any] | None, expires: float | None, reason: str = "") -> None:
+        """One JSON line per action in blackholes.txt: the operator's audit trail."""
+        line: dict[str, Any] = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "action": action, "prefix": prefix, "next_hop": hop, "communities": list(comms),
+            "source": source, "rule": rule,
+            "expires": datetime.fromtimestamp(expires, UTC).isoformat() if expires else None,
+        }
+        if reason:
+            line["reason"] = reason
+        if evidence:
+            line["evidence"] = evidence
+        log.info("blackhole %s %s via %s %s%s", action, prefix, hop, ",".join(comms), f" ({reason})" if reason else "")
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(line, default=str) + "\n")
+
+
+def _host_route(prefix: str) -> IPNetwork:
+    text = prefix.strip()
+    if "/" not in text:
+        text += "/32" if ":" not in text else "/128"
+    return parse_prefix(text)

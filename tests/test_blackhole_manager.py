@@ -1,0 +1,219 @@
+"""The blackhole manager's rules: safety, persistence, expiry, retries.
+
+The announcer here is a recording in-memory GoBGP (what it holds, and whether it is
+"down"), so that hypothesis can drive thousands of sequences; the real gobgpd + BIRD
+path is tested in test_blackhole_gobgp.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from appliance.flowenricher.blackhole.manager import AnnounceError, BlackholeManager, Defaults
+from appliance.flowenricher.blackhole.safety import Refused, SafetyPolicy, SafetySettings, networks
+from appliance.flowenricher.blackhole.state import StateDB
+
+
+class RecordingGoBGP:
+    """Holds announced prefixes like GoBGP's global RIB; `down` makes every call fail."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.down = False
+        self.ever: list[str] = []
+
+    def announce(self, prefix: str, next_hop: str, communities: Sequence[str]) -> None:
+        if self.down:
+            raise AnnounceError("connection refused")
+        self.held[prefix] = (next_hop, tuple(communities))
+        self.ever.append(prefix)
+
+    def withdraw(self, prefix: str, next_hop: str, communities: Sequence[str]) -> None:
+        if self.down:
+            raise AnnounceError("connection refused")
+        self.held.pop(prefix, None)
+
+    def announced(self) -> set[str]:
+        if self.down:
+            raise AnnounceError("connection refused")
+        return set(self.held)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+SAFE = SafetySettings(never=networks(["84.54.49.1", "10.255.0.0/24", "2a14:4280::1"]),
+                      own=networks(["84.54.49.0/24", "2a14:4280::/29"]), max_active=5, max_per_minute=3)
+
+
+def _manager(tmp_path: Path, safety: SafetySettings = SAFE) -> tuple[BlackholeManager, RecordingGoBGP, Clock]:
+    gobgp, clock = RecordingGoBGP(), Clock()
+    mgr = BlackholeManager(StateDB(f"sqlite:///{tmp_path}/state.db"), gobgp, SafetyPolicy(safety),
+                           tmp_path / "blackholes.txt", Defaults(duration_s=600), CollectorRegistry(), clock)
+    return mgr, gobgp, clock
+
+
+def test_announce_expire_and_log(tmp_path: Path) -> None:
+    mgr, gobgp, clock = _manager(tmp_path)
+    mgr.announce("149.202.68.236/32", "192.0.2.1", ["216285:666"], duration_s=60, rule="manual")
+    assert gobgp.held == {"149.202.68.236/32": ("192.0.2.1", ("216285:666",))}
+    clock.now += 59
+    mgr.tick()
+    assert "149.202.68.236/32" in gobgp.held
+    clock.now += 2
+    mgr.tick()
+    assert gobgp.held == {} and mgr.active() == []
+    lines = [json.loads(x) for x in (tmp_path / "blackholes.txt").read_text().splitlines()]
+    assert [x["action"] for x in lines] == ["announce", "withdraw"] and lines[1]["reason"] == "expired"
+
+
+def test_bare_address_is_a_host_route_and_defaults_apply(tmp_path: Path) -> None:
+    mgr, gobgp, _ = _manager(tmp_path)
+    mgr.announce("203.0.113.9")
+    mgr.announce("2001:db8::9")
+    assert gobgp.held == {"203.0.113.9/32": ("192.0.2.1", ("65535:666",)), "2001:db8::9/128": ("100::1", ("65535:666",))}
+
+
+@pytest.mark.parametrize(("prefix", "role", "why"), [
+    ("0.0.0.0/0", "manual", "shorter than /32"),
+    ("203.0.113.0/24", "manual", "shorter than /32"),
+    ("2001:db8::/64", "manual", "shorter than /128"),
+    ("84.54.49.1/32", "destination", "never-blackhole"),
+    ("10.255.0.7", "manual", "never-blackhole"),
+    ("84.54.49.20", "source", "own"),
+    ("2a14:4281::5", "source", "own"),
+    ("1.2.3.4/31", "manual", "shorter"),
+    ("not-an-ip", "manual", "not a prefix"),
+])
+def test_forbidden_announcements_are_refused(tmp_path: Path, prefix: str, role: str, why: str) -> None:
+    mgr, gobgp, _ = _manager(tmp_path)
+    with pytest.raises(Refused, match=why):
+        mgr.announce(prefix, role=role)
+    assert gobgp.ever == []
+
+
+def test_victim_inside_own_prefixes_may_be_blackholed(tmp_path: Path) -> None:
+    mgr, gobgp, _ = _manager(tmp_path)
+    mgr.request("84.54.49.20", None, [], 60, "udp_flood", {"key": "dst"})
+    mgr.request("84.54.49.21", None, [], 60, "scan", {"key": "src"})  # refused, logged, not raised
+    assert set(gobgp.held) == {"84.54.49.20/32"}
+
+
+def test_caps_on_active_and_per_minute(tmp_path: Path) -> None:
+    mgr, gobgp, clock = _manager(tmp_path)
+    for i in range(3):
+        mgr.announce(f"198.51.100.{i}")
+    with pytest.raises(Refused, match="last minute"):
+        mgr.announce("198.51.100.9")
+    clock.now += 61
+    mgr.announce("198.51.100.3")
+    mgr.announce("198.51.100.4")
+    with pytest.raises(Refused, match="maximum is 5"):
+        mgr.announce("198.51.100.5")
+    mgr.announce("198.51.100.4", duration_s=1200)  # a refresh of an active one is allowed
+    assert len(gobgp.held) == 5
+
+
+def test_dry_run_announces_nothing(tmp_path: Path) -> None:
+    mgr, gobgp, _ = _manager(tmp_path, SafetySettings(dry_run=True))
+    mgr.announce("198.51.100.1")
+    assert gobgp.ever == [] and mgr.active() == []
+    assert json.loads((tmp_path / "blackholes.txt").read_text())["action"] == "dry-run-announce"
+
+
+def test_gobgp_down_queues_and_retries(tmp_path: Path) -> None:
+    mgr, gobgp, clock = _manager(tmp_path)
+    gobgp.down = True
+    mgr.announce("198.51.100.1", duration_s=30)
+    assert mgr.active()[0].announced is False
+    gobgp.down = False
+    mgr.tick()
+    assert "198.51.100.1/32" in gobgp.held
+    gobgp.down = True
+    clock.now += 31
+    mgr.tick()  # expiry while GoBGP is down: withdrawn in the state, pending for GoBGP
+    assert mgr.active() == [] and "198.51.100.1/32" in gobgp.held
+    gobgp.down = False
+    mgr.tick()
+    assert gobgp.held == {}
+
+
+def test_restart_reannounces_active_and_withdraws_expired(tmp_path: Path) -> None:
+    mgr, gobgp, clock = _manager(tmp_path)
+    mgr.announce("198.51.100.1", duration_s=100)
+    mgr.announce("198.51.100.2", duration_s=1000)
+    # flowenricher stops; gobgpd restarts empty; 200 s pass.
+    mgr.state.close()
+    gobgp.held.clear()
+    clock.now += 200
+    again = BlackholeManager(StateDB(f"sqlite:///{tmp_path}/state.db"), gobgp, SafetyPolicy(SAFE),
+                             tmp_path / "blackholes.txt", Defaults(), CollectorRegistry(), clock)
+    again.tick()
+    assert set(gobgp.held) == {"198.51.100.2/32"}
+    assert [b.prefix for b in again.active()] == ["198.51.100.2/32"]
+
+
+def test_reconcile_removes_what_gobgp_holds_but_is_not_active(tmp_path: Path) -> None:
+    mgr, gobgp, _ = _manager(tmp_path)
+    gobgp.held["198.51.100.77/32"] = ("192.0.2.1", ("65535:666",))  # left over from a crash
+    mgr.reconcile()
+    assert gobgp.held == {}
+
+
+def _net(addr: object, length: int) -> str:
+    return str(ipaddress.ip_network(f"{addr}/{length}", strict=False))
+
+
+_addresses = st.one_of(
+    st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str),
+    st.sampled_from(["84.54.49.1", "84.54.49.7", "10.255.0.3", "2a14:4280::1", "2a14:4280::9"]),
+    st.tuples(st.ip_addresses(v=4), st.integers(0, 32)).map(lambda t: _net(*t)),
+    st.tuples(st.ip_addresses(v=6), st.integers(0, 128)).map(lambda t: _net(*t)),
+)
+_ops = st.lists(st.tuples(st.sampled_from(["api", "src", "dst", "withdraw", "tick", "down", "up"]), _addresses,
+                          st.floats(0, 120)), max_size=40)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_ops)
+def test_no_sequence_announces_what_design_forbids(tmp_path_factory: pytest.TempPathFactory,
+                                                   ops: list[tuple[str, str, float]]) -> None:
+    tmp = tmp_path_factory.mktemp("bh")
+    mgr, gobgp, clock = _manager(tmp)
+    for op, addr, dt in ops:
+        clock.now += dt
+        if op == "api":
+            with contextlib.suppress(Refused):
+                mgr.announce(addr)
+        elif op in ("src", "dst"):
+            mgr.request(addr, None, [], 60, "rule", {"key": op})
+        elif op == "withdraw":
+            with contextlib.suppress(Refused):
+                mgr.withdraw(addr)
+        elif op == "tick":
+            mgr.tick()
+        else:
+            gobgp.down = op == "down"
+        assert len(gobgp.held) <= SAFE.max_active
+    for prefix in gobgp.ever:
+        net = ipaddress.ip_network(prefix)
+        assert net.prefixlen == (32 if net.version == 4 else 128)
+        assert not any(n.version == net.version and n.overlaps(net) for n in SAFE.never)
+    gobgp.down = False
+    clock.now += 10_000
+    mgr.tick()
+    assert gobgp.held == {}  # everything expired is withdrawn once GoBGP answers
