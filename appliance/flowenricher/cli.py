@@ -110,7 +110,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .config import load_rules
     from .service import run_service
-    from .wiring import enricher_factory, service_settings
+    from .wiring import runtime_factory, service_settings
 
     cfg = _settings(args.config)
     if args.log_level is None:
@@ -120,7 +120,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         rules = load_rules(rules_path)
         log.info("rules: %d loaded from %s (the detection engine is not part of this build yet)",
                  len(rules), rules_path)
-    return run_service(service_settings(cfg), enricher_factory(cfg))
+    return run_service(service_settings(cfg), runtime_factory(cfg))
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:

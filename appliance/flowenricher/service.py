@@ -18,8 +18,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -62,18 +62,43 @@ class _LockedStore:
             return self.store.query(sql, fmt)
 
 
-EnricherFactory = Callable[[CollectorRegistry, FlowStore], Enricher]
-"""Builds the enrichment pipeline in this process, once the store is open (the PTR stage
-writes ptr_cache through it).  Stages hold caches and background threads, so they live
-here, in the one storing process, not in the spawned workers."""
+class BatchConsumer(Protocol):
+    """Sees every batch after enrichment (the detection engine, traffic metrics)."""
+
+    def process(self, batch: FlowBatch) -> None: ...
+
+
+@dataclass
+class Runtime:
+    """What runs in the storing process around the store: enrichment before it, consumers
+    after it, tickers about once a second (detection windows, blackhole expiry) and
+    closers at shutdown, in reverse order.  Built once the store is open (the PTR stage
+    writes ptr_cache through it); stages hold caches and threads, so they live here, in
+    the one storing process, not in the spawned workers."""
+
+    enricher: Enricher = field(default_factory=lambda: Enricher([]))
+    consumers: list[BatchConsumer] = field(default_factory=list)
+    tickers: list[Callable[[float], None]] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                close()
+            except Exception:
+                log.exception("shutting down %s", close)
+        self.enricher.close()
+
+
+RuntimeFactory = Callable[[CollectorRegistry, FlowStore], Runtime]
 
 
 class CollectorService:
     """Runs until stopped; `run()` returns the process exit code."""
 
-    def __init__(self, settings: ServiceSettings, build_enricher: EnricherFactory | None = None) -> None:
+    def __init__(self, settings: ServiceSettings, build_runtime: RuntimeFactory | None = None) -> None:
         self.settings = settings
-        self._build_enricher = build_enricher
+        self._build_runtime = build_runtime
         self.snapshots = WorkerSnapshots()
         self.registry = CollectorRegistry()
         self._stop = threading.Event()
@@ -107,12 +132,12 @@ class CollectorService:
                       registry=self.registry)
         writer = BatchWriter(store, cfg.store, spool, registry=self.registry, migrated=migrated)
         try:
-            enricher = self._build_enricher(self.registry, store) if self._build_enricher else Enricher([])
+            runtime = self._build_runtime(self.registry, store) if self._build_runtime else Runtime()
         except BaseException:
             store.close()
             raise
-        if enricher.stages:
-            log.info("enrichment: %s", ", ".join(enricher.names))
+        if runtime.enricher.stages:
+            log.info("enrichment: %s", ", ".join(runtime.enricher.names))
         locked = _LockedStore(store)
         writer_store_lock = locked.lock
         control = ControlServer(cfg.store.path, locked.query) if cfg.store.embedded else None
@@ -135,7 +160,7 @@ class CollectorService:
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         exit_code = 0
         try:
-            exit_code = self._loop(out, procs, stop, writer, writer_store_lock, enricher)
+            exit_code = self._loop(out, procs, stop, writer, writer_store_lock, runtime)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -146,7 +171,7 @@ class CollectorService:
                     proc.kill()
             with writer_store_lock:
                 writer.close()
-            enricher.close()
+            runtime.close()
             if control is not None:
                 control.stop()
             if metrics_server is not None:
@@ -157,11 +182,12 @@ class CollectorService:
         return exit_code
 
     def _loop(self, out: Any, procs: list[Any], stop: Any, writer: BatchWriter, lock: threading.Lock,
-              enricher: Enricher) -> int:
+              runtime: Runtime) -> int:
         ready: set[int] = set()
         done: set[int] = set()
         exit_code = 0
         stopping_since: float | None = None
+        next_tick = time.time()
         while len(done) < len(procs):
             if self._stop.is_set() and stopping_since is None:
                 log.info("stopping: draining workers and flushing")
@@ -177,9 +203,11 @@ class CollectorService:
             if kind == FLOWS:
                 batch: FlowBatch = payload
                 self.rows_received += batch.n
-                enricher.enrich(batch)
+                runtime.enricher.enrich(batch)
                 with lock:
                     writer.add(batch)
+                for consumer in runtime.consumers:
+                    consumer.process(batch)
             elif kind == STATS:
                 self.snapshots.update(worker_id, payload)
             elif kind == READY:
@@ -204,12 +232,17 @@ class CollectorService:
                     done.update(i for i, p in enumerate(procs) if not p.is_alive())
             with lock:
                 writer.maybe_flush(time.monotonic())
+            now = time.time()
+            if now >= next_tick:
+                next_tick = now + 1.0 if now - next_tick > 1.0 else next_tick + 1.0
+                for tick in runtime.tickers:
+                    tick(now)
         return exit_code
 
 
-def run_service(settings: ServiceSettings, build_enricher: EnricherFactory | None = None) -> int:
+def run_service(settings: ServiceSettings, build_runtime: RuntimeFactory | None = None) -> int:
     try:
-        return CollectorService(settings, build_enricher).run()
+        return CollectorService(settings, build_runtime).run()
     except FlowEnricherError as err:
         log.error("%s", err)
         return 1

@@ -14,7 +14,7 @@ from .decode.netflow import ExporterQuirks
 from .enrich.base import Stage
 from .enrich.networks import NetworkInfo, NetworksStage
 from .enrich.pipeline import Enricher
-from .service import EnricherFactory, ServiceSettings
+from .service import Runtime, RuntimeFactory, ServiceSettings
 from .storage.base import FlowStore
 from .storage.settings import StoreSettings
 
@@ -43,17 +43,17 @@ def service_settings(cfg: Settings) -> ServiceSettings:
                            metrics_listen=cfg.metrics.listen)
 
 
-def enricher_factory(cfg: Settings) -> EnricherFactory:
+def runtime_factory(cfg: Settings) -> RuntimeFactory:
     """The enrichment pipeline the config asks for (``enrich:`` and the blocks it names).
 
     Direction and networks need no outside source and always run; the others follow
     the ``enrich`` switch, in the order enrich/pipeline.py explains.
     """
 
-    def build(registry: CollectorRegistry, store: FlowStore) -> Enricher:
+    def build(registry: CollectorRegistry, store: FlowStore) -> Runtime:
         stages: list[Stage] = [
             NetworksStage(cfg.my_prefixes, {n.prefix: NetworkInfo(n.name, n.customer) for n in cfg.networks}),
         ]
-        return Enricher(stages, registry)
+        return Runtime(enricher=Enricher(stages, registry))
 
     return build
