@@ -54,6 +54,12 @@ def runtime_factory(cfg: Settings) -> RuntimeFactory:
         stages: list[Stage] = [
             NetworksStage(cfg.my_prefixes, {n.prefix: NetworkInfo(n.name, n.customer) for n in cfg.networks}),
         ]
+        if "snmp" in cfg.enrich and cfg.snmp.targets:
+            from .enrich.snmp import SnmpPoller, SnmpStage
+
+            poller = SnmpPoller.from_settings(cfg.snmp, registry)
+            poller.start()
+            stages.append(SnmpStage(poller, registry))
         return Runtime(enricher=Enricher(stages, registry))
 
     return build
