@@ -669,7 +669,7 @@ class GeoIpSettings:
     asn_db: Path | None
     city_db: Path | None
     reload_interval_s: float = 60.0
-    cache_size: int = 262144
+    cache_size: int = 65536
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,12 +54,19 @@ def runtime_factory(cfg: Settings) -> RuntimeFactory:
         stages: list[Stage] = [
             NetworksStage(cfg.my_prefixes, {n.prefix: NetworkInfo(n.name, n.customer) for n in cfg.networks}),
         ]
+        as_name = None
+        if "geoip" in cfg.enrich and (cfg.geoip.asn_db or cfg.geoip.city_db):
+            from .enrich.geo import GeoStage
+
+            geo = GeoStage.from_settings(cfg.geoip, registry)
+            stages.append(geo)
+            as_name = geo.as_name
         if "snmp" in cfg.enrich and cfg.snmp.targets:
             from .enrich.snmp import SnmpPoller, SnmpStage
 
             poller = SnmpPoller.from_settings(cfg.snmp, registry)
             poller.start()
             stages.append(SnmpStage(poller, registry))
-        return Runtime(enricher=Enricher(stages, registry))
+        return Runtime(enricher=Enricher(stages, registry, as_name=as_name))
 
     return build
