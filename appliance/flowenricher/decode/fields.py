@@ -28,6 +28,7 @@ class Conv(Enum):
     NTP_US = "ntp_us"  # NTP 64-bit timestamp (RFC 7011 §6.1.9), microsecond precision
     NTP_NS = "ntp_ns"  # NTP 64-bit timestamp, nanosecond precision
     DELTA_US = "delta_us"  # microseconds before the export time
+    SECTION = "section"  # the leading bytes of the observed packet, any length (parsed, see netflow)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,16 @@ INTERFACE_NAME = "_interface_name"
 SYSTEM_INIT_MS = "_system_init_ms"
 SAMPLING_SIZE = "_sampling_size"
 SAMPLING_POPULATION = "_sampling_population"
+# Packet sections: a copy of the observed packet's first bytes, from its Ethernet header
+# or from its IP header.  Records carrying one are packet reports (PSAMP, RFC 5476/5477)
+# that often hold no address or port field: those are read from the copy.  Each section
+# target comes with the length of every record's copy under SECTION_LENGTH[target].
+L2_SECTION = "_l2_section"
+IP_SECTION = "_ip_section"
+SECTION_LENGTH = {L2_SECTION: "_l2_section_length", IP_SECTION: "_ip_section_length"}
+L2_SECTION_OFFSET = "_l2_section_offset"  # where the copy starts in the frame: parsed only at 0
+FRAME_SIZE = "_frame_size"  # the observed frame's length on the wire
+FRAME_TYPE = "_frame_type"  # what the L2 copy holds: 1 Ethernet (IEEE 802.3), 2 IEEE 802.11
 
 ELEMENTS: tuple[Element, ...] = (
     Element(1, "octetDeltaCount", "bytes", Conv.UINT),
@@ -126,6 +137,12 @@ ELEMENTS: tuple[Element, ...] = (
     Element(228, "postNAPTDestinationTransportPort", "post_nat_dst_port", Conv.UINT),
     Element(82, "interfaceName", INTERFACE_NAME, Conv.STRING),
     Element(160, "systemInitTimeMilliseconds", SYSTEM_INIT_MS, Conv.MILLISECONDS),
+    Element(315, "dataLinkFrameSection", L2_SECTION, Conv.SECTION),
+    Element(104, "layer2packetSectionData", L2_SECTION, Conv.SECTION),
+    Element(313, "ipHeaderPacketSection", IP_SECTION, Conv.SECTION),
+    Element(102, "layer2packetSectionOffset", L2_SECTION_OFFSET, Conv.UINT),
+    Element(312, "dataLinkFrameSize", FRAME_SIZE, Conv.UINT),
+    Element(408, "dataLinkFrameType", FRAME_TYPE, Conv.UINT),
 )
 
 BY_IE: dict[int, Element] = {e.ie: e for e in ELEMENTS}
@@ -133,7 +150,7 @@ BY_IE: dict[int, Element] = {e.ie: e for e in ELEMENTS}
 PREFERENCE: dict[int, int] = {e.ie: rank for rank, e in enumerate(ELEMENTS)}
 
 # Fixed sizes the conversions need; a template giving another size for these is skipped
-# (counted) rather than misread.
+# (counted) rather than misread.  Strings and sections take any size.
 REQUIRED_LENGTH: dict[Conv, tuple[int, ...]] = {
     Conv.ADDR4: (4,),
     Conv.ADDR6: (16,),

@@ -28,6 +28,7 @@ import numpy.typing as npt
 from ..batch import DictColumn, FlowBatch, str_to_addr
 from . import fields as F
 from . import stats as S
+from .packet_headers import LINK_ETHERNET, LINK_IP, read_sections
 from .stats import DecodeStats
 from .templates import CompiledTemplate, FieldSpec, TemplateCache, TemplateKey, compile_template
 
@@ -429,6 +430,8 @@ class NetFlowDecoder:
         counts = np.asarray(group.counts, dtype=np.int64)
         n = int(counts.sum())
         cols = tmpl.decode(b"".join(group.chunks), n)
+        if tmpl.carries_section:
+            _from_section(cols, n)
         ctxs = group.contexts
         # Per-set context, then one index per record into it.
         per_set = np.repeat(np.arange(len(ctxs)), counts)
@@ -583,6 +586,45 @@ class NetFlowDecoder:
                     codes[j] = len(values)
                     values.append(name)
             out[name_column] = DictColumn(codes[inverse.ravel()], values)
+
+
+def _from_section(cols: dict[str, npt.NDArray[Any]], n: int) -> None:
+    """Fill from each record's packet copy (IE 315, 104, 313) the columns its template lacks.
+
+    Such records are packet reports (PSAMP, RFC 5476): one sampled packet each, often
+    with no address or port field at all.  A field the template carries always wins.
+    Without counters in the template, a record counts one packet of the IP packet's
+    length, as octetDeltaCount counts octets (IP header and payload, RFC 7012), else the
+    frame's size (IE 312).  Cost: see `packet_headers.read_sections`.
+    """
+    if F.L2_SECTION in cols:
+        frames, lengths, link = cols[F.L2_SECTION], cols[F.SECTION_LENGTH[F.L2_SECTION]], LINK_ETHERNET
+        # Only a copy from the frame's first byte (IE 102) of an Ethernet frame (IE 408) is walked.
+        offset, frame_type = cols.get(F.L2_SECTION_OFFSET), cols.get(F.FRAME_TYPE)
+        if offset is not None:
+            lengths = np.where(offset == 0, lengths, 0)
+        if frame_type is not None:
+            lengths = np.where(frame_type == 1, lengths, 0)
+    else:
+        frames, lengths, link = cols[F.IP_SECTION], cols[F.SECTION_LENGTH[F.IP_SECTION]], LINK_IP
+    found = read_sections(frames, lengths, link)
+    fill: dict[str, npt.NDArray[Any]] = {
+        "proto": found.proto, "tos": found.tos, "tcpflags": found.tcpflags,
+        "src_port": found.src_port, "dst_port": found.dst_port}
+    if "src_addr" not in cols and "dst_addr" not in cols:  # the addresses and their version go together
+        fill.update(src_addr=found.src_addr, dst_addr=found.dst_addr, ip_version=found.ip_version)
+    if F.ICMP not in cols:
+        fill.update(icmp_type=found.icmp_type, icmp_code=found.icmp_code)
+    if link == LINK_ETHERNET:
+        fill.update(src_mac=found.src_mac, dst_mac=found.dst_mac, src_vlan=found.vlan)
+    for name, values in fill.items():
+        cols.setdefault(name, values)
+    if "packets" not in cols:
+        cols["packets"] = np.ones(n, dtype=np.uint64)
+    if "bytes" not in cols:
+        size = cols.get(F.FRAME_SIZE)
+        ip_length = found.ip_length.astype(np.uint64)
+        cols["bytes"] = ip_length if size is None else np.where(ip_length > 0, ip_length, size.astype(np.uint64))
 
 
 def _ip_version(tmpl: CompiledTemplate) -> int:

@@ -4,7 +4,9 @@ A template is compiled into a numpy structured dtype whose fields sit at the tem
 offsets, so all records of every data set using it (across many datagrams) are turned
 into column arrays with one ``np.frombuffer`` and one conversion per column.  Templates
 with variable-length fields (RFC 7011 §7) are first normalised record by record into a
-fixed layout; they are rare in flow export, so that slower path is acceptable.
+fixed layout (a Python loop, a few microseconds a record); they are rare in flow export
+(interface names in options data, packet sections in packet reports), so that slower
+path is acceptable.
 
 Templates are scoped per exporter address and observation domain (RFC 7011 §8, RFC 3954
 §5.1 source id): :class:`TemplateCache` keys them by (exporter, domain, template id).
@@ -18,10 +20,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .fields import BY_IE, PREFERENCE, REQUIRED_LENGTH, Conv
+from .fields import BY_IE, PREFERENCE, REQUIRED_LENGTH, SECTION_LENGTH, Conv
 
 VARIABLE = 65535
 _STRING_WIDTH = 64  # variable-length strings are cut to this in the normalised layout
+# Packet sections are cut to this: enough for Ethernet, tags, an MPLS stack with an
+# Ethernet pseudowire, IPv6 with extension headers and the transport header.
+SECTION_WIDTH = 256
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Extract:
     conv: Conv
     ie: int
     length: int
+    length_name: str = ""  # sections of variable length: the field holding each record's length
 
 
 @dataclass
@@ -49,7 +55,9 @@ class CompiledTemplate:
     """A template ready to decode records: fixed-layout dtype plus the extracts.
 
     `variable` templates carry `wire_fields`, used to normalise each record into the
-    fixed `dtype` layout before the columnar step.
+    fixed `dtype` layout before the columnar step: per wire field, its length (65535 for
+    variable), and where its bytes go (offset, room) and where its length goes (offset),
+    -1 for nowhere.
     """
 
     fields: tuple[FieldSpec, ...]
@@ -60,7 +68,8 @@ class CompiledTemplate:
     min_record_length: int
     enterprise_fields: int
     unusable_fields: int
-    wire_fields: tuple[tuple[FieldSpec, str | None], ...] = field(default=())
+    wire_fields: tuple[tuple[int, int, int, int], ...] = field(default=())
+    carries_section: bool = False  # records hold a copy of the packet's first bytes (fields.L2_SECTION)
 
     @property
     def record_length(self) -> int:
@@ -83,31 +92,27 @@ class CompiledTemplate:
     def _normalise(self, body: bytes) -> tuple[bytes, int]:
         out = bytearray()
         off, n, end = 0, 0, len(body)
-        width = self.record_length
-        while end - off >= self.min_record_length and self.min_record_length > 0:
+        width, min_length, wire = self.record_length, self.min_record_length, self.wire_fields
+        while end - off >= min_length > 0:
             rec = bytearray(width)
-            for spec, name in self.wire_fields:
-                length = spec.length
+            for length, dst, room, length_dst in wire:
                 if length == VARIABLE:
                     if off >= end:
                         return bytes(out), n
                     length = body[off]
                     off += 1
-                    if length == 255:
+                    if length == 255:  # RFC 7011 §7: a 3-byte length
                         if off + 2 > end:
                             return bytes(out), n
-                        length = int.from_bytes(body[off : off + 2], "big")
+                        length = (body[off] << 8) | body[off + 1]
                         off += 2
                 if off + length > end:
                     return bytes(out), n
-                if name is not None:
-                    dst = self.dtype.fields[name][1]  # type: ignore[index]
-                    size = self.dtype.fields[name][0].itemsize  # type: ignore[index]
-                    chunk = body[off : off + min(length, size)]
-                    if spec.length == VARIABLE:
-                        rec[dst : dst + len(chunk)] = chunk
-                    else:
-                        rec[dst : dst + size] = chunk
+                if dst >= 0:
+                    kept = length if length < room else room
+                    rec[dst : dst + kept] = body[off : off + kept]
+                    if length_dst >= 0:
+                        rec[length_dst : length_dst + 2] = kept.to_bytes(2, "little")
                 off += length
             out += rec
             n += 1
@@ -121,6 +126,9 @@ class CompiledTemplate:
             if ex.target in out:
                 continue
             out[ex.target] = convert(rec[ex.name], ex.conv, ex.length)
+            if ex.conv is Conv.SECTION:
+                out[SECTION_LENGTH[ex.target]] = (rec[ex.length_name] if ex.length_name else
+                                                  np.full(n, min(ex.length, SECTION_WIDTH), np.uint16))
         return out
 
 
@@ -132,8 +140,8 @@ def convert(col: npt.NDArray[Any], conv: Conv, length: int) -> npt.NDArray[Any]:
         from ..batch import ipv4_to_addr
 
         return ipv4_to_addr(col.astype(np.uint32))
-    if conv is Conv.STRING:
-        return col  # (n, width) uint8, decoded by the options handler
+    if conv in (Conv.STRING, Conv.SECTION):
+        return col  # (n, width) uint8: strings for the options handler, sections for the packet parser
     if conv is Conv.MAC or (conv is Conv.UINT and length not in (1, 2, 4, 8)):
         raw = col.astype(np.uint64)  # (n, length) bytes, big-endian
         acc = np.zeros(len(col), dtype=np.uint64)
@@ -149,6 +157,9 @@ def _field_format(conv: Conv, length: int) -> tuple[Any, int]:
     if conv is Conv.STRING:
         width = _STRING_WIDTH if length == VARIABLE else length
         return (np.uint8, (width,)), width
+    if conv is Conv.SECTION:
+        width = min(length, SECTION_WIDTH)  # VARIABLE is more than the width
+        return (np.uint8, (width,)), width
     if conv in (Conv.NTP_US, Conv.NTP_NS, Conv.MILLISECONDS) or length == 8:
         return np.dtype(">u8"), 8
     return np.dtype(f">u{length}"), length
@@ -161,7 +172,7 @@ def compile_template(fields: tuple[FieldSpec, ...], scope_count: int = 0) -> Com
     formats: list[Any] = []
     offsets: list[int] = []
     extracts: list[Extract] = []
-    wire: list[tuple[FieldSpec, str | None]] = []
+    wire: list[tuple[int, int, int, int]] = []
     enterprise = unusable = 0
     wire_off = 0  # offset in the wire record (fixed templates)
     norm_off = 0  # offset in the normalised record (variable templates)
@@ -170,22 +181,32 @@ def compile_template(fields: tuple[FieldSpec, ...], scope_count: int = 0) -> Com
         if spec.enterprise:
             enterprise += 1
         usable = element is not None and (
-            (element.conv is Conv.STRING)
-            or (spec.length in REQUIRED_LENGTH.get(element.conv, ()))
+            element.conv is Conv.STRING
+            or (element.conv is Conv.SECTION and spec.length > 0)
+            or spec.length in REQUIRED_LENGTH.get(element.conv, ())
         )
         if element is not None and not usable:
             unusable += 1
-        name: str | None = None
+        dst = room = length_dst = -1
         if usable and element is not None:
             name = f"f{i}"
-            fmt, width = _field_format(element.conv, spec.length)
+            fmt, room = _field_format(element.conv, spec.length)
+            dst = norm_off if variable else wire_off
             names.append(name)
             formats.append(fmt)
-            offsets.append(norm_off if variable else wire_off)
+            offsets.append(dst)
+            length_name = ""
             if variable:
-                norm_off += width
-            extracts.append(Extract(name, element.target, element.conv, spec.ie, spec.length))
-        wire.append((spec, name))
+                norm_off += room
+                if element.conv is Conv.SECTION and spec.length == VARIABLE:
+                    # Each record's copy has its own length: it is kept beside the bytes.
+                    length_name, length_dst = f"{name}_length", norm_off
+                    names.append(length_name)
+                    formats.append(np.dtype("<u2"))
+                    offsets.append(length_dst)
+                    norm_off += 2
+            extracts.append(Extract(name, element.target, element.conv, spec.ie, spec.length, length_name))
+        wire.append((spec.length, dst, room, length_dst))
         if spec.length != VARIABLE:
             wire_off += spec.length
     itemsize = norm_off if variable else wire_off
@@ -203,6 +224,7 @@ def compile_template(fields: tuple[FieldSpec, ...], scope_count: int = 0) -> Com
         enterprise_fields=enterprise,
         unusable_fields=unusable,
         wire_fields=tuple(wire) if variable else (),
+        carries_section=any(ex.conv is Conv.SECTION for ex in extracts),
     )
 
 
