@@ -90,7 +90,10 @@ class Runtime:
         self.enricher.close()
 
 
-RuntimeFactory = Callable[[CollectorRegistry, FlowStore], Runtime]
+QueryFn = Callable[[str, str], bytes]
+"""Runs one statement on the store (sql, output format), serialised with the writer."""
+
+RuntimeFactory = Callable[[CollectorRegistry, QueryFn], Runtime]
 
 
 class CollectorService:
@@ -131,14 +134,14 @@ class CollectorService:
         spool = Spool(cfg.store.spool_path, cfg.store.spool_max_bytes, cfg.store.spool_max_age_s,
                       registry=self.registry)
         writer = BatchWriter(store, cfg.store, spool, registry=self.registry, migrated=migrated)
+        locked = _LockedStore(store)
         try:
-            runtime = self._build_runtime(self.registry, store) if self._build_runtime else Runtime()
+            runtime = self._build_runtime(self.registry, locked.query) if self._build_runtime else Runtime()
         except BaseException:
             store.close()
             raise
         if runtime.enricher.stages:
             log.info("enrichment: %s", ", ".join(runtime.enricher.names))
-        locked = _LockedStore(store)
         writer_store_lock = locked.lock
         control = ControlServer(cfg.store.path, locked.query) if cfg.store.embedded else None
         if control is not None:

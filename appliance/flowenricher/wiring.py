@@ -14,8 +14,8 @@ from .decode.netflow import ExporterQuirks
 from .enrich.base import Stage
 from .enrich.networks import NetworkInfo, NetworksStage
 from .enrich.pipeline import Enricher
-from .service import Runtime, RuntimeFactory, ServiceSettings
-from .storage.base import FlowStore
+from .enrich.ptr import PtrResult, PtrSink
+from .service import QueryFn, Runtime, RuntimeFactory, ServiceSettings
 from .storage.settings import StoreSettings
 
 
@@ -50,7 +50,7 @@ def runtime_factory(cfg: Settings) -> RuntimeFactory:
     the ``enrich`` switch, in the order enrich/pipeline.py explains.
     """
 
-    def build(registry: CollectorRegistry, store: FlowStore) -> Runtime:
+    def build(registry: CollectorRegistry, query: QueryFn) -> Runtime:
         stages: list[Stage] = [
             NetworksStage(cfg.my_prefixes, {n.prefix: NetworkInfo(n.name, n.customer) for n in cfg.networks}),
         ]
@@ -67,6 +67,32 @@ def runtime_factory(cfg: Settings) -> RuntimeFactory:
             poller = SnmpPoller.from_settings(cfg.snmp, registry)
             poller.start()
             stages.append(SnmpStage(poller, registry))
+        if "ptr" in cfg.enrich:
+            from .enrich.ptr import PtrResolver, PtrStage
+
+            resolver = PtrResolver.from_settings(cfg.dns, registry, sink=ptr_cache_sink(store_settings(cfg), query))
+            resolver.start()
+            stages.append(PtrStage(resolver))
         return Runtime(enricher=Enricher(stages, registry, as_name=as_name))
 
     return build
+
+
+def ptr_cache_sink(store: StoreSettings, query: QueryFn) -> PtrSink:
+    """Writes names the resolver found into ``ptr_cache`` (the original's table, which
+    dashboards and the API join on).  A failure raises into the resolver, which counts it."""
+    from .storage.schema import PTR_CACHE_TABLE, sql_string
+
+    table = f"{store.database}.{PTR_CACHE_TABLE}"
+
+    def sink(results: list[PtrResult]) -> None:
+        if not results:
+            return
+        rows = ",".join(
+            f"({sql_string(r.ip)},{sql_string(r.ptr)},toDateTime({int(r.updated_at)}),{int(r.asn)},"
+            f"{sql_string(r.asn_name)},{sql_string(r.country)})"
+            for r in results
+        )
+        query(f"INSERT INTO {table} (ip, ptr, updated_at, asn, asn_name, country) VALUES {rows}", "TSV")
+
+    return sink

@@ -118,6 +118,11 @@ class Migration:
     statements: Callable[[StoreSettings], list[str]]
 
 
+def sql_string(text: str) -> str:
+    """`text` as a ClickHouse string literal (quotes and backslashes escaped)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def column_ddl(col: Column) -> str:
     codec = f" CODEC({col.codec})" if col.codec else ""
     return f"{col.name} {col.ch_type}{codec}"
