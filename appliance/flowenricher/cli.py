@@ -1,4 +1,4 @@
-"""The `flowenricher` command line (DESIGN §2): run, decode, replay, generate, validate, sql.
+"""The `flowenricher` command line (DESIGN §2): run, decode, replay, generate, validate, sql, lookup.
 
 Each subcommand is a thin shell over a module that owns the work; this file only parses
 arguments, wires settings and maps errors to exit codes (2: bad input, 1: failure).
@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     _add(sql, "config", default=None)
     sql.add_argument("--format", choices=("tsv", "json"), default="tsv")
+
+    look = sub.add_parser("lookup", help="prefix, origin AS and org, AS path, next hop, country/city, PTR of an IP")
+    look.add_argument("ip")
+    _add(look, "config", default=None)
+    look.add_argument("--format", choices=("text", "json"), default="text")
     return parser
 
 
@@ -176,6 +181,26 @@ def _cmd_sql(args: argparse.Namespace) -> int:
         finally:
             store.close()
     sys.stdout.buffer.write(result)
+    return EXIT_OK
+
+
+def _cmd_lookup(args: argparse.Namespace) -> int:
+    import json
+
+    from .control import lookup_running
+    from .lookup import render
+    from .wiring import standalone_lookup
+
+    cfg = _settings(args.config)
+    try:
+        info = lookup_running(str(cfg.storage.path), args.ip)
+        if info is None:
+            with standalone_lookup(cfg) as lookup:
+                info = lookup(args.ip)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps(info, indent=2, default=str) if args.format == "json" else render(info))
     return EXIT_OK
 
 

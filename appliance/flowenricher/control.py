@@ -4,8 +4,8 @@ The embedded engine (chDB) admits one process per data directory: while the serv
 runs, a second process cannot open the store.  The service therefore answers queries on
 a Unix socket inside the data directory (reachable only by users who can reach the data),
 and `flowenricher sql` uses it when it is there.  One request per connection: a JSON line
-``{"sql": ..., "format": ...}``; the answer is one status byte (0 ok, 1 error) and the
-result bytes (or the error text).
+``{"sql": ..., "format": ...}`` or ``{"lookup": ip}``; the answer is one status byte (0
+ok, 1 error) and the result bytes (a lookup's as JSON), or the error text.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import socketserver
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .errors import FlowEnricherError, StoreError
 
@@ -27,6 +28,7 @@ SOCKET_NAME = "flowenricher.sock"
 MAX_REQUEST = 1 << 20
 
 QueryFn = Callable[[str, str], bytes]
+LookupFn = Callable[[str], dict[str, Any]]
 
 
 def socket_path(data_dir: str) -> Path:
@@ -40,6 +42,12 @@ class _Handler(socketserver.StreamRequestHandler):
         line = self.rfile.readline(MAX_REQUEST)
         try:
             request = json.loads(line)
+            if "lookup" in request:
+                if self.server.lookup_fn is None:
+                    raise ValueError("this service does no lookups")
+                answer = self.server.lookup_fn(str(request["lookup"]))
+                self.wfile.write(b"\x00" + json.dumps(answer, default=str).encode())
+                return
             result = self.server.query_fn(str(request["sql"]), str(request.get("format", "TSVWithNames")))
             self.wfile.write(b"\x00" + result)
         except (ValueError, KeyError, TypeError) as err:
@@ -53,13 +61,14 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     daemon_threads = True
 
-    def __init__(self, data_dir: str, query_fn: QueryFn) -> None:
+    def __init__(self, data_dir: str, query_fn: QueryFn, lookup_fn: LookupFn | None = None) -> None:
         path = socket_path(data_dir)
         if path.exists():
             path.unlink()  # left by a process that died; the store lock proved we own the dir
         super().__init__(str(path), _Handler)
         os.chmod(path, 0o600)
         self.query_fn = query_fn
+        self.lookup_fn = lookup_fn
         self._thread = threading.Thread(target=self.serve_forever, name="control", daemon=True)
 
     def start(self) -> None:
@@ -73,8 +82,21 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             path.unlink()
 
 
+def lookup_running(data_dir: str, ip: str, timeout: float = 30.0) -> dict[str, Any] | None:
+    """Ask the running service what it knows of `ip`; None when no service listens."""
+    answer = _ask(data_dir, {"lookup": ip}, timeout)
+    if answer is None:
+        return None
+    result: dict[str, Any] = json.loads(answer)
+    return result
+
+
 def query_running(data_dir: str, sql: str, fmt: str, timeout: float = 300.0) -> bytes | None:
     """Ask the running service; None when no service listens in `data_dir`."""
+    return _ask(data_dir, {"sql": sql, "format": fmt}, timeout)
+
+
+def _ask(data_dir: str, request: dict[str, str], timeout: float) -> bytes | None:
     path = socket_path(data_dir)
     if not path.exists():
         return None
@@ -86,7 +108,7 @@ def query_running(data_dir: str, sql: str, fmt: str, timeout: float = 300.0) -> 
         sock.close()
         return None
     with sock:
-        sock.sendall(json.dumps({"sql": sql, "format": fmt}).encode() + b"\n")
+        sock.sendall(json.dumps(request).encode() + b"\n")
         chunks = []
         while chunk := sock.recv(1 << 16):
             chunks.append(chunk)

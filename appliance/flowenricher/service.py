@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from .batch import FlowBatch
 from .collector.receiver import kernel_drops, open_socket
 from .collector.worker import DONE, FAILED, FLOWS, READY, STATS, WorkerSettings, run_worker
-from .control import ControlServer
+from .control import ControlServer, LookupFn
 from .enrich.pipeline import Enricher
 from .errors import FlowEnricherError, StoreError
 from .metrics import CollectorMetrics, WorkerSnapshots, serve
@@ -80,6 +80,7 @@ class Runtime:
     consumers: list[BatchConsumer] = field(default_factory=list)
     tickers: list[Callable[[float], None]] = field(default_factory=list)
     closers: list[Callable[[], None]] = field(default_factory=list)
+    lookup: LookupFn | None = None  # `flowenricher lookup` through the control socket
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -143,9 +144,10 @@ class CollectorService:
         if runtime.enricher.stages:
             log.info("enrichment: %s", ", ".join(runtime.enricher.names))
         writer_store_lock = locked.lock
-        control = ControlServer(cfg.store.path, locked.query) if cfg.store.embedded else None
-        if control is not None:
-            control.start()
+        # Always on: `sql` needs it in the embedded mode, `lookup` in both.
+        os.makedirs(cfg.store.path, exist_ok=True)
+        control = ControlServer(cfg.store.path, locked.query, runtime.lookup)
+        control.start()
 
         ctx = mp.get_context("spawn")
         out: Any = ctx.Queue(maxsize=cfg.queue_batches)
@@ -175,8 +177,7 @@ class CollectorService:
             with writer_store_lock:
                 writer.close()
             runtime.close()
-            if control is not None:
-                control.stop()
+            control.stop()
             if metrics_server is not None:
                 metrics_server.shutdown()
             with writer_store_lock:

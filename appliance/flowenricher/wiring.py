@@ -5,6 +5,9 @@ Kept apart from config.py so the config stays free of imports of the parts it co
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from prometheus_client import CollectorRegistry
 
 from .collector.receiver import Listener
@@ -15,6 +18,7 @@ from .enrich.base import Stage
 from .enrich.networks import NetworkInfo, NetworksStage
 from .enrich.pipeline import Enricher
 from .enrich.ptr import PtrResult, PtrSink
+from .lookup import Lookup
 from .service import QueryFn, Runtime, RuntimeFactory, ServiceSettings
 from .storage.settings import StoreSettings
 
@@ -51,29 +55,35 @@ def runtime_factory(cfg: Settings) -> RuntimeFactory:
     """
 
     def build(registry: CollectorRegistry, query: QueryFn) -> Runtime:
-        stages: list[Stage] = [
-            NetworksStage(cfg.my_prefixes, {n.prefix: NetworkInfo(n.name, n.customer) for n in cfg.networks}),
-        ]
+        networks = NetworksStage(cfg.my_prefixes, {n.prefix: NetworkInfo(n.name, n.customer) for n in cfg.networks})
+        stages: list[Stage] = [networks]
+        lookup = Lookup(networks)
         as_name = None
-        if "geoip" in cfg.enrich and (cfg.geoip.asn_db or cfg.geoip.city_db):
-            from .enrich.geo import GeoStage
+        try:
+            if "geoip" in cfg.enrich and (cfg.geoip.asn_db or cfg.geoip.city_db):
+                from .enrich.geo import GeoStage
 
-            geo = GeoStage.from_settings(cfg.geoip, registry)
-            stages.append(geo)
-            as_name = geo.as_name
-        if "snmp" in cfg.enrich and cfg.snmp.targets:
-            from .enrich.snmp import SnmpPoller, SnmpStage
+                geo = GeoStage.from_settings(cfg.geoip, registry)
+                stages.append(geo)
+                as_name, lookup.geo = geo.as_name, geo.lookup
+            if "snmp" in cfg.enrich and cfg.snmp.targets:
+                from .enrich.snmp import SnmpPoller, SnmpStage
 
-            poller = SnmpPoller.from_settings(cfg.snmp, registry)
-            poller.start()
-            stages.append(SnmpStage(poller, registry))
-        if "ptr" in cfg.enrich:
-            from .enrich.ptr import PtrResolver, PtrStage
+                poller = SnmpPoller.from_settings(cfg.snmp, registry)
+                stages.append(SnmpStage(poller, registry))
+                poller.start()
+            if "ptr" in cfg.enrich:
+                from .enrich.ptr import PtrResolver, PtrStage
 
-            resolver = PtrResolver.from_settings(cfg.dns, registry, sink=ptr_cache_sink(store_settings(cfg), query))
-            resolver.start()
-            stages.append(PtrStage(resolver))
-        return Runtime(enricher=Enricher(stages, registry, as_name=as_name))
+                resolver = PtrResolver.from_settings(cfg.dns, registry,
+                                                     sink=ptr_cache_sink(store_settings(cfg), query))
+                stages.append(PtrStage(resolver))
+                resolver.start()
+                lookup.ptr = resolver.lookup
+        except BaseException:
+            Enricher(stages).close()  # stop the threads of the stages already started
+            raise
+        return Runtime(enricher=Enricher(stages, registry, as_name=as_name), lookup=lookup)
 
     return build
 
@@ -96,3 +106,30 @@ def ptr_cache_sink(store: StoreSettings, query: QueryFn) -> PtrSink:
         query(f"INSERT INTO {table} (ip, ptr, updated_at, asn, asn_name, country) VALUES {rows}", "TSV")
 
     return sink
+
+
+@contextmanager
+def standalone_lookup(cfg: Settings) -> Iterator[Lookup]:
+    """The lookup sources built from the config, for `flowenricher lookup` when no
+    service runs; closed (resolver thread stopped) on exit."""
+    networks = NetworksStage(cfg.my_prefixes, {n.prefix: NetworkInfo(n.name, n.customer) for n in cfg.networks})
+    lookup = Lookup(networks)
+    closers: list[Callable[[], None]] = []
+    try:
+        if "geoip" in cfg.enrich and (cfg.geoip.asn_db or cfg.geoip.city_db):
+            from .enrich.geo import GeoStage
+
+            geo = GeoStage.from_settings(cfg.geoip)
+            closers.append(geo.close)
+            lookup.geo = geo.lookup
+        if "ptr" in cfg.enrich:
+            from .enrich.ptr import PtrResolver
+
+            resolver = PtrResolver.from_settings(cfg.dns)
+            resolver.start()
+            closers.append(resolver.close)
+            lookup.ptr = resolver.lookup
+        yield lookup
+    finally:
+        for close in reversed(closers):
+            close()
