@@ -99,7 +99,7 @@ def test_rules_in_a_rules_mapping_load(tmp_path: Path) -> None:
         "detection.yml",
         """\
         rules:
-          - {name: a, action: alert, time_window: 30s}
+          - {name: a, action: alert, time_window: 30s, min_flows: 10}
         """,
     )
     assert [rule["name"] for rule in load_rules(path)] == ["a"]
@@ -345,21 +345,25 @@ def test_rule_errors_one_line_each(tmp_path: Path) -> None:
           blackhole_communities: ["65536:666", "65001:666:1"]
         - name: scan
           unique_dst_ip: 5
+          min_flows: 10
           time_window: 0s
           action: alert
         - proto: tcp
+          min_flows: 10
         """,
     )
     assert problems_of(load_rules, path) == [
-        f"{path}: $[0].proto: 'sctp' is not any, tcp, udp, icmp, icmpv6 or a protocol number",
-        f"{path}: $[0].time_window: '60 s' is not a duration such as 60s, 1m30s or 500ms, or whole seconds",
-        f"{path}: $[0].action: 'alert,ban' is not a comma-separated list of "
-        "alert, blackhole, clickhouse, slack",
-        f"{path}: $[0].blackhole_communities[0]: '65536:666' is not a BGP community ASN:value (65001:666) "
-        "or large community a:b:c: both parts of a standard community are 0-65535 (RFC 1997)",
+        f"{path}: $[0]: rule 'scan': sets no threshold (a min_* or unique_* key): every key would match",
+        f"{path}: $[0].proto: rule 'scan': 'sctp' is not any, tcp, udp, icmp, icmpv6 or a protocol number",
+        f"{path}: $[0].time_window: rule 'scan': '60 s' is not a duration such as 60s, 1m30s or 500ms, "
+        "or whole seconds",
+        f"{path}: $[0].action: rule 'scan': 'alert,ban' is not a comma-separated list of "
+        "alert, blackhole, clickhouse, slack, webhook",
+        f"{path}: $[0].blackhole_communities[0]: rule 'scan': '65536:666' is not a BGP community ASN:value "
+        "(65001:666) or large community a:b:c: both parts of a standard community are 0-65535 (RFC 1997)",
         f"{path}: $[1].name: 'scan' is already the name of $[0]",
-        f"{path}: $[1].unique_dst_ip: unknown key (did you mean 'unique_dst_ips'?)",
-        f"{path}: $[1].time_window: must be longer than 0",
+        f"{path}: $[1].unique_dst_ip: rule 'scan': unknown key (did you mean 'unique_dst_ips'?)",
+        f"{path}: $[1].time_window: rule 'scan': must be longer than 0",
         f"{path}: $[2]: 'action' is a required property",
         f"{path}: $[2]: 'name' is a required property",
         f"{path}: $[2]: 'time_window' is a required property",
@@ -367,8 +371,8 @@ def test_rule_errors_one_line_each(tmp_path: Path) -> None:
 
 
 def test_rules_mapping_errors_have_the_rules_path() -> None:
-    assert problems_of(parse_rules, {"rules": [{"name": "a", "action": "alert"}]}, "d.yml") == [
-        "d.yml: $.rules[0]: 'time_window' is a required property"
+    assert problems_of(parse_rules, {"rules": [{"name": "a", "action": "alert", "min_flows": 1}]}, "d.yml") == [
+        "d.yml: $.rules[0]: rule 'a': 'time_window' is a required property"
     ]
 
 
@@ -378,7 +382,8 @@ def test_communities_are_never_read_as_base_60(tmp_path: Path) -> None:
         tmp_path,
         "detection.yml",
         """\
-        - {name: a, action: alert, time_window: 1m, blackhole_communities: [65001:59, 65001:666]}
+        - {name: a, action: "alert,blackhole", min_flows: 5, blackhole_count: 5, blackhole_time: 1h,
+           time_window: 1m, blackhole_communities: [65001:59, 65001:666]}
         """,
     )
     assert load_rules(path)[0]["blackhole_communities"] == ["65001:59", "65001:666"]

@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--fps", type=int, default=10_000, help="flows per second")
     gen.add_argument("--duration", type=float, default=10.0, help="seconds")
     gen.add_argument("--protocol", choices=("v5", "v9", "ipfix", "sflow"), default="ipfix")
-    gen.add_argument("--scenario", default="normal", help="normal, scan or flood")
+    gen.add_argument("--scenario", default="normal",
+                     help="normal, scan, flood, horizontal_scan, vertical_scan, slow_scan, ssh_bruteforce, "
+                          "rdp_bruteforce, bruteforce, syn_flood, udp_flood or attacks")
     gen.add_argument("--seed", type=int, default=1)
 
     val = sub.add_parser("validate", help="validate config and rules against the JSON Schemas")
@@ -99,12 +101,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print("flowenricher validate: give --config and/or --rules", file=sys.stderr)
         return EXIT_BAD_INPUT
     problems: list[str] = []
-    for path, loader in ((args.config, load_config), (args.rules, load_rules)):
-        if path:
-            try:
-                loader(path)
-            except ConfigError as err:
-                problems.extend(err.problems)
+    max_window_s = None
+    if args.config:
+        try:
+            max_window_s = load_config(args.config).detection.flow_cache_max_window_s
+        except ConfigError as err:
+            problems.extend(err.problems)
+    if args.rules:
+        try:
+            load_rules(args.rules, max_window_s=max_window_s)
+        except ConfigError as err:
+            problems.extend(err.problems)
     for line in problems:
         print(line, file=sys.stderr)
     if not problems:
@@ -113,7 +120,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_rules
     from .service import run_service
     from .wiring import runtime_factory, service_settings
 
@@ -121,11 +127,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.log_level is None:
         logging.getLogger().setLevel(cfg.log_level.upper())
     rules_path = args.rules or (cfg.detection.rules_path if cfg.detection.enabled else None)
-    if rules_path and Path(rules_path).exists():
-        rules = load_rules(rules_path)
-        log.info("rules: %d loaded from %s (the detection engine is not part of this build yet)",
-                 len(rules), rules_path)
-    return run_service(service_settings(cfg), runtime_factory(cfg))
+    if rules_path is not None and not Path(rules_path).exists():
+        print(f"rules file {rules_path} does not exist", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return run_service(service_settings(cfg), runtime_factory(cfg, Path(rules_path) if rules_path else None))
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:

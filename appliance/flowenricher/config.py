@@ -579,6 +579,7 @@ class StorageSettings:
     spool_dir: Path  # storage.spool_dir, or <path>/spool
     spool_max_bytes: int
     spool_max_age_s: float
+    state_db: str = ""  # SQLAlchemy URL; storage.state_db or SQLite in `path`
 
 
 @dataclass(frozen=True, slots=True)
@@ -742,6 +743,29 @@ class DetectionSettings:
     rules_path: Path | None
     flow_cache_max_window_s: float
     debug: bool
+    alerts_log: Path = Path("detections.log")
+    slack_webhook: str | None = None
+    webhooks: tuple[str, ...] = ()
+    max_keys_per_rule: int = 100000
+    samples_per_detection: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class BlackholeSettings:
+    """Blackholing limits and defaults (``blackhole.*``); durations in seconds."""
+
+    dry_run: bool
+    max_active: int
+    max_per_minute: int
+    min_prefix_length_v4: int
+    min_prefix_length_v6: int
+    never: tuple[str, ...]
+    next_hop_v4: str
+    next_hop_v6: str
+    communities: tuple[str, ...]
+    manual_duration_s: float
+    log_file: Path
+    reconcile_interval_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -765,6 +789,7 @@ class Settings:
     dns: DnsSettings
     snmp: SnmpSettings
     detection: DetectionSettings
+    blackhole: BlackholeSettings
     enrich: frozenset[str]
     my_asn: int | None
     my_prefixes: tuple[IPNetwork, ...]
@@ -954,6 +979,7 @@ def _build_settings(raw: dict[str, Any], path: Path | None) -> Settings:
             partition_by=storage["partition_by"],
             spool_dir=Path(storage["spool_dir"]), spool_max_bytes=int(storage["spool_max_bytes"]),
             spool_max_age_s=float(storage["spool_max_age_s"]),
+            state_db=storage["state_db"] or f"sqlite:///{os.path.abspath(os.path.join(storage['path'], 'state.db'))}",
         ),
         clickhouse=clickhouse,
         insert=InsertSettings(int(eff["insert"]["batch_size"]), int(eff["insert"]["flush_interval_ms"])),
@@ -977,7 +1003,11 @@ def _build_settings(raw: dict[str, Any], path: Path | None) -> Settings:
             rules_path=_optional_path(detection["rules_config"]),
             flow_cache_max_window_s=parse_duration(detection["flow_cache_max_window"]),
             debug=bool(detection["debug_detection"]),
+            alerts_log=Path(detection["alerts_log"]), slack_webhook=detection["slack_webhook"],
+            webhooks=tuple(detection["webhooks"]), max_keys_per_rule=int(detection["max_keys_per_rule"]),
+            samples_per_detection=int(detection["samples_per_detection"]),
         ),
+        blackhole=_blackhole_settings(eff["blackhole"]),
         enrich=_parse_enrich(eff["enrich"]),
         my_asn=_optional_int(eff["my_asn"]),
         my_prefixes=tuple(ipaddress.ip_network(prefix) for prefix in eff["my_prefixes"]),
@@ -992,6 +1022,16 @@ def _build_settings(raw: dict[str, Any], path: Path | None) -> Settings:
         source=path,
         raw=copy.deepcopy(raw),
         effective=eff,
+    )
+
+
+def _blackhole_settings(bh: Mapping[str, Any]) -> BlackholeSettings:
+    return BlackholeSettings(
+        dry_run=bool(bh["dry_run"]), max_active=int(bh["max_active"]), max_per_minute=int(bh["max_per_minute"]),
+        min_prefix_length_v4=int(bh["min_prefix_length_v4"]), min_prefix_length_v6=int(bh["min_prefix_length_v6"]),
+        never=tuple(bh["never"]), next_hop_v4=str(bh["next_hop_v4"]), next_hop_v6=str(bh["next_hop_v6"]),
+        communities=tuple(bh["communities"]), manual_duration_s=parse_duration(bh["manual_duration"]),
+        log_file=Path(bh["log_file"]), reconcile_interval_s=parse_duration(bh["reconcile_interval"]),
     )
 
 
@@ -1036,23 +1076,30 @@ def _optional_path(value: object) -> Path | None:
 # --------------------------------------------------------------------------- rules
 
 
-def load_rules(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def load_rules(path: str | os.PathLike[str], *, max_window_s: float | None = None) -> list[dict[str, Any]]:
     """Read and validate a detection rules file; the rules come back with every default
     filled in (keys and values as in the file, e.g. ``time_window: "60s"``; use
-    parse_duration and parse_actions on them).  An empty file has no rules.
+    parse_duration and parse_actions on them, or ``detect.rules.Rule.from_validated``).
+    An empty file has no rules.  `max_window_s` is ``detection.flow_cache_max_window``:
+    a rule looking further back than the engine keeps state for is refused.
 
     Raises ConfigError listing every problem, one line each.
     """
-    return parse_rules(_read_yaml_file(path), os.fspath(path))
+    return parse_rules(_read_yaml_file(path), os.fspath(path), max_window_s=max_window_s)
 
 
-def parse_rules(document: object, source: str = "rules") -> list[dict[str, Any]]:
-    """Validate a rules document already parsed: a list of rules or ``{rules: [...]}``."""
+def parse_rules(document: object, source: str = "rules", *, max_window_s: float | None = None) -> list[dict[str, Any]]:
+    """Validate a rules document already parsed: a list of rules or ``{rules: [...]}``.
+
+    Each problem inside a rule names the rule as well as its path
+    (``FILE: $[1].unique_dst_ip: rule 'scan': unknown key ...``): in a file of twenty
+    rules an index alone is hard to find.
+    """
     raw = [] if document is None else document
     problems = _schema_problems(RULES_SCHEMA, raw)
     rules, prefix = (raw, ()) if isinstance(raw, list) else (_mapping_list(raw, "rules"), ("rules",))
-    problems += _rules_checks(rules, prefix)
-    _raise_if_problems(source, raw, problems)
+    problems += _rules_checks(rules, prefix, max_window_s)
+    _raise_if_problems(source, raw, [_name_the_rule(problem, rules, prefix) for problem in problems])
     root = load_schema(RULES_SCHEMA)
     rule_schema = root["$defs"]["rule"]
     return [_with_defaults(root, rule_schema, rule) for rule in rules]
@@ -1063,7 +1110,30 @@ def _mapping_list(document: object, key: str) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _rules_checks(rules: list[Any], prefix: tuple[JsonPathElement, ...]) -> list[_Problem]:
+def _name_the_rule(problem: _Problem, rules: list[Any], prefix: tuple[JsonPathElement, ...]) -> _Problem:
+    """`problem` with the name of the rule it sits in, when that rule has a usable name
+    (a problem with the name itself says it already)."""
+    path = problem.path
+    if len(path) <= len(prefix) or path[:len(prefix)] != prefix or not isinstance(path[len(prefix)], int):
+        return problem
+    index = path[len(prefix)]
+    assert isinstance(index, int)
+    rule = rules[index] if 0 <= index < len(rules) else None
+    name = rule.get("name") if isinstance(rule, dict) else None
+    if not isinstance(name, str) or not name or path[len(prefix) + 1:] == ("name",):
+        return problem
+    return _Problem(path, f"rule {name!r}: {problem.message}")
+
+
+# The thresholds a rule can set; one of them must be, or every flow would match.
+_THRESHOLDS = ("min_flows", "min_packets", "min_bytes", "min_pps", "min_bps", "min_syn_ratio",
+               "unique_dst_ips", "unique_dst_ports", "unique_src_ips")
+_BLACKHOLE_KEYS = ("blackhole_count", "blackhole_next_hop", "blackhole_communities", "blackhole_time")
+_TCP_PROTOS = (6, "tcp", "any")
+_ACTIONS = {"alert", "blackhole", "clickhouse", "slack", "webhook"}
+
+
+def _rules_checks(rules: list[Any], prefix: tuple[JsonPathElement, ...], max_window_s: float | None) -> list[_Problem]:
     problems: list[_Problem] = []
     names: dict[str, int] = {}
     for index, rule in enumerate(rules):
@@ -1076,10 +1146,108 @@ def _rules_checks(rules: list[Any], prefix: tuple[JsonPathElement, ...]) -> list
                 where = json_path((*prefix, first))
                 problems.append(_Problem((*prefix, index, "name"),
                                          f"{name!r} is already the name of {where}"))
-        window = rule.get("time_window")
-        try:
-            if window is not None and parse_duration(window) <= 0:
-                problems.append(_Problem((*prefix, index, "time_window"), "must be longer than 0"))
-        except (ValueError, TypeError):
-            pass  # the schema reports the syntax
+        problems += [_Problem((*prefix, index, *path), message)
+                     for path, message in _rule_contradictions(rule, max_window_s)]
     return problems
+
+
+def _number(rule: Mapping[str, Any], key: str) -> float:
+    """A numeric setting of `rule`, 0 when absent or of the wrong type (the schema reports that)."""
+    value = rule.get(key, 0)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _seconds(value: object) -> float | None:
+    try:
+        return parse_duration(value) if isinstance(value, str | int | float) else None
+    except ValueError:
+        return None  # the schema reports the syntax
+
+
+def _rule_contradictions(rule: Mapping[str, Any], max_window_s: float | None,
+                         ) -> list[tuple[tuple[JsonPathElement, ...], str]]:
+    """Settings of one rule that cannot all hold, or that say something the rule will not
+    do; defensive about types, which the schema reports on its own."""
+    found: list[tuple[tuple[JsonPathElement, ...], str]] = []
+    key = rule.get("key", "src")
+
+    window = _seconds(rule.get("time_window"))
+    if window is not None and window <= 0:
+        found.append((("time_window",), "must be longer than 0"))
+    elif window is not None and max_window_s is not None and window > max_window_s:
+        found.append((("time_window",), f"{rule['time_window']!r} is longer than detection.flow_cache_max_window "
+                                        f"({max_window_s:g}s): the engine keeps no state that old"))
+
+    if not any(_number(rule, name) > 0 for name in _THRESHOLDS) and rule.get("min_anomaly_score") is None:
+        found.append(((), "sets no threshold (a min_* or unique_* key): every key would match"))
+
+    # Counts that a grouping pins to one.
+    if key == "src" and _number(rule, "unique_src_ips") > 1:
+        found.append((("unique_src_ips",), "with key: src each key is one source; use key: dst to count "
+                                           "the sources of a flood"))
+    if key == "dst" and _number(rule, "unique_dst_ips") > 1:
+        found.append((("unique_dst_ips",), "with key: dst each key is one destination; use key: src to count "
+                                           "the hosts a source reaches"))
+    if key == "dst" and rule.get("same_dst_ip") is True:
+        found.append((("same_dst_ip",), "key: dst already counts per destination address"))
+    elif rule.get("same_dst_ip") is True and _number(rule, "unique_dst_ips") > 1:
+        found.append((("unique_dst_ips",), "same_dst_ip counts one destination address per key, so more "
+                                           "than 1 is never reached"))
+    if rule.get("same_dst_port") is True and _number(rule, "unique_dst_ports") > 1:
+        found.append((("unique_dst_ports",), "same_dst_port counts one destination port per key, so more "
+                                             "than 1 is never reached"))
+    ports = rule.get("dst_ports")
+    if isinstance(ports, list) and ports and _number(rule, "unique_dst_ports") > len(ports):
+        found.append((("unique_dst_ports",), f"dst_ports lists {len(ports)} port(s), so "
+                                             f"{rule['unique_dst_ports']} distinct ports are never reached"))
+
+    proto = rule.get("proto", "any")
+    proto = proto.lower() if isinstance(proto, str) else proto
+    for flag_key in ("tcp_flags", "min_syn_ratio"):
+        if rule.get(flag_key) not in (None, 0) and proto not in _TCP_PROTOS:
+            found.append(((flag_key,), f"only TCP flows carry flags, and proto is {rule.get('proto')!r}"))
+
+    found += _prefix_contradictions(rule)
+
+    actions = rule.get("action")
+    named = parse_actions(actions) if isinstance(actions, str | list) and all(
+        isinstance(item, str) for item in actions) else ()
+    if named and set(named) <= _ACTIONS:  # an unknown action is reported by the schema alone
+        blackhole = "blackhole" in named
+        defaults = load_schema(RULES_SCHEMA)["$defs"]["rule"]["properties"]
+        if not blackhole:
+            for name in _BLACKHOLE_KEYS:
+                if name in rule and rule[name] != defaults[name]["default"]:
+                    found.append(((name,), "is set, but action has no blackhole (add blackhole to action, "
+                                           "or remove it)"))
+        else:
+            if _number(rule, "blackhole_count") < 1:
+                found.append((("blackhole_count",), "the blackhole action needs blackhole_count of at least 1 "
+                                                    "(the flows a key must hold to be blackholed)"))
+            if _seconds(rule.get("blackhole_time", 0)) == 0:
+                found.append((("blackhole_time",), "the blackhole action needs blackhole_time (for instance "
+                                                   "3600): an automatic blackhole must expire"))
+    return found
+
+
+def _prefix_contradictions(rule: Mapping[str, Any]) -> list[tuple[tuple[JsonPathElement, ...], str]]:
+    """Include prefixes that an exclude prefix swallows whole: the rule would see nothing there."""
+    def networks(name: str) -> list[tuple[int, IPNetwork]]:
+        items = rule.get(name)
+        out = []
+        for position, text in enumerate(items if isinstance(items, list) else []):
+            try:
+                out.append((position, ipaddress.ip_network(text)))
+            except (TypeError, ValueError):
+                continue  # the schema reports it
+        return out
+
+    found: list[tuple[tuple[JsonPathElement, ...], str]] = []
+    excludes = networks("exclude_prefixes")
+    for position, net in networks("include_prefixes"):
+        for other_position, other in excludes:
+            if net.version == other.version and net.subnet_of(other):  # type: ignore[arg-type]
+                found.append((("include_prefixes", position),
+                              f"{net} lies inside exclude_prefixes[{other_position}] ({other}): never matched"))
+                break
+    return found

@@ -27,6 +27,7 @@ from .batch import FlowBatch
 from .collector.receiver import kernel_drops, open_socket
 from .collector.worker import DONE, FAILED, FLOWS, READY, STATS, WorkerSettings, run_worker
 from .control import ControlServer, LookupFn
+from .detect.actions import BlackholeSink
 from .enrich.pipeline import Enricher
 from .errors import FlowEnricherError, StoreError
 from .metrics import CollectorMetrics, WorkerSnapshots, serve
@@ -81,6 +82,7 @@ class Runtime:
     tickers: list[Callable[[float], None]] = field(default_factory=list)
     closers: list[Callable[[], None]] = field(default_factory=list)
     lookup: LookupFn | None = None  # `flowenricher lookup` through the control socket
+    blackholes: BlackholeSink | None = None  # the blackhole manager, when BGP mitigation is on
 
     def close(self) -> None:
         for close in reversed(self.closers):

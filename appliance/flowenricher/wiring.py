@@ -5,8 +5,10 @@ Kept apart from config.py so the config stays free of imports of the parts it co
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -21,6 +23,8 @@ from .enrich.ptr import PtrResult, PtrSink
 from .lookup import Lookup
 from .service import QueryFn, Runtime, RuntimeFactory, ServiceSettings
 from .storage.settings import StoreSettings
+
+log = logging.getLogger(__name__)
 
 
 def store_settings(cfg: Settings) -> StoreSettings:
@@ -47,7 +51,7 @@ def service_settings(cfg: Settings) -> ServiceSettings:
                            metrics_listen=cfg.metrics.listen)
 
 
-def runtime_factory(cfg: Settings) -> RuntimeFactory:
+def runtime_factory(cfg: Settings, rules_path: Path | None = None) -> RuntimeFactory:
     """The enrichment pipeline the config asks for (``enrich:`` and the blocks it names).
 
     Direction and networks need no outside source and always run; the others follow
@@ -83,9 +87,41 @@ def runtime_factory(cfg: Settings) -> RuntimeFactory:
         except BaseException:
             Enricher(stages).close()  # stop the threads of the stages already started
             raise
-        return Runtime(enricher=Enricher(stages, registry, as_name=as_name), lookup=lookup)
+        runtime = Runtime(enricher=Enricher(stages, registry, as_name=as_name), lookup=lookup)
+        try:
+            if rules_path is not None:
+                _add_detection(runtime, cfg, rules_path, registry, query)
+        except BaseException:
+            runtime.close()
+            raise
+        return runtime
 
     return build
+
+
+def _add_detection(runtime: Runtime, cfg: Settings, rules_path: Path, registry: CollectorRegistry,
+                   query: QueryFn) -> None:
+    """The detection engine on every enriched batch, its windows ticked once a second,
+    its rules reloaded when the file changes or on SIGHUP."""
+    from .detect.actions import build_actions
+    from .detect.engine import DetectionEngine
+    from .detect.rules import load_rule_set
+    from .detect.watcher import RulesWatcher
+
+    det = cfg.detection
+    rules = load_rule_set(rules_path, max_window_s=det.flow_cache_max_window_s)
+    actions = build_actions(
+        registry, alerts_log=det.alerts_log, clickhouse=(lambda sql: query(sql, "TSV"), cfg.clickhouse.database),
+        slack_webhook=det.slack_webhook, webhooks=det.webhooks, blackhole_sink=runtime.blackholes,
+    )
+    engine = DetectionEngine(rules, actions, registry, max_keys_per_rule=det.max_keys_per_rule,
+                             samples_per_detection=det.samples_per_detection)
+    watcher = RulesWatcher(rules_path, engine.reload, max_window_s=det.flow_cache_max_window_s, registry=registry)
+    watcher.install_sighup()
+    runtime.consumers.append(engine)
+    runtime.tickers.extend([engine.tick, watcher.tick])
+    runtime.closers.append(engine.close)
+    log.info("detection: %d rules from %s; actions %s", len(rules), rules_path, ", ".join(a.name for a in actions))
 
 
 def ptr_cache_sink(store: StoreSettings, query: QueryFn) -> PtrSink:

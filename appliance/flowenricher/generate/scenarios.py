@@ -1,9 +1,10 @@
 """Attacks mixed into normal traffic, each with the ground truth a detector should find.
 
 A scenario is a named factory returning a list of :class:`Attack` objects; the registry
-`SCENARIOS` is what `generate --scenario` accepts, and :func:`register_scenario` adds one
-(brute force, for instance) without touching the generator.  Attackers and victims are
-drawn when the scenario is built and stay fixed for the run.
+`SCENARIOS` is what `generate --scenario` accepts (normal, scan, flood, one scenario per
+attack kind, and `attacks` with all of them), and :func:`register_scenario` adds one
+without touching the generator.  Attackers and victims are drawn when the scenario is
+built and stay fixed for the run.
 
 Volume knobs, per attack:
 - `share`: the fraction of each batch's flows that belong to the attack (binomially
@@ -283,6 +284,51 @@ class UdpFlood(Attack):
         return _finish_ports(f)
 
 
+class BruteForce(Attack):
+    """One source trying passwords on one service of one own host: many short, complete
+    TCP connections (handshake, a few exchanges, FIN) at a steady rate, whatever the
+    traffic volume, as brute-force tools pace themselves."""
+
+    kind = "bruteforce"
+    default_port = 0
+
+    def __init__(self, model: TrafficModel, rng: np.random.Generator, port: int | None = None,
+                 rate_per_s: float = 3.0) -> None:
+        self.attacker = int(model.public_v4(rng, 1)[0])
+        hosts = _inside_v4_values(model)
+        self.victim = int(hosts[rng.integers(0, len(hosts))])
+        self.port = self.default_port if port is None else port
+        self.share, self.rate_per_s = 0.0, rate_per_s
+
+    @property
+    def truth(self) -> AttackTruth:
+        return AttackTruth(self.kind, self.label, 6, _v4_text(np.array([self.attacker], np.uint32)),
+                           _v4_text(np.array([self.victim], np.uint32)), (self.port,),
+                           {"rate_per_s": self.rate_per_s})
+
+    def build(self, model: TrafficModel, rng: np.random.Generator, k: int, t0_ms: int,
+              span_ms: int) -> Flows:
+        f = inbound_flows(model, rng, v4_rows(np.full(k, self.attacker, np.uint32)),
+                          np.full(k, self.victim, np.uint32), t0_ms, span_ms, 6)
+        f.src_port = rng.integers(32768, 61000, k).astype(np.uint16)
+        f.dst_port[:] = self.port
+        f.tcpflags[:] = 0x1B  # FIN, SYN, PSH, ACK: a whole short session
+        f.packets = rng.integers(10, 31, k).astype(np.uint32)
+        f.bytes = (f.packets * rng.integers(60, 141, k)).astype(np.uint32)
+        f.start_ms = f.end_ms - rng.integers(300, 4000, k).astype(np.uint64).clip(0, f.end_ms)
+        return _finish_ports(f)
+
+
+class SshBruteForce(BruteForce):
+    kind = "ssh_bruteforce"
+    default_port = 22
+
+
+class RdpBruteForce(BruteForce):
+    kind = "rdp_bruteforce"
+    default_port = 3389
+
+
 ScenarioFactory = Callable[["TrafficModel", np.random.Generator], list[Attack]]
 SCENARIOS: dict[str, ScenarioFactory] = {}
 
@@ -314,3 +360,28 @@ def _flood(model: TrafficModel, rng: np.random.Generator) -> list[Attack]:
     return [SynFlood(model, rng, victim), UdpFlood(model, rng, victim)]
 
 
+
+
+def _victim(model: TrafficModel, rng: np.random.Generator) -> int:
+    hosts = _inside_v4_values(model)
+    return int(hosts[rng.integers(0, len(hosts))])
+
+
+# One attack per scenario, for tests and demos of a single detection rule.
+register_scenario("horizontal_scan")(lambda model, rng: [HorizontalScan(model, rng, port=22)])
+register_scenario("vertical_scan")(lambda model, rng: [VerticalScan(model, rng)])
+# 0.25 probes/s: 15 hosts a minute stays under a one-minute rule, 150 in ten minutes does not.
+register_scenario("slow_scan")(lambda model, rng: [SlowScan(model, rng, port=3389, rate_per_s=0.25)])
+register_scenario("ssh_bruteforce")(lambda model, rng: [SshBruteForce(model, rng)])
+register_scenario("rdp_bruteforce")(lambda model, rng: [RdpBruteForce(model, rng)])
+register_scenario("bruteforce")(lambda model, rng: [SshBruteForce(model, rng), RdpBruteForce(model, rng)])
+register_scenario("syn_flood")(lambda model, rng: [SynFlood(model, rng, _victim(model, rng))])
+register_scenario("udp_flood")(lambda model, rng: [UdpFlood(model, rng, _victim(model, rng))])
+
+
+@register_scenario("attacks")
+def _attacks(model: TrafficModel, rng: np.random.Generator) -> list[Attack]:
+    """Every attack kind at once, each with its own attacker and victim."""
+    return [HorizontalScan(model, rng, port=22), VerticalScan(model, rng),
+            SlowScan(model, rng, port=3389, rate_per_s=0.25), SshBruteForce(model, rng), RdpBruteForce(model, rng),
+            SynFlood(model, rng, _victim(model, rng)), UdpFlood(model, rng, _victim(model, rng))]

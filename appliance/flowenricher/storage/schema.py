@@ -200,8 +200,15 @@ def _initial(s: StoreSettings) -> list[str]:
     return out
 
 
+def _detections(s: StoreSettings) -> list[str]:
+    from ..detect.actions import detections_ddl
+
+    return [detections_ddl(s.database, s.ttl_days or None)]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flows table, ptr_cache, 1m/5m/1h rollups and their views", _initial),
+    Migration(2, "detections table", _detections),
 )
 
 

@@ -1,0 +1,337 @@
+"""What a detection does: the destinations behind a rule's `action` names.
+
+- ``alert``: one JSON line per detection appended to detections.log (synchronous: a
+  local append is fast, and alerts must be written even when everything else is down);
+- ``clickhouse``: rows in the ``detections`` table, through a callable that executes
+  SQL (the storage layer owns the connection);
+- ``slack`` and ``webhook``: an HTTP POST from a background thread, retried with
+  exponential backoff, failures counted;
+- ``blackhole``: a request to the blackhole manager (:class:`BlackholeSink`), from a
+  background thread too, so a slow GoBGP never holds up ingest.
+
+Every class takes its destination as constructor arguments; the service builds them
+from config (see :func:`build_actions`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
+
+from .detection import Detection
+from .engine import Action
+from .outbox import DeliveryMetrics, LimitedLog, Outbox, PermanentError
+from .rules import Rule
+
+__all__ = [
+    "AlertLog",
+    "BlackholeAction",
+    "BlackholeSink",
+    "ClickHouseDetections",
+    "SlackNotifier",
+    "WebhookNotifier",
+    "build_actions",
+    "detections_ddl",
+    "insert_detections_sql",
+]
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "flowenricher-detection/1"
+
+
+# --------------------------------------------------------------------------- alert
+
+
+class AlertLog:
+    """detections.log: one JSON object per line (see Detection.to_dict).
+
+    The file is opened for each write, in append mode, so logrotate can move it away
+    at any time; a failed write (disk full, permissions) is counted and logged at a
+    limited rate, never raised into the engine.
+    """
+
+    name = "alert"
+
+    def __init__(self, path: str | os.PathLike[str], metrics: DeliveryMetrics, samples: int = 5) -> None:
+        self.path = Path(path)
+        self._metrics = metrics
+        self._samples = samples
+        self._lock = threading.Lock()
+        self._warn = LimitedLog(log)
+
+    def handle(self, rule: Rule, detection: Detection) -> None:
+        line = json.dumps(detection.to_dict(self._samples), separators=(",", ":"), ensure_ascii=False)
+        try:
+            with self._lock, self.path.open("a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+        except OSError as err:
+            self._metrics.failures.labels(self.name).inc()
+            self._metrics.dropped.labels(self.name, "refused").inc()
+            self._warn.warning("alert: cannot append to %s: %s", self.path, err)
+            return
+        self._metrics.delivered.labels(self.name).inc()
+
+    def close(self) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- clickhouse
+
+DETECTIONS_TABLE = "detections"
+
+_DETECTION_COLUMNS = (
+    "detected_at", "rule", "key", "address", "dst_addr", "dst_port", "window_s", "flows", "packets", "bytes", "pps",
+    "bps", "syn_ratio", "unique_dst_ips", "unique_dst_ports", "unique_src_ips", "first_seen", "last_seen",
+    "anomaly_score", "actions", "blackhole", "samples",
+)
+
+
+def detections_ddl(database: str, ttl_days: int | None = None) -> str:
+    """CREATE TABLE of the detections table in `database` (a migration of the store).
+
+    Addresses are IPv6 (IPv4 mapped), as in the flows table; columns that only some
+    rules fill are Nullable; `samples` is the sample flows as a JSON array.
+    """
+    ttl = f"\nTTL toDateTime(detected_at) + toIntervalDay({int(ttl_days)})" if ttl_days else ""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {database}.{DETECTIONS_TABLE} (\n"
+        "  detected_at DateTime64(3) CODEC(Delta, ZSTD(1)),\n"
+        "  rule LowCardinality(String),\n"
+        "  key LowCardinality(String),\n"
+        "  address IPv6,\n"
+        "  dst_addr Nullable(IPv6),\n"
+        "  dst_port Nullable(UInt16),\n"
+        "  window_s Float32,\n"
+        "  flows UInt64,\n"
+        "  packets UInt64,\n"
+        "  bytes UInt64,\n"
+        "  pps Float64,\n"
+        "  bps Float64,\n"
+        "  syn_ratio Float32,\n"
+        "  unique_dst_ips Nullable(UInt32),\n"
+        "  unique_dst_ports Nullable(UInt32),\n"
+        "  unique_src_ips Nullable(UInt32),\n"
+        "  first_seen DateTime,\n"
+        "  last_seen DateTime,\n"
+        "  anomaly_score Nullable(Float32),\n"
+        "  actions Array(LowCardinality(String)),\n"
+        "  blackhole Bool,\n"
+        "  samples String CODEC(ZSTD(3))\n"
+        ")\nENGINE = MergeTree\nPARTITION BY toYYYYMM(detected_at)\nORDER BY (rule, detected_at)" + ttl
+    )
+
+
+def _literal(value: object) -> str:
+    """A ClickHouse SQL literal for a Python value (strings escaped as ClickHouse reads them)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_literal(item) for item in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+def _v6(address: str | None) -> str | None:
+    """IPv4 text as its IPv4-mapped IPv6 form (what an IPv6 column holds)."""
+    if address is None or ":" in address:
+        return address
+    return f"::ffff:{address}"
+
+
+def insert_detections_sql(database: str, detections: Sequence[Detection], samples: int = 5) -> str:
+    """One INSERT ... VALUES statement for `detections`."""
+    rows = []
+    for d in detections:
+        values: list[object] = [
+            round(d.detected_at, 3), d.rule, d.key, _v6(d.address), _v6(d.dst_addr), d.dst_port, d.window_s,
+            d.flows, d.packets, d.bytes, d.pps, d.bps, d.syn_ratio, d.unique_dst_ips, d.unique_dst_ports,
+            d.unique_src_ips, int(d.first_seen), int(d.last_seen), d.anomaly_score, list(d.actions), d.blackhole,
+            json.dumps(list(d.samples[:samples]), separators=(",", ":")),
+        ]
+        rows.append("(" + ", ".join(_literal(v) for v in values) + ")")
+    return (f"INSERT INTO {database}.{DETECTIONS_TABLE} ({', '.join(_DETECTION_COLUMNS)}) VALUES\n"
+            + ",\n".join(rows))
+
+
+class ClickHouseDetections:
+    """``clickhouse``: detections inserted in groups from a background thread.
+
+    `execute` runs one SQL statement on the store (embedded chDB or a server); an
+    exception from it is a failed attempt, retried with backoff.
+    """
+
+    name = "clickhouse"
+
+    def __init__(self, execute: Callable[[str], object], database: str, metrics: DeliveryMetrics, *,
+                 capacity: int = 10000, attempts: int = 6, backoff_s: float = 1.0) -> None:
+        self.database = database
+        self._execute = execute
+        self._outbox: Outbox[Detection] = Outbox(self.name, self._insert, metrics, capacity=capacity,
+                                                 batch_size=500, attempts=attempts, backoff_s=backoff_s)
+
+    def _insert(self, detections: list[Detection]) -> None:
+        self._execute(insert_detections_sql(self.database, detections))
+
+    def handle(self, rule: Rule, detection: Detection) -> None:
+        self._outbox.put(detection)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        return self._outbox.flush(timeout_s)
+
+    def close(self) -> None:
+        self._outbox.close()
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def _post_json(url: str, body: Mapping[str, Any], headers: Mapping[str, str], timeout_s: float) -> None:
+    """POST `body` as JSON; a 4xx answer other than 408/429 is a PermanentError."""
+    data = json.dumps(body, separators=(",", ":")).encode()
+    request = urllib.request.Request(url, data=data, method="POST", headers={
+        "Content-Type": "application/json", "User-Agent": USER_AGENT, **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+            answer.read()
+    except urllib.error.HTTPError as err:
+        if 400 <= err.code < 500 and err.code not in (408, 429):
+            raise PermanentError(f"HTTP {err.code} {err.reason}") from err
+        raise
+
+
+def _where(url: str) -> str:
+    """Scheme and host of `url`: enough to tell endpoints apart in logs, without the secret
+    path of a Slack webhook."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    return f"{parts.scheme}://{parts.hostname}"
+
+
+class WebhookNotifier:
+    """``webhook``: each detection POSTed as JSON (Detection.to_dict) to `url`."""
+
+    name = "webhook"
+
+    def __init__(self, url: str, metrics: DeliveryMetrics, *, headers: Mapping[str, str] | None = None,
+                 timeout_s: float = 5.0, capacity: int = 1000, attempts: int = 6, backoff_s: float = 1.0,
+                 samples: int = 5) -> None:
+        self.url = url
+        self.where = _where(url)
+        self._headers = dict(headers or {})
+        self._timeout_s = timeout_s
+        self._samples = samples
+        self._outbox: Outbox[Detection] = Outbox(self.name, self._send, metrics, capacity=capacity,
+                                                 attempts=attempts, backoff_s=backoff_s)
+
+    def _send(self, detections: list[Detection]) -> None:
+        for detection in detections:
+            _post_json(self.url, detection.to_dict(self._samples), self._headers, self._timeout_s)
+
+    def handle(self, rule: Rule, detection: Detection) -> None:
+        self._outbox.put(detection)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        return self._outbox.flush(timeout_s)
+
+    def close(self) -> None:
+        self._outbox.close()
+
+
+class SlackNotifier(WebhookNotifier):
+    """``slack``: a Slack incoming webhook gets ``{"text": ...}``, one line per detection."""
+
+    name = "slack"
+
+    def _send(self, detections: list[Detection]) -> None:
+        for detection in detections:
+            _post_json(self.url, {"text": f":rotating_light: {detection.summary()}"}, self._headers, self._timeout_s)
+
+
+# --------------------------------------------------------------------------- blackhole
+
+
+class BlackholeSink(Protocol):
+    """The blackhole manager's entry point for detections (it owns safety and state).
+
+    `prefix` is the key's host route; `evidence["key"]` says whether it is a source
+    ("src") or a victim ("dst").  It must not raise for a refused request.
+    """
+
+    def request(self, prefix: str, next_hop: str | None, communities: list[str], duration_s: float, rule: str,
+                evidence: dict[str, Any]) -> None: ...
+
+
+class BlackholeAction:
+    """``blackhole``: detections whose flows reached the rule's blackhole_count go to the
+    sink, from a background thread.  Not retried here: the manager persists a request
+    before announcing it and retries GoBGP itself."""
+
+    name = "blackhole"
+
+    def __init__(self, sink: BlackholeSink, metrics: DeliveryMetrics, *, samples: int = 3,
+                 capacity: int = 1000) -> None:
+        self._sink = sink
+        self._samples = samples
+        self._outbox: Outbox[tuple[Rule, Detection]] = Outbox(self.name, self._request, metrics, capacity=capacity,
+                                                              attempts=1)
+
+    def _request(self, items: list[tuple[Rule, Detection]]) -> None:
+        for rule, detection in items:
+            self._sink.request(detection.prefix, rule.blackhole_next_hop, list(rule.blackhole_communities),
+                               rule.blackhole_time_s, rule.name, detection.to_dict(self._samples))
+
+    def handle(self, rule: Rule, detection: Detection) -> None:
+        if detection.blackhole:
+            self._outbox.put((rule, detection))
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        return self._outbox.flush(timeout_s)
+
+    def close(self) -> None:
+        self._outbox.close()
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def build_actions(registry: CollectorRegistry | None, *, alerts_log: str | os.PathLike[str] | None = None,
+                  clickhouse: tuple[Callable[[str], object], str] | None = None, slack_webhook: str | None = None,
+                  webhooks: Sequence[str | Mapping[str, Any]] = (),
+                  blackhole_sink: BlackholeSink | None = None) -> list[Action]:
+    """The configured actions, sharing one set of delivery counters on `registry`.
+
+    `clickhouse` is (execute, database); `webhooks` items are URLs or
+    ``{"url": ..., "headers": {...}}``.
+    """
+    metrics = DeliveryMetrics(registry)
+    actions: list[Action] = []
+    if alerts_log is not None:
+        actions.append(AlertLog(alerts_log, metrics))
+    if clickhouse is not None:
+        actions.append(ClickHouseDetections(clickhouse[0], clickhouse[1], metrics))
+    if slack_webhook:
+        actions.append(SlackNotifier(slack_webhook, metrics))
+    for item in webhooks:
+        if isinstance(item, str):
+            actions.append(WebhookNotifier(item, metrics))
+        else:
+            actions.append(WebhookNotifier(str(item["url"]), metrics, headers=item.get("headers")))
+    if blackhole_sink is not None:
+        actions.append(BlackholeAction(blackhole_sink, metrics))
+    return actions

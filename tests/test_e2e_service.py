@@ -1,0 +1,150 @@
+"""End to end on loopback: `flowenricher generate` -> `flowenricher run` with enrichment
+and detection -> the embedded store, detections.log, `lookup` and `sql` while it runs.
+
+Real processes throughout: the collector and the exporter are the installed console
+script, the GeoIP/ASN databases are MaxMind's test files (tests/data/geoip), the rules
+are the shipped example detection.yml (its scan rule also writing the detections table).  The generated traffic is a small AS whose own
+prefixes are the original config's (84.54.49.0/24, 194.153.116.0/24, 2a14:4280::/29),
+with a horizontal scan from outside injected.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+GEOIP = REPO / "tests" / "data" / "geoip"
+RULES = REPO / "appliance" / "flowenricher" / "examples" / "detection.yml"
+
+
+def _argv() -> list[str]:
+    script = Path(sys.executable).with_name("flowenricher")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("flowenricher")
+    return [found] if found else [sys.executable, "-m", "appliance.flowenricher.cli"]
+
+
+def _free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Service:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = _free_port()
+        self.config = workdir / "config.yaml"
+        rules = workdir / "detection.yml"  # the shipped rules; the scan rule also stores its detections
+        text = RULES.read_text()
+        assert "  action: alert                # the original" in text
+        rules.write_text(text.replace("  action: alert                # the original",
+                                      "  action: alert,clickhouse     # the original", 1))
+        self.config.write_text(
+            "collectors:\n"
+            f"  listeners: [{{address: 127.0.0.1, port: {self.port}, protocol: netflow}}]\n"
+            "  workers: 1\n"
+            f"storage: {{path: {json.dumps(str(workdir / 'data'))}}}\n"
+            "insert: {batch_size: 5000, flush_interval_ms: 200}\n"
+            f'metrics: {{listen: "127.0.0.1:{_free_port(socket.SOCK_STREAM)}"}}\n'
+            f'api: {{listen: "127.0.0.1:{_free_port(socket.SOCK_STREAM)}"}}\n'
+            "enrich: geoip\n"
+            f"geoip: {{asn_db: {json.dumps(str(GEOIP / 'GeoLite2-ASN-Test.mmdb'))},"
+            f" city_db: {json.dumps(str(GEOIP / 'GeoIP2-City-Test.mmdb'))}}}\n"
+            "my_prefixes: [84.54.49.0/24, 194.153.116.0/24, 2a14:4280::/29]\n"
+            "networks:\n"
+            "  84.54.49.0/25: {name: rack-a, customer: acme}\n"
+            "  194.153.116.0/24: office\n"
+            "detection:\n"
+            "  enable_detection_engine: true\n"
+            f"  rules_config: {json.dumps(str(rules))}\n"
+            f"  alerts_log: {json.dumps(str(workdir / 'detections.log'))}\n"
+        )
+        self.log = (workdir / "service.log").open("wb")
+        self.proc = subprocess.Popen([*_argv(), "run", "--config", str(self.config)], cwd=workdir,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.wait_for(lambda: b"listening:" in (workdir / "service.log").read_bytes(), 60, "listening")
+
+    def output(self) -> str:
+        return (self.workdir / "service.log").read_text(errors="replace")
+
+    def wait_for(self, predicate: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"service exited {self.proc.returncode} before {what}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}:\n{self.output()[-4000:]}")
+            time.sleep(0.1)
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run([*_argv(), *args, "--config", str(self.config)], capture_output=True, text=True,
+                              timeout=120, cwd=self.workdir)
+        assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stderr}"
+        return done.stdout
+
+    def sql(self, query: str) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self.cli("sql", query, "--format", "json").splitlines() if x.strip()]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    svc = Service(tmp_path)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def test_enriched_flows_detections_and_lookup(service: Service) -> None:
+    sent = subprocess.run([*_argv(), "generate", "--to", f"127.0.0.1:{service.port}", "--fps", "20000",
+                           "--duration", "3", "--protocol", "ipfix", "--scenario", "horizontal_scan"],
+                          capture_output=True, text=True, timeout=120)
+    assert sent.returncode == 0, sent.stderr
+    alerts = service.workdir / "detections.log"
+    service.wait_for(lambda: alerts.exists() and "slow_horizontal_scan" in alerts.read_text(), 30, "a detection")
+    detection = next(json.loads(x) for x in alerts.read_text().splitlines() if "slow_horizontal_scan" in x)
+    scanner = detection["key"] if isinstance(detection["key"], str) else detection["key"]["address"]
+    assert scanner
+
+    # lookup through the running service's control socket
+    info = json.loads(service.cli("lookup", "84.54.49.10", "--format", "json"))
+    assert info["mine"] is True and info["network"] == {"name": "rack-a", "customer": "acme"}
+    google = json.loads(service.cli("lookup", "1.0.0.1", "--format", "json"))
+    assert google["geo"]["asn"] == 15169 and google["mine"] is False
+
+    assert service.stop() == 0
+    directions = {r["flow_direction"]: int(r["n"]) for r in service.sql(
+        "SELECT flow_direction, count() AS n FROM flowenricher.flows GROUP BY flow_direction")}
+    assert directions.get(1, 0) > 0 and directions.get(2, 0) > 0  # inbound and outbound both seen
+    assert 0 not in directions  # every flow has a direction once my_prefixes is set
+    names = {(r["dst_net_name"], r["dst_net_customer"]) for r in service.sql(
+        "SELECT DISTINCT dst_net_name, dst_net_customer FROM flowenricher.flows WHERE flow_direction = 1")}
+    assert ("rack-a", "acme") in names and ("office", "") in names
+    stored = service.sql("SELECT rule, count() AS n FROM flowenricher.detections GROUP BY rule")
+    assert any(r["rule"] == "slow_horizontal_scan" for r in stored)
+    assert "enrichment: networks, geoip" in service.output()
