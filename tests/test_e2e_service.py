@@ -3,9 +3,10 @@ and detection -> the embedded store, detections.log, `lookup` and `sql` while it
 
 Real processes throughout: the collector and the exporter are the installed console
 script, the GeoIP/ASN databases are MaxMind's test files (tests/data/geoip), the rules
-are the shipped example detection.yml (its scan rule also writing the detections table).  The generated traffic is a small AS whose own
-prefixes are the original config's (84.54.49.0/24, 194.153.116.0/24, 2a14:4280::/29),
-with a horizontal scan from outside injected.
+are the shipped example detection.yml (its scan rule also writing the detections
+table).  The generated traffic is a small AS whose own prefixes are the original
+config's (84.54.49.0/24, 194.153.116.0/24, 2a14:4280::/29), with a horizontal scan
+from outside injected.
 """
 
 from __future__ import annotations
