@@ -137,18 +137,13 @@ def test_each_attack_fires_its_rule_with_its_key(scenario: str) -> None:
 
 
 def test_normal_traffic_fires_nothing() -> None:
-    """Every example rule, the original included, stays quiet on five minutes of normal
-    traffic at 100 flows/s.  (From about 150 flows/s the generator's busiest client, which
-    it pairs with servers at random, reaches 50 of the operator's hosts on port 443 within
-    a minute, and the original rule, which has no flag condition, reports it.)"""
+    """Every example rule, the original included, stays quiet on normal traffic: five
+    minutes at 100 flows/s, and two at 3000 flows/s (the generator's busy clients each use
+    a few of the operator's servers, as real ones do)."""
     engine, sink, _ = engine_with(all_rules())
     feed(engine, TrafficGenerator(scenario="normal", seed=5), 100, 300, 5)
     assert sink.detections == []
-
-
-def test_normal_traffic_at_volume_fires_none_of_the_extra_rules() -> None:
-    original = load_rule_set(ORIGINAL)[0].name
-    engine, sink, _ = engine_with([r for r in all_rules() if r.name != original])
+    engine, sink, _ = engine_with(all_rules())
     feed(engine, TrafficGenerator(scenario="normal", seed=6), 3000, 130)
     assert sink.detections == []
 

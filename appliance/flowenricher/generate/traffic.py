@@ -312,6 +312,15 @@ class TrafficModel:
             if not k:
                 continue
             i_idx, o_idx = ins.sample(rng, k), outs.sample(rng, k)
+            # Heavy hitters are the servers your clients reach (CDNs, clouds); the
+            # clients reaching your servers are many and each uses a few of them, not a
+            # random one per flow (that would make every busy client look like a
+            # horizontal scan): such a client is drawn uniformly and picks one of three
+            # servers fixed for it.
+            to_server = server_inside[fam_mask]
+            o_idx = np.where(to_server, rng.integers(0, len(outs.addr), k), o_idx)
+            fixed = (o_idx.astype(np.int64) * 2654435761 + rng.integers(0, 3, k)) % len(ins.addr)
+            i_idx = np.where(to_server, fixed, i_idx)
             inside[fam_mask], in_mask[fam_mask] = ins.addr[i_idx], ins.mask[i_idx]
             down_if[fam_mask] = ins.iface[i_idx]
             outside[fam_mask], out_mask[fam_mask] = outs.addr[o_idx], outs.mask[o_idx]
