@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(softflowd tshark pmacct iproute2 procps gobgpd bird2 golang-github-osrg-gobgp-dev snmpd snmp dnsmasq-base nmap hping3)
+APT_PACKAGES=(softflowd tshark pmacct iproute2 procps gobgpd bird2 golang-github-osrg-gobgp-dev snmpd snmp dnsmasq-base nmap hping3 chromium curl)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -22,6 +22,7 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e '^WARNING: Location' -e 'Running pip as' || true
 
+echo "== GoBGP API stubs"; python3 tools/gen_gobgp_stubs.py
 echo "== ruff"; python3 -m ruff check .
 echo "== mypy"; python3 -m mypy
 echo "== pytest"; python3 -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,40 @@
+"""Manual blackhole requests from the API, handed to the blackhole manager.
+
+The manager is the one owner of announcements (DESIGN §1): the API never talks to
+GoBGP itself.  A refusal by the safety policy becomes a 409 whose detail is the
+policy's own sentence, which names the rule (never-blackhole list, shortest prefix,
+maximum active, rate); the request is recorded with the token that made it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from appliance.flowenricher.blackhole.manager import BlackholeManager
+from appliance.flowenricher.blackhole.safety import Refused as PolicyRefused
+from appliance.flowenricher.blackhole.state import Blackhole, BlackholeRow
+
+from .auth import Principal
+from .errors import NotFound, Refused
+
+
+def announce(manager: BlackholeManager, principal: Principal, prefix: str, next_hop: str | None,
+             communities: Sequence[str] | None, duration_s: float | None = None) -> tuple[Blackhole, bool]:
+    """Blackhole `prefix` for `principal`; returns the blackhole and whether it was a dry run."""
+    evidence = {"requested_by": principal.name, "token_id": principal.token_id}
+    try:
+        blackhole = manager.announce(prefix, next_hop, list(communities) if communities else None, duration_s,
+                                     source="api", evidence=evidence, role="manual")
+    except PolicyRefused as err:
+        raise Refused(f"refused by the safety policy: {err}") from err
+    return blackhole, manager.policy.settings.dry_run
+
+
+def withdraw(manager: BlackholeManager, principal: Principal, prefix: str) -> Blackhole:
+    """Withdraw an active blackhole; NotFound when `prefix` is not blackholed."""
+    withdrawn = manager.withdraw(prefix, reason=f"api:{principal.name}"[:64])
+    if withdrawn is None:
+        raise NotFound(f"{prefix} is not blackholed")
+    with manager.state.session() as session:  # the row as withdrawn, with its withdrawal time
+        row = session.get(BlackholeRow, withdrawn.id)
+        return Blackhole.of(row) if row is not None else withdrawn

@@ -1,0 +1,307 @@
+"""SQL for the API's flow questions: top N, time series, exporters, detections.
+
+Nothing a client sends is spliced into SQL as text except through :func:`quote`:
+dimensions come from :data:`TOP_DIMENSIONS` (names of columns.py, checked at import),
+times and limits are integers, addresses are parsed before they are rendered.
+
+Which table answers: the flows table is exact for anything; the rollups
+(``<table>_1m/_5m/_1h``, storage/schema.py) hold only the rollup dimensions, summed per
+time bucket, and answer long ranges far faster.  A query uses the coarsest rollup
+whose step divides its time range (and its series step) when every column it groups
+or filters by is in the rollups, so the answer is the same as from the flows table;
+otherwise it reads the flows.  Ranges are half-open: ``from <= t < to``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+from appliance.flowenricher.columns import ALIASES, BY_NAME, DIRECTION_NAMES, Kind
+from appliance.flowenricher.storage.schema import ROLLUP_DIMENSIONS, ROLLUPS, Rollup
+
+Metric = Literal["bytes", "packets", "flows"]
+METRICS: tuple[Metric, ...] = ("bytes", "packets", "flows")
+
+TOP_DIMENSIONS: tuple[str, ...] = (
+    "src_host", "dst_host", "src_addr", "dst_addr",
+    "src_as", "dst_as", "src_as_name", "dst_as_name",
+    "peer_src_as", "peer_dst_as", "peer_src_as_name", "peer_dst_as_name",
+    "src_host_country", "dst_host_country", "src_host_city", "dst_host_city",
+    "src_net_name", "dst_net_name", "src_net_customer", "dst_net_customer",
+    "src_port", "dst_port", "proto", "flow_direction",
+    "input_interface", "output_interface", "input_interface_name", "output_interface_name",
+    "next_hop", "bgp_next_hop", "exporter_address", "flow_protocol",
+)
+"""What top N and series may group by: flow column names (columns.py), aliases included."""
+
+
+_STEP_OF_BUCKET = {"toStartOfMinute": 60, "toStartOfFiveMinutes": 300, "toStartOfHour": 3600}
+ROLLUP_STEPS: dict[str, int] = {r.suffix: _STEP_OF_BUCKET[r.bucket] for r in ROLLUPS}
+"""Seconds per bucket of each rollup, by suffix."""
+
+MAX_POINTS = 10_000
+"""Most buckets one series query may ask for."""
+_AUTO_STEPS = (60, 300, 900, 1800, 3600, 7200, 21600, 43200, 86400, 7 * 86400)
+_AUTO_POINTS = 720
+
+
+def quote(text: str) -> str:
+    """A ClickHouse string literal holding exactly `text`."""
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'").replace("\0", "\\0")
+    return f"'{escaped}'"
+
+
+def address_literal(text: str) -> str:
+    """An address as an IPv6 value matching the address columns (IPv4 as ::ffff:a.b.c.d).
+
+    Raises ValueError for anything that is not an IP address.
+    """
+    ip = ipaddress.ip_address(text.strip())
+    mapped = f"::ffff:{ip}" if ip.version == 4 else str(ip)
+    return f"toIPv6({quote(mapped)})"
+
+
+def _address_text(column: str) -> str:
+    return f"replaceRegexpOne(IPv6NumToString({column}), '^::ffff:', '')"
+
+
+def stored_column(name: str) -> str:
+    """The stored column dimension `name` groups by (an alias groups by the column it
+    renders, so grouping compares 16-byte addresses, not text made for every row)."""
+    if name not in TOP_DIMENSIONS:
+        raise ValueError(f"{name!r} is not a dimension; expected one of: {', '.join(TOP_DIMENSIONS)}")
+    return {"src_host": "src_addr", "dst_host": "dst_addr"}.get(name, name)
+
+
+_unknown = [n for n in TOP_DIMENSIONS if (n not in BY_NAME and n not in ALIASES) or stored_column(n) not in BY_NAME]
+assert not _unknown, f"TOP_DIMENSIONS not (stored) in columns.py: {_unknown}"
+
+
+def render_sql(name: str, ref: str) -> str:
+    """Dimension `name`, grouped as `ref`, as the answer's text ``key``: addresses dotted
+    or IPv6, directions by name, everything else as written."""
+    column = BY_NAME[stored_column(name)]
+    if column.kind is Kind.ADDR:
+        return _address_text(ref)
+    if name == "flow_direction":
+        names = ", ".join(quote(n) for n in DIRECTION_NAMES)
+        return f"if({ref} < {len(DIRECTION_NAMES)}, [{names}][{ref} + 1], toString({ref}))"
+    return f"toString({ref})"
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Where the flows are: ``database.table`` and its rollups ``database.table_<suffix>``."""
+
+    database: str
+    table: str
+
+    @property
+    def flows(self) -> str:
+        return f"{self.database}.{self.table}"
+
+    def rollup(self, r: Rollup) -> str:
+        return f"{self.database}.{self.table}_{r.suffix}"
+
+    @property
+    def detections(self) -> str:
+        return f"{self.database}.detections"
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Restrictions every flow query accepts: a time range (unix seconds, half-open),
+    a flow direction (index into DIRECTION_NAMES) and an exporter address."""
+
+    start: int
+    end: int
+    direction: int | None = None
+    exporter: str | None = None
+
+    def columns(self) -> set[str]:
+        used = set()
+        if self.direction is not None:
+            used.add("flow_direction")
+        if self.exporter is not None:
+            used.add("exporter_address")
+        return used
+
+    def where(self, time_column: str) -> str:
+        parts = [f"{time_column} >= toDateTime({int(self.start)})", f"{time_column} < toDateTime({int(self.end)})"]
+        if self.direction is not None:
+            parts.append(f"flow_direction = {int(self.direction)}")
+        if self.exporter is not None:
+            parts.append(f"exporter_address = {address_literal(self.exporter)}")
+        return " AND ".join(parts)
+
+
+@dataclass(frozen=True)
+class Source:
+    """The table a query reads and how it names time and flow counts there."""
+
+    table: str
+    name: str  # "flows" or the rollup suffix, reported to the client
+    time_column: str
+    flows_expr: str
+
+
+def pick_source(tables: Tables, columns: set[str], filters: Filters, step: int | None = None) -> Source:
+    """The coarsest rollup that answers exactly, else the flows table (see module doc)."""
+    if {stored_column(c) if c in TOP_DIMENSIONS else c for c in columns} <= set(ROLLUP_DIMENSIONS):
+        for rollup in reversed(ROLLUPS):
+            size = ROLLUP_STEPS[rollup.suffix]
+            aligned = filters.start % size == 0 and filters.end % size == 0
+            if aligned and (step is None or step % size == 0):
+                return Source(tables.rollup(rollup), rollup.suffix, "timestamp", "sum(flows)")
+    return Source(tables.flows, "flows", "timestamp_start", "count()")
+
+
+def _metrics_sql(source: Source) -> str:
+    """The three sums, aliased apart from the column names (an alias equal to the column
+    it sums confuses older ClickHouse analyzers)."""
+    return f"sum(bytes) AS bytes_sum, sum(packets) AS packets_sum, {source.flows_expr} AS flows_sum"
+
+
+def top_sql(tables: Tables, by: str, metric: Metric, filters: Filters, limit: int) -> tuple[str, Source]:
+    """Top `limit` values of dimension `by` over the range, by `metric`; only those rows are
+    rendered as text."""
+    raw = stored_column(by)
+    source = pick_source(tables, {by} | filters.columns(), filters)
+    order = f"{_order(metric)}_sum DESC"
+    sql = (
+        f"SELECT {render_sql(by, 'k')} AS key, bytes_sum, packets_sum, flows_sum FROM ("
+        f"SELECT {raw} AS k, {_metrics_sql(source)} FROM {source.table}"
+        f" WHERE {filters.where(source.time_column)}"
+        f" GROUP BY k ORDER BY {order}, k LIMIT {int(limit)}) ORDER BY {order}, key"
+    )
+    return sql, source
+
+
+def _order(metric: Metric) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"metric {metric!r} is not one of {METRICS}")
+    return metric
+
+
+def _sum(metric: Metric, source: Source) -> str:
+    """`metric` summed over a group, where the select list gives it no alias."""
+    return source.flows_expr if _order(metric) == "flows" else f"sum({metric})"
+
+
+def auto_step(start: int, end: int) -> int:
+    """A step giving at most a few hundred points: what a graph of the range can show."""
+    span = max(end - start, 1)
+    for step in _AUTO_STEPS:
+        if span / step <= _AUTO_POINTS:
+            return step
+    return _AUTO_STEPS[-1] * (span // (_AUTO_STEPS[-1] * _AUTO_POINTS) + 1)
+
+
+def widen(start: int, end: int, step: int) -> tuple[int, int]:
+    """The range grown to whole steps, so every bucket is complete."""
+    return start - start % step, end + (-end) % step
+
+
+def series_sql(tables: Tables, step: int, metric: Metric, filters: Filters, by: str | None = None,
+               limit: int = 10) -> tuple[str, Source]:
+    """Traffic per `step`-second bucket; with `by`, one series per top-`limit` value of it.
+
+    `filters` must already be widened to whole steps (see :func:`widen`).
+    """
+    columns = filters.columns() | ({by} if by else set())
+    source = pick_source(tables, columns, filters, step)
+    bucket = f"intDiv(toUnixTimestamp({source.time_column}), {int(step)}) * {int(step)}"
+    where = filters.where(source.time_column)
+    if by is None:
+        sql = (
+            f"SELECT {bucket} AS t, {_metrics_sql(source)} FROM {source.table} WHERE {where}"
+            " GROUP BY t ORDER BY t"
+        )
+        return sql, source
+    raw = stored_column(by)
+    top = (
+        f"SELECT {raw} FROM {source.table} WHERE {where} GROUP BY {raw}"
+        f" ORDER BY {_sum(metric, source)} DESC, {raw} LIMIT {int(limit)}"
+    )
+    sql = (
+        f"SELECT t, {render_sql(by, 'k')} AS key, bytes_sum, packets_sum, flows_sum FROM ("
+        f"SELECT {bucket} AS t, {raw} AS k, {_metrics_sql(source)} FROM {source.table}"
+        f" WHERE {where} AND {raw} IN ({top}) GROUP BY t, k) ORDER BY t, key"
+    )
+    return sql, source
+
+
+_FLOWS_SOURCE = Source("", "flows", "timestamp_start", "count()")
+
+
+def exporters_sql(tables: Tables, filters: Filters) -> str:
+    """Per exporter: flows, bytes, packets, first and last flow, protocols, sampling rates."""
+    exporter = _address_text("exporter_address")
+    return (
+        f"SELECT {exporter} AS exporter, {_metrics_sql(_FLOWS_SOURCE)},"
+        " toUnixTimestamp(min(timestamp_start)) AS first_seen, toUnixTimestamp(max(received_at)) AS last_seen,"
+        " arraySort(groupUniqArray(toString(flow_protocol))) AS protocols,"
+        " arraySort(groupUniqArray(sampling_rate)) AS sampling_rates"
+        f" FROM {tables.flows} WHERE {filters.where('timestamp_start')} GROUP BY exporter ORDER BY exporter"
+    )
+
+
+def interfaces_sql(tables: Tables, filters: Filters, limit: int = 10_000) -> str:
+    """(exporter, ifindex, name) of every interface seen in flows, in or out."""
+    exporter = _address_text("exporter_address")
+    where = filters.where("timestamp_start")
+    sides = [
+        f"SELECT {exporter} AS exporter, {side}_interface AS ifindex, anyLast(toString({side}_interface_name)) AS name"
+        f" FROM {tables.flows} WHERE {where} GROUP BY exporter, ifindex"
+        for side in ("input", "output")
+    ]
+    return (
+        f"SELECT exporter, ifindex, max(name) AS name FROM ({' UNION ALL '.join(sides)})"
+        f" GROUP BY exporter, ifindex ORDER BY exporter, ifindex LIMIT {int(limit)}"
+    )
+
+
+def table_columns_sql(database: str, table: str) -> str:
+    return (
+        f"SELECT name, type FROM system.columns WHERE database = {quote(database)} AND table = {quote(table)}"
+        " ORDER BY position"
+    )
+
+
+DETECTION_TIME_COLUMNS = ("detected_at", "time", "timestamp", "first_seen")
+"""The detections table's time column: the first of these it has.  The table belongs to
+the detection engine (detect/actions.py: ``detected_at``, ``rule``, ``key`` = src or dst,
+``address`` = the key's value); the API adapts to the columns it finds."""
+
+
+def detections_sql(tables: Tables, columns: dict[str, str], filters: Filters, rule: str | None,
+                   key: str | None, limit: int) -> str | None:
+    """Recent detections, newest first; None when the table lacks a time column.
+
+    `key` is the address a rule counted per (matched against ``address``) or, when it is
+    not an address, the ``key`` column's text.  IPv6 columns come back as text, IPv4
+    dotted, like the flow queries' keys.
+    """
+    time_column = next((c for c in DETECTION_TIME_COLUMNS if c in columns), None)
+    if time_column is None:
+        return None
+    parts = [f"{time_column} >= toDateTime({int(filters.start)})", f"{time_column} < toDateTime({int(filters.end)})"]
+    if rule is not None and "rule" in columns:
+        parts.append(f"rule = {quote(rule)}")
+    if key is not None:
+        try:
+            literal = address_literal(key) if "address" in columns else None
+        except ValueError:
+            literal = None
+        if literal is not None:
+            parts.append(f"address = {literal}")
+        elif "key" in columns:
+            parts.append(f"toString(key) = {quote(key)}")
+    addresses = [name for name, kind in columns.items() if kind in ("IPv6", "Nullable(IPv6)")]
+    replace = f" REPLACE ({', '.join(f'{_address_text(c)} AS {c}' for c in addresses)})" if addresses else ""
+    inner = (f"SELECT * FROM {tables.detections} WHERE {' AND '.join(parts)} ORDER BY {time_column} DESC"
+             f" LIMIT {int(limit)}")
+    return (f"SELECT *{replace} FROM ({inner}) ORDER BY {time_column} DESC"
+            " SETTINGS date_time_output_format = 'iso'")

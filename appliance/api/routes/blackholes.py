@@ -1,0 +1,53 @@
+"""``/api/v1/blackholes``: active blackholes and their history, with the rule and the
+evidence that caused each; manual announce and withdraw."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from .. import announcements
+from ..deps import Admin, Context, Reader
+from ..errors import ERROR_RESPONSES, ErrorBody, Invalid, Problem
+from ..schemas import Blackhole, BlackholeRequest, normalise_prefix
+
+router = APIRouter(prefix="/api/v1/blackholes", tags=["blackholes"], responses=ERROR_RESPONSES)
+
+
+@router.get("", response_model=list[Blackhole])
+def active(ctx: Context, _: Reader) -> list[Blackhole]:
+    """Blackholes active now, oldest first."""
+    zone = ctx.timezone
+    return [Blackhole.of(bh, zone) for bh in ctx.deps.blackholes.active()]
+
+
+@router.get("/history", response_model=list[Blackhole])
+def history(ctx: Context, _: Reader,
+            limit: Annotated[int, Query(ge=1, le=10_000, description="Most rows, newest first.")] = 100,
+            ) -> list[Blackhole]:
+    """Active and withdrawn blackholes, newest first, with their rule and evidence."""
+    zone = ctx.timezone
+    return [Blackhole.of(bh, zone) for bh in ctx.deps.blackholes.state.history(limit)]
+
+
+@router.post("", response_model=Blackhole,
+             responses={409: {"model": ErrorBody, "description": "Refused by a safety rule (named in detail)"}})
+def announce(body: BlackholeRequest, ctx: Context, principal: Admin) -> Blackhole:
+    """Blackhole a prefix, optionally for a limited time."""
+    blackhole, dry_run = announcements.announce(ctx.deps.blackholes, principal, body.prefix, body.next_hop,
+                                                body.communities, body.duration_s)
+    return Blackhole.of(blackhole, ctx.timezone, dry_run=dry_run)
+
+
+@router.delete("/{prefix:path}", response_model=Blackhole,
+               responses={404: {"model": ErrorBody, "description": "The prefix is not blackholed"}})
+def withdraw(prefix: Annotated[str, Path(description="The prefix, e.g. 149.202.68.236/32")], ctx: Context,
+             principal: Admin) -> Blackhole:
+    """Withdraw an active blackhole."""
+    try:
+        normalised = normalise_prefix(prefix)
+    except ValueError as err:
+        raise Invalid("the prefix is not valid", [Problem(path="path.prefix", reason=str(err))]) from err
+    withdrawn = announcements.withdraw(ctx.deps.blackholes, principal, normalised)
+    return Blackhole.of(withdrawn, ctx.timezone)

@@ -1,0 +1,68 @@
+"""The pages a browser opens: the status page at ``/`` and the OpenAPI docs at ``/docs``
+and ``/redoc``, whose JavaScript and CSS come from ``static/`` (no CDN: the appliance
+is offline)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
+
+from .. import status
+from ..deps import Context, PageReader
+from ..errors import ERROR_RESPONSES
+from ..queries import Filters
+
+router = APIRouter(include_in_schema=False)
+
+STATIC = "/static"
+TITLE = "flowenricher API"
+
+DOCS_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline' blob:; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
+               "frame-ancestors 'none'")
+"""Content-Security-Policy of /docs and /redoc: the browser fetches nothing from another
+host.  Swagger UI and ReDoc need inline scripts and styles and ReDoc a blob: worker;
+ReDoc's footer links a logo on its CDN, which this keeps the browser from requesting."""
+STATUS_POLICY = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+"""The status page has no script, image or font at all."""
+
+
+def _with_policy(response: HTMLResponse, policy: str) -> HTMLResponse:
+    response.headers["Content-Security-Policy"] = policy
+    return response
+
+
+@router.get("/", response_class=HTMLResponse, responses=ERROR_RESPONSES)
+async def status_page(ctx: Context, _: PageReader) -> HTMLResponse:
+    """The status page.  Browsers are asked for the API token as a Basic password."""
+
+    def top(by: str, filters: Filters) -> list[dict[str, object]]:
+        rows, _ = ctx.flows.top(by, "bytes", filters, 10)
+        return rows
+
+    def detections(filters: Filters) -> list[dict[str, object]]:
+        return ctx.detections(filters, None, None, 10)
+
+    view = await run_in_threadpool(status.collect, ctx.deps.clock(), ctx.timezone, ctx.deps.blackholes.active(),
+                                   ctx.deps.registry, top, detections)
+    return _with_policy(HTMLResponse(status.render(view)), STATUS_POLICY)
+
+
+@router.get("/docs", response_class=HTMLResponse)
+def swagger() -> HTMLResponse:
+    return _with_policy(get_swagger_ui_html(
+        openapi_url="/openapi.json", title=f"{TITLE} - Swagger UI",
+        swagger_js_url=f"{STATIC}/swagger-ui-bundle.js", swagger_css_url=f"{STATIC}/swagger-ui.css",
+        swagger_favicon_url=f"{STATIC}/favicon-32x32.png",
+        swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
+    ), DOCS_POLICY)
+
+
+@router.get("/redoc", response_class=HTMLResponse)
+def redoc() -> HTMLResponse:
+    return _with_policy(get_redoc_html(openapi_url="/openapi.json", title=f"{TITLE} - ReDoc",
+                                       redoc_js_url=f"{STATIC}/redoc.standalone.js",
+                                       redoc_favicon_url=f"{STATIC}/favicon-32x32.png", with_google_fonts=False),
+                        DOCS_POLICY)

@@ -1,0 +1,256 @@
+"""Request and response models of the API (what the OpenAPI document describes).
+
+Inputs are strict: unknown keys are rejected (a typo such as ``nexthop`` must not
+silently mean the default next hop), prefixes must have their host bits clear, and a
+next hop must be of the prefix's address family.  Every such problem is a 422 naming
+the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import UTC, datetime, tzinfo
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from appliance.flowenricher.blackhole.state import Blackhole as StoredBlackhole
+
+from .queries import Metric
+
+_COMMUNITY = re.compile(r"^([0-9]{1,10}):([0-9]{1,10})(?::([0-9]{1,10}))?$")
+_U32 = 0xFFFFFFFF
+
+
+def normalise_prefix(text: str) -> str:
+    """A blackhole prefix as the manager stores it: a bare address is its host route;
+    host bits must be clear.  Raises ValueError saying what is wrong."""
+    value = text.strip()
+    if "/" not in value:
+        try:
+            ip = ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP prefix or address") from None
+        return f"{ip}/{ip.max_prefixlen}"
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as err:
+        try:
+            wider = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP prefix: {err}") from None
+        raise ValueError(f"{text!r} has host bits set (did you mean {wider}?)") from None
+
+
+def check_community(text: str) -> str:
+    """``ASN:value`` or large ``a:b:c``.  The ASN of a two-part community may be a 32-bit
+    AS number, as in the original's published example (``216285:666``); the announcer
+    decides how to encode it."""
+    match = _COMMUNITY.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a BGP community such as 65535:666 or a large community a:b:c")
+    parts = [int(p) for p in match.groups() if p is not None]
+    if any(p > _U32 for p in parts):
+        raise ValueError(f"{text!r}: each part must be at most {_U32}")
+    if len(parts) == 2 and parts[1] > 0xFFFF:
+        raise ValueError(f"{text!r}: the value after the AS number must be at most 65535")
+    return text
+
+
+Community = Annotated[str, AfterValidator(check_community)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AnnounceRequest(_Strict):
+    """The original ``POST /announce`` body."""
+
+    prefix: str = Field(description="Prefix to blackhole; a bare address means its host route (/32, /128).",
+                        examples=["149.202.68.236/32"])
+    next_hop: str | None = Field(None, description="Next hop of the blackhole route; default: the configured "
+                                 "discard next hop of the prefix's family.", examples=["192.0.2.1"])
+    communities: list[Community] | None = Field(None, description="BGP communities; default: the configured ones.",
+                                          examples=[["216285:666"]], max_length=32)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return normalise_prefix(value)
+
+    @field_validator("next_hop")
+    @classmethod
+    def _next_hop(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        try:
+            hop = ipaddress.ip_address(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address") from None
+        prefix = info.data.get("prefix")
+        if isinstance(prefix, str) and ipaddress.ip_network(prefix).version != hop.version:
+            raise ValueError(f"next hop {hop} is IPv{hop.version}, the prefix {prefix} is not")
+        return str(hop)
+
+
+class WithdrawRequest(_Strict):
+    """The original ``POST /withdraw`` body."""
+
+    prefix: str = Field(description="The blackholed prefix (a bare address means its host route).",
+                        examples=["149.202.68.236/32"])
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return normalise_prefix(value)
+
+
+class BlackholeRequest(AnnounceRequest):
+    """``POST /api/v1/blackholes``: the original fields plus a lifetime."""
+
+    duration_s: float | None = Field(None, gt=0, le=366 * 86400,
+                                     description="Seconds until it is withdrawn; default: the configured lifetime "
+                                     "of manual blackholes (none: until withdrawn).")
+
+
+class OriginalBlackhole(BaseModel):
+    """One entry of the original ``GET /blackholes`` map."""
+
+    prefix: str
+    next_hop: str
+    communities: list[str]
+    timestamp: str = Field(description="When it was announced, RFC 3339 with the configured time zone's offset.",
+                           examples=["2025-07-29T19:04:56.624057+03:00"])
+
+
+class WithdrawResult(BaseModel):
+    prefix: str
+    status: Literal["withdrawn"] = "withdrawn"
+
+
+def _time(epoch: float | None, zone: tzinfo) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).astimezone(zone)
+
+
+def rfc3339(epoch: float, zone: tzinfo) -> str:
+    return datetime.fromtimestamp(epoch, UTC).astimezone(zone).isoformat()
+
+
+class Blackhole(BaseModel):
+    """A blackhole as the versioned API shows it: with who asked for it and why."""
+
+    id: int
+    prefix: str
+    next_hop: str
+    communities: list[str]
+    source: str = Field(description='"api" (a manual request) or "rule" (a detection).')
+    rule: str = Field(description="The detection rule that asked for it; empty for manual ones.")
+    evidence: dict[str, Any] = Field(description="What the detection saw (key, counts, sample flows), or "
+                                     "who asked through the API.")
+    created_at: datetime
+    expires_at: datetime | None
+    withdrawn_at: datetime | None
+    announced: bool = Field(description="GoBGP confirmed the announcement (false while it is retried).")
+    dry_run: bool = Field(False, description="Dry-run mode: logged, not announced.")
+
+    @classmethod
+    def of(cls, bh: StoredBlackhole, zone: tzinfo, dry_run: bool = False) -> Blackhole:
+        created = _time(bh.created_at, zone)
+        assert created is not None
+        return cls(id=bh.id, prefix=bh.prefix, next_hop=bh.next_hop, communities=list(bh.communities),
+                   source=bh.source, rule=bh.rule, evidence=bh.evidence, created_at=created,
+                   expires_at=_time(bh.expires_at, zone), withdrawn_at=_time(bh.withdrawn_at, zone),
+                   announced=bh.announced, dry_run=dry_run)
+
+
+class TopRow(BaseModel):
+    key: str = Field(description="The dimension's value as text (addresses dotted or IPv6, directions by name).")
+    bytes: int
+    packets: int
+    flows: int
+
+
+class TopResponse(BaseModel):
+    by: str
+    metric: Metric
+    start: datetime = Field(serialization_alias="from", description="Start of the range (included).")
+    end: datetime = Field(serialization_alias="to", description="End of the range (excluded).")
+    source: str = Field(description='The table that answered: "flows" or a rollup ("1m", "5m", "1h").')
+    rows: list[TopRow]
+
+
+class SeriesPoint(BaseModel):
+    t: int = Field(description="Bucket start, unix seconds.")
+    key: str | None = Field(None, description="The `by` dimension's value, when grouping.")
+    bytes: int
+    packets: int
+    flows: int
+
+
+class SeriesResponse(BaseModel):
+    step: int = Field(description="Seconds per bucket.")
+    metric: Metric
+    by: str | None
+    start: datetime = Field(serialization_alias="from", description="Start of the range (included).")
+    end: datetime = Field(serialization_alias="to", description="End of the range (excluded).")
+    source: str
+    points: list[SeriesPoint] = Field(description="Buckets with traffic, oldest first; empty buckets are absent.")
+
+
+class Exporter(BaseModel):
+    exporter: str
+    flows: int
+    bytes: int
+    packets: int
+    first_seen: int
+    last_seen: int
+    protocols: list[str]
+    sampling_rates: list[int]
+    interfaces: dict[str, str] = Field(description="ifindex -> name: SNMP names when known, else names from flows.")
+    counters: dict[str, int] = Field(description="Decoder counters of this exporter since the service started.")
+
+
+class ExportersResponse(BaseModel):
+    start: datetime = Field(serialization_alias="from", description="Start of the range (included).")
+    end: datetime = Field(serialization_alias="to", description="End of the range (excluded).")
+    exporters: list[Exporter]
+
+
+class DetectionsResponse(BaseModel):
+    detections: list[dict[str, Any]] = Field(description="Rows of the detections table, newest first.")
+
+
+class ConfigView(BaseModel):
+    path: str | None
+    config: dict[str, Any] = Field(description="The config as written; secrets shown as ********.")
+    effective: dict[str, Any] = Field(description="The config as it runs, every default filled in.")
+
+
+class RulesView(BaseModel):
+    path: str | None
+    rules: list[dict[str, Any]]
+
+
+class Validated(BaseModel):
+    valid: bool = True
+    detail: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    store: bool = Field(description="The flow store answers a query now.")
+
+
+class AuditRecord(BaseModel):
+    id: int
+    at: datetime
+    token_id: int | None
+    token_name: str
+    client: str
+    method: str
+    path: str
+    body: str
+    status: int
+

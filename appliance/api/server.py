@@ -1,0 +1,60 @@
+"""Serving the API with uvicorn in a background thread: the embedded mode, where the
+control plane runs inside ``flowenricher run`` next to the one process that owns the
+chDB data directory."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import uvicorn
+from fastapi import FastAPI
+
+from appliance.flowenricher.errors import FlowEnricherError
+
+log = logging.getLogger(__name__)
+
+
+class ApiServerError(FlowEnricherError):
+    """The API could not start listening (address in use, not ours)."""
+
+
+class ApiServer:
+    """uvicorn on `host:port` in a daemon thread; :meth:`start` returns once it listens.
+
+    uvicorn installs no signal handlers outside the main thread, so the service keeps
+    its own SIGTERM handling and calls :meth:`stop`.
+    """
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        config = uvicorn.Config(app, host=host.strip("[]"), port=port, log_level="warning", access_log=False,
+                                lifespan="on", server_header=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
+        self.where = f"{host}:{port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise ApiServerError(f"API: cannot listen on {self.where} (see the log above)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ApiServerError(f"API: not listening on {self.where} after {timeout:.0f} s")
+            time.sleep(0.02)
+        log.info("API on http://%s (docs at /docs)", self.where)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        for server in self._server.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        raise ApiServerError("API: not listening")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)

@@ -1,0 +1,252 @@
+"""Flow queries through the API against a real embedded chDB store: top N and series
+(from the flows table or a rollup, same answers), exporters, detections, lookup, the
+status page, and a store that is down."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import maxminddb
+import numpy as np
+import pytest
+from support import sample_batch
+from support.api import HOUR, ApiEnv, flow_store, make_env
+
+from appliance.api.queries import quote
+from appliance.flowenricher.batch import FlowBatch, addr_to_str
+from appliance.flowenricher.detect.actions import detections_ddl
+from appliance.flowenricher.errors import StoreError
+from appliance.flowenricher.storage.base import FlowStore
+
+START = int(time.time()) // HOUR * HOUR - 3 * HOUR
+END = START + 2 * HOUR
+PER_HOUR = 3000
+GEOIP = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "geoip"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowStore]:
+    with flow_store(tmp_path_factory.mktemp("api-flows") / "data", START, hours=2, per_hour=PER_HOUR) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def batch() -> FlowBatch:
+    """The same flows as the store holds, for computing expected answers with numpy."""
+    return FlowBatch.concat([sample_batch(PER_HOUR, seed=h, start=START + h * HOUR) for h in range(2)])
+
+
+@pytest.fixture
+def env(tmp_path: Path, store: FlowStore) -> ApiEnv:
+    return make_env(tmp_path, store, clock=lambda: float(END))
+
+
+def _texts(batch: FlowBatch, column: str) -> list[str]:
+    data = batch[column]
+    if isinstance(data, np.ndarray) and data.ndim == 2:
+        return [addr_to_str(row) for row in data]
+    if isinstance(data, np.ndarray):
+        return [str(v) for v in data.tolist()]
+    return [str(v) for v in data.strings()]
+
+
+def expected_top(batch: FlowBatch, column: str, start: int, end: int, limit: int = 10,
+                 where: Any = None) -> list[dict[str, Any]]:
+    """Top N computed in Python from the flows, as the API should answer."""
+    ts = batch["timestamp_start"]
+    keep = (ts >= start) & (ts < end)
+    if where is not None:
+        keep &= where
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    keys = _texts(batch, column)
+    for i in np.flatnonzero(keep).tolist():
+        entry = totals[keys[i]]
+        entry[0] += int(batch["bytes"][i])
+        entry[1] += int(batch["packets"][i])
+        entry[2] += 1
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1][0], kv[0]))[:limit]
+    return [{"key": k, "bytes": b, "packets": p, "flows": f} for k, (b, p, f) in ranked]
+
+
+def _get(env: ApiEnv, path: str, **params: Any) -> Any:
+    response = env.client.get(path, params=params, headers=env.headers(env.reader))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize(("by", "start", "end", "source"), [
+    ("src_host", START, END, "flows"),  # addresses are not in the rollups
+    ("dst_port", START, END, "flows"),
+    ("src_as", START, END, "1h"),
+    ("src_host_country", START + 300, END - 300, "5m"),
+    ("proto", START + 60, END, "1m"),
+    ("proto", START + 30, END, "flows"),  # not on a minute: only the flows table is exact
+])
+def test_top_n_matches_the_flows(env: ApiEnv, batch: FlowBatch, by: str, start: int, end: int, source: str) -> None:
+    body = _get(env, "/api/v1/flows/top", by=by, **{"from": start, "to": end})
+    assert body["source"] == source
+    assert body["rows"] == expected_top(batch, by.replace("_host", "_addr") if by.endswith("host") else by,
+                                        start, end)
+
+
+def test_top_n_filters_metric_and_limit(env: ApiEnv, batch: FlowBatch) -> None:
+    inbound = batch["flow_direction"] == 1
+    body = _get(env, "/api/v1/flows/top", by="dst_port", direction="inbound", limit=3, **{"from": START, "to": END})
+    assert body["rows"] == expected_top(batch, "dst_port", START, END, 3, inbound)
+    exporter = np.all(batch["exporter_address"][:, 12:] == [10, 0, 0, 2], axis=1)
+    body = _get(env, "/api/v1/flows/top", by="proto", exporter="10.0.0.2", **{"from": START, "to": END})
+    assert body["source"] == "1h" and body["rows"] == expected_top(batch, "proto", START, END, where=exporter)
+    by_flows = _get(env, "/api/v1/flows/top", by="input_interface_name", metric="flows", **{"from": START, "to": END})
+    counts = [row["flows"] for row in by_flows["rows"]]
+    assert counts == sorted(counts, reverse=True) and sum(counts) == 2 * PER_HOUR
+    directions = {r["key"] for r in _get(env, "/api/v1/flows/top", by="flow_direction",
+                                         **{"from": START, "to": END})["rows"]}
+    assert directions == {"unknown", "inbound", "outbound", "internal", "transit"}
+
+
+def test_default_range_is_the_last_hour(env: ApiEnv, batch: FlowBatch) -> None:
+    body = _get(env, "/api/v1/flows/top", by="proto")  # clock: END
+    assert body["from"].startswith(time.strftime("%Y-%m-%dT%H", time.gmtime(END - HOUR)))
+    assert body["rows"] == expected_top(batch, "proto", END - HOUR, END)
+
+
+@pytest.mark.parametrize(("params", "source", "step"), [
+    ({}, "1m", 60),
+    ({"step": 300}, "5m", 300),
+    ({"step": 3600}, "1h", 3600),
+    ({"step": 90}, "flows", 90),
+    ({"step": 600, "by": "dst_port", "limit": 2}, "flows", 600),
+    ({"step": 600, "by": "proto"}, "5m", 600),
+])
+def test_series_totals_and_rollup_choice(env: ApiEnv, batch: FlowBatch, params: dict[str, Any], source: str,
+                                         step: int) -> None:
+    body = _get(env, "/api/v1/flows/series", **{"from": START, "to": END}, **params)
+    assert (body["source"], body["step"]) == (source, step)
+    points = body["points"]
+    assert all(p["t"] % step == 0 for p in points)
+    ts = batch["timestamp_start"]
+    if "by" not in params:
+        assert sum(p["bytes"] for p in points) == int(batch["bytes"].sum())
+        assert sum(p["flows"] for p in points) == batch.n
+        first = (ts >= points[0]["t"]) & (ts < points[0]["t"] + step)
+        assert points[0]["packets"] == int(batch["packets"][first].sum())
+    else:
+        limit = params.get("limit", 10)
+        top = {row["key"] for row in expected_top(batch, params["by"], START, END, limit)}
+        assert {p["key"] for p in points} == top
+
+
+def test_series_widens_to_whole_steps_and_limits_points(env: ApiEnv) -> None:
+    body = _get(env, "/api/v1/flows/series", step=300, **{"from": START + 100, "to": END - 100})
+    assert body["from"].endswith("Z") and body["points"][0]["t"] == START and body["source"] == "5m"
+    response = env.client.get("/api/v1/flows/series", params={"step": 1, "from": START - 86400, "to": END},
+                              headers=env.headers())
+    assert response.status_code == 422 and response.json()["problems"][0]["path"] == "query.step"
+
+
+@pytest.mark.parametrize(("params", "path"), [
+    ({"by": "src_host; DROP TABLE flows"}, "query.by"),
+    ({"by": "bytes"}, "query.by"),
+    ({"by": "proto", "from": END, "to": START}, "query.from"),
+    ({"by": "proto", "direction": "sideways"}, "query.direction"),
+    ({"by": "proto", "exporter": "10.0.0.1' OR 1=1 --"}, "query.exporter"),
+    ({"by": "proto", "limit": 0}, "query.limit"),
+])
+def test_bad_queries_are_422(env: ApiEnv, params: dict[str, Any], path: str) -> None:
+    response = env.client.get("/api/v1/flows/top", params=params, headers=env.headers())
+    assert response.status_code == 422, response.text
+    assert response.json()["problems"][0]["path"] == path
+
+
+def test_exporters(tmp_path: Path, store: FlowStore, batch: FlowBatch) -> None:
+    env = make_env(tmp_path, store, clock=lambda: float(END),
+                   interfaces=lambda: {"10.0.0.1": {1: "uplink-cogent"}},
+                   exporter_counters=lambda: {"10.0.0.1": {"datagrams": 42, "templates": 3}})
+    body = _get(env, "/api/v1/exporters", **{"from": START, "to": END})
+    rows = {e["exporter"]: e for e in body["exporters"]}
+    assert set(rows) == {"10.0.0.1", "10.0.0.2"}
+    first = np.all(batch["exporter_address"][:, 12:] == [10, 0, 0, 1], axis=1)
+    assert rows["10.0.0.1"]["flows"] == int(first.sum())
+    assert rows["10.0.0.1"]["bytes"] == int(batch["bytes"][first].sum())
+    assert rows["10.0.0.1"]["protocols"] == ["ipfix", "netflow9"]
+    assert rows["10.0.0.1"]["interfaces"]["1"] == "uplink-cogent"  # SNMP name wins
+    assert rows["10.0.0.2"]["interfaces"]["1"] in {"ether1", "ether2", "sfp1"}  # named in flows
+    assert rows["10.0.0.1"]["counters"] == {"datagrams": 42, "templates": 3}
+    assert rows["10.0.0.2"]["counters"] == {}
+
+
+def test_detections_filters_and_missing_table(env: ApiEnv, store: FlowStore) -> None:
+    assert _get(env, "/api/v1/detections") == {"detections": []}  # no table yet
+    store.query(detections_ddl("flowenricher"), "TSV")  # the detection engine's own table
+    try:
+        rows = [(END - 600, "syn_flood", "dst", "84.54.49.7", 5000), (END - 300, "it's a scan", "src", "2001:db8::1", 80),
+                (END - 60, "syn_flood", "dst", "84.54.49.8", 7000), (START - 7200, "syn_flood", "dst", "84.54.49.7", 1)]
+        values = ", ".join(f"({t}, {quote(r)}, {quote(k)}, toIPv6({quote(a if ':' in a else '::ffff:' + a)}), {f},"
+                           f" {quote(json.dumps([{'dst_port': 443}]))})" for t, r, k, a, f in rows)
+        store.query(f"INSERT INTO flowenricher.detections (detected_at, rule, key, address, flows, samples)"
+                    f" VALUES {values}", "TSV")
+        latest = _get(env, "/api/v1/detections")["detections"]
+        assert [d["address"] for d in latest] == ["84.54.49.8", "2001:db8::1", "84.54.49.7"]
+        assert latest[0]["detected_at"].endswith("Z") and latest[0]["samples"] == [{"dst_port": 443}]
+        assert [d["flows"] for d in _get(env, "/api/v1/detections", rule="syn_flood")["detections"]] == [7000, 5000]
+        assert [d["address"] for d in _get(env, "/api/v1/detections", rule="it's a scan")["detections"]] == [
+            "2001:db8::1"]
+        old = _get(env, "/api/v1/detections", key="84.54.49.7", **{"from": START - 86400, "to": END})["detections"]
+        assert [d["flows"] for d in old] == [5000, 1]
+        assert [d["rule"] for d in _get(env, "/api/v1/detections", key="src")["detections"]] == ["it's a scan"]
+        assert _get(env, "/api/v1/detections", limit=1)["detections"][0]["address"] == "84.54.49.8"
+    finally:
+        store.query("DROP TABLE flowenricher.detections", "TSV")
+
+
+def test_lookup(tmp_path: Path) -> None:
+    reader = maxminddb.open_database(str(GEOIP / "GeoLite2-ASN-Test.mmdb"))
+
+    def lookup(ip: str) -> dict[str, Any]:
+        record = reader.get(ip)
+        asn = record if isinstance(record, dict) else {}
+        return {"ip": ip, "asn": asn.get("autonomous_system_number", 0),
+                "as_name": asn.get("autonomous_system_organization", "")}
+
+    try:
+        env = make_env(tmp_path, lookup=lookup)
+        body = _get(env, "/api/v1/lookup/1.0.0.1")
+        assert body == {"ip": "1.0.0.1", "asn": 15169, "as_name": "Google Inc."}
+        bad = env.client.get("/api/v1/lookup/1.0.0.256", headers=env.headers())
+        assert bad.status_code == 422 and bad.json()["problems"][0]["path"] == "path.ip"
+    finally:
+        reader.close()
+    (tmp_path / "bare").mkdir()
+    without = make_env(tmp_path / "bare")
+    assert without.client.get("/api/v1/lookup/1.0.0.1", headers=without.headers()).status_code == 503
+
+
+def test_store_down_is_503_counted_and_the_status_page_still_renders(tmp_path: Path) -> None:
+    def down(_sql: str, _fmt: str) -> bytes:
+        raise StoreError("embedded store: query failed: connection closed")
+
+    env = make_env(tmp_path, query=down)
+    response = env.client.get("/api/v1/flows/top", params={"by": "proto"}, headers=env.headers())
+    assert response.status_code == 503 and "connection closed" not in response.text
+    assert env.client.get("/health").json()["status"] == "degraded"
+    page = env.client.get("/", headers=env.headers())
+    assert page.status_code == 200 and "top talkers: the flow store did not answer" in page.text
+    assert env.registry.get_sample_value("flowenricher_api_store_errors_total") == 4.0
+
+
+def test_status_page(env: ApiEnv, batch: FlowBatch) -> None:
+    env.manager.request("198.51.100.66", None, ["65001:666"], 3600, "<script>alert(1)</script>", {"key": "src"})
+    page = env.client.get("/", headers=env.headers(env.reader))
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert "198.51.100.66/32" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html
+    top_source = expected_top(batch, "src_addr", END - HOUR, END, 1)[0]["key"]
+    assert top_source in html
+    assert "flowenricher_blackhole_actions_total" in html  # ingest and action counters
+    assert "http://" not in html and "https://" not in html
