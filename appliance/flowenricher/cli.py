@@ -62,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add(sql, "config", default=None)
     sql.add_argument("--format", choices=("tsv", "json"), default="tsv")
 
+    tok = sub.add_parser("token", help="API tokens: create (printed once), revoke, list")
+    tok_sub = tok.add_subparsers(dest="token_command", required=True)
+    tok_create = tok_sub.add_parser("create", help="print a new API token")
+    tok_create.add_argument("--scope", choices=("admin", "read"), required=True)
+    tok_create.add_argument("--name", default=None, help="a label for the audit log (default: generated)")
+    _add(tok_create, "config", default=None)
+    tok_revoke = tok_sub.add_parser("revoke", help="revoke tokens by id or name")
+    tok_revoke.add_argument("token", help="id or name")
+    _add(tok_revoke, "config", default=None)
+    tok_list = tok_sub.add_parser("list", help="list tokens (never their secrets)")
+    _add(tok_list, "config", default=None)
+
     look = sub.add_parser("lookup", help="prefix, origin AS and org, AS path, next hop, country/city, PTR of an IP")
     look.add_argument("ip")
     _add(look, "config", default=None)
@@ -130,7 +142,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if rules_path is not None and not Path(rules_path).exists():
         print(f"rules file {rules_path} does not exist", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return run_service(service_settings(cfg), runtime_factory(cfg, Path(rules_path) if rules_path else None))
+    return run_service(service_settings(cfg), runtime_factory(cfg, Path(rules_path) if rules_path else None,
+                                                               Path(args.config) if args.config else None))
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
@@ -206,6 +219,34 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
         print(err, file=sys.stderr)
         return EXIT_BAD_INPUT
     print(json.dumps(info, indent=2, default=str) if args.format == "json" else render(info))
+    return EXIT_OK
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from appliance.api.tokens import TokenError, create_token, list_tokens, revoke_token
+
+    from .blackhole.state import StateDB
+
+    cfg = _settings(args.config)
+    Path(cfg.storage.path).mkdir(parents=True, exist_ok=True)
+    state = StateDB(cfg.storage.state_db)
+    try:
+        if args.token_command == "create":
+            issued = create_token(state.engine, args.scope, args.name)
+            print(issued.token)
+            print(f"token {issued.id} ({issued.name}, scope {issued.scope}) created; it is shown only now",
+                  file=sys.stderr)
+        elif args.token_command == "revoke":
+            revoked = revoke_token(state.engine, args.token)
+            print(f"revoked: {', '.join(str(i) for i in revoked)}")
+        else:
+            for info in list_tokens(state.engine):
+                print(info)
+    except TokenError as err:
+        print(err, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        state.close()
     return EXIT_OK
 
 

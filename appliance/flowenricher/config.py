@@ -619,6 +619,8 @@ class MetricsSettings:
     listen: str
     host: str
     port: int
+    traffic_labels: tuple[str, ...] = ()
+    traffic_max_series: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,15 +630,20 @@ class ApiSettings:
     listen: str
     host: str
     port: int
+    enabled: bool = True
+    dev_mode: bool = False
+    max_body_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
 class GoBgpSettings:
-    """GoBGP's gRPC API address."""
+    """GoBGP's gRPC API address, and how the RIB mirror reads it."""
 
     api: str
     host: str
     port: int
+    stale_after_s: float = 3600.0
+    dump_limit: int = 100000
 
 
 @dataclass(frozen=True, slots=True)
@@ -983,9 +990,13 @@ def _build_settings(raw: dict[str, Any], path: Path | None) -> Settings:
         ),
         clickhouse=clickhouse,
         insert=InsertSettings(int(eff["insert"]["batch_size"]), int(eff["insert"]["flush_interval_ms"])),
-        metrics=MetricsSettings(eff["metrics"]["listen"], metrics_host, metrics_port),
-        api=ApiSettings(eff["api"]["listen"], api_host, api_port),
-        bgp=BgpSettings(listener, GoBgpSettings(eff["bgp"]["gobgp"]["api"], gobgp_host, gobgp_port),
+        metrics=MetricsSettings(eff["metrics"]["listen"], metrics_host, metrics_port,
+                                tuple(eff["metrics"]["traffic"]["labels"]), int(eff["metrics"]["traffic"]["max_series"])),
+        api=ApiSettings(eff["api"]["listen"], api_host, api_port, bool(eff["api"]["enabled"]),
+                        bool(eff["api"]["dev_mode"]), int(eff["api"]["max_body_bytes"])),
+        bgp=BgpSettings(listener, GoBgpSettings(eff["bgp"]["gobgp"]["api"], gobgp_host, gobgp_port,
+                                                parse_duration(eff["bgp"]["gobgp"]["stale_after"]),
+                                                int(eff["bgp"]["gobgp"]["dump_limit"])),
                         _optional_path(eff["bgp"]["prefix_file"])),
         geoip=GeoIpSettings(_optional_path(geoip["asn_db"]), _optional_path(geoip["city_db"]),
                             parse_duration(geoip["reload_interval"]), int(geoip["cache_size"])),

@@ -5,21 +5,31 @@ Kept apart from config.py so the config stays free of imports of the parts it co
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 
+from .batch import addr_to_str
+from .blackhole.manager import BlackholeManager, Defaults
+from .blackhole.safety import SafetyPolicy, SafetySettings
+from .blackhole.state import StateDB
 from .collector.receiver import Listener
 from .collector.worker import WorkerSettings
 from .config import Settings
 from .decode.netflow import ExporterQuirks
+from .detect.engine import DetectionEngine
 from .enrich.base import Stage
+from .enrich.bgp import BgpStage
 from .enrich.networks import NetworkInfo, NetworksStage
 from .enrich.pipeline import Enricher
 from .enrich.ptr import PtrResult, PtrSink
+from .enrich.rib import RibView
 from .lookup import Lookup
 from .service import QueryFn, Runtime, RuntimeFactory, ServiceSettings
 from .storage.settings import StoreSettings
@@ -51,7 +61,7 @@ def service_settings(cfg: Settings) -> ServiceSettings:
                            metrics_listen=cfg.metrics.listen)
 
 
-def runtime_factory(cfg: Settings, rules_path: Path | None = None) -> RuntimeFactory:
+def runtime_factory(cfg: Settings, rules_path: Path | None = None, config_path: Path | None = None) -> RuntimeFactory:
     """The enrichment pipeline the config asks for (``enrich:`` and the blocks it names).
 
     Direction and networks need no outside source and always run; the others follow
@@ -70,6 +80,10 @@ def runtime_factory(cfg: Settings, rules_path: Path | None = None) -> RuntimeFac
                 geo = GeoStage.from_settings(cfg.geoip, registry)
                 stages.append(geo)
                 as_name, lookup.geo = geo.as_name, geo.lookup
+            if "bgp" in cfg.enrich:
+                bgp = _bgp_stage(cfg, registry)
+                stages.append(bgp)
+                lookup.bgp = bgp_lookup(bgp.source.view)
             if "snmp" in cfg.enrich and cfg.snmp.targets:
                 from .enrich.snmp import SnmpPoller, SnmpStage
 
@@ -89,8 +103,15 @@ def runtime_factory(cfg: Settings, rules_path: Path | None = None) -> RuntimeFac
             raise
         runtime = Runtime(enricher=Enricher(stages, registry, as_name=as_name), lookup=lookup)
         try:
-            if rules_path is not None:
-                _add_detection(runtime, cfg, rules_path, registry, query)
+            _add_blackholes(runtime, cfg, registry)
+            engine = _add_detection(runtime, cfg, rules_path, registry, query) if rules_path is not None else None
+            if cfg.metrics.traffic_labels:
+                from appliance.api.traffic_metrics import TrafficMetrics
+
+                runtime.consumers.append(TrafficMetrics(list(cfg.metrics.traffic_labels),
+                                                        cfg.metrics.traffic_max_series, registry))
+            if cfg.api.enabled:
+                _add_api(runtime, cfg, registry, query, rules_path, engine, config_path)
         except BaseException:
             runtime.close()
             raise
@@ -99,8 +120,127 @@ def runtime_factory(cfg: Settings, rules_path: Path | None = None) -> RuntimeFac
     return build
 
 
+def _bgp_stage(cfg: Settings, registry: CollectorRegistry | None) -> BgpStage:
+    """BGP columns from the JSON prefix table when one is configured, else from the
+    mirror of GoBGP's RIB (started now; it loads in the background and reconnects)."""
+    from .bgp.mirror import RibMirror
+    from .enrich.bgp import BgpStage
+    from .enrich.prefix_file import PrefixFileRib
+
+    source: PrefixFileRib | RibMirror
+    if cfg.bgp.prefix_file is not None:
+        source = PrefixFileRib(cfg.bgp.prefix_file, registry)
+    else:
+        source = RibMirror(cfg.bgp.gobgp.api, registry, stale_after_s=cfg.bgp.gobgp.stale_after_s,
+                           dump_limit=cfg.bgp.gobgp.dump_limit)
+    source.start()
+    return BgpStage(source, registry, local_asn=cfg.my_asn)
+
+
+def bgp_lookup(view: Callable[[], RibView]) -> Callable[[str], dict[str, Any] | None]:
+    """`lookup`'s BGP part: the route of one address in the current RIB view."""
+
+    def lookup(ip: str) -> dict[str, Any] | None:
+        route = view().route(ip)
+        if route is None:
+            return None
+        a = route.attributes
+        return {
+            "prefix": str(route.prefix), "as_path": list(a.as_path), "origin_as": a.origin_as,
+            "neighbor_as": a.neighbor_as, "next_hop": addr_to_str(np.frombuffer(a.next_hop, np.uint8)),
+            "local_pref": a.local_pref, "communities": [f"{c >> 16}:{c & 0xFFFF}" for c in a.communities],
+        }
+
+    return lookup
+
+
+def safety_settings(cfg: Settings) -> SafetySettings:
+    """DESIGN §5's limits from the config, with the never-blackhole list completed by the
+    addresses the appliance knows are infrastructure: the router and BGP session
+    addresses, the resolver, SNMP agents, configured exporters, the API and metrics."""
+    bh = cfg.blackhole
+    infra: list[str] = list(bh.never)
+    session = cfg.bgp.listener
+    infra += [a for a in (session.peer_ip, session.listen_ip, session.router_id, cfg.dns.nameserver) if a]
+    infra += [t.host for t in cfg.snmp.targets] + [t.exporter for t in cfg.snmp.targets]
+    infra += list(cfg.collectors.exporters)
+    infra += [h for h in (cfg.api.host, cfg.metrics.host) if h not in ("0.0.0.0", "::", "")]
+    never = []
+    for item in infra:
+        try:
+            never.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            log.warning("blackhole: %r is not an address; not added to the never-blackhole list", item)
+    return SafetySettings(min_v4_len=bh.min_prefix_length_v4, min_v6_len=bh.min_prefix_length_v6,
+                          never=tuple(dict.fromkeys(never)), own=tuple(cfg.my_prefixes), max_active=bh.max_active,
+                          max_per_minute=bh.max_per_minute, dry_run=bh.dry_run)
+
+
+def _add_blackholes(runtime: Runtime, cfg: Settings, registry: CollectorRegistry) -> None:
+    """The blackhole manager (the one owner of announcements) on GoBGP, ticked once a
+    second for expiry, retries and reconciliation."""
+    from .bgp.announcer import GoBgpAnnouncer
+
+    bh = cfg.blackhole
+    state = StateDB(cfg.storage.state_db)
+    announcer = GoBgpAnnouncer(cfg.bgp.gobgp.api)
+    runtime.closers.extend([state.close, announcer.close])
+    manager = BlackholeManager(
+        state, announcer, SafetyPolicy(safety_settings(cfg)), bh.log_file,
+        Defaults(bh.next_hop_v4, bh.next_hop_v6, bh.communities, bh.manual_duration_s or None),
+        registry, reconcile_interval_s=bh.reconcile_interval_s,
+    )
+    runtime.blackholes = manager
+    runtime.tickers.append(manager.tick)
+    active = manager.active()
+    log.info("blackholes: %d active (state %s, GoBGP %s)%s", len(active), cfg.storage.state_db, cfg.bgp.gobgp.api,
+             ", dry run" if bh.dry_run else "")
+
+
+def _add_api(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, query: QueryFn, rules_path: Path | None,
+             engine: DetectionEngine | None, config_path: Path | None) -> None:
+    """The control plane inside this process (uvicorn in a thread) on api.listen."""
+    from appliance.api import ApiDeps, create_app
+    from appliance.api.server import ApiServer
+
+    assert isinstance(runtime.blackholes, BlackholeManager)
+    manager = runtime.blackholes
+
+    def apply_rules(rules: list[dict[str, Any]]) -> None:
+        if engine is not None:
+            from .detect.rules import Rule
+
+            engine.reload([Rule.from_validated(r) for r in rules])
+
+    def apply_config(new: Settings) -> None:
+        # What can change live: networks and direction, and the blackhole limits; the
+        # rest is saved and takes effect at the next start (logged, so it is not a surprise).
+        networks = NetworksStage(new.my_prefixes, {n.prefix: NetworkInfo(n.name, n.customer) for n in new.networks})
+        stages = runtime.enricher.stages
+        for i, stage in enumerate(stages):
+            if isinstance(stage, NetworksStage):
+                stages[i] = networks
+        manager.policy = SafetyPolicy(safety_settings(new))
+        live = {"my_prefixes", "networks", "blackhole"}
+        changed = sorted(k for k in set(new.effective) | set(cfg.effective)
+                         if new.effective.get(k) != cfg.effective.get(k) and k not in live)
+        if changed:
+            log.warning("config saved; %s take effect at the next start", ", ".join(changed))
+
+    lookup = runtime.lookup
+    app = create_app(ApiDeps(
+        settings=cfg, blackholes=manager, registry=registry, query=query, config_path=config_path,
+        rules_path=rules_path, lookup=lookup, apply_config=apply_config, apply_rules=apply_rules,
+        dev_mode=cfg.api.dev_mode, max_body_bytes=cfg.api.max_body_bytes,
+    ))
+    server = ApiServer(app, cfg.api.host, cfg.api.port)
+    server.start()
+    runtime.closers.append(server.stop)
+    log.info("api on http://%s:%d (docs at /docs)", cfg.api.host, server.port)
+
+
 def _add_detection(runtime: Runtime, cfg: Settings, rules_path: Path, registry: CollectorRegistry,
-                   query: QueryFn) -> None:
+                   query: QueryFn) -> DetectionEngine:
     """The detection engine on every enriched batch, its windows ticked once a second,
     its rules reloaded when the file changes or on SIGHUP."""
     from .detect.actions import build_actions
@@ -122,6 +262,7 @@ def _add_detection(runtime: Runtime, cfg: Settings, rules_path: Path, registry: 
     runtime.tickers.extend([engine.tick, watcher.tick])
     runtime.closers.append(engine.close)
     log.info("detection: %d rules from %s; actions %s", len(rules), rules_path, ", ".join(a.name for a in actions))
+    return engine
 
 
 def ptr_cache_sink(store: StoreSettings, query: QueryFn) -> PtrSink:
@@ -158,6 +299,15 @@ def standalone_lookup(cfg: Settings) -> Iterator[Lookup]:
             geo = GeoStage.from_settings(cfg.geoip)
             closers.append(geo.close)
             lookup.geo = geo.lookup
+        if "bgp" in cfg.enrich:
+            # Without the service, the RIB is loaded here: quick from a prefix file or a
+            # small GoBGP table; a full table takes a while (the service keeps it loaded).
+            bgp = _bgp_stage(cfg, None)
+            closers.append(bgp.close)
+            wait = getattr(bgp.source, "wait_synchronized", None)
+            if wait is not None:
+                wait(30.0)
+            lookup.bgp = bgp_lookup(bgp.source.view)
         if "ptr" in cfg.enrich:
             from .enrich.ptr import PtrResolver
 

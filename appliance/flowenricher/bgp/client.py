@@ -1,0 +1,356 @@
+"""A small typed client for GoBGP's gRPC API (``apipb``, GoBGP 3.x): the best-path watch
+and table listing that feed the RIB mirror, and adding/deleting our own paths (blackhole
+announcements).
+
+Two ways to read the whole table, because of a limit of gobgpd:
+
+* ``WatchEvent`` with a BEST table filter and ``init=True`` sends the whole table of best
+  paths as *one* message (a 200k-prefix table in about 2 s here) and then streams every
+  change on the same call, so there is no gap between the dump and the changes.  But
+  gobgpd caps a message at 256 MiB (``MaxSendMsgSize`` in cmd/gobgpd/main.go, not
+  configurable), about 650k paths at ~400 bytes each: a full table (1.2M prefixes)
+  fails with RESOURCE_EXHAUSTED;
+* ``ListPath`` sends one message per prefix: any size, little memory on our side, but
+  much slower from Python (about 30 µs of gRPC work per message).  To lose no change
+  while listing, the watch is opened first *without* the init dump and with peer events:
+  gobgpd registers the best-path watcher and queues its peer "end of init" event in one
+  step, so once that event has arrived, every change after the listing's snapshot is
+  on the stream (:meth:`WatchStream.wait_registered`).  Replaying changes that the
+  listing already saw is harmless: each change carries the prefix's whole state.
+
+gobgpd sends the init dump only once BGP is started (``GetBgp`` reports an AS); before
+that a watch would silently skip it, so :meth:`GoBgpClient.watch_best_paths` refuses to
+start until then.  GoBGP's default is one best path per prefix (no
+``use-multiple-paths``), which is what a change batch is read as: the last path given
+for a prefix is its state.
+
+Attributes arrive ``Any``-packed; identical attribute values are decoded once (bounded
+caches), since in a full table most prefixes share their AS path, communities and next
+hop with many others.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, cast
+
+import grpc
+from google.protobuf import any_pb2
+
+from ..errors import FlowEnricherError
+from .route import V4, V4_MAPPED, V6, RouteAttributes, address_bytes, flatten_as_path, parse_community
+from .stubs import attribute_pb2 as attrs_pb
+from .stubs import gobgp_pb2 as api
+from .stubs import gobgp_pb2_grpc as api_grpc
+
+_MAX_MESSAGE = 2**31 - 1  # gRPC's own limit: an init dump is up to gobgpd's 256 MiB
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # GoBGP (grpc-go) refuses client pings more often than every 5 minutes.
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    # Reconnect soon after GoBGP restarts: the default backoff grows to 2 minutes.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+)
+
+_BEST = api.WatchEventRequest.Table.Filter.BEST
+_FAMILIES = {
+    (api.Family.AFI_IP, api.Family.SAFI_UNICAST): V4,
+    (api.Family.AFI_IP6, api.Family.SAFI_UNICAST): V6,
+}
+
+
+class GoBgpError(FlowEnricherError):
+    """A call to GoBGP failed; the message names the address, the call and gRPC's status."""
+
+    def __init__(self, target: str, call: str, detail: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(f"GoBGP at {target}: {call}: {detail}")
+        self.code = code
+
+
+class PathChange(NamedTuple):
+    """One best path as the watch reports it: `attrs` None means the prefix is withdrawn.
+
+    `key` is the 18-byte prefix key of :mod:`.route`.
+    """
+
+    key: bytes
+    attrs: RouteAttributes | None
+
+
+class PathDecoder:
+    """Turns API paths into :class:`PathChange` s, decoding each distinct attribute value
+    once; the caches are emptied when they pass `cache_limit` entries, so memory stays
+    bounded whatever the table."""
+
+    def __init__(self, cache_limit: int = 100_000) -> None:
+        self.cache_limit = cache_limit
+        self.skipped = 0  # paths of other families (VPN, EVPN, flowspec...)
+        self._as_paths: dict[bytes, tuple[tuple[int, ...], int, int]] = {}
+        self._next_hops: dict[bytes, bytes] = {}
+        self._local_prefs: dict[bytes, int] = {}
+        self._communities: dict[bytes, tuple[int, ...]] = {}
+        self._routes: dict[tuple[bytes, bytes, bytes, bytes], RouteAttributes] = {}
+
+    def changes(self, paths: Iterable[Any]) -> Iterator[PathChange]:
+        """The changes for API `paths` of IPv4/IPv6 unicast (others are counted in skipped)."""
+        prefix_msg = attrs_pb.IPAddressPrefix
+        for path in paths:
+            family = _FAMILIES.get((path.family.afi, path.family.safi))
+            if family is None or not path.nlri.type_url.endswith(".IPAddressPrefix"):
+                self.skipped += 1
+                continue
+            nlri = prefix_msg.FromString(path.nlri.value)
+            if family == V4:
+                key = b"\x04" + V4_MAPPED + socket.inet_pton(socket.AF_INET, nlri.prefix) + bytes((nlri.prefix_len,))
+            else:
+                key = b"\x06" + socket.inet_pton(socket.AF_INET6, nlri.prefix) + bytes((nlri.prefix_len,))
+            yield PathChange(key, None if path.is_withdraw else self.route(path.pattrs))
+
+    def _trim(self) -> None:
+        if len(self._routes) > self.cache_limit or len(self._as_paths) > self.cache_limit:
+            for cache in (self._as_paths, self._next_hops, self._local_prefs, self._communities, self._routes):
+                cache.clear()
+
+    def route(self, pattrs: Sequence[any_pb2.Any]) -> RouteAttributes:
+        as_path = next_hop = local_pref = communities = b""
+        hop: bytes | None = None
+        for attr in pattrs:
+            kind = attr.type_url
+            if kind.endswith(".AsPathAttribute"):
+                as_path = attr.value
+            elif kind.endswith(".NextHopAttribute"):
+                next_hop = attr.value
+            elif kind.endswith(".MpReachNLRIAttribute"):
+                # Carries the NLRI too, so its bytes are unique per prefix: decode the hop.
+                hops = attrs_pb.MpReachNLRIAttribute.FromString(attr.value).next_hops
+                hop = address_bytes(hops[0]) if hops else bytes(16)
+            elif kind.endswith(".LocalPrefAttribute"):
+                local_pref = attr.value
+            elif kind.endswith(".CommunitiesAttribute"):
+                communities = attr.value
+        if hop is None:
+            hop = self._next_hops.get(next_hop)
+            if hop is None:
+                hop = address_bytes(attrs_pb.NextHopAttribute.FromString(next_hop).next_hop)
+                self._next_hops[next_hop] = hop
+        key = (as_path, hop, local_pref, communities)
+        route = self._routes.get(key)
+        if route is None:
+            path, origin, neighbor = self._as_path(as_path)
+            route = RouteAttributes(path, origin, neighbor, hop, self._local_pref(local_pref),
+                                    self._community_list(communities))
+            self._trim()
+            self._routes[key] = route
+        return route
+
+    def _as_path(self, raw: bytes) -> tuple[tuple[int, ...], int, int]:
+        found = self._as_paths.get(raw)
+        if found is None:
+            segments = attrs_pb.AsPathAttribute.FromString(raw).segments
+            found = flatten_as_path((int(s.type), list(s.numbers)) for s in segments)
+            self._as_paths[raw] = found
+        return found
+
+    def _local_pref(self, raw: bytes) -> int:
+        found = self._local_prefs.get(raw)
+        if found is None:
+            found = self._local_prefs[raw] = int(attrs_pb.LocalPrefAttribute.FromString(raw).local_pref)
+        return found
+
+    def _community_list(self, raw: bytes) -> tuple[int, ...]:
+        found = self._communities.get(raw)
+        if found is None:
+            found = tuple(attrs_pb.CommunitiesAttribute.FromString(raw).communities)
+            self._communities[raw] = found
+        return found
+
+
+class TableEvent:
+    """One table message of the watch: the init dump (when asked for, the first one) or a
+    batch of changes.  Iterating decodes its paths lazily and lets go of the message at
+    the end, so a full-table dump is not held while the table is built from it."""
+
+    def __init__(self, paths: Sequence[Any], init: bool) -> None:
+        self._paths = paths
+        self.init = init
+        self.decoder = PathDecoder()
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __iter__(self) -> Iterator[PathChange]:
+        yield from self.decoder.changes(self._paths)
+        self._paths = ()
+
+
+class WatchStream:
+    """The open best-path watch: iterate for :class:`TableEvent` s (peer events are
+    skipped); :meth:`cancel` from another thread ends the iteration (with GoBgpError,
+    code CANCELLED)."""
+
+    def __init__(self, target: str, call: Any, init: bool) -> None:
+        self._target = target
+        self._call = call
+        self._dump_pending = init  # the next table message is the init dump
+
+    def wait_registered(self) -> None:
+        """Return once gobgpd has registered the watch (its peer "end of init" event,
+        queued in the same step: see the module docstring)."""
+        end_of_init = api.WatchEventResponse.PeerEvent.END_OF_INIT
+        try:
+            for response in self._call:
+                if response.WhichOneof("event") == "peer" and response.peer.type == end_of_init:
+                    return
+        except grpc.RpcError as err:
+            raise _rpc_error(self._target, "WatchEvent", err) from err
+        raise GoBgpError(self._target, "WatchEvent", "the server ended the stream before registering it")
+
+    def __iter__(self) -> Iterator[TableEvent]:
+        try:
+            for response in self._call:
+                if response.WhichOneof("event") != "table":
+                    continue
+                init, self._dump_pending = self._dump_pending, False
+                event = TableEvent(response.table.paths, init=init)
+                del response  # the consumer alone keeps a full-table message alive
+                yield event
+                del event
+        except grpc.RpcError as err:
+            raise _rpc_error(self._target, "WatchEvent", err) from err
+        raise GoBgpError(self._target, "WatchEvent", "the server ended the stream")
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class GoBgpClient:
+    """GoBGP's API at `target`: ``host:port`` (``[v6]:port``) or ``unix:///path``.
+
+    Every unary call has `timeout` seconds; failures raise :class:`GoBgpError`.
+    """
+
+    def __init__(self, target: str, timeout: float = 5.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(target, options=list(CHANNEL_OPTIONS))
+        self._stub: Any = cast(Callable[[grpc.Channel], Any], api_grpc.GobgpApiStub)(self._channel)
+
+    def __enter__(self) -> GoBgpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    @property
+    def stub(self) -> Any:
+        """The generated GobgpApi stub on this client's channel, for calls this wrapper
+        does not cover (pass ``timeout=self.timeout``)."""
+        return self._stub
+
+    def _unary(self, name: str, request: Any) -> Any:
+        method = cast(Callable[..., Any], getattr(self._stub, name))
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise _rpc_error(self.target, name, err) from err
+
+    def started_asn(self) -> int:
+        """GoBGP's own AS; 0 while its BGP server is not started (no config applied yet)."""
+        response = self._unary("GetBgp", api.GetBgpRequest())
+        return int(getattr(response, "global").asn)  # a Python keyword: no attribute syntax
+
+    def table_sizes(self) -> dict[int, int]:
+        """Prefixes (destinations) in GoBGP's global table, per family (4, 6)."""
+        sizes = {}
+        for (afi, safi), family in _FAMILIES.items():
+            request = api.GetTableRequest(table_type=api.GLOBAL, family=api.Family(afi=afi, safi=safi))
+            sizes[family] = int(self._unary("GetTable", request).num_destination)
+        return sizes
+
+    def watch_best_paths(self, init: bool = True) -> WatchStream:
+        """Open the best-path watch (see the module docstring).  With `init`, its first
+        table event is the whole table, the next ones changes; without, only changes
+        (call :meth:`WatchStream.wait_registered` before listing the table).  Raises
+        GoBgpError if GoBGP is unreachable or its BGP server is not started, since then
+        the dump would be missing."""
+        if not self.started_asn():
+            raise GoBgpError(self.target, "WatchEvent", "GoBGP's BGP server is not started yet (no global AS)")
+        request = api.WatchEventRequest(
+            peer=api.WatchEventRequest.Peer(),
+            table=api.WatchEventRequest.Table(filters=[api.WatchEventRequest.Table.Filter(type=_BEST, init=init)]))
+        return WatchStream(self.target, self._stub.WatchEvent(request), init)
+
+    def list_best_paths(self, family: int, decoder: PathDecoder | None = None) -> Iterator[PathChange]:
+        """The best path of every prefix of `family` (4 or 6), streamed (ListPath)."""
+        afi = api.Family.AFI_IP if family == V4 else api.Family.AFI_IP6
+        request = api.ListPathRequest(table_type=api.GLOBAL, family=api.Family(afi=afi, safi=api.Family.SAFI_UNICAST))
+        decoder = decoder or PathDecoder()
+        call = self._stub.ListPath(request)
+        try:
+            for response in call:
+                yield from decoder.changes(p for p in response.destination.paths if p.best)
+        except grpc.RpcError as err:
+            raise _rpc_error(self.target, "ListPath", err) from err
+        finally:
+            call.cancel()
+
+    def add_path(self, prefix: str, next_hop: str, communities: Sequence[str | int] = (),
+                 local_pref: int | None = None) -> bytes:
+        """Announce `prefix` from GoBGP's global RIB (origin IGP); GoBGP's id of the path.
+
+        Communities are ``"ASN:VALUE"`` texts or their 32-bit values.
+        """
+        path = _path(prefix, next_hop, communities, local_pref)
+        return bytes(self._unary("AddPath", api.AddPathRequest(table_type=api.GLOBAL, path=path)).uuid)
+
+    def delete_path(self, prefix: str, next_hop: str = "", communities: Sequence[str | int] = ()) -> None:
+        """Withdraw our path for `prefix` (added by :meth:`add_path`) from the global RIB."""
+        path = _path(prefix, next_hop, communities, None)
+        path.is_withdraw = True  # GoBGP 3.10 asks for a next hop unless the path says withdraw
+        self._unary("DeletePath", api.DeletePathRequest(table_type=api.GLOBAL, family=path.family, path=path))
+
+
+def _rpc_error(target: str, call: str, err: grpc.RpcError) -> GoBgpError:
+    code = err.code() if isinstance(err, grpc.Call) else None
+    details = err.details() if isinstance(err, grpc.Call) else str(err)
+    name = code.name if code is not None else "error"
+    return GoBgpError(target, call, f"{name}: {details}", code)
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _path(prefix: str, next_hop: str, communities: Sequence[str | int], local_pref: int | None) -> Any:
+    """The API Path for one of our unicast announcements; ValueError names a bad argument."""
+    try:
+        net = ipaddress.ip_network(prefix, strict=True)
+        hop = ipaddress.ip_address(next_hop) if next_hop else None
+    except ValueError as err:
+        raise ValueError(f"GoBGP path {prefix!r} via {next_hop!r}: {err}") from err
+    afi = api.Family.AFI_IP if net.version == 4 else api.Family.AFI_IP6
+    family = api.Family(afi=afi, safi=api.Family.SAFI_UNICAST)
+    nlri = _pack(attrs_pb.IPAddressPrefix(prefix=str(net.network_address), prefix_len=net.prefixlen))
+    pattrs = [_pack(attrs_pb.OriginAttribute(origin=0))]
+    if hop is not None:
+        if net.version == 4 and hop.version == 4:
+            pattrs.append(_pack(attrs_pb.NextHopAttribute(next_hop=str(hop))))
+        else:  # RFC 4760: other families carry the next hop in MP_REACH_NLRI
+            pattrs.append(_pack(attrs_pb.MpReachNLRIAttribute(family=family, next_hops=[str(hop)], nlris=[nlri])))
+    values = [c if isinstance(c, int) else parse_community(c) for c in communities]
+    if values:
+        pattrs.append(_pack(attrs_pb.CommunitiesAttribute(communities=values)))
+    if local_pref is not None:
+        pattrs.append(_pack(attrs_pb.LocalPrefAttribute(local_pref=local_pref)))
+    return api.Path(nlri=nlri, pattrs=pattrs, family=family)
