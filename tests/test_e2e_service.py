@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,6 +49,7 @@ class Service:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = _free_port()
+        self.api_port = _free_port(socket.SOCK_STREAM)
         self.config = workdir / "config.yaml"
         rules = workdir / "detection.yml"  # the shipped rules; the scan rule also stores its detections
         text = RULES.read_text()
@@ -61,7 +63,7 @@ class Service:
             f"storage: {{path: {json.dumps(str(workdir / 'data'))}}}\n"
             "insert: {batch_size: 5000, flush_interval_ms: 200}\n"
             f'metrics: {{listen: "127.0.0.1:{_free_port(socket.SOCK_STREAM)}"}}\n'
-            f'api: {{listen: "127.0.0.1:{_free_port(socket.SOCK_STREAM)}"}}\n'
+            f'api: {{listen: "127.0.0.1:{self.api_port}"}}\n'
             "enrich: geoip\n"
             f"geoip: {{asn_db: {json.dumps(str(GEOIP / 'GeoLite2-ASN-Test.mmdb'))},"
             f" city_db: {json.dumps(str(GEOIP / 'GeoIP2-City-Test.mmdb'))}}}\n"
@@ -137,6 +139,22 @@ def test_enriched_flows_detections_and_lookup(service: Service) -> None:
     assert info["mine"] is True and info["network"] == {"name": "rack-a", "customer": "acme"}
     google = json.loads(service.cli("lookup", "1.0.0.1", "--format", "json"))
     assert google["geo"]["asn"] == 15169 and google["mine"] is False
+
+    # The control plane inside the service: the original calls with a token from the CLI.
+    # No GoBGP runs here, so the blackhole is kept (and retried) rather than lost.
+    token = service.cli("token", "create", "--scope", "admin").strip()
+    api = f"http://127.0.0.1:{service.api_port}"
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{api}/blackholes", headers=headers).json() == {}
+    assert httpx.get(f"{api}/blackholes").status_code == 401
+    body = {"prefix": "149.202.68.236/32", "next_hop": "192.0.2.1", "communities": ["216285:666"]}
+    assert httpx.post(f"{api}/announce", json=body, headers=headers).status_code == 200
+    held = httpx.get(f"{api}/blackholes", headers=headers).json()
+    assert held["149.202.68.236/32"]["next_hop"] == "192.0.2.1"
+    refused = httpx.post(f"{api}/announce", json={**body, "prefix": "84.54.49.0/24"}, headers=headers)
+    assert 400 <= refused.status_code < 500
+    assert httpx.post(f"{api}/withdraw", json={"prefix": "149.202.68.236/32"}, headers=headers).status_code == 200
+    assert httpx.get(f"{api}/blackholes", headers=headers).json() == {}
 
     assert service.stop() == 0
     directions = {r["flow_direction"]: int(r["n"]) for r in service.sql(
