@@ -236,7 +236,6 @@ def _add_api(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, query
     server = ApiServer(app, cfg.api.host, cfg.api.port)
     server.start()
     runtime.closers.append(server.stop)
-    log.info("api on http://%s:%d (docs at /docs)", cfg.api.host, server.port)
 
 
 def _add_detection(runtime: Runtime, cfg: Settings, rules_path: Path, registry: CollectorRegistry,
