@@ -12,7 +12,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from support.api import SAFETY, ApiEnv, RecordingGoBGP, make_env
+from support.api import SAFETY, ApiEnv, make_env
+from support.recording_gobgp import RecordingGoBGP
 
 from appliance.api import ApiDeps, create_app
 from appliance.api.auth import TokenRow

@@ -8,13 +8,12 @@ test's network namespace (support.bgp_lab), which advertises to BIRD over BGP.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from support.api import CONFIG_TEXT, RULES_TEXT, SAFETY
-from support.bgp_lab import BgpLab, bgp_lab_fixture
+from support.bgp_lab import BgpLab, bgp_lab_fixture, wait_until
 
 from appliance.api import ApiDeps, create_app
 from appliance.api.tokens import create_token
@@ -25,23 +24,6 @@ from appliance.flowenricher.blackhole.state import StateDB
 from appliance.flowenricher.config import load_config
 
 __all__ = ["bgp_lab_fixture"]
-
-
-def _in_bird(lab: BgpLab, prefix: str) -> str:
-    try:
-        out = lab.birdc("show", "route", prefix, "all")
-    except RuntimeError as err:
-        if "Network not found" in str(err):
-            return ""
-        raise
-    return out if prefix.split("/")[0] in out else ""
-
-
-def _wait(predicate: object, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.05)
 
 
 def test_original_calls_reach_bird(bgp_lab: BgpLab, tmp_path: Path) -> None:
@@ -61,12 +43,12 @@ def test_original_calls_reach_bird(bgp_lab: BgpLab, tmp_path: Path) -> None:
         client = TestClient(app, headers={"Authorization": f"Bearer {token}"})
         body = {"prefix": "149.202.68.236/32", "next_hop": "192.0.2.1", "communities": ["65001:666"]}
         assert client.post("/announce", json=body).status_code == 200
-        _wait(lambda: _in_bird(bgp_lab, "149.202.68.236/32"), "the announced /32 in BIRD")
-        route = _in_bird(bgp_lab, "149.202.68.236/32")
+        wait_until(lambda: bgp_lab.route("149.202.68.236/32"), "the announced /32 in BIRD")
+        route = bgp_lab.route("149.202.68.236/32")
         assert "BGP.next_hop: 192.0.2.1" in route and "(65001,666)" in route, route
         assert list(client.get("/blackholes").json()) == ["149.202.68.236/32"]
         assert client.post("/withdraw", json={"prefix": "149.202.68.236/32"}).status_code == 200
-        _wait(lambda: not _in_bird(bgp_lab, "149.202.68.236/32"), "the withdrawn /32 gone from BIRD")
+        wait_until(lambda: not bgp_lab.route("149.202.68.236/32"), "the withdrawn /32 gone from BIRD")
         assert client.get("/blackholes").json() == {}
     finally:
         announcer.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from support.bgp_lab import BIRD_V4, BgpLab, bgp_lab_fixture
+from support.bgp_lab import BIRD_V4, BgpLab, bgp_lab_fixture, wait_until
 
 from appliance.flowenricher.bgp.announcer import GoBgpAnnouncer
 from appliance.flowenricher.blackhole.manager import BlackholeManager, Defaults
@@ -32,25 +32,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def _route(lab: BgpLab, prefix: str) -> str:
-    """BIRD's `show route PREFIX all`, or "" when BIRD has no such route."""
-    try:
-        out = lab.birdc("show", "route", prefix, "all")
-    except RuntimeError as err:
-        if "Network not found" in str(err):
-            return ""
-        raise
-    return out if prefix.split("/")[0] in out else ""
-
-
-def _wait(predicate: object, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out: {what}")
-        time.sleep(0.05)
 
 
 def _manager(tmp: Path, lab: BgpLab, clock: Clock) -> tuple[BlackholeManager, GoBgpAnnouncer]:
@@ -69,12 +50,12 @@ def test_blackhole_reaches_bird_expires_and_survives_restarts(bgp_lab: BgpLab, t
     try:
         mgr.announce("203.0.113.9", communities=["65535:666", "65001:666"], duration_s=60, rule="test")
         mgr.announce("2001:db8::9", duration_s=600, rule="test")
-        _wait(lambda: _route(bgp_lab, "203.0.113.9/32"), "the /32 in BIRD")
-        _wait(lambda: _route(bgp_lab, "2001:db8::9/128"), "the /128 in BIRD")
-        v4 = _route(bgp_lab, "203.0.113.9/32")
+        wait_until(lambda: bgp_lab.route("203.0.113.9/32"), "the /32 in BIRD")
+        wait_until(lambda: bgp_lab.route("2001:db8::9/128"), "the /128 in BIRD")
+        v4 = bgp_lab.route("203.0.113.9/32")
         assert re.search(r"BGP\.next_hop: 192\.0\.2\.1", v4), v4
         assert "(65535,666)" in v4 and "(65001,666)" in v4, v4
-        v6 = _route(bgp_lab, "2001:db8::9/128")
+        v6 = bgp_lab.route("2001:db8::9/128")
         assert "100::1" in v6 and "(65535,666)" in v6, v6
         assert announcer.announced() == {"203.0.113.9/32", "2001:db8::9/128"}
 
@@ -82,7 +63,7 @@ def test_blackhole_reaches_bird_expires_and_survives_restarts(bgp_lab: BgpLab, t
         for prefix in (BIRD_V4, "198.51.100.0/24"):
             with pytest.raises(Refused):
                 mgr.announce(prefix)
-        assert not _route(bgp_lab, "198.51.100.0/24")
+        assert not bgp_lab.route("198.51.100.0/24")
 
         # gobgpd crashes and comes back empty: the next tick announces again.
         bgp_lab.kill_gobgpd()
@@ -91,9 +72,9 @@ def test_blackhole_reaches_bird_expires_and_survives_restarts(bgp_lab: BgpLab, t
         bgp_lab.wait_established()
         def back() -> bool:
             mgr.tick()
-            return bool(_route(bgp_lab, "203.0.113.9/32"))
+            return bool(bgp_lab.route("203.0.113.9/32"))
 
-        _wait(back, "the /32 back after gobgpd restart")
+        wait_until(back, "the /32 back after gobgpd restart")
 
         # flowenricher restarts (a new manager on the same state) after the IPv4 one expired.
         mgr.state.close()
@@ -101,12 +82,12 @@ def test_blackhole_reaches_bird_expires_and_survives_restarts(bgp_lab: BgpLab, t
         clock.now += 120
         mgr, announcer = _manager(tmp_path, bgp_lab, clock)
         mgr.tick()
-        _wait(lambda: not _route(bgp_lab, "203.0.113.9/32"), "the expired /32 gone from BIRD")
-        assert _route(bgp_lab, "2001:db8::9/128")
+        wait_until(lambda: not bgp_lab.route("203.0.113.9/32"), "the expired /32 gone from BIRD")
+        assert bgp_lab.route("2001:db8::9/128")
         assert [b.prefix for b in mgr.active()] == ["2001:db8::9/128"]
 
         assert mgr.withdraw("2001:db8::9/128") is not None
-        _wait(lambda: not _route(bgp_lab, "2001:db8::9/128"), "the withdrawn /128 gone from BIRD")
+        wait_until(lambda: not bgp_lab.route("2001:db8::9/128"), "the withdrawn /128 gone from BIRD")
         actions = [json.loads(x)["action"] for x in (tmp_path / "blackholes.txt").read_text().splitlines()]
         assert actions.count("announce") == 2 and actions.count("withdraw") == 2
     finally:

@@ -10,42 +10,17 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from support.recording_gobgp import RecordingGoBGP
 
-from appliance.flowenricher.blackhole.manager import AnnounceError, BlackholeManager, Defaults
+from appliance.flowenricher.blackhole.manager import BlackholeManager, Defaults
 from appliance.flowenricher.blackhole.safety import Refused, SafetyPolicy, SafetySettings, networks
 from appliance.flowenricher.blackhole.state import StateDB
-
-
-class RecordingGoBGP:
-    """Holds announced prefixes like GoBGP's global RIB; `down` makes every call fail."""
-
-    def __init__(self) -> None:
-        self.held: dict[str, tuple[str, tuple[str, ...]]] = {}
-        self.down = False
-        self.ever: list[str] = []
-
-    def announce(self, prefix: str, next_hop: str, communities: Sequence[str]) -> None:
-        if self.down:
-            raise AnnounceError("connection refused")
-        self.held[prefix] = (next_hop, tuple(communities))
-        self.ever.append(prefix)
-
-    def withdraw(self, prefix: str, next_hop: str, communities: Sequence[str]) -> None:
-        if self.down:
-            raise AnnounceError("connection refused")
-        self.held.pop(prefix, None)
-
-    def announced(self) -> set[str]:
-        if self.down:
-            raise AnnounceError("connection refused")
-        return set(self.held)
 
 
 class Clock:

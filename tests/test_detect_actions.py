@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from support.recording_gobgp import RecordingGoBGP
 
 from appliance.flowenricher.blackhole.manager import BlackholeManager, Defaults
 from appliance.flowenricher.blackhole.safety import SafetyPolicy, SafetySettings, networks
@@ -259,24 +260,8 @@ def test_insert_sql_escapes_strings() -> None:
 # ----------------------------------------------------------------- blackhole
 
 
-class HeldRoutes:
-    """GoBGP's global RIB as the manager sees it (announce, withdraw, list)."""
-
-    def __init__(self) -> None:
-        self.held: dict[str, tuple[str, tuple[str, ...]]] = {}
-
-    def announce(self, prefix: str, next_hop: str, communities: Sequence[str]) -> None:
-        self.held[prefix] = (next_hop, tuple(communities))
-
-    def withdraw(self, prefix: str, next_hop: str, communities: Sequence[str]) -> None:
-        self.held.pop(prefix, None)
-
-    def announced(self) -> set[str]:
-        return set(self.held)
-
-
 def test_blackhole_requests_reach_the_manager(tmp_path: Path) -> None:
-    routes = HeldRoutes()
+    routes = RecordingGoBGP()
     safety = SafetySettings(own=networks(["84.54.49.0/24"]), never=networks(["198.51.100.1"]))
     manager = BlackholeManager(StateDB(f"sqlite:///{tmp_path}/state.db"), routes, SafetyPolicy(safety),
                                tmp_path / "blackholes.txt", Defaults(), CollectorRegistry())
@@ -300,7 +285,7 @@ def test_blackhole_requests_reach_the_manager(tmp_path: Path) -> None:
 
 
 def test_below_blackhole_count_only_alerts(tmp_path: Path) -> None:
-    routes = HeldRoutes()
+    routes = RecordingGoBGP()
     manager = BlackholeManager(StateDB(f"sqlite:///{tmp_path}/state.db"), routes, SafetyPolicy(SafetySettings()),
                                None, Defaults(), CollectorRegistry())
     alert = AlertLog(tmp_path / "detections.log", DeliveryMetrics(CollectorRegistry()))

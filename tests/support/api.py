@@ -8,7 +8,7 @@ GoBGP is replaced by a recorder (the gobgpd + BIRD path has its own test).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,24 +27,9 @@ from appliance.flowenricher.storage import StoreSettings, open_store
 from appliance.flowenricher.storage.base import FlowStore
 
 from . import sample_batch
+from .recording_gobgp import RecordingGoBGP
 
 HOUR = 3600
-
-
-class RecordingGoBGP:
-    """Holds announced prefixes like GoBGP's global RIB."""
-
-    def __init__(self) -> None:
-        self.held: dict[str, tuple[str, tuple[str, ...]]] = {}
-
-    def announce(self, prefix: str, next_hop: str, communities: Sequence[str]) -> None:
-        self.held[prefix] = (next_hop, tuple(communities))
-
-    def withdraw(self, prefix: str, next_hop: str, communities: Sequence[str]) -> None:
-        self.held.pop(prefix, None)
-
-    def announced(self) -> set[str]:
-        return set(self.held)
 
 
 SAFETY = SafetySettings(never=networks(["84.54.49.1", "192.0.2.0/24"]), own=networks(["84.54.49.0/24"]),

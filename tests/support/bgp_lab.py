@@ -35,7 +35,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,6 +213,16 @@ protocol bgp {name} {{
             raise RuntimeError(f"birdc {' '.join(command)}: exit {done.returncode}: {done.stdout}{done.stderr}")
         return done.stdout
 
+    def route(self, prefix: str) -> str:
+        """BIRD's ``show route PREFIX all`` (what the router would hold), "" without one."""
+        try:
+            out = self.birdc("show", "route", prefix, "all")
+        except RuntimeError as err:
+            if "Network not found" in str(err):
+                return ""
+            raise
+        return out if prefix.split("/")[0] in out else ""
+
     def set_routes(self, routes: Iterable[StaticRoute]) -> None:
         """Announce exactly `routes` from now on (BIRD sends the differences)."""
         self.write_bird_config(routes)
@@ -255,3 +265,12 @@ def bgp_lab_fixture(tmp_path: Path) -> Iterator[BgpLab]:
     finally:
         lab.close()
 
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Poll `predicate` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out: {what}")
+        time.sleep(0.05)
