@@ -2,18 +2,21 @@
 
 Mutations of real captures (truncation, byte flips, inflated lengths and counts) reach
 deeper into the parsers than random bytes do.  A longer run of the same mutator lives in
-bench/fuzz_decoders.py (figures in docs/performance.md).
+bench/fuzz.py (figures in docs/performance.md).
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.flowenricher.decode.dispatch import FlowDecoder
 from appliance.flowenricher.decode.mutate import mutate_datagram
+from appliance.flowenricher.generate.encode import build_packets
 from appliance.flowenricher.pcap import read_udp
 
 PCAPS = Path(__file__).parent / "data" / "pcaps"
@@ -56,3 +59,16 @@ def test_malformed_are_counted_by_reason() -> None:
     assert dropped["truncated_header"] == 1
     assert dropped["bad_version"] == 2  # NetFlow v7, and something that is no flow protocol
     assert dropped["bad_message_length"] == 1
+
+
+@pytest.mark.parametrize("init_ms", [2**63 + 5, 2**64 - 1, 1])
+def test_implausible_system_init_time_is_ignored(init_ms: int) -> None:
+    """Found by bench/fuzz.py: an options record announcing systemInitTimeMilliseconds of
+    2**63 or more overflowed the time arithmetic of the exporter's next data records."""
+    now_ms = 1_800_000_000_000
+    template, *data = build_packets("ipfix", 60, now_ms=now_ms)
+    hostile = template[:-8] + struct.pack("!Q", init_ms)  # the options record ends the packet
+    batch = FlowDecoder().decode([(p, "192.0.2.9", 0) for p in (hostile, *data)])
+    assert batch.n == 60
+    # Without a believable boot time, IPFIX flows fall back to the export time.
+    assert set(batch["timestamp_end"].tolist()) == {now_ms // 1000}

@@ -1,4 +1,4 @@
-"""Datagram mutations for fuzzing the decoders (tests and bench/fuzz_decoders.py).
+"""Datagram mutations for fuzzing the decoders (tests and bench/fuzz.py).
 
 Kept in the package so the short CI run and the long recorded run share one mutator.
 """

@@ -85,6 +85,9 @@ class _Held:
     since: float
 
 
+_PLAUSIBLE_INIT_MS = (631_152_000_000, 4_102_444_800_000)  # 1990-01-01 .. 2100-01-01, in ms
+
+
 class NetFlowDecoder:
     """Decodes NetFlow v5/v9 and IPFIX datagrams into FlowBatches, keeping exporter state."""
 
@@ -339,7 +342,12 @@ class NetFlowDecoder:
                 table[int(ifindex[i])] = text
         init = cols.get(F.SYSTEM_INIT_MS)
         if init is not None and n:
-            self.system_init_ms[scope] = int(init[-1])
+            # Only a boot time between 1990 and 2100 is believed: a corrupt or hostile
+            # value (found by fuzzing: 2**63 and up) would overflow the int64 time
+            # arithmetic of every later record of this exporter.
+            value = int(init[-1])
+            if _PLAUSIBLE_INIT_MS[0] <= value <= _PLAUSIBLE_INIT_MS[1]:
+                self.system_init_ms[scope] = value
 
     def _forced_rate(self, exporter: str) -> int:
         quirks = self.quirks.get(exporter)
