@@ -447,3 +447,10 @@ def test_schemas_describe_and_default_every_property(name: str) -> None:
 def test_schema_files_are_plain_json() -> None:
     for name in (CONFIG_SCHEMA, RULES_SCHEMA):
         json.loads((REPO / "schemas" / name).read_text(encoding="utf-8"))
+
+
+def test_gobgp_api_takes_host_port_or_a_unix_socket() -> None:
+    assert parse_config({"bgp": {"gobgp": {"api": "unix:///run/gobgpd.sock"}}}).bgp.gobgp.api == "unix:///run/gobgpd.sock"
+    assert parse_config({"bgp": {"gobgp": {"api": "[::1]:50051"}}}).bgp.gobgp.port == 50051
+    with pytest.raises(ConfigError, match=r"\$\.bgp\.gobgp\.api"):
+        parse_config({"bgp": {"gobgp": {"api": "gobgp"}}})

@@ -971,7 +971,8 @@ def _build_settings(raw: dict[str, Any], path: Path | None) -> Settings:
         remote_asn=_optional_int(session["remote_asn"]),
         max_peers=int(session["max_peers"]),
     )
-    gobgp_host, gobgp_port = split_host_port(eff["bgp"]["gobgp"]["api"])
+    gobgp_api = eff["bgp"]["gobgp"]["api"]
+    gobgp_host, gobgp_port = ("", 0) if gobgp_api.startswith("unix://") else split_host_port(gobgp_api)
     metrics_host, metrics_port = split_host_port(eff["metrics"]["listen"])
     api_host, api_port = split_host_port(eff["api"]["listen"])
     snmp = eff["snmp"]
