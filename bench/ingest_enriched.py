@@ -1,0 +1,547 @@
+"""Ingest with enrichment: the zero-loss rate of `flowenricher run` with GeoIP, ASN and BGP
+enrichment on and a full-table RIB mirrored from GoBGP, beside the same collector with
+enrichment off, in the same run.
+
+    python bench/ingest_enriched.py [--rates 200k,250k,300k,350k,400k] [--duration 10]
+                                    [--v4 1000000] [--v6 200000] [--modes enriched,plain]
+
+What runs (as root: the BGP lab needs a network namespace):
+
+* BIRD 2 announces bench/rib.py's synthetic table (``--v4`` IPv4 + ``--v6`` IPv6
+  prefixes, ``--paths`` distinct AS paths, communities, some LOCAL_PREF) over iBGP to
+  gobgpd, both in a namespace of tests/support/bgp_lab.py; gobgpd's gRPC API is a Unix
+  socket the collector reaches from the root namespace.  The lab is built once and
+  serves every step.
+* For each rate, one `flowenricher run` per mode, alone on the machine (one listener on
+  127.0.0.1, two workers, embedded chDB, ``insert.batch_size`` 250000, my_prefixes of
+  the generator), fed `--duration` seconds of IPFIX by `flowenricher generate`:
+  - ``enriched``: ``enrich: "geoip, bgp"``, MaxMind's test ASN and City databases
+    (tests/data/geoip), ``bgp.gobgp.api`` reaching the lab's socket through
+    :class:`UnixBridge`.  Traffic is sent only once the collector's RIB mirror reports
+    itself synchronised with the whole table (its ``flowenricher_rib_synchronized`` and
+    ``flowenricher_rib_prefixes`` gauges on /metrics), so every flow meets the full RIB;
+    the time from the service's start to that point is the RIB load time in the collector.
+    Then the step waits for gobgpd to go idle again (see :func:`wait_idle`) and reports
+    the CPU gobgpd still used during the traffic; with ``--pause-gobgpd`` gobgpd is
+    stopped (SIGSTOP, by PID) for the traffic and resumed after, so the figure is the
+    collector's alone (the mirror keeps its table and stays synchronised: no change
+    arrives meanwhile, and the step checks its gauge after).
+  - ``plain``: ``enrich: none`` (direction and networks still run, as they always do).
+
+Zero loss is bench/ingest.py's: flows kept (``count()`` on the stopped store) equal to
+flows sent, no kernel drop on the port, no decoder drop, and every row stored within
+``--max-lag`` seconds of the sender's end.  Memory: the peak of the summed RSS of the
+collector's processes during the step (sampled every 0.2 s, from the moment the RIB is
+loaded), and the main process's own peak during the step (the RIB, GeoIP readers,
+enrichment and the store live there) and over its whole life (VmHWM: includes the load).
+So that the enriched figure is honest, the stored rows are counted by what they carry:
+a non-empty ``dst_as_path`` (BGP), a non-zero ``src_as``, a non-zero ``dst_as``, a country.
+The synthetic table covers only part of the address space, as a real one does; the
+counts say how much BGP work the step did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(HERE))
+
+from ingest import (  # noqa: E402
+    Children,
+    MemorySampler,
+    Step,
+    free_port,
+    judge,
+    parse_rates,
+    scrape,
+    send,
+    socket_buffers,
+    wait_for_log,
+    wait_stored,
+    warm_up,
+)
+from rib import synthetic_table, wait_table  # noqa: E402
+from support.bgp_lab import BgpLab  # noqa: E402
+from support.netns import TestNetwork, sweep_stale, unavailable_reason  # noqa: E402
+
+from appliance.flowenricher.collector.receiver import kernel_drops  # noqa: E402
+from appliance.flowenricher.generate.traffic import DEFAULT_MY_PREFIXES  # noqa: E402
+
+DEFAULT_RATES = "200k,250k,300k,350k,400k"
+GEOIP = REPO / "tests" / "data" / "geoip"
+MODES = ("enriched", "plain")
+WORKER_STATS_S = 1.0  # a worker sends its decoder counters this often (collector/worker.py)
+COUNT_SQL = ("SELECT count(), countIf(notEmpty(dst_as_path)), countIf(src_as != 0), countIf(dst_as != 0), "
+             "countIf(src_host_country != '' OR dst_host_country != '') FROM flowenricher.flows")
+
+
+class UnixBridge:
+    """A TCP port on 127.0.0.1 forwarding every connection to a Unix socket (gobgpd's API
+    in the lab), byte for byte, in a thread of this process.
+
+    Why: the config schema accepts only host:port for ``bgp.gobgp.api`` (config.py's
+    hostPort check rejects ``unix:///path``, although the gRPC client takes it), and the
+    lab's gobgpd listens on a Unix socket only, inside a namespace whose TCP ports the
+    root namespace cannot reach.  gRPC over the bridge is unchanged (HTTP/2 on a stream).
+    """
+
+    def __init__(self, unix_path: Path) -> None:
+        self.unix_path = unix_path
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="unix-bridge", daemon=True)
+        self._server: asyncio.base_events.Server | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> UnixBridge:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("TCP bridge to the GoBGP socket did not start")
+        return self
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._server.close()
+            self._loop.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(str(self.unix_path))
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        while data := await reader.read(1 << 20):
+            writer.write(data)
+            await writer.drain()
+    with contextlib.suppress(OSError):
+        writer.close()
+
+
+@dataclass
+class EnrichedStep(Step):
+    """bench/ingest.py's step, plus what only this benchmark measures."""
+
+    mode: str = ""
+    rib_load_s: float | None = None  # service start -> mirror synchronised with the full table
+    rib_load_gauge_s: float | None = None  # the mirror's own flowenricher_rib_load_seconds
+    rib_prefixes: int | None = None
+    gobgpd_idle_wait_s: float | None = None  # RIB synchronised -> gobgpd idle again
+    gobgpd_cpu_s: float | None = None  # gobgpd's CPU time during the measured traffic
+    main_rss_kb: int = 0  # the main process's peak RSS during the step
+    main_hwm_kb: int = 0  # its peak over its whole life (the RIB load included)
+    with_dst_path: int | None = None
+    with_src_as: int | None = None
+    with_dst_as: int | None = None
+    with_country: int | None = None
+    extra: list[str] = field(default_factory=list)
+
+
+class MainSampler(MemorySampler):
+    """MemorySampler that also keeps the main process's own peak RSS, sampled: the RIB
+    mirror lives there, so its share is what the 500 MB target is about."""
+
+    def __init__(self, directory: Path, main_pid: int) -> None:
+        super().__init__(directory)
+        self.main_pid = main_pid
+        self.main_rss_kb = 0
+
+    def sample(self) -> None:
+        super().sample()
+        self.main_rss_kb = max(self.main_rss_kb, _status_kb(self.main_pid, "VmRSS:"))
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def collector_config(mode: str, where: Path, port: int, metrics_port: int, api_port: int, gobgp_api: str,
+                     receive_buffer: int) -> dict[str, object]:
+    """bench/ingest.py's collector config, with enrichment on or off."""
+    config: dict[str, object] = {
+        "collectors": {
+            "listeners": [{"address": "127.0.0.1", "port": port, "protocol": "netflow"}],
+            "workers": 2,
+            "receive_buffer_bytes": receive_buffer,
+        },
+        "storage": {"path": str(where / "data")},
+        "insert": {"batch_size": 250_000},
+        "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+        "api": {"listen": f"127.0.0.1:{api_port}"},
+        "my_prefixes": list(DEFAULT_MY_PREFIXES),
+        "my_asn": 65000,
+        "log_level": "info",
+    }
+    if mode == "enriched":
+        config["enrich"] = "geoip, bgp"
+        config["geoip"] = {"asn_db": str(GEOIP / "GeoLite2-ASN-Test.mmdb"), "city_db": str(GEOIP / "GeoIP2-City-Test.mmdb")}
+        config["bgp"] = {"gobgp": {"api": gobgp_api}}
+    else:
+        config["enrich"] = "none"
+    return config
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(pid: int, timeout: float, busy_share: float = 0.1, sample_s: float = 2.0) -> float | None:
+    """Seconds until `pid` uses under `busy_share` of a core over `sample_s`; None on timeout.
+
+    Why: after answering the collector's ListPath of a full table, gobgpd (Debian's 3.10)
+    keeps one to two cores busy for minutes (seen here: 120-190 % CPU for more than 8
+    minutes, its RSS from 2.7 GB before the listing up to 20 GB), which would take the
+    two cores from the collector being measured.  On an appliance the table is listed
+    once at start, not during every measurement, so the step can wait for gobgpd to
+    settle (or pause it: ``--pause-gobgpd``), and reports the CPU gobgpd still used
+    during the traffic.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds(pid)
+        time.sleep(sample_s)
+        if cpu_seconds(pid) - before < busy_share * sample_s:
+            return time.monotonic() - started
+    return None
+
+
+def wait_rib(proc: subprocess.Popen[bytes], url: str, expected: int, timeout: float) -> tuple[int, float | None]:
+    """Until the collector's mirror is synchronised and holds `expected` prefixes; its
+    prefix count and its own load-duration gauge.  RuntimeError on timeout or exit."""
+    deadline = time.monotonic() + timeout
+    prefixes = 0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"collector exited with {proc.returncode} while loading the RIB")
+        try:
+            metrics = scrape(url)
+        except OSError:
+            metrics = {}
+        prefixes = int(metrics.get("flowenricher_rib_prefixes", 0))
+        if metrics.get("flowenricher_rib_synchronized", 0) >= 1 and prefixes >= expected:
+            return prefixes, metrics.get("flowenricher_rib_load_seconds")
+        time.sleep(0.2)
+    raise RuntimeError(f"RIB mirror not synchronised after {timeout:.0f} s ({prefixes} of {expected} prefixes)")
+
+
+def run_step(mode: str, rate: int, args: argparse.Namespace, work: Path, children: Children, lab_api: str,
+             expected: int, gobgpd_pid: int | None) -> EnrichedStep:
+    step = EnrichedStep(collector=f"flowenricher-{mode}", rate=rate, mode=mode)
+    port, metrics_port, api_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM), \
+        free_port(socket.SOCK_STREAM)
+    where = Path(tempfile.mkdtemp(prefix=f"{mode}-{rate}-", dir=work))
+    conf = where / "config.yaml"
+    conf.write_text(json.dumps(collector_config(mode, where, port, metrics_port, api_port, lab_api,
+                                                args.receive_buffer), indent=2))
+    log = where / "collector.log"
+    argv = ["flowenricher", "run", "--config", str(conf)]
+    step.command = " ".join(argv)
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    started = time.monotonic()
+    proc = children.start(argv, signal.SIGTERM, log, where)
+    memory = MainSampler(where, proc.pid)
+    code = None
+    paused = False
+    try:
+        wait_for_log(proc, log, ["listening:"], timeout=120)
+        if mode == "enriched":
+            step.rib_prefixes, step.rib_load_gauge_s = wait_rib(proc, url, expected, timeout=args.rib_timeout)
+            step.rib_load_s = time.monotonic() - started
+        if gobgpd_pid is not None and args.idle_timeout > 0:
+            step.gobgpd_idle_wait_s = wait_idle(gobgpd_pid, args.idle_timeout)
+            if step.gobgpd_idle_wait_s is None:
+                step.notes.append(f"gobgpd still busy {args.idle_timeout:.0f} s after the RIB load; measured anyway")
+        gobgpd_cpu = cpu_seconds(gobgpd_pid) if gobgpd_pid is not None else 0.0
+        if gobgpd_pid is not None and args.pause_gobgpd:
+            os.kill(gobgpd_pid, signal.SIGSTOP)  # resumed below, failures included
+            paused = True
+        memory.start()
+        step.recv_buffer = socket_buffers(port)
+        target = f"127.0.0.1:{port}"
+        warm_up(target, args.protocol, args.seed)
+        step.sent = send(target, rate, args, None)
+        step.lag_s = wait_stored(url, step.sent.flows, limit_s=max(60.0, 3 * args.duration))
+        if gobgpd_pid is not None:
+            step.gobgpd_cpu_s = cpu_seconds(gobgpd_pid) - gobgpd_cpu
+        if paused and gobgpd_pid is not None:
+            os.kill(gobgpd_pid, signal.SIGCONT)
+            paused = False
+            if mode == "enriched" and scrape(url).get("flowenricher_rib_synchronized", 0) < 1:
+                step.notes.append("the RIB mirror lost its synchronisation while gobgpd was paused")
+        time.sleep(WORKER_STATS_S + 0.5)  # a fresh counter snapshot from every worker
+        final = scrape(url)
+        step.decoder_drops = int(final.get("flowenricher_decoder_dropped_total", 0))
+        step.kernel_drops = kernel_drops({port})[port]  # before stopping: the counter lives on the socket
+        step.main_hwm_kb = _status_kb(proc.pid, "VmHWM:")
+    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as err:
+        step.notes.append(str(err))
+    finally:
+        if paused and gobgpd_pid is not None:
+            os.kill(gobgpd_pid, signal.SIGCONT)
+        code = children.stop(proc, timeout=120)
+        if memory.is_alive():
+            memory.finish()
+    step.peak_rss_kb, step.peak_pss_kb, step.main_rss_kb = memory.peak_rss_kb, memory.peak_pss_kb, memory.main_rss_kb
+    step.memory = memory.by_process()
+    if code != 0:
+        step.notes.append(f"flowenricher exited with {code}")
+    step.notes.extend(_log_problems(log))
+    if step.sent is not None:
+        _count_rows(conf, step)
+    shutil.rmtree(where / "data", ignore_errors=True)
+    judge(step, args.max_lag)
+    return step
+
+
+def _log_problems(log: Path, limit: int = 3) -> list[str]:
+    if not log.exists():
+        return []
+    found = [line.strip() for line in log.read_text(errors="replace").splitlines()
+             if "ERROR" in line or "Traceback" in line]
+    return [f"log: {line[:200]}" for line in found[:limit]]
+
+
+def _count_rows(conf: Path, step: EnrichedStep) -> None:
+    """Rows kept, and how many carry BGP, ASN and GeoIP columns (read from the stopped store)."""
+    argv = ["flowenricher", "sql", COUNT_SQL, "--config", str(conf), "--format", "tsv"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
+    try:
+        kept, dst_path, src_path, dst_as, country = (int(v) for v in done.stdout.split()[-5:])
+    except ValueError:
+        step.notes.append(f"count failed: {done.stdout.strip()[-200:]} {done.stderr.strip()[-300:]}")
+        return
+    step.kept, step.with_dst_path, step.with_src_as, step.with_dst_as, step.with_country = \
+        kept, dst_path, src_path, dst_as, country
+
+
+# --------------------------------------------------------------------------- report
+def _mb(kb: int) -> str:
+    return f"{kb / 1024:.0f}" if kb else "-"
+
+
+def _share(part: int | None, whole: int | None) -> str:
+    if part is None or not whole:
+        return "-"
+    return f"{part:,} ({100 * part / whole:.0f}%)"
+
+
+def print_step(step: EnrichedStep) -> None:
+    s = step.sent
+    sent = f"sent {s.flows:,} flows in {s.seconds:.1f} s ({s.rate:,.0f}/s)" if s else "not sent"
+    lag = f"{step.lag_s:.2f} s" if step.lag_s is not None else "-"
+    print(f"{step.mode:9s} {step.rate:>9,}/s: {sent}, kept {step.kept}, kernel drops {step.kernel_drops}, "
+          f"decoder drops {step.decoder_drops}, lag {lag}, peak RSS {_mb(step.peak_rss_kb)} MB "
+          f"(main {_mb(step.main_rss_kb)} MB, main lifetime peak {_mb(step.main_hwm_kb)} MB) -> {step.verdict}")
+    if step.mode == "enriched":
+        gauge = f"{step.rib_load_gauge_s:.1f} s" if step.rib_load_gauge_s is not None else "-"
+        idle = f"{step.gobgpd_idle_wait_s:.0f} s" if step.gobgpd_idle_wait_s is not None else "not reached or not waited"
+        cpu = f"{step.gobgpd_cpu_s:.1f} s" if step.gobgpd_cpu_s is not None else "-"
+        load = f"{step.rib_load_s:.1f} s" if step.rib_load_s is not None else "-"
+        print(f"    RIB: {step.rib_prefixes} prefixes, start -> synchronised {load} (mirror's load gauge {gauge}); "
+              f"rows with dst_as_path {_share(step.with_dst_path, step.kept)}, src_as "
+              f"{_share(step.with_src_as, step.kept)}, dst_as {_share(step.with_dst_as, step.kept)}, "
+              f"a country {_share(step.with_country, step.kept)}")
+        print(f"    gobgpd: idle again after the RIB load: {idle}; CPU it used during the traffic and the catch-up: {cpu}")
+    if step.memory:
+        print(f"    peak RSS per process (VmHWM): {step.memory}")
+    print(f"    collector: {step.command}")
+    if s:
+        print(f"    sender:    {s.command}")
+    for note in step.notes:
+        print(f"    note: {note}")
+    sys.stdout.flush()
+
+
+def print_table(steps: Sequence[EnrichedStep]) -> None:
+    head = ("mode", "asked/s", "sent/s", "flows sent", "kept", "kernel drops", "decoder drops", "lag s",
+            "RSS MB", "main RSS MB", "with dst_as_path", "result")
+    rows = []
+    for s in steps:
+        sent = s.sent
+        rows.append((
+            s.mode, f"{s.rate:,}", f"{sent.rate:,.0f}" if sent else "-", f"{sent.flows:,}" if sent else "-",
+            f"{s.kept:,}" if s.kept is not None else "-", str(s.kernel_drops), str(s.decoder_drops),
+            f"{s.lag_s:.1f}" if s.lag_s is not None else "-", _mb(s.peak_rss_kb), _mb(s.main_rss_kb),
+            _share(s.with_dst_path, s.kept), s.verdict,
+        ))
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+
+
+def summary(steps: Sequence[EnrichedStep], modes: Sequence[str]) -> str:
+    parts = []
+    for mode in modes:
+        mine = [s for s in steps if s.mode == mode]
+        failed = {s.rate for s in mine if s.verdict != "ok"}
+        ok = [s for s in mine if s.verdict == "ok" and s.rate not in failed]
+        limited = any(s.verdict in ("LOSS", "behind") for s in mine)
+        if not ok:
+            parts.append(f"{mode}: no zero-loss step")
+            continue
+        top = max(ok, key=lambda s: s.rate)
+        bound = "" if limited else ">= "
+        text = (f"{mode}: {bound}{top.rate:,} flows/s with zero loss, peak RSS {_mb(top.peak_rss_kb)} MB "
+                f"(main process {_mb(top.main_rss_kb)} MB during the step, {_mb(top.main_hwm_kb)} MB lifetime peak)")
+        if mode == "enriched":
+            text += f", RIB loaded in {top.rib_load_s:.1f} s" if top.rib_load_s is not None else ""
+        parts.append(text)
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- main
+def _rmem_max() -> int:
+    try:
+        return int(Path("/proc/sys/net/core/rmem_max").read_text())
+    except (OSError, ValueError):
+        return 4 << 20
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", type=parse_rates, default=parse_rates(DEFAULT_RATES),
+                    help=f"flows/s to step through, ascending (default {DEFAULT_RATES})")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds of traffic per step (default 10)")
+    ap.add_argument("--v4", type=int, default=1_000_000, help="IPv4 prefixes in the RIB (default 1000000)")
+    ap.add_argument("--v6", type=int, default=200_000, help="IPv6 prefixes in the RIB (default 200000)")
+    ap.add_argument("--paths", type=int, default=100_000, help="distinct AS paths in the table")
+    ap.add_argument("--modes", type=lambda t: [m.strip() for m in t.split(",") if m.strip()], default=list(MODES),
+                    help="enriched, plain or both (default both)")
+    ap.add_argument("--protocol", choices=("ipfix", "v9"), default="ipfix")
+    ap.add_argument("--max-lag", type=float, default=3.0,
+                    help="seconds after the sender stops within which every flow must be stored")
+    ap.add_argument("--receive-buffer", type=int, default=_rmem_max())
+    ap.add_argument("--rib-timeout", type=float, default=600.0, help="seconds for the collector to load the RIB")
+    ap.add_argument("--idle-timeout", type=float, default=300.0,
+                    help="seconds to wait for gobgpd to settle after the collector's RIB load (default 300)")
+    ap.add_argument("--pause-gobgpd", action="store_true",
+                    help="SIGSTOP gobgpd (by PID) from the RIB load until every flow is stored, so its "
+                         "post-ListPath CPU burn does not compete with the collector (see wait_idle)")
+    ap.add_argument("--keep-going", action="store_true", help="run every rate even after a mode failed")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workdir", default=None, help="where step directories go (default: a new temp dir, removed)")
+    args = ap.parse_args(argv)
+    for m in args.modes:
+        if m not in MODES:
+            ap.error(f"--modes: unknown mode {m!r} (known: {', '.join(MODES)})")
+    if args.duration <= 0 or args.v4 < 0 or args.v6 < 0:
+        ap.error("--duration must be > 0, --v4 and --v6 >= 0")
+    return args
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    reason = unavailable_reason()
+    if reason:
+        sys.exit(f"bench/ingest_enriched.py: {reason}")
+    signal.signal(signal.SIGTERM, _interrupt)  # unwind through the finally blocks: everything stops by PID
+    sweep_stale()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="flowenricher-ingest-enriched-"))
+    work.mkdir(parents=True, exist_ok=True)
+    children = Children()
+    steps: list[EnrichedStep] = []
+    lab = BgpLab(TestNetwork(work / "net"))
+    bridge: UnixBridge | None = None
+    print(f"ingest with enrichment: {args.protocol}, {args.duration:g} s per step, modes {', '.join(args.modes)}, "
+          f"{os.cpu_count()} CPUs, work dir {work}")
+    try:
+        expected = 0
+        if "enriched" in args.modes:
+            t = time.monotonic()
+            routes = synthetic_table(args.v4, args.v6, args.paths)
+            expected = len(routes)
+            print(f"table: {args.v4} IPv4 + {args.v6} IPv6 prefixes, {args.paths} distinct AS paths "
+                  f"(generated in {time.monotonic() - t:.1f} s)")
+            t = time.monotonic()
+            lab.start(routes, timeout=900)
+            del routes
+            lab.wait_established(timeout=300)
+            took = wait_table(lab, expected, timeout=1200)
+            print(f"BIRD -> gobgpd: full table in gobgpd {time.monotonic() - t:.1f} s after the lab's start "
+                  f"({took:.1f} s after the sessions came up)")
+            sys.stdout.flush()
+            bridge = UnixBridge(lab.api_socket).start()
+        active = list(args.modes)
+        for rate in args.rates:
+            if not active:
+                break
+            for mode in list(active):
+                step = run_step(mode, rate, args, work, children, bridge.target if bridge else "", expected,
+                                lab.gobgpd.pid if mode == "enriched" and lab.gobgpd else None)
+                steps.append(step)
+                print_step(step)
+                if step.verdict != "ok" and not args.keep_going:
+                    active.remove(mode)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        children.stop_all()
+        if bridge is not None:
+            bridge.close()
+        lab.close()
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print_table(steps)
+    print()
+    print(summary(steps, args.modes))
+    return 0 if steps else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
