@@ -96,8 +96,8 @@ COLUMNS: tuple[Column, ...] = (
     _u("forwarding_status", 8, "RFC 7270 forwardingStatus (64 forwarded, 128+ dropped)"),
     _addr("post_nat_src_addr", "post-NAT source address (IE 225)"),
     _addr("post_nat_dst_addr", "post-NAT destination address (IE 226)"),
-    _u("post_nat_src_port", 16, "post-NAT source port (IE 227)"),
-    _u("post_nat_dst_port", 16, "post-NAT destination port (IE 228)"),
+    _u("post_nat_src_port", 16, "post-NAT source port (IE 227)", "T64, ZSTD(1)"),
+    _u("post_nat_dst_port", 16, "post-NAT destination port (IE 228)", "T64, ZSTD(1)"),
     # Enrichment (filled by the enrichment stage; decoders leave the defaults).
     _u("src_as", 32, "origin AS of the source address", "T64, ZSTD(1)"),
     _u("dst_as", 32, "origin AS of the destination address", "T64, ZSTD(1)"),
