@@ -56,7 +56,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(HERE))
 
-from ingest import Children, free_port, wait_for_log  # noqa: E402
+from ingest import Children, free_port, interrupt, wait_for_log  # noqa: E402
 from ingest_enriched import UnixBridge  # noqa: E402
 from support.bgp_lab import BgpLab  # noqa: E402
 from support.netns import TestNetwork, sweep_stale, unavailable_reason  # noqa: E402
@@ -241,16 +241,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     reason = unavailable_reason()
     if reason:
         sys.exit(f"bench/detect_latency.py: {reason}")
-    signal.signal(signal.SIGTERM, _interrupt)  # unwind through the finally: everything stops by PID
+    signal.signal(signal.SIGTERM, interrupt)  # unwind through the finally: everything stops by PID
     sweep_stale()
     work = Path(tempfile.mkdtemp(prefix="flowenricher-detect-latency-"))
     children = Children()

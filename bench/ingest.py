@@ -668,7 +668,7 @@ def summary(steps: Sequence[Step], args: argparse.Namespace) -> str:
 Runner = Callable[[str, int, argparse.Namespace, Path, Children, "Capture | None"], Step]
 RUNNERS: dict[str, Runner] = {"flowenricher": run_flowenricher, "nfacctd": run_nfacctd, "nfacctd-totals": run_nfacctd}
 
-def _rmem_max() -> int:
+def rmem_max() -> int:
     try:
         return int(Path("/proc/sys/net/core/rmem_max").read_text())
     except (OSError, ValueError):
@@ -686,7 +686,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     default=list(RUNNERS), help=f"any of {','.join(RUNNERS)} (default all)")
     ap.add_argument("--max-lag", type=float, default=3.0,
                     help="seconds after the sender stops within which flowenricher must have stored every flow")
-    ap.add_argument("--receive-buffer", type=int, default=_rmem_max(),
+    ap.add_argument("--receive-buffer", type=int, default=rmem_max(),
                     help="socket receive buffer asked by both collectors (default: net.core.rmem_max)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs per collector and rate; a rate holds only if every run is zero-loss (default 1)")
@@ -708,7 +708,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(*_: object) -> None:
+def interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
@@ -716,7 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM unwinds like Ctrl-C: the finally below stops every collector by PID, and the
     # steps done so far are still reported.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     children = Children()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="flowenricher-ingest-"))
     work.mkdir(parents=True, exist_ok=True)

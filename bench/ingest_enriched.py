@@ -69,8 +69,10 @@ from ingest import (  # noqa: E402
     MemorySampler,
     Step,
     free_port,
+    interrupt,
     judge,
     parse_rates,
+    rmem_max,
     scrape,
     send,
     socket_buffers,
@@ -441,13 +443,6 @@ def summary(steps: Sequence[EnrichedStep], modes: Sequence[str]) -> str:
 
 
 # --------------------------------------------------------------------------- main
-def _rmem_max() -> int:
-    try:
-        return int(Path("/proc/sys/net/core/rmem_max").read_text())
-    except (OSError, ValueError):
-        return 4 << 20
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", type=parse_rates, default=parse_rates(DEFAULT_RATES),
@@ -461,7 +456,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--protocol", choices=("ipfix", "v9"), default="ipfix")
     ap.add_argument("--max-lag", type=float, default=3.0,
                     help="seconds after the sender stops within which every flow must be stored")
-    ap.add_argument("--receive-buffer", type=int, default=_rmem_max())
+    ap.add_argument("--receive-buffer", type=int, default=rmem_max())
     ap.add_argument("--rib-timeout", type=float, default=600.0, help="seconds for the collector to load the RIB")
     ap.add_argument("--idle-timeout", type=float, default=300.0,
                     help="seconds to wait for gobgpd to settle after the collector's RIB load (default 300)")
@@ -480,16 +475,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     reason = unavailable_reason()
     if reason:
         sys.exit(f"bench/ingest_enriched.py: {reason}")
-    signal.signal(signal.SIGTERM, _interrupt)  # unwind through the finally blocks: everything stops by PID
+    signal.signal(signal.SIGTERM, interrupt)  # unwind through the finally blocks: everything stops by PID
     sweep_stale()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="flowenricher-ingest-enriched-"))
     work.mkdir(parents=True, exist_ok=True)
