@@ -2,7 +2,8 @@
 stores.
 
 Data flow: N worker processes (SO_REUSEPORT on every listener) -> bounded queue of
-FlowBatches -> BatchWriter -> store (chDB embedded or a ClickHouse server), with the
+FlowBatches -> this process's loop (enrichment, then detection and other consumers) ->
+WriterThread (BatchWriter) -> store (chDB embedded or a ClickHouse server), with the
 spool in between when the store is away.  This process also serves /metrics and the
 control socket used by `flowenricher sql`.  SIGTERM or SIGINT: workers drain their
 sockets and send what they hold, the writer flushes, then the store closes.
@@ -36,6 +37,7 @@ from .storage.base import FlowStore
 from .storage.settings import StoreSettings
 from .storage.spool import Spool
 from .storage.writer import BatchWriter
+from .storage.writer_thread import WriterStopped, WriterThread
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class ServiceSettings:
     store: StoreSettings
     workers: int = 0  # 0: one per CPU
     metrics_listen: str | None = "127.0.0.1:9601"
-    queue_batches: int = 256
+    queue_batches: int = 32  # decoded batches in flight from the workers: about 1 s at 300k flows/s
 
 
 class _LockedStore:
@@ -146,6 +148,8 @@ class CollectorService:
         if runtime.enricher.stages:
             log.info("enrichment: %s", ", ".join(runtime.enricher.names))
         writer_store_lock = locked.lock
+        storing = WriterThread(writer, writer_store_lock, max_pending_rows=max(cfg.store.batch_size, 1),
+                               registry=self.registry).start()
         # Always on: `sql` needs it in the embedded mode, `lookup` in both.
         os.makedirs(cfg.store.path, exist_ok=True)
         control = ControlServer(cfg.store.path, locked.query, runtime.lookup)
@@ -167,7 +171,7 @@ class CollectorService:
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         exit_code = 0
         try:
-            exit_code = self._loop(out, procs, stop, writer, writer_store_lock, runtime)
+            exit_code = self._loop(out, procs, stop, storing, runtime)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -176,8 +180,7 @@ class CollectorService:
                 proc.join(timeout=5)
                 if proc.is_alive():
                     proc.kill()
-            with writer_store_lock:
-                writer.close()
+            storing.close()
             runtime.close()
             control.stop()
             if metrics_server is not None:
@@ -187,8 +190,7 @@ class CollectorService:
             log.info("stopped: %d flows received, stored or spooled", self.rows_received)
         return exit_code
 
-    def _loop(self, out: Any, procs: list[Any], stop: Any, writer: BatchWriter, lock: threading.Lock,
-              runtime: Runtime) -> int:
+    def _loop(self, out: Any, procs: list[Any], stop: Any, storing: WriterThread, runtime: Runtime) -> int:
         ready: set[int] = set()
         done: set[int] = set()
         exit_code = 0
@@ -210,8 +212,12 @@ class CollectorService:
                 batch: FlowBatch = payload
                 self.rows_received += batch.n
                 runtime.enricher.enrich(batch)
-                with lock:
-                    writer.add(batch)
+                try:
+                    storing.put(batch)
+                except WriterStopped as err:
+                    log.error("%s; stopping", err)
+                    exit_code = 1
+                    self._stop.set()
                 for consumer in runtime.consumers:
                     consumer.process(batch)
             elif kind == STATS:
@@ -236,8 +242,6 @@ class CollectorService:
                     exit_code = 1
                     self._stop.set()
                     done.update(i for i, p in enumerate(procs) if not p.is_alive())
-            with lock:
-                writer.maybe_flush(time.monotonic())
             now = time.time()
             if now >= next_tick:
                 next_tick = now + 1.0 if now - next_tick > 1.0 else next_tick + 1.0

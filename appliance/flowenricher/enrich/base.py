@@ -105,6 +105,40 @@ def spread_strings(per_unique: Sequence[str], index: Index) -> DictColumn:
     return DictColumn(codes[index] if len(codes) else np.zeros(len(index), np.uint32), list(table))
 
 
+class StringTable:
+    """Strings interned to stable uint32 codes (code 0 is ""), so that a stage can keep
+    per-address answers as numpy arrays and build a batch's string columns with numpy
+    indexing, not a Python step per address.
+    """
+
+    def __init__(self) -> None:
+        self._codes: dict[str, int] = {"": 0}
+        self.values: list[str] = [""]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def code(self, value: str) -> int:
+        found = self._codes.get(value)
+        if found is None:
+            found = self._codes[value] = len(self.values)
+            self.values.append(value)
+        return found
+
+    def column(self, codes: npt.NDArray[np.uint32], index: Index) -> DictColumn:
+        """The column of the flows: ``codes[j]`` is unique address j's string, ``index``
+        maps each flow to j.  The dictionary holds only the strings this batch uses."""
+        if not len(codes):
+            return DictColumn.constant(len(index))
+        used, inverse = np.unique(codes, return_inverse=True)
+        local = inverse.ravel().astype(np.uint32)
+        if used[0] != 0:  # "" first, as DictColumn.constant and spread_strings have it
+            used = np.concatenate((np.zeros(1, used.dtype), used))
+            local += 1
+        values = self.values
+        return DictColumn(local[index], [values[c] for c in used.tolist()])
+
+
 # Special-purpose and private ranges (RFC 6890 and its updates): never looked up in
 # GeoIP/ASN databases or the RIB's public view, never sent to a public resolver.
 _BOGONS = (

@@ -14,6 +14,11 @@ Facts about chDB 4.4 that shape this module (checked on this machine):
   may carry any subset of the columns.
 * A connection runs one statement at a time, so writes and reads use one connection
   each: a long dashboard query does not hold up inserts.
+* The engine's allocator (jemalloc) keeps what an insert freed: after a few 250k-row
+  inserts with the rollup views, 430 MB more resident memory than before them, of which
+  ``SYSTEM JEMALLOC PURGE`` returned all but 15 MB in 45-70 ms (measured here).  Nothing
+  in the embedded engine purges on its own, so the store does it at most every
+  ``PURGE_EVERY_S`` after an insert.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +37,8 @@ from .base import NativeBackend
 from .settings import StoreSettings
 
 log = logging.getLogger(__name__)
+
+PURGE_EVERY_S = 5.0
 
 _chdb_connect: Callable[[str], Any] = chdb.connect  # untyped in chDB
 
@@ -45,6 +53,8 @@ class EmbeddedStore(NativeBackend):
         self._reader = reader
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._purged_at = time.monotonic()
+        self._purge = True
 
     @classmethod
     def open(cls, settings: StoreSettings) -> EmbeddedStore:
@@ -79,6 +89,14 @@ class EmbeddedStore(NativeBackend):
                 raise StoreError(
                     f"embedded store {self.path}: insert of {rows} rows into {table} failed: {err}"
                 ) from err
+            now = time.monotonic()
+            if self._purge and now - self._purged_at >= PURGE_EVERY_S:
+                self._purged_at = now
+                try:
+                    conn.query("SYSTEM JEMALLOC PURGE", "TSV")
+                except Exception as err:  # a chDB built without jemalloc: nothing to return
+                    self._purge = False
+                    log.info("embedded store: not returning freed memory to the system: %s", err)
 
     def query(self, sql: str, fmt: str = "TSVWithNames") -> bytes:
         with self._read_lock:
