@@ -26,6 +26,7 @@ from appliance.flowenricher.bgp.route import (
     address_bytes,
     flatten_as_path,
     key_from_text,
+    key_to_network,
     parse_community,
 )
 from appliance.flowenricher.enrich.rib import RibState, RibView
@@ -290,3 +291,24 @@ def test_own_paths_through_the_client(bgp_lab: BgpLab) -> None:
                    and mirror.view().route("2001:db8:1::66") is None, 10, "our paths withdrawn")
         with pytest.raises(ValueError, match="host bits"):
             client.add_path("203.0.113.1/24", "192.0.2.1")
+
+
+def test_listing_by_pieces_gives_every_prefix_once(bgp_lab: BgpLab) -> None:
+    """list_best_paths asks gobgpd for one /8 at a time (LONGER and SHORTER): prefixes
+    shorter than a piece come back from every piece they cover and must appear once;
+    nothing may fall between two pieces."""
+    bgp_lab.start(ROUTES)
+    bgp_lab.wait_established()
+    own = {4: ["0.0.0.0/0", "8.0.0.0/6", "12.0.0.0/8", "12.1.0.0/16", "255.255.255.255/32"],
+           6: ["::/0", "2000::/3", "2c00::/8", "ff00::/8"]}
+    with GoBgpClient(bgp_lab.api_target) as client:
+        for family, prefixes in own.items():
+            for prefix in prefixes:
+                client.add_path(prefix, "192.0.2.1" if family == 4 else "100::1")
+        for family in (4, 6):
+            expected_prefixes = {r.prefix for r in ROUTES if ipaddress.ip_network(r.prefix).version == family}
+            expected_prefixes |= set(own[family])
+            wait_until(lambda f=family, e=expected_prefixes: len(list(client.list_best_paths(f))) >= len(e), 10,
+                       f"GoBGP holding the IPv{family} routes")
+            listed = [str(key_to_network(change.key)) for change in client.list_best_paths(family)]
+            assert sorted(listed) == sorted(expected_prefixes)
