@@ -293,10 +293,9 @@ def test_own_paths_through_the_client(bgp_lab: BgpLab) -> None:
             client.add_path("203.0.113.1/24", "192.0.2.1")
 
 
-def test_listing_by_pieces_gives_every_prefix_once(bgp_lab: BgpLab) -> None:
-    """list_best_paths asks gobgpd for one /8 at a time (LONGER and SHORTER): prefixes
-    shorter than a piece come back from every piece they cover and must appear once;
-    nothing may fall between two pieces."""
+def test_listing_gives_every_prefix_once(bgp_lab: BgpLab) -> None:
+    """list_best_paths returns every prefix exactly once, the shortest (/0) and longest
+    (/32, /128) and those covering others included."""
     bgp_lab.start(ROUTES)
     bgp_lab.wait_established()
     own = {4: ["0.0.0.0/0", "8.0.0.0/6", "12.0.0.0/8", "12.1.0.0/16", "255.255.255.255/32"],

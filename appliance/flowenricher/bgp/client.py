@@ -11,8 +11,8 @@ Two ways to read the whole table, because of a limit of gobgpd:
   configurable), about 650k paths at ~400 bytes each: a full table (1.2M prefixes)
   fails with RESOURCE_EXHAUSTED;
 * ``ListPath`` sends one message per prefix: any size, little memory on our side, but
-  much slower from Python (about 30 µs of gRPC work per message); asked for one /8 at a
-  time, as gobgpd builds a whole answer in memory first (:meth:`list_best_paths`).  To lose no change
+  much slower from Python (about 30 µs of gRPC work per message); gobgpd builds a whole
+  answer in memory before sending it (:meth:`list_best_paths`).  To lose no change
   while listing, the watch is opened first *without* the init dump and with peer events:
   gobgpd registers the best-path watcher and queues its peer "end of init" event in one
   step, so once that event has arrived, every change after the listing's snapshot is
@@ -291,31 +291,18 @@ class GoBgpClient:
         return WatchStream(self.target, self._stub.WatchEvent(request), init)
 
     def list_best_paths(self, family: int, decoder: PathDecoder | None = None) -> Iterator[PathChange]:
-        """The best path of every prefix of `family` (4 or 6), streamed (ListPath), one
-        /8 of the address space at a time.
+        """The best path of every prefix of `family` (4 or 6), streamed (ListPath).
 
-        Why in pieces: gobgpd 3.10 converts every destination a ListPath covers into API
-        messages before sending the first one; for a full table (1.2M prefixes) that made
-        it grow to 20.2 GB and stay busy for minutes (measured here).  A /8 holds a few
-        thousand prefixes of a full table.  Each piece is asked for twice: LONGER (the
-        /8 and everything inside it) and SHORTER (what covers it: /0 to /8, repeated by
-        every piece, so those are passed on once).
+        One call for the whole family.  Tried and dropped: asking for one /8 at a time
+        (LONGER and SHORTER lookups) to bound gobgpd's memory, since gobgpd 3.10 builds a
+        whole answer before sending it (a 1.2M-prefix listing took it to 20.2 GB).  But
+        each lookup costs gobgpd about as much as a whole listing (it copies the table
+        first): on the full table, three pieces took three minutes, and gobgpd still grew
+        to 14 GB (measured here).
         """
         afi = api.Family.AFI_IP if family == V4 else api.Family.AFI_IP6
-        base = api.ListPathRequest(table_type=api.GLOBAL, family=api.Family(afi=afi, safi=api.Family.SAFI_UNICAST))
-        decoder = decoder or PathDecoder()
-        covering: set[bytes] = set()
-        for piece in _pieces(family):
-            for kind in (api.TableLookupPrefix.SHORTER, api.TableLookupPrefix.LONGER):
-                request = api.ListPathRequest()
-                request.CopyFrom(base)
-                request.prefixes.append(api.TableLookupPrefix(prefix=piece, type=kind))
-                for change in self._list(request, decoder):
-                    if change.key[-1] <= LIST_PIECE_BITS:  # prefix length: covers whole pieces
-                        if change.key in covering:
-                            continue
-                        covering.add(change.key)
-                    yield change
+        request = api.ListPathRequest(table_type=api.GLOBAL, family=api.Family(afi=afi, safi=api.Family.SAFI_UNICAST))
+        yield from self._list(request, decoder or PathDecoder())
 
     def _list(self, request: Any, decoder: PathDecoder) -> Iterator[PathChange]:
         call = self._stub.ListPath(request)
@@ -341,15 +328,6 @@ class GoBgpClient:
         path = _path(prefix, next_hop, communities, None)
         path.is_withdraw = True  # GoBGP 3.10 asks for a next hop unless the path says withdraw
         self._unary("DeletePath", api.DeletePathRequest(table_type=api.GLOBAL, family=path.family, path=path))
-
-
-LIST_PIECE_BITS = 8
-
-
-def _pieces(family: int) -> Iterator[str]:
-    """The /8s of the IPv4 or IPv6 address space, as ListPath prefixes."""
-    for first in range(256):
-        yield f"{first}.0.0.0/8" if family == V4 else f"{first:02x}00::/8"
 
 
 def _rpc_error(target: str, call: str, err: grpc.RpcError) -> GoBgpError:
