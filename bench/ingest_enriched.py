@@ -11,13 +11,15 @@ What runs (as root: the BGP lab needs a network namespace):
   prefixes, ``--paths`` distinct AS paths, communities, some LOCAL_PREF) over iBGP to
   gobgpd, both in a namespace of tests/support/bgp_lab.py; gobgpd's gRPC API is a Unix
   socket the collector reaches from the root namespace.  The lab is built once and
-  serves every step.
+  serves every step.  With ``--rib prefix-file`` the same table goes to the collector as
+  a ``bgp.prefix_file`` instead (no GoBGP): the same RIB structure and lookups, loaded in
+  tens of seconds rather than the minutes gobgpd takes to list a full table per step.
 * For each rate, one `flowenricher run` per mode, alone on the machine (one listener on
   127.0.0.1, two workers, embedded chDB, ``insert.batch_size`` 250000, my_prefixes of
   the generator), fed `--duration` seconds of IPFIX by `flowenricher generate`:
   - ``enriched``: ``enrich: "geoip, bgp"``, MaxMind's test ASN and City databases
-    (tests/data/geoip), ``bgp.gobgp.api`` reaching the lab's socket through
-    :class:`UnixBridge`.  Traffic is sent only once the collector's RIB mirror reports
+    (tests/data/geoip), ``bgp.gobgp.api`` set to the lab gobgpd's Unix socket
+    (``unix:///path``).  Traffic is sent only once the collector's RIB mirror reports
     itself synchronised with the whole table (its ``flowenricher_rib_synchronized`` and
     ``flowenricher_rib_prefixes`` gauges on /metrics), so every flow meets the full RIB;
     the time from the service's start to that point is the RIB load time in the collector.
@@ -27,6 +29,8 @@ What runs (as root: the BGP lab needs a network namespace):
     collector's alone (the mirror keeps its table and stays synchronised: no change
     arrives meanwhile, and the step checks its gauge after).
   - ``plain``: ``enrich: none`` (direction and networks still run, as they always do).
+  - ``rules``: ``enriched`` plus the detection engine with the original rule and ten more
+    (:func:`bench_rules`), issue 4's "ingest with the engine and eleven rules".
 
 Zero loss is bench/ingest.py's: flows kept (``count()`` on the stopped store) equal to
 flows sent, no kernel drop on the port, no decoder drop, and every row stored within
@@ -43,8 +47,6 @@ counts say how much BGP work the step did.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -53,11 +55,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -81,7 +84,7 @@ from ingest import (  # noqa: E402
     warm_up,
 )
 from rib import synthetic_table, wait_table  # noqa: E402
-from support.bgp_lab import BgpLab  # noqa: E402
+from support.bgp_lab import BgpLab, StaticRoute  # noqa: E402
 from support.netns import TestNetwork, sweep_stale, unavailable_reason  # noqa: E402
 
 from appliance.flowenricher.collector.receiver import kernel_drops  # noqa: E402
@@ -89,72 +92,11 @@ from appliance.flowenricher.generate.traffic import DEFAULT_MY_PREFIXES  # noqa:
 
 DEFAULT_RATES = "200k,250k,300k,350k,400k"
 GEOIP = REPO / "tests" / "data" / "geoip"
-MODES = ("enriched", "plain")
+MODES = ("enriched", "plain", "rules")
+ENRICHED = ("enriched", "rules")  # modes with GeoIP/BGP enrichment (and the RIB)
 WORKER_STATS_S = 1.0  # a worker sends its decoder counters this often (collector/worker.py)
 COUNT_SQL = ("SELECT count(), countIf(notEmpty(dst_as_path)), countIf(src_as != 0), countIf(dst_as != 0), "
              "countIf(src_host_country != '' OR dst_host_country != '') FROM flowenricher.flows")
-
-
-class UnixBridge:
-    """A TCP port on 127.0.0.1 forwarding every connection to a Unix socket (gobgpd's API
-    in the lab), byte for byte, in a thread of this process.
-
-    Why: the config schema accepts only host:port for ``bgp.gobgp.api`` (config.py's
-    hostPort check rejects ``unix:///path``, although the gRPC client takes it), and the
-    lab's gobgpd listens on a Unix socket only, inside a namespace whose TCP ports the
-    root namespace cannot reach.  gRPC over the bridge is unchanged (HTTP/2 on a stream).
-    """
-
-    def __init__(self, unix_path: Path) -> None:
-        self.unix_path = unix_path
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="unix-bridge", daemon=True)
-        self._server: asyncio.base_events.Server | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> UnixBridge:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("TCP bridge to the GoBGP socket did not start")
-        return self
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            self._server.close()
-            self._loop.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_unix_connection(str(self.unix_path))
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-        while data := await reader.read(1 << 20):
-            writer.write(data)
-            await writer.drain()
-    with contextlib.suppress(OSError):
-        writer.close()
 
 
 @dataclass
@@ -218,13 +160,49 @@ def collector_config(mode: str, where: Path, port: int, metrics_port: int, api_p
         "my_asn": 65000,
         "log_level": "info",
     }
-    if mode == "enriched":
+    if mode in ENRICHED:
         config["enrich"] = "geoip, bgp"
         config["geoip"] = {"asn_db": str(GEOIP / "GeoLite2-ASN-Test.mmdb"), "city_db": str(GEOIP / "GeoIP2-City-Test.mmdb")}
-        config["bgp"] = {"gobgp": {"api": gobgp_api}}
+        # gobgp_api: gobgpd's socket, or the path of a prefix file (--rib prefix-file)
+        config["bgp"] = {"gobgp": {"api": gobgp_api}} if gobgp_api.startswith("unix://") else \
+            {"prefix_file": gobgp_api}
     else:
         config["enrich"] = "none"
     return config
+
+
+def write_prefix_file(routes: Sequence[StaticRoute], path: Path) -> Path:
+    """The table as a bgp.prefix_file (enrich/prefix_file.py's format)."""
+    entries = []
+    for r in routes:
+        entry: dict[str, object] = {"prefix": r.prefix, "as_path": list(r.as_path),
+                                    "next_hop": "10.255.0.2" if ":" not in r.prefix else "2001:db8::2"}
+        if r.communities:
+            entry["communities"] = list(r.communities)
+        if r.local_pref is not None:
+            entry["local_pref"] = r.local_pref
+        entries.append(entry)
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def bench_rules(where: Path) -> Path:
+    """The original rule plus ten more (bench/detect.py's set: the original, the shipped
+    examples, three more), each alerting and writing the detections table; blackholing is
+    left out so that nothing is announced into the lab's gobgpd during the run."""
+    from detect import EXTRA_RULES
+
+    original = yaml.safe_load((REPO / "tests" / "data" / "examples" / "detection.original.yml").read_text())
+    shipped = yaml.safe_load((REPO / "appliance" / "flowenricher" / "examples" / "detection.yml").read_text())
+    names = {r["name"] for r in original}
+    rules = [*original, *(r for r in shipped if r["name"] not in names), *EXTRA_RULES]
+    for rule in rules:
+        rule["action"] = "alert,clickhouse"
+        for key in [k for k in rule if k.startswith("blackhole_")]:
+            del rule[key]
+    path = where / "rules.yaml"
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    return path
 
 
 def cpu_seconds(pid: int) -> float:
@@ -271,6 +249,9 @@ def wait_rib(proc: subprocess.Popen[bytes], url: str, expected: int, timeout: fl
         prefixes = int(metrics.get("flowenricher_rib_prefixes", 0))
         if metrics.get("flowenricher_rib_synchronized", 0) >= 1 and prefixes >= expected:
             return prefixes, metrics.get("flowenricher_rib_load_seconds")
+        from_file = int(metrics.get("flowenricher_prefix_file_routes", 0))
+        if from_file >= expected:
+            return from_file, None
         time.sleep(0.2)
     raise RuntimeError(f"RIB mirror not synchronised after {timeout:.0f} s ({prefixes} of {expected} prefixes)")
 
@@ -286,6 +267,11 @@ def run_step(mode: str, rate: int, args: argparse.Namespace, work: Path, childre
                                                 args.receive_buffer), indent=2))
     log = where / "collector.log"
     argv = ["flowenricher", "run", "--config", str(conf)]
+    if mode == "rules":
+        rules = bench_rules(where)
+        argv += ["--rules", str(rules)]
+        names = [r["name"] for r in yaml.safe_load(rules.read_text())]
+        step.notes.append(f"detection: {len(names)} rules ({', '.join(names)})")
     step.command = " ".join(argv)
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     started = time.monotonic()
@@ -295,7 +281,7 @@ def run_step(mode: str, rate: int, args: argparse.Namespace, work: Path, childre
     paused = False
     try:
         wait_for_log(proc, log, ["listening:"], timeout=120)
-        if mode == "enriched":
+        if mode in ENRICHED:
             step.rib_prefixes, step.rib_load_gauge_s = wait_rib(proc, url, expected, timeout=args.rib_timeout)
             step.rib_load_s = time.monotonic() - started
         if gobgpd_pid is not None and args.idle_timeout > 0:
@@ -317,7 +303,7 @@ def run_step(mode: str, rate: int, args: argparse.Namespace, work: Path, childre
         if paused and gobgpd_pid is not None:
             os.kill(gobgpd_pid, signal.SIGCONT)
             paused = False
-            if mode == "enriched" and scrape(url).get("flowenricher_rib_synchronized", 0) < 1:
+            if mode in ENRICHED and scrape(url).get("flowenricher_rib_synchronized", 0) < 1:
                 step.notes.append("the RIB mirror lost its synchronisation while gobgpd was paused")
         time.sleep(WORKER_STATS_S + 0.5)  # a fresh counter snapshot from every worker
         final = scrape(url)
@@ -383,7 +369,7 @@ def print_step(step: EnrichedStep) -> None:
     print(f"{step.mode:9s} {step.rate:>9,}/s: {sent}, kept {step.kept}, kernel drops {step.kernel_drops}, "
           f"decoder drops {step.decoder_drops}, lag {lag}, peak RSS {_mb(step.peak_rss_kb)} MB "
           f"(main {_mb(step.main_rss_kb)} MB, main lifetime peak {_mb(step.main_hwm_kb)} MB) -> {step.verdict}")
-    if step.mode == "enriched":
+    if step.mode in ENRICHED:
         gauge = f"{step.rib_load_gauge_s:.1f} s" if step.rib_load_gauge_s is not None else "-"
         idle = f"{step.gobgpd_idle_wait_s:.0f} s" if step.gobgpd_idle_wait_s is not None else "not reached or not waited"
         cpu = f"{step.gobgpd_cpu_s:.1f} s" if step.gobgpd_cpu_s is not None else "-"
@@ -436,7 +422,7 @@ def summary(steps: Sequence[EnrichedStep], modes: Sequence[str]) -> str:
         bound = "" if limited else ">= "
         text = (f"{mode}: {bound}{top.rate:,} flows/s with zero loss, peak RSS {_mb(top.peak_rss_kb)} MB "
                 f"(main process {_mb(top.main_rss_kb)} MB during the step, {_mb(top.main_hwm_kb)} MB lifetime peak)")
-        if mode == "enriched":
+        if mode in ENRICHED:
             text += f", RIB loaded in {top.rib_load_s:.1f} s" if top.rib_load_s is not None else ""
         parts.append(text)
     return "; ".join(parts)
@@ -460,6 +446,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rib-timeout", type=float, default=600.0, help="seconds for the collector to load the RIB")
     ap.add_argument("--idle-timeout", type=float, default=300.0,
                     help="seconds to wait for gobgpd to settle after the collector's RIB load (default 300)")
+    ap.add_argument("--rib", choices=("gobgp", "prefix-file"), default="gobgp",
+                    help="where the collector takes the table from: GoBGP (fed by BIRD; each step lists it, "
+                         "minutes for a full table) or the same table as a bgp.prefix_file (tens of seconds)")
     ap.add_argument("--pause-gobgpd", action="store_true",
                     help="SIGSTOP gobgpd (by PID) from the RIB load until every flow is stored, so its "
                          "post-ListPath CPU burn does not compete with the collector (see wait_idle)")
@@ -487,17 +476,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     children = Children()
     steps: list[EnrichedStep] = []
     lab = BgpLab(TestNetwork(work / "net"))
-    bridge: UnixBridge | None = None
+    gobgp_api = ""
     print(f"ingest with enrichment: {args.protocol}, {args.duration:g} s per step, modes {', '.join(args.modes)}, "
           f"{os.cpu_count()} CPUs, work dir {work}")
     try:
         expected = 0
-        if "enriched" in args.modes:
+        if any(m in ENRICHED for m in args.modes):
             t = time.monotonic()
             routes = synthetic_table(args.v4, args.v6, args.paths)
             expected = len(routes)
             print(f"table: {args.v4} IPv4 + {args.v6} IPv6 prefixes, {args.paths} distinct AS paths "
                   f"(generated in {time.monotonic() - t:.1f} s)")
+        if expected and args.rib == "prefix-file":
+            gobgp_api = str(write_prefix_file(routes, work / "prefixes.json"))
+            del routes
+            print(f"RIB source: the prefix file {gobgp_api} (bgp.prefix_file), no GoBGP")
+        elif expected:
             t = time.monotonic()
             lab.start(routes, timeout=900)
             del routes
@@ -506,14 +500,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"BIRD -> gobgpd: full table in gobgpd {time.monotonic() - t:.1f} s after the lab's start "
                   f"({took:.1f} s after the sessions came up)")
             sys.stdout.flush()
-            bridge = UnixBridge(lab.api_socket).start()
+            gobgp_api = f"unix://{lab.api_socket}"  # bgp.gobgp.api takes gobgpd's Unix socket
         active = list(args.modes)
         for rate in args.rates:
             if not active:
                 break
             for mode in list(active):
-                step = run_step(mode, rate, args, work, children, bridge.target if bridge else "", expected,
-                                lab.gobgpd.pid if mode == "enriched" and lab.gobgpd else None)
+                step = run_step(mode, rate, args, work, children, gobgp_api, expected,
+                                lab.gobgpd.pid if mode in ENRICHED and lab.gobgpd and args.rib == "gobgp" else None)
                 steps.append(step)
                 print_step(step)
                 if step.verdict != "ok" and not args.keep_going:
@@ -522,8 +516,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
     finally:
         children.stop_all()
-        if bridge is not None:
-            bridge.close()
         lab.close()
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
