@@ -85,6 +85,7 @@ from ingest import (  # noqa: E402
 )
 from rib import synthetic_table, wait_table  # noqa: E402
 from support.bgp_lab import BgpLab, StaticRoute  # noqa: E402
+from support.clickhouse_http import ClickHouseHTTPStandIn  # noqa: E402
 from support.netns import TestNetwork, sweep_stale, unavailable_reason  # noqa: E402
 
 from appliance.flowenricher.collector.receiver import kernel_drops  # noqa: E402
@@ -144,8 +145,9 @@ def _status_kb(pid: int, key: str) -> int:
 
 
 def collector_config(mode: str, where: Path, port: int, metrics_port: int, api_port: int, gobgp_api: str,
-                     receive_buffer: int) -> dict[str, object]:
-    """bench/ingest.py's collector config, with enrichment on or off."""
+                     receive_buffer: int, server: tuple[int, str] | None = None) -> dict[str, object]:
+    """bench/ingest.py's collector config, with enrichment on or off; `server` (port,
+    database) stores into the ClickHouse HTTP stand-in instead of the embedded engine."""
     config: dict[str, object] = {
         "collectors": {
             "listeners": [{"address": "127.0.0.1", "port": port, "protocol": "netflow"}],
@@ -160,6 +162,8 @@ def collector_config(mode: str, where: Path, port: int, metrics_port: int, api_p
         "my_asn": 65000,
         "log_level": "info",
     }
+    if server is not None:
+        config["clickhouse"] = {"host": "127.0.0.1", "port": server[0], "database": server[1]}
     if mode in ENRICHED:
         config["enrich"] = "geoip, bgp"
         config["geoip"] = {"asn_db": str(GEOIP / "GeoLite2-ASN-Test.mmdb"), "city_db": str(GEOIP / "GeoIP2-City-Test.mmdb")}
@@ -263,8 +267,9 @@ def run_step(mode: str, rate: int, args: argparse.Namespace, work: Path, childre
         free_port(socket.SOCK_STREAM)
     where = Path(tempfile.mkdtemp(prefix=f"{mode}-{rate}-", dir=work))
     conf = where / "config.yaml"
+    server = (args.standin.port, f"step_{mode}_{rate}") if args.standin is not None else None
     conf.write_text(json.dumps(collector_config(mode, where, port, metrics_port, api_port, lab_api,
-                                                args.receive_buffer), indent=2))
+                                                args.receive_buffer, server), indent=2))
     log = where / "collector.log"
     argv = ["flowenricher", "run", "--config", str(conf)]
     if mode == "rules":
@@ -340,7 +345,9 @@ def _log_problems(log: Path, limit: int = 3) -> list[str]:
 
 def _count_rows(conf: Path, step: EnrichedStep) -> None:
     """Rows kept, and how many carry BGP, ASN and GeoIP columns (read from the stopped store)."""
-    argv = ["flowenricher", "sql", COUNT_SQL, "--config", str(conf), "--format", "tsv"]
+    database = json.loads(conf.read_text()).get("clickhouse", {}).get("database", "flowenricher")
+    argv = ["flowenricher", "sql", COUNT_SQL.replace("flowenricher.flows", f"{database}.flows"), "--config", str(conf),
+            "--format", "tsv"]
     done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
     try:
         kept, dst_path, src_path, dst_as, country = (int(v) for v in done.stdout.split()[-5:])
@@ -449,6 +456,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rib", choices=("gobgp", "prefix-file"), default="gobgp",
                     help="where the collector takes the table from: GoBGP (fed by BIRD; each step lists it, "
                          "minutes for a full table) or the same table as a bgp.prefix_file (tens of seconds)")
+    ap.add_argument("--store", choices=("embedded", "server"), default="embedded",
+                    help="embedded chDB in the collector (default), or a ClickHouse server: the HTTP stand-in "
+                         "(tests/support/clickhouse_http.py, chDB in this bench's process), so the collector's "
+                         "memory is measured without the engine, as on the appliance")
     ap.add_argument("--pause-gobgpd", action="store_true",
                     help="SIGSTOP gobgpd (by PID) from the RIB load until every flow is stored, so its "
                          "post-ListPath CPU burn does not compete with the collector (see wait_idle)")
@@ -477,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps: list[EnrichedStep] = []
     lab = BgpLab(TestNetwork(work / "net"))
     gobgp_api = ""
+    args.standin = ClickHouseHTTPStandIn(str(work / "server")).start() if args.store == "server" else None
     print(f"ingest with enrichment: {args.protocol}, {args.duration:g} s per step, modes {', '.join(args.modes)}, "
           f"{os.cpu_count()} CPUs, work dir {work}")
     try:
@@ -517,6 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         children.stop_all()
         lab.close()
+        if args.standin is not None:
+            args.standin.close()
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     print()
