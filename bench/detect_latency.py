@@ -8,8 +8,8 @@ What runs (as root: the BGP lab needs a network namespace):
 * tests/support/bgp_lab.py's lab: gobgpd and BIRD 2 peering in a namespace; BIRD imports
   everything gobgpd sends, so its table is what the router would hold.
 * `flowenricher run` on a temporary config (one listener on 127.0.0.1, `--workers`
-  workers, embedded chDB, my_prefixes of the generator, ``bgp.gobgp.api`` reaching the
-  lab's gobgpd through bench/ingest_enriched.py's UnixBridge, ``blackhole.max_active``
+  workers, embedded chDB, my_prefixes of the generator, ``bgp.gobgp.api`` the lab
+  gobgpd's Unix socket (``unix:///path``), ``blackhole.max_active``
   and ``max_per_minute`` above the number of runs) and a rules file with one
   horizontal-scan rule (TCP, same destination port, 20 distinct destinations, 20 flows,
   10 s window, ``action: alert,blackhole``, next hop 192.0.2.1, community 65535:666).
@@ -57,7 +57,6 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(HERE))
 
 from ingest import Children, free_port, interrupt, wait_for_log  # noqa: E402
-from ingest_enriched import UnixBridge  # noqa: E402
 from support.bgp_lab import BgpLab  # noqa: E402
 from support.netns import TestNetwork, sweep_stale, unavailable_reason  # noqa: E402
 
@@ -251,20 +250,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="flowenricher-detect-latency-"))
     children = Children()
     lab = BgpLab(TestNetwork(work / "net"))
-    bridge: UnixBridge | None = None
     bird: BirdControl | None = None
     runs: list[Run] = []
     try:
         lab.start()
         lab.wait_established(timeout=30)
-        bridge = UnixBridge(lab.api_socket).start()
         bird = BirdControl(lab.bird_socket)
         where = work / "collector"
         where.mkdir()
         port, metrics_port, api_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM), \
             free_port(socket.SOCK_STREAM)
         conf, rules = where / "config.yaml", where / "detection.yml"
-        conf.write_text(json.dumps(collector_config(where, port, metrics_port, api_port, bridge.target, args), indent=2))
+        gobgp_api = f"unix://{lab.api_socket}"
+        conf.write_text(json.dumps(collector_config(where, port, metrics_port, api_port, gobgp_api, args), indent=2))
         rules.write_text(rules_yaml())
         argv_run = ["flowenricher", "run", "--config", str(conf), "--rules", str(rules)]
         log = where / "collector.log"
@@ -305,8 +303,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         children.stop_all()
         if bird is not None:
             bird.close()
-        if bridge is not None:
-            bridge.close()
         lab.close()
         if args.keep:
             print(f"work directory kept: {work}")

@@ -307,7 +307,9 @@ def test_listing_gives_every_prefix_once(bgp_lab: BgpLab) -> None:
         for family in (4, 6):
             expected_prefixes = {r.prefix for r in ROUTES if ipaddress.ip_network(r.prefix).version == family}
             expected_prefixes |= set(own[family])
-            wait_until(lambda f=family, e=expected_prefixes: len(list(client.list_best_paths(f))) >= len(e), 10,
-                       f"GoBGP holding the IPv{family} routes")
+            def listed_all(f: int = family, e: set[str] = expected_prefixes) -> bool:
+                return len(list(client.list_best_paths(f))) >= len(e)
+
+            wait_until(listed_all, 10, f"GoBGP holding the IPv{family} routes")
             listed = [str(key_to_network(change.key)) for change in client.list_best_paths(family)]
             assert sorted(listed) == sorted(expected_prefixes)
