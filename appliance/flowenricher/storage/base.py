@@ -11,6 +11,16 @@ from typing import Protocol
 from ..batch import FlowBatch
 from .settings import StoreSettings
 
+INSERT_SETTINGS: dict[str, int] = {"optimize_on_insert": 0}
+"""Settings of every flow insert, in both backends.
+
+``optimize_on_insert`` (on by default) sorts and collapses each inserted block as a merge
+of its table's engine would.  The flows table is a plain MergeTree (nothing to collapse)
+and the rollups' views already GROUP BY their keys, so for the SummingMergeTree rollups it
+only sorts and sums what is already summed.  Measured here (chDB, 250k-row enriched
+blocks with the three rollup views): 382k rows/s with it, 518k rows/s without.
+"""
+
 
 class FlowStore(Protocol):
     """A place flows are stored and queried; every failure raises StoreError."""

@@ -33,12 +33,13 @@ from typing import Any
 import chdb
 
 from ..errors import StoreError
-from .base import NativeBackend
+from .base import INSERT_SETTINGS, NativeBackend
 from .settings import StoreSettings
 
 log = logging.getLogger(__name__)
 
 PURGE_EVERY_S = 5.0
+_SETTINGS = ", ".join(f"{name} = {value}" for name, value in INSERT_SETTINGS.items())
 
 _chdb_connect: Callable[[str], Any] = chdb.connect  # untyped in chDB
 
@@ -82,7 +83,7 @@ class EmbeddedStore(NativeBackend):
         with self._write_lock:
             conn = self._live(self._writer)
             try:
-                with conn.send_insert(f"INSERT INTO {table}", "Native") as stream:
+                with conn.send_insert(f"INSERT INTO {table} SETTINGS {_SETTINGS}", "Native") as stream:
                     stream.append(block)
                     stream.finish()
             except Exception as err:  # chDB raises RuntimeError or ChdbError

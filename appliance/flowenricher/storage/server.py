@@ -15,7 +15,7 @@ from typing import Any
 import clickhouse_connect
 
 from ..errors import StoreError
-from .base import NativeBackend
+from .base import INSERT_SETTINGS, NativeBackend
 from .settings import StoreSettings
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ class ServerStore(NativeBackend):
         # fills the ones a batch left unset with their defaults.
         table = self.settings.qualified_table
         self._call(
-            f"insert of {rows} rows into {table}", "raw_insert", table, insert_block=block, fmt="Native"
+            f"insert of {rows} rows into {table}", "raw_insert", table, insert_block=block, fmt="Native",
+            settings=dict(INSERT_SETTINGS),
         )
 
     def query(self, sql: str, fmt: str = "TSVWithNames") -> bytes:
