@@ -57,7 +57,7 @@ class NoGoBGP:
 
     def withdraw(self, prefix: str, next_hop: str, communities: Any) -> None: ...
 
-    def announced(self) -> set[str]:
+    def announced(self, prefixes: Any) -> set[str]:
         return set()
 
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(softflowd tshark pmacct iproute2 procps gobgpd bird2 golang-github-osrg-gobgp-dev snmpd snmp dnsmasq-base nmap hping3 chromium curl)
+APT_PACKAGES=(softflowd tshark pmacct iproute2 procps gobgpd bird2 golang-github-osrg-gobgp-dev snmpd snmp dnsmasq-base nmap hping3 chromium curl debootstrap systemd-container openssl)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -13,6 +13,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
+from support.anomaly import trained
 from support.api import HOUR, ApiEnv, flow_store, make_env
 
 from appliance.api.queries import TOP_DIMENSIONS
@@ -26,7 +27,7 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.cont
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiEnv]:
     root = tmp_path_factory.mktemp("api-schemathesis")
     with flow_store(root / "data", START, hours=1, per_hour=2000) as store:
-        yield make_env(root, store, clock=lambda: float(START + HOUR))
+        yield make_env(root, store, clock=lambda: float(START + HOUR), anomaly=trained(root / "anomaly", seconds=60))
 
 
 @pytest.fixture(scope="module")

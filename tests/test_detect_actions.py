@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from support.detect import Collect
 from support.recording_gobgp import RecordingGoBGP
 
 from appliance.flowenricher.blackhole.manager import BlackholeManager, Defaults
@@ -27,7 +28,6 @@ from appliance.flowenricher.detect import (
     DeliveryMetrics,
     Detection,
     DetectionEngine,
-    Rule,
     SlackNotifier,
     WebhookNotifier,
     build_actions,
@@ -61,18 +61,6 @@ def scan(source: str, n: int = 60, at: int = T0) -> Any:
 RULE = {"name": "scan", "proto": "tcp", "same_dst_port": True, "unique_dst_ips": 50, "min_flows": 50,
         "time_window": "60s"}
 
-
-class Collect:
-    name = "alert"
-
-    def __init__(self) -> None:
-        self.detections: list[Detection] = []
-
-    def handle(self, rule: Rule, detection: Detection) -> None:
-        self.detections.append(detection)
-
-    def close(self) -> None:
-        return None
 
 
 def detections(actions: Sequence[Any], action: str, sources: Sequence[str] = ("203.0.113.7",),

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from support.detect import Collect
 
 from appliance.flowenricher.batch import FlowBatch
-from appliance.flowenricher.detect import Detection, DetectionEngine, Rule, load_rule_set, parse_rule_set
+from appliance.flowenricher.detect import DetectionEngine, Rule, load_rule_set, parse_rule_set
 from appliance.flowenricher.generate.flows import Flows, text_rows
 from appliance.flowenricher.generate.traffic import TrafficGenerator
 
@@ -22,23 +23,6 @@ ORIGINAL = REPO / "tests" / "data" / "examples" / "detection.original.yml"
 SHIPPED = REPO / "appliance" / "flowenricher" / "examples" / "detection.yml"
 T0 = 1_800_000_000  # unix seconds
 
-
-class Collect:
-    """The alert destination of these tests: keeps what the engine reports."""
-
-    name = "alert"
-
-    def __init__(self) -> None:
-        self.detections: list[Detection] = []
-
-    def handle(self, rule: Rule, detection: Detection) -> None:
-        self.detections.append(detection)
-
-    def close(self) -> None:
-        return None
-
-    def keys(self) -> set[tuple[str, str, str]]:
-        return {(d.rule, d.key, d.address) for d in self.detections}
 
 
 def all_rules() -> list[Rule]:

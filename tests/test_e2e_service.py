@@ -156,6 +156,25 @@ def test_enriched_flows_detections_and_lookup(service: Service) -> None:
     assert httpx.post(f"{api}/withdraw", json={"prefix": "149.202.68.236/32"}, headers=headers).status_code == 200
     assert httpx.get(f"{api}/blackholes", headers=headers).json() == {}
 
+    # A rules replacement with a window longer than detection.flow_cache_max_window (10m
+    # by default) is refused as at start, and the running rules stay.
+    running = httpx.get(f"{api}/api/v1/rules", headers=headers).json()["rules"]
+    too_long = [{"name": "week_scan", "unique_dst_ips": 100, "time_window": "7d", "action": "alert"}]
+    refused_rules = httpx.put(f"{api}/api/v1/rules", json=too_long, headers=headers)
+    assert refused_rules.status_code == 422 and "week_scan" in refused_rules.text, refused_rules.text
+    assert httpx.get(f"{api}/api/v1/rules", headers=headers).json()["rules"] == running
+
+    # Exporters with the decoder's counters of the running service (from its registry).
+    exporters = httpx.get(f"{api}/api/v1/exporters", headers=headers).json()["exporters"]
+    assert exporters, "no exporter listed"
+    counters = exporters[0]["counters"]
+    assert counters.get("datagrams", 0) > 0 and counters.get("templates", 0) > 0, counters
+
+    # The service's own counters reach the store for the appliance-health dashboard.
+    service.wait_for(lambda: bool(service.sql(
+        "SELECT count() AS n FROM flowenricher.collector_stats WHERE metric = 'records' HAVING n > 0")), 30,
+        "collector_stats rows")
+
     assert service.stop() == 0
     directions = {r["flow_direction"]: int(r["n"]) for r in service.sql(
         "SELECT flow_direction, count() AS n FROM flowenricher.flows GROUP BY flow_direction")}

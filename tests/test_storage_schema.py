@@ -107,7 +107,7 @@ def test_ttl_zero_keeps_flows_forever(tmp_path: Path, open_embedded: list[Embedd
 
 def test_migrate_twice_is_a_no_op(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:
     store = _open(open_embedded, StoreSettings(path=str(tmp_path)))
-    assert store.migrate() == [1, 2]
+    assert store.migrate() == [m.version for m in schema.MIGRATIONS]
     tables = _rows(
         store, "SELECT name, create_table_query FROM system.tables WHERE database = 'flowenricher'"
     )
@@ -116,7 +116,8 @@ def test_migrate_twice_is_a_no_op(tmp_path: Path, open_embedded: list[EmbeddedSt
         _rows(store, "SELECT name, create_table_query FROM system.tables WHERE database = 'flowenricher'")
         == tables
     )
-    assert _rows(store, "SELECT version FROM flowenricher.schema_migrations ORDER BY version") == [["1"], ["2"]]
+    assert _rows(store, "SELECT version FROM flowenricher.schema_migrations ORDER BY version") == [
+        [str(m.version)] for m in schema.MIGRATIONS]
 
 
 def test_migrations_survive_a_restart(tmp_path: Path) -> None:

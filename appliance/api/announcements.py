@@ -9,16 +9,37 @@ maximum active, rate); the request is recorded with the token that made it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Protocol
 
-from appliance.flowenricher.blackhole.manager import BlackholeManager
 from appliance.flowenricher.blackhole.safety import Refused as PolicyRefused
-from appliance.flowenricher.blackhole.state import Blackhole, BlackholeRow
+from appliance.flowenricher.blackhole.safety import SafetyPolicy
+from appliance.flowenricher.blackhole.state import Blackhole, BlackholeRow, StateDB
 
 from .auth import Principal
 from .errors import NotFound, Refused
 
 
-def announce(manager: BlackholeManager, principal: Principal, prefix: str, next_hop: str | None,
+class Blackholes(Protocol):
+    """What the API uses of the blackhole manager: the manager itself when the API runs
+    inside `flowenricher run`, remote.RemoteBlackholes (the collector's manager over its
+    control socket) when it runs as `flowenricher api`."""
+
+    @property
+    def state(self) -> StateDB: ...
+
+    @property
+    def policy(self) -> SafetyPolicy: ...
+
+    def announce(self, prefix: str, next_hop: str | None = None, communities: Sequence[str] | None = None,
+                 duration_s: float | None = None, source: str = "api", rule: str = "",
+                 evidence: dict[str, Any] | None = None, role: str = "manual") -> Blackhole: ...
+
+    def withdraw(self, prefix: str, reason: str = "api") -> Blackhole | None: ...
+
+    def active(self) -> list[Blackhole]: ...
+
+
+def announce(manager: Blackholes, principal: Principal, prefix: str, next_hop: str | None,
              communities: Sequence[str] | None, duration_s: float | None = None) -> tuple[Blackhole, bool]:
     """Blackhole `prefix` for `principal`; returns the blackhole and whether it was a dry run."""
     evidence = {"requested_by": principal.name, "token_id": principal.token_id}
@@ -30,7 +51,7 @@ def announce(manager: BlackholeManager, principal: Principal, prefix: str, next_
     return blackhole, manager.policy.settings.dry_run
 
 
-def withdraw(manager: BlackholeManager, principal: Principal, prefix: str) -> Blackhole:
+def withdraw(manager: Blackholes, principal: Principal, prefix: str) -> Blackhole:
     """Withdraw an active blackhole; NotFound when `prefix` is not blackholed."""
     withdrawn = manager.withdraw(prefix, reason=f"api:{principal.name}"[:64])
     if withdrawn is None:

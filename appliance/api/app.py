@@ -27,7 +27,7 @@ from .hardening import check_startup
 from .limits import BodyLimit
 from .queries import Tables
 from .repository import FlowRepository
-from .routes import blackholes, configuration, detections, exporters, flows, lookup, original, pages, system
+from .routes import anomaly, blackholes, configuration, detections, exporters, flows, lookup, original, pages, system
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -74,7 +74,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
                   redoc_url=None, openapi_url="/openapi.json")
     app.state.ctx = context
     install_handlers(app)
-    for module in (original, blackholes, lookup, flows, detections, exporters, configuration, system, pages):
+    for module in (original, blackholes, lookup, flows, detections, anomaly, exporters, configuration, system, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(BodyLimit, max_bytes=deps.max_body_bytes)

@@ -220,5 +220,7 @@ class SettingsFiles:
                 write_atomic(path, previous)
             if isinstance(err, ConfigError):
                 raise Invalid(f"{what}: the service refused it; nothing changed", problems_of(err, what)) from err
+            if isinstance(err, ApiError):  # e.g. 503: the collector (`flowenricher api`) is not running
+                raise
             log.exception("%s: applying the new %s failed; %s restored", what, what, path)
             raise NotApplied(f"{what}: the service could not apply it ({err}); nothing changed") from err

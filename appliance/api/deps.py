@@ -15,23 +15,26 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 
-from appliance.flowenricher.blackhole.manager import BlackholeManager
 from appliance.flowenricher.columns import DIRECTION_NAMES
 from appliance.flowenricher.config import Settings
 
+from .announcements import Blackholes
 from .auth import AuditLog, Principal, ScopeName, TokenStore, audit_context
 from .configfiles import ApplyConfig, ApplyRules, Rules, SettingsFiles
 from .errors import Forbidden, Invalid, Problem, Unauthorized
 from .limits import DEFAULT_MAX_BODY
 from .queries import Filters
 from .repository import FlowRepository, QueryFn
+
+if TYPE_CHECKING:
+    from appliance.flowenricher.detect.anomaly import AnomalyScoring
 
 LookupFn = Callable[[str], Mapping[str, Any]]
 """What ``flowenricher lookup IP`` prints, as a mapping; raises ValueError for a bad address."""
@@ -56,7 +59,7 @@ class ApiDeps:
     """
 
     settings: Settings
-    blackholes: BlackholeManager
+    blackholes: Blackholes
     registry: CollectorRegistry
     query: QueryFn | None = None
     config_path: Path | None = None
@@ -71,6 +74,7 @@ class ApiDeps:
     dev_mode: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY
     clock: Callable[[], float] = time.time
+    anomaly: AnomalyScoring | None = None  # anomaly scoring, when enabled (routes/anomaly.py)
 
 
 @dataclass

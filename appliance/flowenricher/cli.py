@@ -1,4 +1,4 @@
-"""The `flowenricher` command line (DESIGN §2): run, decode, replay, generate, validate, sql, lookup.
+"""The `flowenricher` command line (DESIGN §2): run, api, decode, replay, generate, validate, sql, lookup, token.
 
 Each subcommand is a thin shell over a module that owns the work; this file only parses
 arguments, wires settings and maps errors to exit codes (2: bad input, 1: failure).
@@ -12,8 +12,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, FlowEnricherError
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger("flowenricher")
 
@@ -34,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(run, "config", default=None, help="config.yaml (default: built-in embedded defaults)")
     _add(run, "rules", default=None, help="detection.yml (default: detection.rules_config)")
 
+    api = sub.add_parser("api", help="serve the control plane (API) on api.listen beside a running `run`")
+    _add(api, "config", default=None, help="config.yaml: the collector's (default: built-in embedded defaults)")
+    _add(api, "rules", default=None, help="detection.yml: the collector's (default: detection.rules_config)")
+
     dec = sub.add_parser("decode", help="decode captures offline")
     dec.add_argument("files", nargs="+", help="pcap files; templates carry across files in this order")
     dec.add_argument("--format", choices=("jsonl", "table", "summary"), default="jsonl")
@@ -50,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--protocol", choices=("v5", "v9", "ipfix", "sflow"), default="ipfix")
     gen.add_argument("--scenario", default="normal",
                      help="normal, scan, flood, horizontal_scan, vertical_scan, slow_scan, ssh_bruteforce, "
-                          "rdp_bruteforce, bruteforce, syn_flood, udp_flood or attacks")
+                          "rdp_bruteforce, bruteforce, syn_flood, udp_flood, attacks, low_and_slow_scan, benign "
+                          "(web, DNS, NTP, backup, video, speed test and gaming mixes; each alone as benign_web ...) "
+                          "or evaluation (all of them)")
     gen.add_argument("--seed", type=int, default=1)
 
     val = sub.add_parser("validate", help="validate config and rules against the JSON Schemas")
@@ -131,6 +141,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if problems else EXIT_OK
 
 
+def _rules_path(args: argparse.Namespace, cfg: Settings) -> Path | None:
+    """--rules, else the config's detection.rules_config when detection is enabled."""
+    rules_path = args.rules or (cfg.detection.rules_path if cfg.detection.enabled else None)
+    return Path(rules_path) if rules_path is not None else None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .service import run_service
     from .wiring import runtime_factory, service_settings
@@ -138,12 +154,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _settings(args.config)
     if args.log_level is None:
         logging.getLogger().setLevel(cfg.log_level.upper())
-    rules_path = args.rules or (cfg.detection.rules_path if cfg.detection.enabled else None)
-    if rules_path is not None and not Path(rules_path).exists():
+    rules_path = _rules_path(args, cfg)
+    if rules_path is not None and not rules_path.exists():
         print(f"rules file {rules_path} does not exist", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return run_service(service_settings(cfg), runtime_factory(cfg, Path(rules_path) if rules_path else None,
-                                                               Path(args.config) if args.config else None))
+    return run_service(service_settings(cfg), runtime_factory(cfg, rules_path, Path(args.config) if args.config else None))
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    """The API as its own process: it reaches the collector through its control socket
+    and starts even when none runs yet (what needs the collector answers 503 meanwhile)."""
+    from appliance.api.remote import serve_api
+
+    cfg = _settings(args.config)
+    if args.log_level is None:
+        logging.getLogger().setLevel(cfg.log_level.upper())
+    if cfg.api.enabled:  # else the collector would find api.listen taken and fail to start
+        print(f"{args.config or 'the default config'}: $.api.enabled: true, so `flowenricher run` serves the API "
+              "itself on api.listen; set api.enabled: false to run the API as its own service", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    rules_path = _rules_path(args, cfg)
+    if rules_path is not None and not rules_path.exists():
+        print(f"rules file {rules_path} does not exist", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return serve_api(cfg, Path(args.config) if args.config else None, rules_path)
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:

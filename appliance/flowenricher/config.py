@@ -677,7 +677,7 @@ class GeoIpSettings:
     asn_db: Path | None
     city_db: Path | None
     reload_interval_s: float = 60.0
-    cache_size: int = 65536
+    cache_size: int = 262144
 
 
 @dataclass(frozen=True, slots=True)
@@ -758,6 +758,24 @@ class DetectionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AnomalySettings:
+    """Anomaly scoring (``anomaly.*``, detect/anomaly.py); durations in seconds."""
+
+    enabled: bool = False
+    window_s: float = 60.0
+    train_interval_s: float = 600.0
+    model_path: Path | None = None
+    contamination: float | str = 0.005
+    min_baseline: int = 1000
+    baseline_size: int = 100000
+    trees: int = 100
+    tree_samples: int = 1024
+    min_flows: int = 1
+    store_scores: bool = True
+    store_min_score: float = 0.6
+
+
+@dataclass(frozen=True, slots=True)
 class BlackholeSettings:
     """Blackholing limits and defaults (``blackhole.*``); durations in seconds."""
 
@@ -798,6 +816,7 @@ class Settings:
     detection: DetectionSettings
     blackhole: BlackholeSettings
     enrich: frozenset[str]
+    anomaly: AnomalySettings
     my_asn: int | None
     my_prefixes: tuple[IPNetwork, ...]
     networks: tuple[NetworkSettings, ...]
@@ -886,6 +905,15 @@ def _config_checks(raw: Mapping[str, Any]) -> list[_Problem]:
             if first != key:
                 problems.append(_Problem(("collectors", "exporters", key), f"same exporter as {first!r}"))
 
+    anomaly = _mapping(raw, "anomaly")
+    window = _seconds(anomaly.get("window", 60))
+    if window is not None and (window < 1 or window != int(window)):
+        problems.append(_Problem(("anomaly", "window"), "must be whole seconds, at least 1s"))
+    interval = _seconds(anomaly.get("train_interval", 600))
+    if interval is not None and interval < 60:
+        problems.append(_Problem(("anomaly", "train_interval"), "must be at least 1m (each training reads the "
+                                                                "whole baseline)"))
+
     session = _mapping(raw, "bgp", "bgp_listener")
     if session.get("enabled") is True:
         router_id = session.get("router_id")
@@ -933,6 +961,8 @@ def _build_settings(raw: dict[str, Any], path: Path | None) -> Settings:
     storage = eff["storage"]
     if storage["spool_dir"] is None:
         storage["spool_dir"] = os.path.join(storage["path"], "spool")
+    if eff["anomaly"]["model_path"] is None:
+        eff["anomaly"]["model_path"] = os.path.join(storage["path"], "anomaly-model.joblib")
     if "log_level" not in raw and eff["debug"]:
         eff["log_level"] = "debug"
 
@@ -1021,6 +1051,7 @@ def _build_settings(raw: dict[str, Any], path: Path | None) -> Settings:
         ),
         blackhole=_blackhole_settings(eff["blackhole"]),
         enrich=_parse_enrich(eff["enrich"]),
+        anomaly=_anomaly_settings(eff["anomaly"]),
         my_asn=_optional_int(eff["my_asn"]),
         my_prefixes=tuple(ipaddress.ip_network(prefix) for prefix in eff["my_prefixes"]),
         networks=tuple(
@@ -1044,6 +1075,18 @@ def _blackhole_settings(bh: Mapping[str, Any]) -> BlackholeSettings:
         never=tuple(bh["never"]), next_hop_v4=str(bh["next_hop_v4"]), next_hop_v6=str(bh["next_hop_v6"]),
         communities=tuple(bh["communities"]), manual_duration_s=parse_duration(bh["manual_duration"]),
         log_file=Path(bh["log_file"]), reconcile_interval_s=parse_duration(bh["reconcile_interval"]),
+    )
+
+
+def _anomaly_settings(an: Mapping[str, Any]) -> AnomalySettings:
+    return AnomalySettings(
+        enabled=bool(an["enabled"]), window_s=parse_duration(an["window"]),
+        train_interval_s=parse_duration(an["train_interval"]), model_path=Path(an["model_path"]),
+        contamination=an["contamination"] if an["contamination"] == "auto" else float(an["contamination"]),
+        min_baseline=int(an["min_baseline"]), baseline_size=int(an["baseline_size"]), trees=int(an["trees"]),
+        tree_samples=int(an["tree_samples"]),
+        min_flows=int(an["min_flows"]), store_scores=bool(an["store_scores"]),
+        store_min_score=float(an["store_min_score"]),
     )
 
 
@@ -1190,7 +1233,12 @@ def _rule_contradictions(rule: Mapping[str, Any], max_window_s: float | None,
         found.append((("time_window",), f"{rule['time_window']!r} is longer than detection.flow_cache_max_window "
                                         f"({max_window_s:g}s): the engine keeps no state that old"))
 
-    if not any(_number(rule, name) > 0 for name in _THRESHOLDS) and rule.get("min_anomaly_score") is None:
+    ml_score = rule.get("min_ml_score")
+    if ml_score is not None and rule.get("min_anomaly_score") is not None:
+        found.append((("min_anomaly_score",), "is the former name of min_ml_score, which is set too: keep "
+                                              "only min_ml_score"))
+    ml_score = rule.get("min_anomaly_score") if ml_score is None else ml_score
+    if not any(_number(rule, name) > 0 for name in _THRESHOLDS) and ml_score is None:
         found.append(((), "sets no threshold (a min_* or unique_* key): every key would match"))
 
     # Counts that a grouping pins to one.

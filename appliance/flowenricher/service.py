@@ -2,10 +2,12 @@
 stores.
 
 Data flow: N worker processes (SO_REUSEPORT on every listener) -> bounded queue of
-FlowBatches -> this process's loop (enrichment, then detection and other consumers) ->
-WriterThread (BatchWriter) -> store (chDB embedded or a ClickHouse server), with the
-spool in between when the store is away.  This process also serves /metrics and the
-control socket used by `flowenricher sql`.  SIGTERM or SIGINT: workers drain their
+FlowBatches -> this process's loop (enrichment) -> two threads of their own, each fed
+through a bounded hand-off (handoff.py): WriterThread (BatchWriter) -> store (chDB
+embedded or a ClickHouse server), with the spool in between when the store is away; and
+the consumers (detection, anomaly scoring, traffic metrics).  A third thread calls the
+tickers once a second.  This process also serves /metrics and the control socket used
+by `flowenricher sql`, `lookup` and `flowenricher api`.  SIGTERM or SIGINT: workers drain their
 sockets and send what they hold, the writer flushes, then the store closes.
 """
 
@@ -18,8 +20,9 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -27,17 +30,18 @@ from prometheus_client import CollectorRegistry
 from .batch import FlowBatch
 from .collector.receiver import kernel_drops, open_socket
 from .collector.worker import DONE, FAILED, FLOWS, READY, STATS, WorkerSettings, run_worker
-from .control import ControlServer, LookupFn
+from .control import ControlServer, LookupFn, collector_requests
 from .detect.actions import BlackholeSink
 from .enrich.pipeline import Enricher
 from .errors import FlowEnricherError, StoreError
+from .handoff import HandOff, HandOffStopped
 from .metrics import CollectorMetrics, WorkerSnapshots, serve
 from .storage import open_store
 from .storage.base import FlowStore
 from .storage.settings import StoreSettings
 from .storage.spool import Spool
 from .storage.writer import BatchWriter
-from .storage.writer_thread import WriterStopped, WriterThread
+from .storage.writer_thread import WriterThread
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,13 @@ class Runtime:
     closers: list[Callable[[], None]] = field(default_factory=list)
     lookup: LookupFn | None = None  # `flowenricher lookup` through the control socket
     blackholes: BlackholeSink | None = None  # the blackhole manager, when BGP mitigation is on
+    # What the control socket also answers, for the API in its own process (control.collector_requests):
+    exporter_counters: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
+    interfaces: Callable[[], Mapping[str, Mapping[int, str]]] | None = None  # SNMP names per exporter
+    reload_config: Callable[[], list[str]] | None = None  # re-read and apply the config file live
+    reload_rules: Callable[[], int] | None = None  # re-read the rules file into the detection engine
+    config_path: Path | None = None
+    rules_path: Path | None = None
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -150,9 +161,24 @@ class CollectorService:
         writer_store_lock = locked.lock
         storing = WriterThread(writer, writer_store_lock, max_pending_rows=max(cfg.store.batch_size, 1),
                                registry=self.registry).start()
+        # Tickers (detection windows, blackhole expiry and reconcile with GoBGP, stats)
+        # run in a thread of their own, about once a second: a GoBGP that is slow to
+        # answer must not hold up the loop that takes batches from the workers.
+        ticks_done = threading.Event()
+        ticking = threading.Thread(target=_tick, args=(runtime.tickers, ticks_done), name="flowenricher-ticks",
+                                   daemon=True)
+        handoffs: list[HandOff] = [storing]
+        if runtime.consumers:
+            consumers = runtime.consumers
+
+            def consume(batch: FlowBatch) -> None:
+                for consumer in consumers:
+                    consumer.process(batch)
+
+            handoffs.append(HandOff("consumers", consume, max(cfg.store.batch_size, 1), registry=self.registry).start())
         # Always on: `sql` needs it in the embedded mode, `lookup` in both.
         os.makedirs(cfg.store.path, exist_ok=True)
-        control = ControlServer(cfg.store.path, locked.query, runtime.lookup)
+        control = ControlServer(cfg.store.path, locked.query, runtime.lookup, collector_requests(runtime, self.registry))
         control.start()
 
         ctx = mp.get_context("spawn")
@@ -171,8 +197,12 @@ class CollectorService:
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         exit_code = 0
         try:
-            exit_code = self._loop(out, procs, stop, storing, runtime)
+            ticking.start()
+            exit_code = self._loop(out, procs, stop, handoffs, runtime)
         finally:
+            ticks_done.set()
+            if ticking.is_alive():
+                ticking.join(timeout=30)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             stop.set()
@@ -180,7 +210,8 @@ class CollectorService:
                 proc.join(timeout=5)
                 if proc.is_alive():
                     proc.kill()
-            storing.close()
+            for handoff in reversed(handoffs):  # detections (which may write to the store) first
+                handoff.close()
             runtime.close()
             control.stop()
             if metrics_server is not None:
@@ -190,12 +221,11 @@ class CollectorService:
             log.info("stopped: %d flows received, stored or spooled", self.rows_received)
         return exit_code
 
-    def _loop(self, out: Any, procs: list[Any], stop: Any, storing: WriterThread, runtime: Runtime) -> int:
+    def _loop(self, out: Any, procs: list[Any], stop: Any, handoffs: list[HandOff], runtime: Runtime) -> int:
         ready: set[int] = set()
         done: set[int] = set()
         exit_code = 0
         stopping_since: float | None = None
-        next_tick = time.time()
         while len(done) < len(procs):
             if self._stop.is_set() and stopping_since is None:
                 log.info("stopping: draining workers and flushing")
@@ -212,14 +242,13 @@ class CollectorService:
                 batch: FlowBatch = payload
                 self.rows_received += batch.n
                 runtime.enricher.enrich(batch)
-                try:
-                    storing.put(batch)
-                except WriterStopped as err:
-                    log.error("%s; stopping", err)
-                    exit_code = 1
-                    self._stop.set()
-                for consumer in runtime.consumers:
-                    consumer.process(batch)
+                for handoff in handoffs:
+                    try:
+                        handoff.put(batch)
+                    except HandOffStopped as err:
+                        log.error("%s; stopping", err)
+                        exit_code = 1
+                        self._stop.set()
             elif kind == STATS:
                 self.snapshots.update(worker_id, payload)
             elif kind == READY:
@@ -242,12 +271,23 @@ class CollectorService:
                     exit_code = 1
                     self._stop.set()
                     done.update(i for i, p in enumerate(procs) if not p.is_alive())
-            now = time.time()
-            if now >= next_tick:
-                next_tick = now + 1.0 if now - next_tick > 1.0 else next_tick + 1.0
-                for tick in runtime.tickers:
-                    tick(now)
         return exit_code
+
+
+def _tick(tickers: list[Callable[[float], None]], done: threading.Event) -> None:
+    """Call every ticker about once a second until `done`; a ticker that raises is logged
+    and called again at the next tick."""
+    next_tick = time.time()
+    while not done.is_set():
+        now = time.time()
+        if now >= next_tick:
+            next_tick = now + 1.0 if now - next_tick > 1.0 else next_tick + 1.0
+            for tick in tickers:
+                try:
+                    tick(now)
+                except Exception:
+                    log.exception("ticker %s failed", getattr(tick, "__qualname__", tick))
+        done.wait(max(0.0, next_tick - time.time()))
 
 
 def run_service(settings: ServiceSettings, build_runtime: RuntimeFactory | None = None) -> int:

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -30,9 +30,13 @@ from .enrich.networks import NetworkInfo, NetworksStage
 from .enrich.pipeline import Enricher
 from .enrich.ptr import PtrResult, PtrSink
 from .enrich.rib import RibView
+from .errors import ConfigError
 from .lookup import Lookup
 from .service import QueryFn, Runtime, RuntimeFactory, ServiceSettings
 from .storage.settings import StoreSettings
+
+if TYPE_CHECKING:
+    from .detect.anomaly import AnomalyScoring
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ def runtime_factory(cfg: Settings, rules_path: Path | None = None, config_path: 
         stages: list[Stage] = [networks]
         lookup = Lookup(networks)
         as_name = None
+        poller: Any = None  # the SNMP poller, when SNMP enrichment is on (interface names for the recorder)
         try:
             if "geoip" in cfg.enrich and (cfg.geoip.asn_db or cfg.geoip.city_db):
                 from .enrich.geo import GeoStage
@@ -101,17 +106,22 @@ def runtime_factory(cfg: Settings, rules_path: Path | None = None, config_path: 
         except BaseException:
             Enricher(stages).close()  # stop the threads of the stages already started
             raise
-        runtime = Runtime(enricher=Enricher(stages, registry, as_name=as_name), lookup=lookup)
+        runtime = Runtime(enricher=Enricher(stages, registry, as_name=as_name), lookup=lookup,
+                          config_path=config_path, rules_path=rules_path)
         try:
-            _add_blackholes(runtime, cfg, registry)
-            engine = _add_detection(runtime, cfg, rules_path, registry, query) if rules_path is not None else None
+            _add_stats_recorder(runtime, cfg, registry, query, poller)
+            _add_blackholes(runtime, cfg, registry, query)
+            anomaly = _add_anomaly(runtime, cfg, registry, query) if cfg.anomaly.enabled else None
+            engine = (_add_detection(runtime, cfg, rules_path, registry, query, anomaly)
+                      if rules_path is not None else None)
             if cfg.metrics.traffic_labels:
                 from appliance.api.traffic_metrics import TrafficMetrics
 
                 runtime.consumers.append(TrafficMetrics(list(cfg.metrics.traffic_labels),
                                                         cfg.metrics.traffic_max_series, registry))
+            _add_control(runtime, cfg, registry, poller)
             if cfg.api.enabled:
-                _add_api(runtime, cfg, registry, query, rules_path, engine, config_path)
+                _add_api(runtime, cfg, registry, query, rules_path, engine, config_path, anomaly)
         except BaseException:
             runtime.close()
             raise
@@ -176,19 +186,34 @@ def safety_settings(cfg: Settings) -> SafetySettings:
                           max_per_minute=bh.max_per_minute, dry_run=bh.dry_run)
 
 
-def _add_blackholes(runtime: Runtime, cfg: Settings, registry: CollectorRegistry) -> None:
+def _add_stats_recorder(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, query: QueryFn,
+                        poller: Any) -> None:
+    """The collector's counters (and SNMP interface names and speeds) into ClickHouse for
+    the appliance-health and interface dashboards, which read only the store."""
+    from .stats_recorder import StatsRecorder, snmp_interfaces
+
+    recorder = StatsRecorder(registry, lambda sql: query(sql, "TSV"), cfg.clickhouse.database,
+                             interfaces=snmp_interfaces(poller) if poller is not None else None)
+    runtime.tickers.append(recorder.tick)
+    runtime.closers.append(recorder.close)
+
+
+def _add_blackholes(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, query: QueryFn) -> None:
     """The blackhole manager (the one owner of announcements) on GoBGP, ticked once a
-    second for expiry, retries and reconciliation."""
+    second for expiry, retries and reconciliation; every action also goes to the
+    blackhole_events table (the security dashboard's source)."""
     from .bgp.announcer import GoBgpAnnouncer
+    from .blackhole.events import BlackholeEvents
 
     bh = cfg.blackhole
     state = StateDB(cfg.storage.state_db)
     announcer = GoBgpAnnouncer(cfg.bgp.gobgp.api)
-    runtime.closers.extend([state.close, announcer.close])
+    events = BlackholeEvents(lambda sql: query(sql, "TSV"), cfg.clickhouse.database)
+    runtime.closers.extend([state.close, announcer.close, events.close])
     manager = BlackholeManager(
         state, announcer, SafetyPolicy(safety_settings(cfg)), bh.log_file,
         Defaults(bh.next_hop_v4, bh.next_hop_v6, bh.communities, bh.manual_duration_s or None),
-        registry, reconcile_interval_s=bh.reconcile_interval_s,
+        registry, reconcile_interval_s=bh.reconcile_interval_s, events=events,
     )
     runtime.blackholes = manager
     runtime.tickers.append(manager.tick)
@@ -197,9 +222,55 @@ def _add_blackholes(runtime: Runtime, cfg: Settings, registry: CollectorRegistry
              ", dry run" if bh.dry_run else "")
 
 
+def apply_live_config(runtime: Runtime, cfg: Settings, new: Settings) -> list[str]:
+    """Apply what of `new` can change live: networks and direction, and the blackhole
+    limits; the rest is saved and takes effect at the next start (logged, so it is not a
+    surprise, and returned)."""
+    networks = NetworksStage(new.my_prefixes, {n.prefix: NetworkInfo(n.name, n.customer) for n in new.networks})
+    stages = runtime.enricher.stages
+    for i, stage in enumerate(stages):
+        if isinstance(stage, NetworksStage):
+            stages[i] = networks
+    if isinstance(runtime.blackholes, BlackholeManager):
+        runtime.blackholes.policy = SafetyPolicy(safety_settings(new))
+    live = {"my_prefixes", "networks", "blackhole"}
+    changed = sorted(k for k in set(new.effective) | set(cfg.effective)
+                     if new.effective.get(k) != cfg.effective.get(k) and k not in live)
+    if changed:
+        log.warning("config saved; %s take effect at the next start", ", ".join(changed))
+    return changed
+
+
+def _add_control(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, poller: Any) -> None:
+    """What the control socket answers for the API in its own process (`flowenricher
+    api`): decoder counters, interface names, and re-reading the config file."""
+    from .config import load_config
+    from .stats_recorder import exporter_counters, interface_names, snmp_interfaces
+
+    runtime.exporter_counters = exporter_counters(registry)
+    if poller is not None:
+        runtime.interfaces = interface_names(snmp_interfaces(poller))
+    config_path = runtime.config_path
+    if config_path is not None:
+        def reload_config() -> list[str]:
+            try:
+                new = load_config(config_path)
+            except ConfigError as err:  # named as the API names the document
+                raise ConfigError([_renamed(line, config_path, "config") for line in err.problems]) from err
+            return apply_live_config(runtime, cfg, new)
+
+        runtime.reload_config = reload_config
+
+
+def _renamed(problem: str, path: Path, source: str) -> str:
+    prefix = f"{path}: "
+    return f"{source}: {problem[len(prefix):]}" if problem.startswith(prefix) else problem
+
+
 def _add_api(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, query: QueryFn, rules_path: Path | None,
-             engine: DetectionEngine | None, config_path: Path | None) -> None:
-    """The control plane inside this process (uvicorn in a thread) on api.listen."""
+             engine: DetectionEngine | None, config_path: Path | None, anomaly: AnomalyScoring | None = None) -> None:
+    """The control plane inside this process (uvicorn in a thread) on api.listen; decoder
+    counters per exporter and SNMP interface names as _add_control set them up."""
     from appliance.api import ApiDeps, create_app
     from appliance.api.server import ApiServer
 
@@ -208,38 +279,44 @@ def _add_api(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, query
 
     def apply_rules(rules: list[dict[str, Any]]) -> None:
         if engine is not None:
+            from .config import parse_rules
             from .detect.rules import Rule
 
+            # The schema alone does not know detection.flow_cache_max_window: check it as a
+            # rules file loaded at start is checked (ConfigError: a 422, nothing replaced).
+            parse_rules(rules, "rules", max_window_s=cfg.detection.flow_cache_max_window_s)
             engine.reload([Rule.from_validated(r) for r in rules])
 
     def apply_config(new: Settings) -> None:
-        # What can change live: networks and direction, and the blackhole limits; the
-        # rest is saved and takes effect at the next start (logged, so it is not a surprise).
-        networks = NetworksStage(new.my_prefixes, {n.prefix: NetworkInfo(n.name, n.customer) for n in new.networks})
-        stages = runtime.enricher.stages
-        for i, stage in enumerate(stages):
-            if isinstance(stage, NetworksStage):
-                stages[i] = networks
-        manager.policy = SafetyPolicy(safety_settings(new))
-        live = {"my_prefixes", "networks", "blackhole"}
-        changed = sorted(k for k in set(new.effective) | set(cfg.effective)
-                         if new.effective.get(k) != cfg.effective.get(k) and k not in live)
-        if changed:
-            log.warning("config saved; %s take effect at the next start", ", ".join(changed))
+        apply_live_config(runtime, cfg, new)
 
     lookup = runtime.lookup
     app = create_app(ApiDeps(
         settings=cfg, blackholes=manager, registry=registry, query=query, config_path=config_path,
         rules_path=rules_path, lookup=lookup, apply_config=apply_config, apply_rules=apply_rules,
-        dev_mode=cfg.api.dev_mode, max_body_bytes=cfg.api.max_body_bytes,
+        dev_mode=cfg.api.dev_mode, max_body_bytes=cfg.api.max_body_bytes, anomaly=anomaly,
+        exporter_counters=runtime.exporter_counters, interfaces=runtime.interfaces,
     ))
     server = ApiServer(app, cfg.api.host, cfg.api.port)
     server.start()
     runtime.closers.append(server.stop)
 
 
+def _add_anomaly(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, query: QueryFn) -> AnomalyScoring:
+    """Anomaly scoring on every enriched batch (features per source and window), windows
+    closed and the model retrained from the tick; scores stored in anomaly_scores."""
+    from .detect.anomaly import AnomalyScoring
+
+    scoring = AnomalyScoring(cfg.anomaly, registry, execute=lambda sql: query(sql, "TSV"),
+                             database=cfg.clickhouse.database)
+    runtime.consumers.append(scoring)
+    runtime.tickers.append(scoring.tick)
+    runtime.closers.append(scoring.close)
+    return scoring
+
+
 def _add_detection(runtime: Runtime, cfg: Settings, rules_path: Path, registry: CollectorRegistry,
-                   query: QueryFn) -> DetectionEngine:
+                   query: QueryFn, anomaly: AnomalyScoring | None = None) -> DetectionEngine:
     """The detection engine on every enriched batch, its windows ticked once a second,
     its rules reloaded when the file changes or on SIGHUP."""
     from .detect.actions import build_actions
@@ -254,11 +331,24 @@ def _add_detection(runtime: Runtime, cfg: Settings, rules_path: Path, registry: 
         slack_webhook=det.slack_webhook, webhooks=det.webhooks, blackhole_sink=runtime.blackholes,
     )
     engine = DetectionEngine(rules, actions, registry, max_keys_per_rule=det.max_keys_per_rule,
-                             samples_per_detection=det.samples_per_detection)
+                             samples_per_detection=det.samples_per_detection,
+                             scorer=anomaly.score_addresses if anomaly is not None else None,
+                             listeners=[anomaly.note_detection] if anomaly is not None else ())
     watcher = RulesWatcher(rules_path, engine.reload, max_window_s=det.flow_cache_max_window_s, registry=registry)
     watcher.install_sighup()
     runtime.consumers.append(engine)
     runtime.tickers.extend([engine.tick, watcher.tick])
+
+    def reload_rules() -> int:  # the control socket's "reload-rules": the API process wrote the file
+        try:
+            new = load_rule_set(rules_path, max_window_s=det.flow_cache_max_window_s)
+        except ConfigError as err:
+            raise ConfigError([_renamed(line, rules_path, "rules") for line in err.problems]) from err
+        engine.reload(new)
+        log.info("detection: reloaded %d rule(s) from %s on request", len(new), rules_path)
+        return len(new)
+
+    runtime.reload_rules = reload_rules
     runtime.closers.append(engine.close)
     log.info("detection: %d rules from %s; actions %s", len(rules), rules_path, ", ".join(a.name for a in actions))
     return engine

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,10 @@ from .state import Blackhole, StateDB
 log = logging.getLogger(__name__)
 
 
+RECONCILE_HISTORY = 1000
+"""The latest blackholes (active or not) whose prefixes a reconcile asks GoBGP about."""
+
+
 class AnnounceError(Exception):
     """GoBGP could not be reached or refused the change; the manager retries."""
 
@@ -40,9 +44,16 @@ class Announcer(Protocol):
 
     def withdraw(self, prefix: str, next_hop: str, communities: Sequence[str]) -> None: ...
 
-    def announced(self) -> set[str]:
-        """Prefixes this appliance currently announces (locally originated paths)."""
+    def announced(self, prefixes: Iterable[str]) -> set[str]:
+        """Which of `prefixes` this appliance announces now (locally originated paths)."""
         ...
+
+
+class EventSink(Protocol):
+    """Where every action also goes as a row (blackhole/events.py: the blackhole_events table)."""
+
+    def manager_action(self, action: str, prefix: str, next_hop: str, communities: Sequence[str], source: str,
+                       rule: str, expires_at: float | None, reason: str = "", evidence: object = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -62,8 +73,10 @@ class BlackholeManager:
 
     def __init__(self, state: StateDB, announcer: Announcer, policy: SafetyPolicy, log_path: Path | None,
                  defaults: Defaults = Defaults(), registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.time, reconcile_interval_s: float = 5.0) -> None:
+                 clock: Callable[[], float] = time.time, reconcile_interval_s: float = 5.0,
+                 events: EventSink | None = None) -> None:
         self.state = state
+        self.events = events
         self.announcer = announcer
         self.policy = policy
         self.defaults = defaults
@@ -103,7 +116,7 @@ class BlackholeManager:
         with self._lock:
             current = self.state.find_active(text)
             try:
-                self.policy.check(net, role, len(self.state.active()), now, already_active=current is not None)
+                self.policy.check(net, role, self._occupied(), now, already_active=current is not None)
             except Refused as err:
                 self._refused.labels(source).inc()
                 self._log("refused", text, hop, comms, source, rule, evidence, None, reason=str(err))
@@ -165,13 +178,16 @@ class BlackholeManager:
         """Expire what is due, retry what GoBGP missed, and reconcile now and then."""
         now = self._clock() if now is None else now
         with self._lock:
+            # Withdrawals before announcements: after an outage GoBGP must never hold
+            # more than max_active, even for a moment.
             for bh in self.state.active():
                 if bh.expires_at is not None and bh.expires_at <= now:
                     self._withdraw(bh, "expired", now)
-                elif not bh.announced:
-                    self._try_announce(bh.id, bh.prefix, bh.next_hop, bh.communities)
             for prefix, (hop, comms) in list(self._pending_withdrawals.items()):
                 self._try_withdraw(prefix, hop, comms)
+            for bh in self.state.active():
+                if not bh.announced:
+                    self._try_announce(bh.id, bh.prefix, bh.next_hop, bh.communities)
             if now >= self._next_reconcile:
                 self._next_reconcile = now + self._reconcile_interval
                 self.reconcile()
@@ -180,13 +196,17 @@ class BlackholeManager:
     def reconcile(self) -> None:
         """Make GoBGP hold exactly the active blackholes (after either side restarted)."""
         with self._lock:
+            active = {bh.prefix: bh for bh in self.state.active()}
+            # What GoBGP may hold of ours: the active, those awaiting withdrawal, and what
+            # the state DB says was announced lately (left by a previous run).
+            candidates = set(active) | set(self._pending_withdrawals)
+            candidates.update(bh.prefix for bh in self.state.history(RECONCILE_HISTORY))
             try:
-                held = self.announcer.announced()
+                held = self.announcer.announced(candidates)
             except AnnounceError as err:
                 self._errors.inc()
                 log.debug("reconcile: GoBGP unreachable: %s", err)
                 return
-            active = {bh.prefix: bh for bh in self.state.active()}
             for prefix, bh in active.items():
                 if prefix not in held:
                     if bh.announced:
@@ -207,6 +227,14 @@ class BlackholeManager:
         self._pending_withdrawals[bh.prefix] = (bh.next_hop, bh.communities)
         self._try_withdraw(bh.prefix, bh.next_hop, bh.communities)
         self._update_gauges()
+
+    def _occupied(self) -> int:
+        """What counts against max_active: the active blackholes, and the withdrawn ones
+        GoBGP has not confirmed withdrawing (it may still hold them).  Found by a property
+        test: with a withdrawal stuck while GoBGP was down, new announcements filled the
+        cap and GoBGP held one more than max_active once it came back."""
+        active = {bh.prefix for bh in self.state.active()}
+        return len(active) + sum(1 for prefix in self._pending_withdrawals if prefix not in active)
 
     def _try_announce(self, row_id: int, prefix: str, hop: str, comms: Sequence[str]) -> None:
         try:
@@ -249,6 +277,11 @@ class BlackholeManager:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with self.log_path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(line, default=str) + "\n")
+        if self.events is not None:
+            try:
+                self.events.manager_action(action, prefix, hop, comms, source, rule, expires, reason, evidence)
+            except Exception:  # the audit table must never stop an announcement
+                log.exception("blackhole %s %s: could not queue the event row", action, prefix)
 
 
 def _host_route(prefix: str) -> IPNetwork:

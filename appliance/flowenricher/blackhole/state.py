@@ -116,8 +116,12 @@ class StateDB:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL: the API and the service read while the manager writes; synchronous=FULL so a
-    # power cut never loses an announcement that was logged as made.
+    # power cut never loses an announcement that was logged as made.  The API may run as
+    # its own process (`flowenricher api`: tokens, audit) beside the collector on this
+    # file: a writer waits up to 10 s for the other's write to finish instead of failing
+    # with "database is locked" (said here, not left to the driver's default).
     cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
     cur.close()

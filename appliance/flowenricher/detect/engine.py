@@ -40,7 +40,7 @@ from .detection import Detection
 from .rules import Rule
 from .window import BYTES, END, PACKETS, ROW_COLUMNS, START, SYN_ONLY, TIME, Candidates, Rows, RuleWindow
 
-__all__ = ["SAMPLE_COLUMNS", "Action", "AnomalyScorer", "DetectionEngine"]
+__all__ = ["SAMPLE_COLUMNS", "Action", "AnomalyScorer", "DetectionEngine", "DetectionListener"]
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,12 @@ class Action(Protocol):
 
 AnomalyScorer = Callable[[str, Sequence[str]], Sequence[float | None]]
 """``scorer(key, addresses)``: the anomaly score (0..1) of each address seen as a source
-(key "src") or destination (key "dst"), None where it has none yet (the Isolation Forest
-of a later issue)."""
+(key "src") or destination (key "dst"), None where it has none yet (detect/anomaly.py's
+Isolation Forest scores sources)."""
+
+DetectionListener = Callable[[Detection], None]
+"""Told of every detection, whatever the rule's actions (the anomaly baseline leaves
+detected sources out); must return quickly and never raise."""
 
 
 def _mix(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
@@ -238,19 +242,21 @@ class DetectionEngine:
 
     `actions` are the configured destinations (several may serve one name, such as two
     webhooks).  `max_keys_per_rule` caps each rule's tracked keys.  `scorer` feeds
-    `min_anomaly_score`; without one that condition is ignored (a rule with no other
-    threshold then never matches).  Thread-safe: `process`, `tick` and `reload` may come
-    from different threads.
+    `min_ml_score` and the anomaly_score of every detection; without one that condition
+    is ignored (a rule with no other threshold then never matches).  `listeners` hear of
+    every detection.  Thread-safe: `process`, `tick` and `reload` may come from different
+    threads.
     """
 
     def __init__(self, rules: Sequence[Rule], actions: Sequence[Action] = (),
                  registry: CollectorRegistry | None = None, *, max_keys_per_rule: int = 100_000,
                  scorer: AnomalyScorer | None = None, samples_per_detection: int = 5,
-                 max_detections_per_evaluation: int = 100) -> None:
+                 max_detections_per_evaluation: int = 100, listeners: Sequence[DetectionListener] = ()) -> None:
         if max_keys_per_rule < 1:
             raise ValueError(f"max_keys_per_rule must be at least 1, not {max_keys_per_rule}")
         self.max_keys_per_rule = max_keys_per_rule
         self.scorer = scorer
+        self.listeners = list(listeners)
         self.samples_per_detection = samples_per_detection
         self.max_detections_per_evaluation = max_detections_per_evaluation
         self._actions: dict[str, list[Action]] = {}
@@ -329,8 +335,8 @@ class DetectionEngine:
         if missing:
             log.warning("detection: rule %s: action %s has no destination configured; it does nothing",
                         rule.name, ", ".join(missing))
-        if rule.min_anomaly_score is not None and self.scorer is None:
-            log.warning("detection: rule %s: min_anomaly_score is ignored (no anomaly scorer is configured)%s",
+        if rule.min_ml_score is not None and self.scorer is None:
+            log.warning("detection: rule %s: min_ml_score is ignored (anomaly scoring is not enabled)%s",
                         rule.name, "; with no other threshold the rule never matches" if not _thresholds(rule) else "")
 
     # ------------------------------------------------------------------ input
@@ -453,10 +459,15 @@ class DetectionEngine:
             return []
         keys = [window.describe(int(stats.slot[i])) for i in matched]
         scores: list[float | None] = [None] * len(matched)
-        if rule.min_anomaly_score is not None and self.scorer is not None:
-            scores = list(self.scorer(rule.key, [address for address, _, _ in keys]))
-            chosen = [j for j, score in enumerate(scores) if score is not None and score >= rule.min_anomaly_score]
-            matched, keys, scores = matched[chosen], [keys[j] for j in chosen], [scores[j] for j in chosen]
+        if self.scorer is not None:
+            try:
+                scores = list(self.scorer(rule.key, [address for address, _, _ in keys]))
+            except Exception:  # a broken scorer must not stop the rules
+                log.exception("detection: the anomaly scorer failed on rule %s", rule.name)
+            if rule.min_ml_score is not None:
+                least = rule.min_ml_score
+                chosen = [j for j, score in enumerate(scores) if score is not None and score >= least]
+                matched, keys, scores = matched[chosen], [keys[j] for j in chosen], [scores[j] for j in chosen]
         detections = [self._detection(state, stats, int(i), key, score, now)
                       for i, key, score in zip(matched.tolist(), keys, scores, strict=True)]
         for detection, i in zip(detections, matched.tolist(), strict=True):
@@ -464,6 +475,11 @@ class DetectionEngine:
             self._detections.labels(rule.name).inc()
             log.info("detection: %s", detection.summary())
             self._dispatch(rule, detection)
+            for listener in self.listeners:
+                try:
+                    listener(detection)
+                except Exception:
+                    log.exception("detection: a detection listener failed on rule %s", rule.name)
         return detections
 
     def _detection(self, state: _RuleState, stats: Candidates, i: int, key: tuple[str, str | None, int | None],
@@ -504,6 +520,6 @@ class DetectionEngine:
 
 
 def _thresholds(rule: Rule) -> bool:
-    """Whether `rule` sets a threshold besides min_anomaly_score."""
+    """Whether `rule` sets a threshold besides min_ml_score."""
     return bool(rule.min_flows or rule.min_packets or rule.min_bytes or rule.min_pps or rule.min_bps
                 or rule.min_syn_ratio or rule.distinct)

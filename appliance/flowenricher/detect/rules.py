@@ -59,7 +59,7 @@ class Rule:
     unique_dst_ips: int = 0
     unique_dst_ports: int = 0
     unique_src_ips: int = 0
-    min_anomaly_score: float | None = None
+    min_ml_score: float | None = None
     cooldown_s: float | None = None
     blackhole_count: int = 0
     blackhole_next_hop: str | None = None
@@ -103,13 +103,18 @@ class Rule:
             unique_dst_ips=int(raw["unique_dst_ips"]),
             unique_dst_ports=int(raw["unique_dst_ports"]),
             unique_src_ips=int(raw["unique_src_ips"]),
-            min_anomaly_score=None if raw["min_anomaly_score"] is None else float(raw["min_anomaly_score"]),
+            min_ml_score=_ml_score(raw),
             cooldown_s=None if cooldown is None else parse_duration(cooldown),
             blackhole_count=int(raw["blackhole_count"]),
             blackhole_next_hop=raw["blackhole_next_hop"],
             blackhole_communities=tuple(raw["blackhole_communities"]),
             blackhole_time_s=parse_duration(raw["blackhole_time"]),
         )
+
+    @property
+    def min_anomaly_score(self) -> float | None:
+        """The former name of `min_ml_score` (rules files may still use it)."""
+        return self.min_ml_score
 
     @property
     def cooldown(self) -> float:
@@ -134,9 +139,17 @@ class Rule:
         blackhole settings and the cooldown only matter when a key is evaluated.
         """
         stateless = {"description", "enabled", "actions", "min_flows", "min_packets", "min_bytes", "min_pps",
-                     "min_bps", "min_syn_ratio", "min_anomaly_score", "cooldown_s", "blackhole_count",
+                     "min_bps", "min_syn_ratio", "min_ml_score", "cooldown_s", "blackhole_count",
                      "blackhole_next_hop", "blackhole_communities", "blackhole_time_s"}
         return tuple(getattr(self, f.name) for f in fields(self) if f.name not in stateless)
+
+
+def _ml_score(raw: Mapping[str, Any]) -> float | None:
+    """min_ml_score, or its former name min_anomaly_score (config.py refuses both at once)."""
+    value = raw.get("min_ml_score")
+    if value is None:
+        value = raw.get("min_anomaly_score")
+    return None if value is None else float(value)
 
 
 def parse_rule_set(document: object, source: str = "rules", *, max_window_s: float | None = None) -> list[Rule]:

@@ -45,6 +45,7 @@ class AttackTruth:
     victims: tuple[str, ...]  # addresses, or prefixes for a horizontal scan's sweep
     dst_ports: tuple[int, ...]  # empty: any port
     params: dict[str, float | int | str] = field(default_factory=dict)
+    benign: bool = False  # a labelled benign mix (generate/benign.py), not an attack
 
     def summary(self, sample: int = 5) -> dict[str, object]:
         """A JSON-ready digest: counts plus a few addresses (floods have thousands)."""
@@ -55,6 +56,7 @@ class AttackTruth:
             "victims": list(self.victims[:sample]) if len(self.victims) > sample else list(self.victims),
             "dst_ports": ports if len(ports) <= 8 else f"{ports[0]}-{ports[-1]} ({len(ports)} ports)",
             **self.params,
+            **({"benign": True} if self.benign else {}),
         }
 
 

@@ -206,9 +206,74 @@ def _detections(s: StoreSettings) -> list[str]:
     return [detections_ddl(s.database, s.ttl_days or None)]
 
 
+def _anomaly_scores(s: StoreSettings) -> list[str]:
+    from ..detect.anomaly import anomaly_scores_ddl
+
+    return [anomaly_scores_ddl(s.database, s.ttl_days or None)]
+
+
+BLACKHOLE_EVENTS_TABLE = "blackhole_events"
+COLLECTOR_STATS_TABLE = "collector_stats"
+EXPORTER_INTERFACES_TABLE = "exporter_interfaces"
+
+
+def _blackhole_events(s: StoreSettings) -> list[str]:
+    """Every announcement, withdrawal, expiry and refusal of the blackhole manager.
+
+    The state DB (SQLite) stays the one owner of the active set; this table is its
+    history in the store Grafana reads, so the security dashboard needs nothing else.
+    Kept as long as the 1h rollup (an audit trail of a few rows a day costs nothing).
+    """
+    return [
+        f"CREATE TABLE IF NOT EXISTS {s.database}.{BLACKHOLE_EVENTS_TABLE} (\n"
+        "  ts DateTime64(3) CODEC(Delta, ZSTD(1)),\n"
+        "  action LowCardinality(String),\n"
+        "  prefix String,\n"
+        "  next_hop String,\n"
+        "  communities Array(String),\n"
+        "  rule String,\n"
+        "  reason String,\n"
+        "  expires_at Nullable(DateTime),\n"
+        "  dry_run UInt8,\n"
+        "  source LowCardinality(String)\n"
+        ")\nENGINE = MergeTree\nPARTITION BY toYYYYMM(ts)\nORDER BY (ts, prefix)"
+        + ttl_clause("toDateTime(ts)", s.ttl_days * ROLLUPS[-1].ttl_factor)
+    ]
+
+
+def _collector_stats(s: StoreSettings) -> list[str]:
+    """The collector's own counters, snapshotted by stats_recorder, and the exporters'
+    interface table from SNMP (names and speeds, for utilisation), so the health and
+    interfaces dashboards work with only ClickHouse (no Prometheus).
+
+    ``exporter_interfaces`` is a ReplacingMergeTree on ``ts``: each snapshot replaces
+    the previous row of an interface on merge; readers use ``argMax(..., ts)``.
+    """
+    return [
+        f"CREATE TABLE IF NOT EXISTS {s.database}.{COLLECTOR_STATS_TABLE} (\n"
+        "  ts DateTime CODEC(DoubleDelta, ZSTD(1)),\n"
+        "  exporter_address IPv6,\n"
+        "  metric LowCardinality(String),\n"
+        "  value Float64 CODEC(Gorilla, ZSTD(1))\n"
+        ")\nENGINE = MergeTree\nPARTITION BY toYYYYMM(ts)\nORDER BY (metric, exporter_address, ts)"
+        + ttl_clause("ts", s.ttl_days * ROLLUPS[1].ttl_factor),
+        f"CREATE TABLE IF NOT EXISTS {s.database}.{EXPORTER_INTERFACES_TABLE} (\n"
+        "  ts DateTime,\n"
+        "  exporter_address IPv6,\n"
+        "  ifindex UInt32,\n"
+        "  name String,\n"
+        "  alias String,\n"
+        "  speed_bps UInt64\n"
+        ")\nENGINE = ReplacingMergeTree(ts)\nORDER BY (exporter_address, ifindex)",
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flows table, ptr_cache, 1m/5m/1h rollups and their views", _initial),
     Migration(2, "detections table", _detections),
+    Migration(3, "anomaly_scores table", _anomaly_scores),
+    Migration(4, "blackhole_events table", _blackhole_events),
+    Migration(5, "collector_stats and exporter_interfaces tables", _collector_stats),
 )
 
 

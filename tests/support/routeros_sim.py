@@ -1,0 +1,778 @@
+"""A RouterOS 7 API server for tests: the router that the `mikrotik` role configures.
+
+No real RouterOS can run on this machine (DESIGN §3), so this is a protocol-level
+stand-in, written from MikroTik's API documentation and kept close to what RouterOS 7
+does on the wire:
+
+* words are length-prefixed (1 to 5 byte length, 0xF8 and above reserved); a sentence
+  ends with an empty word; attribute words are ``=name=value``, API words ``.tag=x``,
+  query words ``?...``;
+* replies are ``!re`` (one per item), ``!done`` (with ``=ret=`` for add and get),
+  ``!trap`` (``=message=``, ``=category=``; the command still ends with ``!done``),
+  ``!fatal`` (then the connection closes) and, from 7.18 on, ``!empty`` before ``!done``
+  when a print has nothing to show; every reply of a tagged command carries its ``.tag``;
+* ``/login`` with ``=name=``/``=password=`` (the plain method, RouterOS >= 6.43); any
+  other command first is answered with ``!fatal not logged in``; ``/quit`` ends the
+  session with ``!fatal session terminated on request``;
+* ``print`` (``.proplist``, ``?`` queries evaluated as RouterOS's stack machine with
+  ``?#|&!.`` and stack-index operations, ``count-only``), ``add`` (ids ``*1``, ``*2`` ...
+  in hex), ``set``, ``unset``, ``remove``, ``get``; single-value menus (``/snmp``,
+  ``/ip/traffic-flow``) take ``set`` without an id;
+* values are normalised as RouterOS prints them: booleans ``yes``/``no``/``true``/``false``
+  become ``true``/``false``, durations ``60s`` or ``00:01:00`` become ``1m``, addresses and
+  prefixes are canonical (``192.0.2.5/24`` becomes ``192.0.2.0/24``, a bare route
+  destination gets ``/32`` or ``/128``); bad values and unknown parameters are trapped;
+* fields exist by version (``afi`` from 7.19, ``address-families`` before; ``instance``
+  from 7.20, ``router-id`` before), and ``/system/resource`` reports the version, which is
+  what community.routeros reads to pick its field set.
+
+The state lives in memory; :meth:`RouterOsSim.snapshot` returns it, and the command line
+(``python tests/support/routeros_sim.py --help``) writes it to a JSON file after every
+change, which the Molecule scenario compares with what the role declares.  API-SSL is the
+same protocol inside TLS (give a certificate and key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import re
+import signal
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_VERSION = "7.19.4"
+
+
+class ApiTrap(Exception):
+    """A command failed: answered with ``!trap`` (and ``!done``), the session goes on."""
+
+    def __init__(self, message: str, category: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.category = category
+
+
+class ApiFatal(Exception):
+    """The session ends: ``!fatal`` with this message, then the connection closes."""
+
+
+# ---------------------------------------------------------------- wire format
+
+def encode_length(n: int) -> bytes:
+    """RouterOS's variable-length word length (1 to 5 bytes, big-endian, high bits mark the size)."""
+    if n < 0x80:
+        return bytes([n])
+    if n < 0x4000:
+        return (n | 0x8000).to_bytes(2, "big")
+    if n < 0x200000:
+        return (n | 0xC00000).to_bytes(3, "big")
+    if n < 0x10000000:
+        return (n | 0xE0000000).to_bytes(4, "big")
+    return b"\xf0" + n.to_bytes(4, "big")
+
+
+def encode_sentence(words: Iterable[str]) -> bytes:
+    out = bytearray()
+    for word in words:
+        raw = word.encode("utf-8")
+        out += encode_length(len(raw)) + raw
+    out += b"\x00"
+    return bytes(out)
+
+
+class WireReader:
+    """Reads words and sentences from a stream, rejecting the reserved control bytes."""
+
+    def __init__(self, recv: Callable[[int], bytes]) -> None:
+        self._recv = recv
+
+    def _exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self._recv(n - len(buf))
+            if not chunk:
+                raise EOFError("connection closed")
+            buf += chunk
+        return bytes(buf)
+
+    def read_length(self) -> int:
+        first = self._exact(1)[0]
+        if first < 0x80:
+            return first
+        if first < 0xC0:
+            return int.from_bytes(bytes([first]) + self._exact(1), "big") & 0x3FFF
+        if first < 0xE0:
+            return int.from_bytes(bytes([first]) + self._exact(2), "big") & 0x1FFFFF
+        if first < 0xF0:
+            return int.from_bytes(bytes([first]) + self._exact(3), "big") & 0xFFFFFFF
+        if first == 0xF0:
+            return int.from_bytes(self._exact(4), "big")
+        raise ApiFatal(f"reserved control byte 0x{first:02x} in word length")
+
+    def read_sentence(self) -> list[str]:
+        words: list[str] = []
+        while True:
+            n = self.read_length()
+            if n == 0:
+                return words
+            words.append(self._exact(n).decode("utf-8", errors="replace"))
+
+
+# ---------------------------------------------------------------- value types
+
+_DURATION_UNITS = (("w", 604800_000), ("d", 86400_000), ("h", 3600_000), ("m", 60_000), ("s", 1000), ("ms", 1))
+_DURATION_PART = re.compile(r"(\d+)(ms|w|d|h|m|s)")
+
+
+def parse_duration(text: str) -> int:
+    """Milliseconds from RouterOS duration input: ``1m``, ``1h30m``, ``90`` (seconds), ``00:01:00``."""
+    text = text.strip()
+    if re.fullmatch(r"\d+", text):
+        return int(text) * 1000
+    clock = re.fullmatch(r"(?:(\d+)d)?(\d{1,2}):(\d{2}):(\d{2})", text)
+    if clock:
+        days, h, m, s = (int(g) if g else 0 for g in clock.groups())
+        return ((days * 24 + h) * 60 + m) * 60_000 + s * 1000
+    if not text or _DURATION_PART.sub("", text):
+        raise ValueError(text)
+    unit_ms = dict(_DURATION_UNITS)
+    return sum(int(n) * unit_ms[u] for n, u in _DURATION_PART.findall(text))
+
+
+def format_duration(ms: int) -> str:
+    """How RouterOS 7 prints a duration: largest units first, ``0s`` for zero."""
+    if ms == 0:
+        return "0s"
+    parts = []
+    for unit, size in _DURATION_UNITS:
+        if ms >= size:
+            parts.append(f"{ms // size}{unit}")
+            ms %= size
+    return "".join(parts)
+
+
+Normalizer = Callable[[str], str]
+
+
+def as_bool(text: str) -> str:
+    low = text.lower()
+    if low in ("yes", "true"):
+        return "true"
+    if low in ("no", "false"):
+        return "false"
+    raise ValueError(text)
+
+
+def as_duration(text: str) -> str:
+    return format_duration(parse_duration(text))
+
+
+def as_int(lo: int, hi: int) -> Normalizer:
+    def norm(text: str) -> str:
+        value = int(text, 0) if text.lower().startswith("0x") else int(text)
+        if not lo <= value <= hi:
+            raise ValueError(f"out of range ({lo}..{hi})")
+        return str(value)
+    return norm
+
+
+def as_enum(*choices: str) -> Normalizer:
+    def norm(text: str) -> str:
+        if text not in choices:
+            raise ValueError(text)
+        return text
+    return norm
+
+
+def as_address(text: str) -> str:
+    return str(ipaddress.ip_address(text))
+
+
+def as_address_list(text: str) -> str:
+    """Comma-separated addresses or prefixes (snmp community ``addresses``)."""
+    return ",".join(str(ipaddress.ip_network(p.strip(), strict=False)) for p in text.split(",") if p.strip())
+
+
+def as_address_or_prefix(text: str) -> str:
+    """An address stays an address, a prefix becomes its canonical network (BGP ``remote.address``)."""
+    return as_prefix(text) if "/" in text else as_address(text)
+
+
+def as_prefix(text: str) -> str:
+    """A route destination: canonical network, bare addresses become host routes."""
+    return str(ipaddress.ip_network(text, strict=False))
+
+
+def as_text(text: str) -> str:
+    return text
+
+
+# ---------------------------------------------------------------- menus
+
+@dataclass(frozen=True)
+class Field:
+    """One property of a menu: how input is normalised, its default, when it exists."""
+
+    norm: Normalizer = as_text
+    default: str | None = None
+    read_only: bool = False
+    since: str | None = None   # first version with this field
+    until: str | None = None   # first version without it
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version.split(" ")[0]))
+
+
+@dataclass
+class Menu:
+    """A RouterOS menu: a list of items with ids, or one item (``single``)."""
+
+    path: str
+    fields: dict[str, Field]
+    single: bool = False
+    required: tuple[str, ...] = ()
+    unique: tuple[str, ...] = ()
+    items: list[dict[str, str]] = field(default_factory=list)
+
+    def fields_for(self, version: str) -> dict[str, Field]:
+        key = version_key(version)
+        return {name: f for name, f in self.fields.items()
+                if (f.since is None or key >= version_key(f.since)) and (f.until is None or key < version_key(f.until))}
+
+
+def _common_list_fields() -> dict[str, Field]:
+    return {"comment": Field(), "disabled": Field(as_bool, "false")}
+
+
+def build_menus(version: str, identity: str) -> dict[str, Menu]:
+    """The menus the appliance's role touches, with RouterOS 7 defaults, plus system ones."""
+    menus = [
+        Menu("/system/resource", {
+            "version": Field(read_only=True, default=f"{version} (stable)"),
+            "board-name": Field(read_only=True, default="CHR"),
+            "architecture-name": Field(read_only=True, default="x86_64"),
+            "uptime": Field(read_only=True, default="1h"),
+            "platform": Field(read_only=True, default="MikroTik"),
+        }, single=True),
+        Menu("/system/identity", {"name": Field(default=identity)}, single=True),
+        Menu("/ip/traffic-flow", {
+            "enabled": Field(as_bool, "false"),
+            "interfaces": Field(default="all"),
+            "cache-entries": Field(as_enum("128k", "16k", "1k", "256k", "2k", "32k", "4k", "512k", "64k", "8k"), "32k"),
+            "active-flow-timeout": Field(as_duration, "30m"),
+            "inactive-flow-timeout": Field(as_duration, "15s"),
+            "packet-sampling": Field(as_bool, "false"),
+            "sampling-interval": Field(as_int(0, 4294967295), "0"),
+            "sampling-space": Field(as_int(0, 4294967295), "0"),
+        }, single=True),
+        Menu("/ip/traffic-flow/target", {
+            "disabled": Field(as_bool, "false"),
+            "dst-address": Field(as_address),
+            "port": Field(as_int(0, 65535), "2055"),
+            "src-address": Field(as_address, "0.0.0.0"),
+            "version": Field(as_enum("1", "5", "9", "ipfix"), "9"),
+            "v9-template-refresh": Field(as_int(0, 65535), "20"),
+            "v9-template-timeout": Field(as_duration, "30m"),
+        }, required=("dst-address",)),
+        Menu("/snmp", {
+            "enabled": Field(as_bool, "false"),
+            "contact": Field(default=""),
+            "location": Field(default=""),
+            "engine-id": Field(read_only=True, default="80003a8c04"),
+            "engine-id-suffix": Field(default=""),
+            "src-address": Field(as_address, "::"),
+            "trap-community": Field(default="public"),
+            "trap-generators": Field(default="temp-exception"),
+            "trap-target": Field(default=""),
+            "trap-version": Field(as_enum("1", "2", "3"), "1"),
+            "trap-interfaces": Field(default=""),
+            "vrf": Field(default="main"),
+        }, single=True),
+        Menu("/snmp/community", {
+            **_common_list_fields(),
+            "name": Field(),
+            "default": Field(read_only=True, default="false"),
+            "addresses": Field(as_address_list, "::/0"),
+            "security": Field(as_enum("authorized", "none", "private"), "none"),
+            "read-access": Field(as_bool, "true"),
+            "write-access": Field(as_bool, "false"),
+            "authentication-protocol": Field(as_enum("MD5", "SHA1"), "MD5"),
+            "encryption-protocol": Field(as_enum("AES", "DES"), "DES"),
+            "authentication-password": Field(default=""),
+            "encryption-password": Field(default=""),
+        }, required=("name",), unique=("name",)),
+        Menu("/routing/bgp/connection", {
+            **_common_list_fields(),
+            "name": Field(),
+            "as": Field(as_int(1, 4294967295)),
+            "address-families": Field(until="7.19"),
+            "afi": Field(since="7.19"),
+            "router-id": Field(until="7.20"),
+            "instance": Field(since="7.20"),
+            "local.role": Field(as_enum("ebgp", "ebgp-customer", "ebgp-peer", "ebgp-provider", "ebgp-rs",
+                                        "ebgp-rs-client", "ibgp", "ibgp-rr", "ibgp-rr-client")),
+            "local.address": Field(as_address),
+            "remote.address": Field(as_address_or_prefix),
+            "remote.as": Field(as_int(1, 4294967295)),
+            "remote.port": Field(as_int(1, 65535)),
+            "multihop": Field(as_bool),
+            "hold-time": Field(as_duration),
+            "keepalive-time": Field(as_duration),
+            "connect": Field(as_bool, "true"),
+            "listen": Field(as_bool, "true"),
+            "input.filter": Field(),
+            "output.filter-chain": Field(),
+            "output.redistribute": Field(),
+            "output.network": Field(),
+            "routing-table": Field(default="main"),
+            "templates": Field(),
+        }, required=("name", "local.role", "remote.address"), unique=("name",)),
+        # `disabled` is only shown once set here (community.routeros models it as unsettable)
+        Menu("/routing/filter/rule", {"comment": Field(), "disabled": Field(as_bool), "chain": Field(), "rule": Field()},
+             required=("chain",)),
+        Menu("/ip/route", {
+            **_common_list_fields(),
+            "dst-address": Field(as_prefix),
+            "gateway": Field(),
+            "blackhole": Field(as_bool),
+            "distance": Field(as_int(1, 255), "1"),
+            "routing-table": Field(default="main"),
+            "scope": Field(as_int(0, 255), "30"),
+            "target-scope": Field(as_int(0, 255), "10"),
+            "suppress-hw-offload": Field(as_bool, "false"),
+        }, required=("dst-address",)),
+        Menu("/ipv6/route", {
+            **_common_list_fields(),
+            "dst-address": Field(as_prefix),
+            "gateway": Field(),
+            "blackhole": Field(as_bool),
+            "distance": Field(as_int(1, 255), "1"),
+            "routing-table": Field(default="main"),
+            "scope": Field(as_int(0, 255), "30"),
+            "target-scope": Field(as_int(0, 255), "10"),
+        }, required=("dst-address",)),
+    ]
+    by_path = {m.path: m for m in menus}
+    for menu in menus:
+        if menu.single:
+            menu.items.append({name: f.default for name, f in menu.fields_for(version).items() if f.default is not None})
+    # The factory community: builtin, shown with default=true, not removable.
+    by_path["/snmp/community"].items.append({
+        ".id": "*0", "name": "public", "default": "true", "addresses": "::/0", "security": "none",
+        "read-access": "true", "write-access": "false", "authentication-protocol": "MD5",
+        "encryption-protocol": "DES", "authentication-password": "", "encryption-password": "", "disabled": "false"})
+    return by_path
+
+
+# ---------------------------------------------------------------- queries
+
+def _compare(a: str, b: str) -> int:
+    try:
+        x, y = int(a), int(b)
+    except ValueError:
+        return (a > b) - (a < b)
+    return (x > y) - (x < y)
+
+
+def query_matches(item: dict[str, str], queries: list[str], normalize: Callable[[str, str], str]) -> bool:
+    """RouterOS's query stack machine: each ``?`` word pushes or combines booleans; the
+    item matches when every value left on the stack is true (an empty query matches all)."""
+    stack: list[bool] = []
+    for q in queries:
+        if q.startswith("#"):
+            for op in q[1:]:
+                if op.isdigit():
+                    stack.append(stack[int(op)] if int(op) < len(stack) else True)
+                elif op == "!":
+                    stack.append(not (stack.pop() if stack else True))
+                elif op in "|&":
+                    b = stack.pop() if stack else True
+                    a = stack.pop() if stack else True
+                    stack.append(a or b if op == "|" else a and b)
+                elif op == ".":
+                    stack.append(stack[-1] if stack else True)
+                else:
+                    raise ApiTrap(f"invalid query operation {op!r}")
+            continue
+        if q.startswith("-"):
+            stack.append(q[1:] not in item)
+            continue
+        if q[:1] in "<>" and "=" in q:
+            name, value = q[1:].split("=", 1)
+            if name not in item:
+                stack.append(False)
+                continue
+            sign = _compare(item[name], normalize(name, value))
+            stack.append(sign < 0 if q[0] == "<" else sign > 0)
+            continue
+        if "=" in q:
+            # `?name=x` and `?=name=x` (the spelling librouteros sends) are the same test
+            name, value = q.removeprefix("=").split("=", 1)
+            stack.append(item.get(name) == normalize(name, value))
+            continue
+        stack.append(q in item)
+    return all(stack)
+
+
+# ---------------------------------------------------------------- the router
+
+class RouterOsState:
+    """Menus, ids and the session-independent logic of the commands (thread-safe)."""
+
+    def __init__(self, version: str = DEFAULT_VERSION, identity: str = "MikroTik",
+                 on_change: Callable[[RouterOsState], None] | None = None) -> None:
+        self.version = version
+        self.menus = build_menus(version, identity)
+        self.lock = threading.RLock()
+        self._next_id = 1
+        self._on_change = on_change
+
+    def _menu(self, path: str) -> Menu:
+        menu = self.menus.get(path)
+        if menu is None:
+            raise ApiTrap("no such command prefix", category=0)
+        return menu
+
+    def _normalize(self, menu: Menu, name: str, value: str) -> str:
+        fields = menu.fields_for(self.version)
+        if name not in fields:
+            raise ApiTrap(f"unknown parameter {name}", category=0)
+        try:
+            return fields[name].norm(value)
+        except ValueError as err:
+            detail = f" ({err})" if "range" in str(err) else ""
+            raise ApiTrap(f"invalid value for argument {name}{detail}", category=1) from err
+
+    def _find(self, menu: Menu, ids: str) -> list[dict[str, str]]:
+        found = []
+        for one in ids.split(","):
+            item = next((i for i in menu.items if i.get(".id") == one.strip()), None)
+            if item is None:
+                raise ApiTrap("no such item", category=0)
+            found.append(item)
+        return found
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)
+
+    def execute(self, command: str, attrs: dict[str, str], queries: list[str],
+                api: dict[str, str]) -> tuple[list[dict[str, str]], dict[str, str]]:
+        """Run one command: the ``!re`` rows and the ``!done`` attributes."""
+        path, _, verb = command.rpartition("/")
+        with self.lock:
+            menu = self._menu(path)
+            if verb == "print":
+                return self._print(menu, attrs, queries, api), {}
+            if verb == "add" and not menu.single:
+                return [], {"ret": self._add(menu, attrs)}
+            if verb == "set":
+                self._set(menu, attrs)
+                return [], {}
+            if verb == "unset":
+                self._unset(menu, attrs)
+                return [], {}
+            if verb == "remove" and not menu.single:
+                self._remove(menu, attrs)
+                return [], {}
+            if verb == "get":
+                return [], {"ret": self._get(menu, attrs)}
+            raise ApiTrap("no such command", category=0)
+
+    def _print(self, menu: Menu, attrs: dict[str, str], queries: list[str], api: dict[str, str]) -> list[dict[str, str]]:
+        rows = [dict(i) for i in menu.items
+                if query_matches(i, queries, lambda n, v: self._query_value(menu, n, v))]
+        if "count-only" in attrs:
+            return [{"ret": str(len(rows))}]
+        proplist = api.get("proplist") or attrs.get(".proplist")
+        if proplist:
+            wanted = proplist.split(",")
+            rows = [{k: v for k, v in r.items() if k in wanted} for r in rows]
+        return rows
+
+    def _query_value(self, menu: Menu, name: str, value: str) -> str:
+        if name == ".id" or name not in menu.fields_for(self.version):
+            return value
+        try:
+            return menu.fields_for(self.version)[name].norm(value)
+        except ValueError:
+            return value
+
+    def _checked(self, menu: Menu, attrs: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for name, value in attrs.items():
+            if name in (".id", "numbers"):
+                continue
+            out[name] = self._normalize(menu, name, value)
+            if menu.fields[name].read_only:
+                raise ApiTrap(f"failure: {name} is read-only", category=1)
+        return out
+
+    def _add(self, menu: Menu, attrs: dict[str, str]) -> str:
+        values = self._checked(menu, attrs)
+        for name in menu.required:
+            if name not in values:
+                raise ApiTrap(f"failure: {name} not specified", category=1)
+        for name in menu.unique:
+            if any(i.get(name) == values[name] for i in menu.items):
+                raise ApiTrap(f"failure: item with such {name} already exists", category=1)
+        item = {name: f.default for name, f in menu.fields_for(self.version).items()
+                if f.default is not None and not f.read_only}
+        if "default" in menu.fields:
+            item["default"] = "false"
+        item.update(values)
+        item_id = f"*{self._next_id:X}"
+        self._next_id += 1
+        menu.items.append({".id": item_id, **item})
+        self._changed()
+        return item_id
+
+    def _targets(self, menu: Menu, attrs: dict[str, str]) -> list[dict[str, str]]:
+        ids = attrs.get(".id") or attrs.get("numbers")
+        if menu.single:
+            return menu.items
+        if not ids:
+            raise ApiTrap("missing =.id= (no such item)", category=0)
+        return self._find(menu, ids)
+
+    def _set(self, menu: Menu, attrs: dict[str, str]) -> None:
+        targets = self._targets(menu, attrs)
+        unset = [k[1:] for k in attrs if k.startswith("!")]
+        values = self._checked(menu, {k: v for k, v in attrs.items() if not k.startswith("!")})
+        for name in unset:
+            if name not in menu.fields_for(self.version):
+                raise ApiTrap(f"unknown parameter {name}", category=0)
+        for item in targets:
+            if item.get("default") == "true" and values.get("name", item["name"]) != item["name"]:
+                raise ApiTrap("failure: default community cannot be renamed", category=1)
+            for name in menu.unique:
+                if name in values and any(i is not item and i.get(name) == values[name] for i in menu.items):
+                    raise ApiTrap(f"failure: item with such {name} already exists", category=1)
+            item.update(values)
+            for name in unset:
+                self._reset(menu, item, name)
+        self._changed()
+
+    def _reset(self, menu: Menu, item: dict[str, str], name: str) -> None:
+        default = menu.fields_for(self.version)[name].default
+        if default is None:
+            item.pop(name, None)
+        else:
+            item[name] = default
+
+    def _unset(self, menu: Menu, attrs: dict[str, str]) -> None:
+        name = attrs.get("value-name")
+        if not name or name not in menu.fields_for(self.version):
+            raise ApiTrap(f"unknown parameter {name}", category=0)
+        for item in self._targets(menu, attrs):
+            self._reset(menu, item, name)
+        self._changed()
+
+    def _remove(self, menu: Menu, attrs: dict[str, str]) -> None:
+        ids = attrs.get(".id") or attrs.get("numbers") or ""
+        targets = self._find(menu, ids)
+        if any(i.get("default") == "true" for i in targets):
+            raise ApiTrap("failure: can not remove default community", category=1)
+        menu.items[:] = [i for i in menu.items if all(i is not t for t in targets)]
+        self._changed()
+
+    def _get(self, menu: Menu, attrs: dict[str, str]) -> str:
+        name = attrs.get("value-name", "")
+        item = self._targets(menu, attrs)[0]
+        if name not in menu.fields_for(self.version) and name != ".id":
+            raise ApiTrap(f"unknown parameter {name}", category=0)
+        return item.get(name, "")
+
+    def snapshot(self) -> dict[str, list[dict[str, str]]]:
+        """Every menu's items, as print shows them (system menus left out)."""
+        with self.lock:
+            return {path: [dict(i) for i in menu.items] for path, menu in self.menus.items()
+                    if not path.startswith("/system/resource")}
+
+
+# ---------------------------------------------------------------- sessions
+
+class Session:
+    """One API connection: parses sentences, handles login, tags and replies."""
+
+    def __init__(self, state: RouterOsState, users: dict[str, str], sock: socket.socket) -> None:
+        self.state = state
+        self.users = users
+        self.sock = sock
+        self.reader = WireReader(sock.recv)
+        self.user: str | None = None
+
+    def send(self, *words: str) -> None:
+        self.sock.sendall(encode_sentence(words))
+
+    def serve(self) -> None:
+        try:
+            while True:
+                sentence = self.reader.read_sentence()
+                if not sentence:
+                    continue  # an empty sentence is ignored
+                self.handle(sentence)
+        except ApiFatal as fatal:
+            self.send("!fatal", str(fatal))
+        except (EOFError, OSError):
+            pass
+
+    def handle(self, sentence: list[str]) -> None:
+        command, rest = sentence[0], sentence[1:]
+        attrs: dict[str, str] = {}
+        api: dict[str, str] = {}
+        queries: list[str] = []
+        for word in rest:
+            if word.startswith("="):
+                name, _, value = word[1:].partition("=")
+                attrs[name] = value
+            elif word.startswith("."):
+                name, _, value = word[1:].partition("=")
+                api[name] = value
+            elif word.startswith("?"):
+                queries.append(word[1:])
+            else:
+                self.send("!trap", "=message=unknown word " + word[:40], *self._tag(api))
+                self.send("!done", *self._tag(api))
+                return
+        tag = self._tag(api)
+        if command == "/quit":
+            raise ApiFatal("session terminated on request")
+        if command == "/login":
+            self._login(attrs, tag)
+            return
+        if self.user is None:
+            raise ApiFatal("not logged in")
+        if command == "/cancel":
+            self.send("!done", *tag)
+            return
+        try:
+            rows, done = self.state.execute(command, attrs, queries, api)
+        except ApiTrap as trap:
+            category = [f"=category={trap.category}"] if trap.category is not None else []
+            self.send("!trap", *category, f"=message={trap.message}", *tag)
+            self.send("!done", *tag)
+            return
+        for row in rows:
+            self.send("!re", *(f"={k}={v}" for k, v in row.items()), *tag)
+        if not rows and command.endswith("/print") and version_key(self.state.version) >= (7, 18):
+            self.send("!empty", *tag)
+        self.send("!done", *(f"={k}={v}" for k, v in done.items()), *tag)
+
+    @staticmethod
+    def _tag(api: dict[str, str]) -> list[str]:
+        return [f".tag={api['tag']}"] if "tag" in api else []
+
+    def _login(self, attrs: dict[str, str], tag: list[str]) -> None:
+        name, password = attrs.get("name"), attrs.get("password")
+        if name is not None and password is not None and self.users.get(name) == password:
+            self.user = name
+            self.send("!done", *tag)
+            return
+        self.send("!trap", "=message=invalid user name or password (6)", *tag)
+        self.send("!done", *tag)
+
+
+class RouterOsSim:
+    """The API server: plain (8728-style) or API-SSL when `tls` is given; one thread per session."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, users: dict[str, str] | None = None,
+                 version: str = DEFAULT_VERSION, tls: tuple[Path, Path] | None = None,
+                 state_file: Path | None = None, identity: str = "MikroTik") -> None:
+        self.users = users if users is not None else {"admin": ""}
+        self.state_file = state_file
+        self.state = RouterOsState(version, identity, on_change=self._write_state if state_file else None)
+        context: ssl.SSLContext | None = None
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+        sim = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                sock: socket.socket = self.request
+                if context is not None:
+                    try:
+                        sock = context.wrap_socket(sock, server_side=True)
+                    except (ssl.SSLError, OSError):
+                        return
+                Session(sim.state, sim.users, sock).serve()
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        class Server(socketserver.ThreadingTCPServer):
+            address_family = family
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self.server = Server((host, port), Handler)
+        self.host, self.port = host, self.server.server_address[1]
+        self._thread: threading.Thread | None = None
+        if state_file:
+            self._write_state(self.state)
+
+    def _write_state(self, state: RouterOsState) -> None:
+        assert self.state_file is not None
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"version": state.version, "menus": state.snapshot()}, indent=1, sort_keys=True))
+        tmp.replace(self.state_file)
+
+    def snapshot(self) -> dict[str, list[dict[str, str]]]:
+        return self.state.snapshot()
+
+    def start(self) -> RouterOsSim:
+        self._thread = threading.Thread(target=self.server.serve_forever, name="routeros-sim", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def __enter__(self) -> RouterOsSim:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="RouterOS 7 API simulator (tests only)")
+    parser.add_argument("--listen", default="127.0.0.1:8729", help="HOST:PORT")
+    parser.add_argument("--user", default="admin")
+    parser.add_argument("--password-file", type=Path, help="file holding the API user's password")
+    parser.add_argument("--cert", type=Path, help="API-SSL certificate (PEM); without it, plain API")
+    parser.add_argument("--key", type=Path, help="API-SSL private key (PEM)")
+    parser.add_argument("--version", default=DEFAULT_VERSION, help="RouterOS version to report and emulate")
+    parser.add_argument("--state-file", type=Path, help="JSON state written after every change")
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    password = args.password_file.read_text().strip() if args.password_file else ""
+    if bool(args.cert) != bool(args.key):
+        parser.error("--cert and --key go together")
+    tls = (args.cert, args.key) if args.cert else None
+    sim = RouterOsSim(host.strip("[]"), int(port), {args.user: password}, args.version, tls, args.state_file)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    sim.start()
+    print(f"routeros-sim: RouterOS {args.version} API{'-SSL' if tls else ''} on {host}:{sim.port}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

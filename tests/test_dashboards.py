@@ -1,0 +1,667 @@
+"""The Grafana dashboards shipped in roles/grafana: checked as Grafana would load them, and
+every panel query and variable query run on the real schema in chDB.
+
+Grafana cannot be installed here, so each query goes through what Grafana and the
+ClickHouse plugin would do to it (tests/support/grafana_macros.py: variables, then the
+plugin's macros) and the resulting SQL runs on an embedded store migrated with the
+appliance's own schema and filled with the generator's traffic of a small AS, enriched
+the way the enrichment stages would.  Each answer must carry the columns its panel
+reads (a table's organize transformation, a stat's field, a time series' time column,
+a map's location field), and panels must not come back empty for data that is there.
+Where a real Grafana is reachable (GRAFANA_URL, GRAFANA_TOKEN), one more test posts
+every dashboard to it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pytest
+import yaml
+from support.grafana_macros import ALL, Selection, TemplateError, TimeRange, interpolate, interval_s, render
+
+from appliance.flowenricher.batch import DictColumn, FlowBatch, ListColumn, ipv4_to_addr
+from appliance.flowenricher.blackhole.events import BlackholeEvents
+from appliance.flowenricher.generate.traffic import TrafficGenerator
+from appliance.flowenricher.storage import StoreSettings, open_store
+from appliance.flowenricher.storage.base import FlowStore
+from appliance.flowenricher.storage.schema import sql_string
+
+ROLE = Path(__file__).resolve().parents[1] / "roles" / "grafana"
+DASHBOARDS = ROLE / "files" / "dashboards"
+PROVISIONING = ROLE / "templates" / "provisioning"
+GRAFANA_VERSION = "12.0"
+SCHEMA_VERSION = 41  # what Grafana 12.0 writes; the role installs 12.0.x
+PLUGIN = "grafana-clickhouse-datasource"
+EXPECTED = {
+    "flowenricher-overview", "flowenricher-peering", "flowenricher-geography", "flowenricher-interfaces",
+    "flowenricher-security", "flowenricher-host", "flowenricher-health",
+}
+HOUR = 3600
+NOW = int(time.time()) // 60 * 60
+DATA_HOURS = 7
+MY_ASN = 64500
+EXPORTERS = ("10.0.0.1", "10.0.0.2")
+COUNTRIES = ["US", "DE", "FR", "NL", "GB", "RU", "CN", "BR", "GR"]
+CITIES = {"US": "Ashburn", "DE": "Frankfurt", "FR": "Paris", "NL": "Amsterdam", "GB": "London", "RU": "Moscow",
+          "CN": "Beijing", "BR": "Sao Paulo", "GR": "Athens"}
+UPLINKS = {1: (174, "COGENT-174"), 2: (6939, "HURRICANE"), 3: (8866, "GRIX")}  # ifIndex -> neighbour AS
+ANOMALY_SCORES_DDL = """CREATE TABLE IF NOT EXISTS flowenricher.anomaly_scores (
+  ts DateTime, window_s UInt32, src_addr IPv6, score Float32, exporter_address IPv6,
+  features Map(String, Float32)
+) ENGINE = MergeTree ORDER BY (ts, src_addr)"""
+"""The shape migration 3 (anomaly detection) creates; made here when that migration is absent."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _load() -> dict[str, dict[str, Any]]:
+    out = {}
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        try:
+            out[path.name] = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise AssertionError(f"{path}: not valid JSON: {err}") from err
+    return out
+
+
+DASHBOARD_FILES = _load()
+BY_UID = {d["uid"]: d for d in DASHBOARD_FILES.values()}
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for panel in dashboard["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))  # collapsed rows hold their panels
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    file: str
+    panel: dict[str, Any]
+    target: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        return f"{self.file} panel {self.panel['id']} {self.panel['title']!r} target {self.target['refId']}"
+
+
+TARGETS = [Target(f, p, t) for f, d in DASHBOARD_FILES.items() for p in _panels(d) for t in p.get("targets", [])]
+
+
+def _variables(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(dashboard.get("templating", {}).get("list", []))
+
+
+def _walk(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    yield path, value
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _walk(v, f"{path}[{i}]")
+
+
+# --------------------------------------------------------------------------- provisioning
+
+PROVISIONING_VARS = {
+    "grafana_clickhouse_host": "127.0.0.1", "grafana_clickhouse_port": 8123, "grafana_clickhouse_protocol": "http",
+    "grafana_clickhouse_secure": False, "grafana_clickhouse_user": "grafana",
+    "grafana_clickhouse_password": "it's a \"secret\"", "grafana_clickhouse_database": "flowenricher",
+    "grafana_dashboards_dir": "/var/lib/grafana/dashboards/flowenricher",
+}
+
+
+def _render_provisioning(name: str, **overrides: Any) -> Any:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(PROVISIONING), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    return yaml.safe_load(env.get_template(name).render(**{**PROVISIONING_VARS, **overrides}))
+
+
+def _datasource() -> dict[str, Any]:
+    (ds,) = _render_provisioning("datasource.yml.j2")["datasources"]
+    return dict(ds)
+
+
+def test_datasource_provisioning_is_the_read_only_clickhouse_user() -> None:
+    ds = _datasource()
+    assert (ds["type"], ds["uid"], ds["editable"]) == (PLUGIN, "flowenricher-clickhouse", False)
+    assert ds["jsonData"]["username"] == "grafana" and ds["jsonData"]["host"] == "127.0.0.1"
+    assert ds["jsonData"]["port"] == 8123 and ds["jsonData"]["protocol"] == "http"
+    assert ds["jsonData"]["defaultDatabase"] == "flowenricher"
+    assert ds["secureJsonData"]["password"] == "it's a \"secret\""  # quoted safely, whatever the vault holds
+    for secure, expected in ((True, True), ("yes", True), ("false", False), (False, False)):
+        rendered = _render_provisioning("datasource.yml.j2", grafana_clickhouse_secure=secure)
+        assert rendered["datasources"][0]["jsonData"]["secure"] is expected, secure
+    with pytest.raises(jinja2.UndefinedError, match="grafana_clickhouse_password"):
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(PROVISIONING), undefined=jinja2.StrictUndefined)
+        env.get_template("datasource.yml.j2").render(
+            **{k: v for k, v in PROVISIONING_VARS.items() if k != "grafana_clickhouse_password"})
+
+
+def test_dashboard_provider_loads_the_shipped_directory() -> None:
+    (provider,) = _render_provisioning("dashboards.yml.j2")["providers"]
+    assert provider["type"] == "file" and provider["folder"] == "Flowenricher"
+    assert provider["options"]["path"] == PROVISIONING_VARS["grafana_dashboards_dir"]
+    assert provider["allowUiUpdates"] is False and provider["disableDeletion"] is True
+
+
+# --------------------------------------------------------------------------- static checks
+
+
+def test_one_file_per_dashboard_and_unique_uids() -> None:
+    assert set(BY_UID) == EXPECTED
+    assert len(BY_UID) == len(DASHBOARD_FILES)
+    titles = [d["title"] for d in DASHBOARD_FILES.values()]
+    assert len(set(titles)) == len(titles)
+
+
+@pytest.mark.parametrize("file", sorted(DASHBOARD_FILES))
+def test_dashboard_loads_in_the_installed_grafana(file: str) -> None:
+    d = DASHBOARD_FILES[file]
+    assert d["schemaVersion"] == SCHEMA_VERSION, f"{file}: schemaVersion for Grafana {GRAFANA_VERSION}"
+    assert d["time"] == {"from": "now-6h", "to": "now"}
+    assert "flowenricher" in d["tags"] and d.get("id") is None
+    panels = _panels(d)
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), f"{file}: duplicate panel ids"
+    for p in panels:
+        pos = p["gridPos"]
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24 and pos["h"] > 0, f"{file} panel {p['id']}: gridPos"
+        assert p["type"] in {"row", "timeseries", "table", "stat", "bargauge", "geomap"}, p["type"]
+        if p["type"] != "row":
+            assert p.get("targets"), f"{file} panel {p['id']}: no query"
+    titles = [p["title"] for p in panels]
+    assert len(titles) == len(set(titles)), f"{file}: two panels with one title"
+    names = [v["name"] for v in _variables(d)]
+    assert len(names) == len(set(names))
+    dash_links = [link for link in d["links"] if link["type"] == "dashboards"]
+    assert dash_links and dash_links[0]["tags"] == ["flowenricher"] and dash_links[0]["keepTime"] is True
+
+
+@pytest.mark.parametrize("file", sorted(DASHBOARD_FILES))
+def test_only_the_provisioned_datasource(file: str) -> None:
+    uid = _datasource()["uid"]
+    found = 0
+    for path, value in _walk(DASHBOARD_FILES[file]):
+        if path.endswith(".datasource") and value is not None:
+            if value == {"type": "grafana", "uid": "-- Grafana --"}:  # built-in annotations
+                continue
+            assert value == {"type": PLUGIN, "uid": uid}, f"{file}{path}: {value}"
+            found += 1
+    assert found
+
+
+@pytest.mark.parametrize("file", sorted(DASHBOARD_FILES))
+def test_units_operators_expect(file: str) -> None:
+    """bits/s and packets/s panels in Grafana's bps and pps units; table columns named
+    bps/pps (or the rates a host sends and receives) likewise."""
+    for p in _panels(DASHBOARD_FILES[file]):
+        unit = p.get("fieldConfig", {}).get("defaults", {}).get("unit")
+        if "(bits/s" in p["title"] and p["type"] != "table":
+            assert unit == "bps", f"{file} {p['title']!r}: unit {unit}"
+        if "(packets/s" in p["title"] and p["type"] != "table":
+            assert unit == "pps", f"{file} {p['title']!r}: unit {unit}"
+        if p["type"] == "table":
+            units = {o["matcher"]["options"]: prop["value"] for o in p["fieldConfig"]["overrides"]
+                     for prop in o["properties"] if prop["id"] == "unit"}
+            columns = p["transformations"][0]["options"]["indexByName"]
+            for name in columns:
+                if name in ("bps", "pps"):
+                    assert units.get(name) == name, f"{file} {p['title']!r}: column {name} unit {units.get(name)}"
+            if "(bits/s)" in p["title"]:
+                assert "bps" in units.values(), f"{file} {p['title']!r}: no bits/s column"
+
+
+def _links() -> list[tuple[str, str, str]]:
+    out = []
+    for file, d in DASHBOARD_FILES.items():
+        for path, value in _walk(d):
+            if path.endswith(".url") and isinstance(value, str) and value:
+                out.append((file, path, value))
+    return out
+
+
+def test_links_point_at_shipped_dashboards_and_their_variables() -> None:
+    links = _links()
+    assert links
+    for file, path, url in links:
+        m = re.fullmatch(r"/d/([\w-]+)/[\w-]+\?(.*)", url)
+        assert m, f"{file}{path}: {url}"
+        target = BY_UID.get(m.group(1))
+        assert target is not None, f"{file}{path}: no dashboard {m.group(1)}"
+        names = {v["name"] for v in _variables(target)}
+        for var in re.findall(r"var-(\w+)=", m.group(2)):
+            assert var in names, f"{file}{path}: {m.group(1)} has no variable {var}"
+        assert "${__url_time_range}" in url, f"{file}{path}: the time range is lost"
+
+
+def test_as_columns_drill_down_to_hosts() -> None:
+    peering = next(f for f, d in DASHBOARD_FILES.items() if d["uid"] == "flowenricher-peering")
+    as_links = [url for file, _, url in _links() if file == peering and "var-as=" in url]
+    assert as_links and all(url.startswith("/d/flowenricher-host/") for url in as_links)
+    host = BY_UID["flowenricher-host"]
+    assert {"host", "as"} <= {v["name"] for v in _variables(host)}
+
+
+def test_every_target_is_plugin_sql() -> None:
+    assert len(TARGETS) > 50
+    for t in TARGETS:
+        assert t.target["editorType"] == "sql" and t.target["rawSql"].lstrip().upper().startswith("SELECT"), t.where
+        assert t.target["format"] in (0, 1), t.where
+        assert (t.target["format"] == 0) == (t.panel["type"] == "timeseries"), t.where
+
+
+def test_long_ranges_read_the_rollups() -> None:
+    """Rollup-able panels read `$rollup`, which picks 1m/5m/1h by the range (checked on chDB
+    below); only panels that need addresses, names or cities read the flows table."""
+    for t in TARGETS:
+        sql = t.target["rawSql"]
+        if "flowenricher.flows\n" in sql or "flowenricher.flows " in sql:
+            needs_flows = re.search(r"_addr|_name|_city|dst_as_path|dst_port|_mask|bgp_next_hop|tcpflags", sql)
+            assert needs_flows, f"{t.where}: reads raw flows but needs nothing the rollups lack"
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def _fill(store: FlowStore) -> dict[str, Any]:
+    """DATA_HOURS of the generator's traffic (with its attacks) up to NOW, enriched as the
+    stages would (AS and org per address, countries and cities, upstream by uplink, AS
+    paths), plus the side tables the security and health dashboards read."""
+    generator = TrafficGenerator(scenario="attacks", seed=11)
+    rng = np.random.default_rng(11)
+    ases = rng.integers(1000, 400_000, 300).astype(np.uint32)
+    weights = 1.0 / np.arange(1, len(ases) + 1) ** 1.1
+    weights /= weights.sum()
+    start = NOW - DATA_HOURS * HOUR
+    for hour in range(DATA_HOURS):
+        batch = generator.batch(6000, (start + hour * HOUR) * 1000, HOUR * 1000).to_flow_batch()
+        _enrich(batch, rng, ases, weights)
+        store.insert(batch)
+    return _side_tables(store, rng)
+
+
+def _enrich(batch: FlowBatch, rng: np.random.Generator, ases: Any, weights: Any) -> None:
+    n = batch.n
+    batch["received_at"] = batch["timestamp_end"] + np.uint32(1)
+    batch["exporter_address"] = ipv4_to_addr(
+        rng.choice(np.array([int(ipaddress.IPv4Address(e)) for e in EXPORTERS], np.uint32), n))
+    direction = batch["flow_direction"]
+    names = {int(a): f"ORG-{int(a)}" for a in ases} | {MY_ASN: "MY-HOSTING"}
+    for side, mine in (("src", direction == 2), ("dst", direction == 1)):
+        _, inverse = np.unique(batch[f"{side}_addr"], axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        per_address = rng.choice(ases, inverse.max() + 1, p=weights)
+        asn = np.where(mine, MY_ASN, per_address[inverse]).astype(np.uint32)
+        batch[f"{side}_as"] = asn
+        batch[f"{side}_as_name"] = DictColumn.from_strings([names[int(a)] for a in asn])
+        country_codes = rng.choice(len(COUNTRIES), inverse.max() + 1)
+        codes = np.where(mine, COUNTRIES.index("GR"), country_codes[inverse]).astype(np.uint32)
+        batch[f"{side}_host_country"] = DictColumn(codes, COUNTRIES)
+        batch[f"{side}_host_city"] = DictColumn(codes, [CITIES[c] for c in COUNTRIES])
+    uplink_in, uplink_out = batch["input_interface"], batch["output_interface"]
+    for column, ifindex in (("peer_src_as", uplink_in), ("peer_dst_as", uplink_out)):
+        batch[column] = np.array([UPLINKS.get(int(i), (0, ""))[0] for i in ifindex], np.uint32)
+    batch["peer_dst_as_name"] = DictColumn.from_strings([UPLINKS.get(int(i), (0, ""))[1] for i in uplink_out])
+    batch["bgp_next_hop"] = ipv4_to_addr(np.where(direction == 2, 0xB9010A01 + uplink_out, 0).astype(np.uint32))
+    lengths = np.where(direction == 2, rng.integers(1, 6, n), 0)
+    paths = [[UPLINKS.get(int(o), (174, ""))[0], *rng.integers(1000, 60000, max(0, int(k) - 2)).tolist(), int(d)]
+             [: int(k)] if k else [] for o, d, k in zip(uplink_out, batch["dst_as"], lengths, strict=True)]
+    batch["dst_as_path"] = ListColumn.from_lists(paths)
+    ifnames = {1: "sfp-sfpplus1", 2: "sfp-sfpplus2", 3: "ether1", 10: "bridge-hosting", 11: "vlan100", 12: "vlan200"}
+    batch["input_interface_name"] = DictColumn.from_strings([ifnames.get(int(i), "") for i in uplink_in])
+    batch["output_interface_name"] = DictColumn.from_strings([ifnames.get(int(i), "") for i in uplink_out])
+
+
+def _q(store: FlowStore, sql: str) -> list[list[str]]:
+    return [line.split("\t") for line in store.query(sql, "TSV").decode().splitlines()]
+
+
+def _side_tables(store: FlowStore, rng: np.random.Generator) -> dict[str, Any]:
+    top = _q(store, "SELECT src_host, count() AS c FROM flowenricher.flows WHERE flow_direction = 1 "
+                    "GROUP BY src_host ORDER BY uniq(dst_addr) DESC LIMIT 5")
+    victim = _q(store, "SELECT dst_host FROM flowenricher.flows WHERE flow_direction = 1 "
+                       "GROUP BY dst_host ORDER BY sum(bytes) DESC LIMIT 1")[0][0]
+    scanners = [row[0] for row in top]
+    ptr_rows = ", ".join(f"({sql_string(ip)}, {sql_string(f'host{i}.example.net')}, now(), 0, '', '')"
+                         for i, ip in enumerate([*scanners, victim]))
+    store.query(f"INSERT INTO flowenricher.ptr_cache (ip, ptr, updated_at, asn, asn_name, country) VALUES {ptr_rows}",
+                "TSV")
+    have = {row[0] for row in _q(store, "SELECT name FROM system.tables WHERE database = 'flowenricher'")}
+    if "anomaly_scores" not in have:
+        store.query(ANOMALY_SCORES_DDL, "TSV")
+    scores = ", ".join(
+        f"(toDateTime({NOW - k * 300}), 60, toIPv6({sql_string(ip)}), {float(rng.random()):.3f}, "
+        f"toIPv6('{EXPORTERS[0]}'), map('unique_dst_ips', {k + 1}.0, 'syn_ratio', 0.5))"
+        for k in range(24) for ip in scanners[:3])
+    store.query("INSERT INTO flowenricher.anomaly_scores (ts, window_s, src_addr, score, exporter_address, features) "
+                f"VALUES {scores}", "TSV")
+    detections = ", ".join(
+        f"({NOW - k * 900}, 'slow_horizontal_scan', 'src', toIPv6({sql_string(_v6(ip))}), NULL, 22, 60, 80, 80, "
+        f"4800, 1.3, 640.0, 1.0, 55, 1, NULL, {NOW - k * 900 - 60}, {NOW - k * 900}, 0.7, ['alert','blackhole'], "
+        "true, '[]')" for k, ip in enumerate(scanners[:3]))
+    store.query("INSERT INTO flowenricher.detections (detected_at, rule, key, address, dst_addr, dst_port, window_s, "
+                "flows, packets, bytes, pps, bps, syn_ratio, unique_dst_ips, unique_dst_ports, unique_src_ips, "
+                "first_seen, last_seen, anomaly_score, actions, blackhole, samples) VALUES " + detections, "TSV")
+    times = iter(range(NOW - 1800, NOW, 60))  # one event a minute: their order is the table's
+    events = BlackholeEvents(lambda sql: store.query(sql, "TSV"), "flowenricher", clock=lambda: float(next(times)))
+    events.record("announce", f"{scanners[0]}/32", "192.0.2.1", ["65535:666"], source="rule",
+                  rule="slow_horizontal_scan", expires_at=NOW + 3600)
+    events.record("announce", f"{scanners[1]}/32", "192.0.2.1", ["65535:666"], source="rule",
+                  rule="slow_horizontal_scan", expires_at=NOW - 600)
+    events.record("withdraw", f"{scanners[1]}/32", "192.0.2.1", ["65535:666"], source="rule",
+                  rule="slow_horizontal_scan", reason="expired")
+    events.record("refused", "84.54.49.0/24", "192.0.2.1", ["65535:666"], source="api",
+                  reason="shorter than /32")
+    assert events.flush(10)
+    events.close()
+    stats = ", ".join(
+        f"(toDateTime({NOW - k * 10}), toIPv6('{e}'), '{m}', {v})"
+        for k in range(6 * 360) for e in EXPORTERS
+        for m, v in (("records", 900 + k % 7), ("datagrams", 30), ("dropped.template_missing", k % 3)))
+    gauges = ", ".join(
+        f"(toDateTime({NOW - k * 10}), toIPv6('::'), '{m}', {v})" for k in range(6 * 360)
+        for m, v in (("kernel_drops", 0), ("store_rows_dropped", 0), ("rows_inserted", 1800), ("rows_spooled", 0),
+                     ("insert_seconds_avg", 0.02), ("insert_seconds_last", 0.03), ("spool_bytes", 0),
+                     ("queue_depth", 1)))
+    store.query(f"INSERT INTO flowenricher.collector_stats (ts, exporter_address, metric, value) VALUES {stats}, {gauges}",
+                "TSV")
+    speeds = {1: 1_000_000_000, 2: 1_000_000_000, 3: 10_000_000_000, 10: 10_000_000_000}
+    interfaces = ", ".join(f"(now(), toIPv6('{e}'), {i}, 'snmp-if{i}', 'uplink', {s})"
+                           for e in EXPORTERS for i, s in speeds.items())
+    store.query("INSERT INTO flowenricher.exporter_interfaces (ts, exporter_address, ifindex, name, alias, speed_bps) "
+                f"VALUES {interfaces}", "TSV")
+    return {"scanners": scanners, "victim": victim}
+
+
+def _v6(ip: str) -> str:
+    return ip if ":" in ip else f"::ffff:{ip}"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowStore]:
+    s = open_store(StoreSettings(path=str(tmp_path_factory.mktemp("dashboards") / "data")))
+    try:
+        s.migrate()
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def facts(store: FlowStore) -> dict[str, Any]:
+    return _fill(store)
+
+
+# --------------------------------------------------------------------------- running queries
+
+
+@dataclass(frozen=True)
+class Answer:
+    columns: list[tuple[str, str]]  # (name, ClickHouse type)
+    rows: list[list[Any]]
+
+
+def _run(store: FlowStore, sql: str, where: str) -> Answer:
+    try:
+        body = json.loads(store.query(sql, "JSONCompact"))
+    except Exception as err:
+        raise AssertionError(f"{where}: query failed: {err}\n--- SQL ---\n{sql}") from err
+    return Answer([(m["name"], m["type"]) for m in body["meta"]], body["data"])
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A time range and the variables a user set."""
+
+    name: str
+    range_s: int
+    pick: str  # "all": every variable on All; "one": one exporter, interface, direction, AS
+
+
+SCENARIOS = [Scenario("6h-all", 6 * HOUR, "all"), Scenario("6h-one", 6 * HOUR, "one"),
+             Scenario("7d-all", 7 * 86400, "all"), Scenario("30d-one", 30 * 86400, "one")]
+ROLLUP_FOR = {6 * HOUR: ("flows_1m", "60"), 7 * 86400: ("flows_5m", "300"), 30 * 86400: ("flows_1h", "3600")}
+
+
+def _custom_options(var: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    values, texts = [], {}
+    for item in var["query"].split(","):
+        text, _, value = item.partition(" : ")
+        value = (value or text).strip()
+        values.append(value)
+        texts[value] = text.strip()
+    return values, texts
+
+
+def _selections(store: FlowStore, dashboard: dict[str, Any], time_range: TimeRange, pick: str,
+                facts: dict[str, Any]) -> dict[str, Selection]:
+    """Each variable's options from its own query (in dashboard order, as Grafana
+    resolves them), then set to All or to one real value."""
+    chosen: dict[str, Selection] = {}
+    for var in _variables(dashboard):
+        name = var["name"]
+        where = f"{dashboard['uid']} variable {name}"
+        if var["type"] == "custom":
+            options, texts = _custom_options(var)
+        elif var["type"] == "textbox":
+            value = facts["scanners"][0] if name == "host" else ""
+            chosen[name] = Selection((value,), (value,), multi=False)
+            continue
+        else:
+            assert var["type"] == "query" and var["datasource"]["type"] == PLUGIN, where
+            sql = render(var["query"], time_range, interval_s(time_range), chosen, where)
+            answer = _run(store, sql, where)
+            assert answer.rows, f"{where}: no options\n{sql}"
+            assert 1 <= len(answer.columns) <= 2, f"{where}: value and text columns, got {answer.columns}"
+            options = [str(r[0]) for r in answer.rows]
+            texts = {str(r[0]): str(r[-1]) for r in answer.rows}
+        multi = bool(var.get("multi"))
+        if pick == "all" and var.get("includeAll"):
+            current: tuple[str, ...] = (ALL,)
+        elif name == "direction":
+            current = ("1",)
+        elif name == "as" and pick == "one":
+            current = (str(_top_as(store)),)
+        else:
+            current = (options[0],)
+        chosen[name] = Selection(tuple(options), current, multi=multi, all_value=var.get("allValue"), texts=texts)
+    return chosen
+
+
+def _top_as(store: FlowStore) -> int:
+    return int(_q(store, f"SELECT src_as FROM flowenricher.flows WHERE src_as != {MY_ASN} "
+                         "GROUP BY src_as ORDER BY sum(bytes) DESC LIMIT 1")[0][0])
+
+
+def _expected_columns(panel: dict[str, Any]) -> list[str] | None:
+    for t in panel.get("transformations", []):
+        if t["id"] == "organize":
+            columns = list(t["options"]["indexByName"])
+            renamed = set(t["options"]["renameByName"])
+            assert renamed <= set(columns), f"{panel['title']!r}: renames {renamed - set(columns)}, not shown"
+            return columns
+    return None
+
+
+def _check_answer(t: Target, answer: Answer, where: str) -> None:
+    names = [n for n, _ in answer.columns]
+    panel = t.panel
+    expected = _expected_columns(panel)
+    if expected is not None:
+        assert names == expected, f"{where}: returns {names}, the panel shows {expected}"
+    by_name = {o["matcher"]["options"] for o in panel["fieldConfig"].get("overrides", [])
+               if o["matcher"]["id"] == "byName"}
+    if panel["type"] == "timeseries":
+        assert names[0] == "time" and answer.columns[0][1].startswith("DateTime"), f"{where}: {answer.columns}"
+        labels = [n for n, ty in answer.columns[1:] if "String" in ty]
+        values = [n for n, ty in answer.columns[1:] if "String" not in ty]
+        assert values and len(labels) <= 1, f"{where}: {answer.columns}"
+        assert by_name <= set(values), f"{where}: overrides name {by_name - set(values)}"
+        times = [row[0] for row in answer.rows]
+        assert times == sorted(times), f"{where}: time series not ordered by time"
+    else:
+        assert by_name <= set(names), f"{where}: overrides name {by_name - set(names)}"
+    if panel["type"] == "stat":
+        pattern = panel["options"]["reduceOptions"]["fields"].strip("/")
+        assert any(re.fullmatch(pattern, n) for n in names), f"{where}: stat field {pattern} not in {names}"
+    if panel["type"] == "geomap":
+        for layer in panel["options"]["layers"]:
+            assert layer["location"]["lookup"] in names, where
+            assert layer["config"]["size"]["field"] in names, where
+    if panel["type"] in ("bargauge", "geomap"):
+        assert any("String" not in ty for _, ty in answer.columns), f"{where}: nothing to draw"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+@pytest.mark.parametrize("file", sorted(DASHBOARD_FILES))
+def test_every_panel_query_runs_on_the_real_schema(store: FlowStore, facts: dict[str, Any], file: str,
+                                                   scenario: Scenario) -> None:
+    dashboard = DASHBOARD_FILES[file]
+    time_range = TimeRange.last(scenario.range_s, NOW)
+    chosen = _selections(store, dashboard, time_range, scenario.pick, facts)
+    if "rollup" in chosen:
+        picked = (chosen["rollup"].chosen[0], chosen["step"].chosen[0])
+        assert picked == ROLLUP_FOR[scenario.range_s], f"{file}: {scenario.name} reads {picked}"
+    empty = []
+    targets = [t for t in TARGETS if t.file == file]
+    for t in targets:
+        where = f"{t.where} [{scenario.name}]"
+        interval = interval_s(time_range, t.panel.get("maxDataPoints", 1000), t.panel.get("interval"))
+        sql = render(t.target["rawSql"], time_range, interval, chosen, where)
+        answer = _run(store, sql, where)
+        _check_answer(t, answer, where)
+        if not answer.rows:
+            empty.append(t.panel["title"])
+    if scenario.pick == "all":
+        assert not empty, f"{file} [{scenario.name}]: no rows for {empty}"
+
+
+def test_rollup_series_add_up_to_the_flows(store: FlowStore, facts: dict[str, Any]) -> None:
+    """The overview's bits/s, read from the rollup the range picks, times each bucket's
+    length, is the flows table's bytes in the same minutes: nothing lost or doubled."""
+    overview = BY_UID["flowenricher-overview"]
+    panel = next(p for p in _panels(overview) if p["title"] == "Traffic in and out (bits/s)")
+    for range_s in (6 * HOUR, 7 * 86400):
+        time_range = TimeRange.last(range_s, NOW)
+        chosen = _selections(store, overview, time_range, "all", facts)
+        interval = interval_s(time_range)
+        step = max(int(interval), int(chosen["step"].chosen[0]))
+        answer = _run(store, render(panel["targets"][0]["rawSql"], time_range, interval, chosen), "overview")
+        got = round(sum(row[1] for row in answer.rows) * step / 8)
+        first = time_range.from_ms // 1000
+        # the rollup's rows start on its own step: that is what the time filter sees
+        row_start = {"flows_1m": "toStartOfMinute", "flows_5m": "toStartOfFiveMinutes"}[chosen["rollup"].chosen[0]]
+        (expected,) = _q(store, f"SELECT sum(bytes) FROM flowenricher.flows WHERE flow_direction = 1 "
+                                f"AND {row_start}(timestamp_start) BETWEEN toDateTime({first}) AND toDateTime({NOW})")[0]
+        assert got == int(expected), f"{range_s} s: {got} from the rollup, {expected} in the flows"
+
+
+def test_variable_selection_narrows_the_answer(store: FlowStore, facts: dict[str, Any]) -> None:
+    """Choosing one exporter and inbound only changes what the overview counts, as the
+    same filter on the flows table does (the variables reach the SQL)."""
+    overview = BY_UID["flowenricher-overview"]
+    panel = next(p for p in _panels(overview) if p["title"] == "Inbound (bits/s, average)")
+    time_range = TimeRange.last(6 * HOUR, NOW)
+    chosen = _selections(store, overview, time_range, "all", facts)
+    exporter = next(o for o in chosen["exporter"].options if o.endswith(EXPORTERS[1]))
+    chosen["exporter"] = Selection(chosen["exporter"].options, (exporter,))
+    sql = render(panel["targets"][0]["rawSql"], time_range, 60, chosen)
+    assert f"exporter_address IN ('{exporter}')" in sql
+    ((got,),) = _run(store, sql, "overview").rows
+    ((expected,),) = _q(store, f"SELECT sumIf(bytes, flow_direction = 1) * 8 / {6 * HOUR} FROM flowenricher.flows_1m "
+                               f"WHERE timestamp >= toDateTime({NOW - 6 * HOUR}) AND timestamp <= toDateTime({NOW}) "
+                               f"AND exporter_address = toIPv6('{EXPORTERS[1]}')")
+    assert got == pytest.approx(float(expected)) and got > 0
+
+
+def test_host_drill_down_finds_the_scanner(store: FlowStore, facts: dict[str, Any]) -> None:
+    host = BY_UID["flowenricher-host"]
+    time_range = TimeRange.last(6 * HOUR, NOW)
+    chosen = _selections(store, host, time_range, "all", facts)
+    assert chosen["host"].chosen == (facts["scanners"][0],)
+    for title, column, value in (("Detections of $host", "rule", "slow_horizontal_scan"),
+                                 ("Blackholes of $host", "action", "announce")):
+        panel = next(p for p in _panels(host) if p["title"] == title)
+        answer = _run(store, render(panel["targets"][0]["rawSql"], time_range, 60, chosen), title)
+        index = [n for n, _ in answer.columns].index(column)
+        assert [row[index] for row in answer.rows] == [value], title
+
+
+def test_active_blackholes_are_the_unexpired_announcements(store: FlowStore, facts: dict[str, Any]) -> None:
+    security = BY_UID["flowenricher-security"]
+    panel = next(p for p in _panels(security) if p["title"] == "Active blackholes")
+    time_range = TimeRange.last(6 * HOUR, NOW)
+    chosen = _selections(store, security, time_range, "all", facts)
+    answer = _run(store, render(panel["targets"][0]["rawSql"], time_range, 60, chosen), "active blackholes")
+    assert [(row[0], row[4]) for row in answer.rows] == [(f"{facts['scanners'][0]}/32", "slow_horizontal_scan")]
+
+
+# --------------------------------------------------------------------------- the macros themselves
+
+
+def test_macros_expand_as_the_plugin_does() -> None:
+    r = TimeRange(1_700_000_000_123, 1_700_021_600_456)
+    sql = render("SELECT $__timeInterval(t) WHERE $__timeFilter(t) AND $__dateFilter(d) AND x > $__fromTime_ms "
+                 "AND y < $__toTime AND z = $__interval_s AND $__timeFilter_ms(t)", r, 20.0, {})
+    assert sql == (
+        "SELECT toStartOfInterval(toDateTime(t), INTERVAL 20 second) WHERE t >= toDateTime(1700000000) AND "
+        "t <= toDateTime(1700021600) AND d >= toDate('2023-11-14') AND d <= toDate('2023-11-15') AND "
+        "x > fromUnixTimestamp64Milli(1700000000123) AND y < toDateTime(1700021600) AND z = 20 AND "
+        "t >= fromUnixTimestamp64Milli(1700000000123) AND t <= fromUnixTimestamp64Milli(1700021600456)")
+    assert interval_s(TimeRange.last(6 * HOUR, NOW)) == 20  # 6 h over 1000 points, rounded as Grafana does
+    assert interval_s(TimeRange.last(6 * HOUR, NOW), min_interval="1m") == 60
+    assert interval_s(TimeRange.last(30 * 86400, NOW)) == 1800
+
+
+def test_variables_and_all_as_grafana_formats_them() -> None:
+    v = {"exporter": Selection(("a", "b"), (ALL,)), "one": Selection(("x", "y"), ("y",), multi=False),
+         "m": Selection(("p", "q"), ("q",))}
+    assert interpolate("WHERE $__conditionalAll(e IN ($exporter), $exporter) AND o = '$one' AND m IN (${m})", v) == \
+        "WHERE 1=1 AND o = 'y' AND m IN ('q')"
+    assert interpolate("e IN ($exporter) AND [[one]] AND ${m:csv}", v) == "e IN ('a','b') AND y AND q"
+    assert interpolate("$__conditionalAll(m IN ($m), $m)", v) == "m IN ('q')"
+    with pytest.raises(TemplateError, match=r"\$nope is neither"):
+        render("SELECT $nope", TimeRange(0, 1000), 1, v)
+    with pytest.raises(TemplateError, match="unknown macro"):
+        render("SELECT $__timeFilterz(t)", TimeRange(0, 1000), 1, v)
+    with pytest.raises(TemplateError, match="expects 1 argument"):
+        render("SELECT $__timeFilter(a, b)", TimeRange(0, 1000), 1, v)
+
+
+# --------------------------------------------------------------------------- a real Grafana
+
+
+def test_dashboards_import_into_a_real_grafana() -> None:
+    url, token = os.environ.get("GRAFANA_URL"), os.environ.get("GRAFANA_TOKEN")
+    if not url or not token:
+        pytest.skip("no Grafana here (it cannot be installed on this machine); set GRAFANA_URL and GRAFANA_TOKEN "
+                    "to post every dashboard to one")
+    for file, d in DASHBOARD_FILES.items():
+        body = json.dumps({"dashboard": d, "overwrite": True, "message": "flowenricher test"}).encode()
+        request = urllib.request.Request(f"{url.rstrip('/')}/api/dashboards/db", data=body, method="POST",
+                                         headers={"Authorization": f"Bearer {token}",
+                                                  "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                assert json.loads(answer.read())["status"] == "success", file
+        except urllib.error.HTTPError as err:
+            raise AssertionError(f"{file}: Grafana answered {err.code}: {err.read()[:500]!r}") from err
+

@@ -1,0 +1,143 @@
+"""The deployment (site.yml, roles/, inventory.example/) and its Molecule scenario.
+
+* yamllint and ansible-lint (production profile) on the deployment's files;
+* bad inventory values stop the play in the preflight, before any host is changed, with
+  a message naming the variable (the config is checked against schemas/ on the
+  controller); an unreachable router fails the router play with a clear message;
+* `molecule test`: site.yml converges a bare Debian 12 VM (systemd-nspawn) with the
+  RouterOS simulator as router and BIRD as its BGP side, verify.yml checks what the issue
+  lists, and the second converge changes nothing (see molecule/default/).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOYMENT = ["site.yml", "roles", "molecule", "inventory.example", "ansible"]
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or str(Path(sys.executable).parent / name)
+    if not Path(path).exists():
+        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+    return path
+
+
+def _run(argv: list[str], timeout: float = 600, env: dict[str, str] | None = None,
+         cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "NO_COLOR": "1", **(env or {})})
+
+
+def test_yamllint() -> None:
+    done = _run([_tool("yamllint"), "-f", "parsable", "-c", "ansible/yamllint.yml", *DEPLOYMENT])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ansible_lint_production_profile() -> None:
+    done = _run([_tool("ansible-lint"), "--nocolor", "-c", "ansible/ansible-lint.yml",
+                 "site.yml", "roles", "molecule", "inventory.example"], timeout=900)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-6000:]
+
+
+# ---------------------------------------------------------------- preflight on inventory.example
+
+@pytest.fixture
+def inventory(tmp_path: Path) -> Path:
+    """inventory.example copied as an operator would, its vault example filled in, and a
+    wheelhouse directory holding a (name-only) wheel: the preflight only looks at names."""
+    inv = tmp_path / "inventory"
+    shutil.copytree(REPO / "inventory.example", inv)
+    (inv / "group_vars" / "all" / "vault.yml").write_text((inv / "vault.example.yml").read_text())
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    (wheelhouse / "flowenricher-0.1.0-py3-none-any.whl").write_bytes(b"")
+    _set(inv, "appliance", {"flowenricher_wheelhouse": str(wheelhouse)})
+    return inv
+
+
+def _set(inv: Path, group: str, values: dict[str, object]) -> None:
+    """Add `values` to the inventory's group_vars/<group>/zz-test.yml (loaded last)."""
+    path = inv / "group_vars" / group
+    path.mkdir(parents=True, exist_ok=True)
+    target = path / "zz-test.yml"
+    current = yaml.safe_load(target.read_text()) if target.exists() else {}
+    target.write_text(yaml.safe_dump({**current, **values}))
+
+
+def _preflight(inv: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Only the preflight tasks, no fact gathering: nothing may connect to a host."""
+    return _run([_tool("ansible-playbook"), "-i", str(inv), "site.yml", "--tags", "preflight", *extra],
+                env={"ANSIBLE_GATHERING": "explicit", "ANSIBLE_TIMEOUT": "3"}, timeout=300)
+
+
+def test_inventory_example_passes_the_preflight(inventory: Path) -> None:
+    done = _preflight(inventory)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
+    assert "unreachable=0" in done.stdout and "failed=0" in done.stdout
+
+
+@pytest.mark.parametrize(("values", "named"), [
+    ({"flowenricher_config": {"my_asn": "sixty-four thousand"}}, "flowenricher_config (config.yaml): $.my_asn"),
+    ({"flowenricher_rules": [{"name": "r", "proto": "tcp", "time_window": "forever", "action": "alert"}]},
+     "flowenricher_rules (detection.yml): $[0].time_window"),
+    ({"gobgp_log_level": "chatty"}, "gobgp_log_level"),
+    ({"appliance_admin_networks": ["10.0.0.300/24"]}, "common_admin_networks"),
+    ({"vault_clickhouse_writer_password": "short"}, "vault_clickhouse_writer_password"),
+])
+def test_bad_inventory_values_stop_before_any_host_is_changed(inventory: Path, values: dict[str, object],
+                                                              named: str) -> None:
+    _set(inventory, "all", values)
+    # The full play, not only the preflight: the appliance is unreachable (192.0.2.10), so
+    # reaching any task on it would show up as "unreachable"; the preflight must stop first.
+    done = _run([_tool("ansible-playbook"), "-i", str(inventory), "site.yml"],
+                env={"ANSIBLE_TIMEOUT": "3"}, timeout=300)
+    assert done.returncode != 0
+    assert named in done.stdout, done.stdout[-5000:]
+    assert "PLAY [Appliance]" not in done.stdout, "the play went on after the preflight failed"
+    assert "unreachable=1" not in done.stdout
+
+
+def test_unreachable_router_fails_the_router_play_with_a_clear_message(inventory: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _set(inventory, "all", {"mikrotik_api_host": "127.0.0.1", "mikrotik_api_port": port, "mikrotik_api_timeout": 2})
+    done = _run([_tool("ansible-playbook"), "-i", str(inventory), "site.yml", "--limit", "edge-1"], timeout=300)
+    assert done.returncode != 0
+    assert f"does not answer on 127.0.0.1:{port} (API-SSL)" in done.stdout, done.stdout[-5000:]
+    assert "the appliance is configured already" in done.stdout
+
+
+# ---------------------------------------------------------------- the Molecule scenario
+
+def _scenario_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "the scenario boots a systemd-nspawn VM: needs root"
+    for tool, package in (("debootstrap", "debootstrap"), ("systemd-nspawn", "systemd-container"),
+                          ("bird", "bird2"), ("openssl", "openssl")):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian package {package})"
+    if not (REPO.parent / "shared" / "testdata" / "geoip").is_dir():
+        return "../shared/testdata/geoip (MaxMind's test databases) is missing"
+    return None
+
+
+@pytest.mark.slow
+def test_molecule_scenario_converges_verifies_and_is_idempotent() -> None:
+    reason = _scenario_unavailable()
+    if reason:
+        pytest.skip(reason)
+    done = _run([_tool("molecule"), "test"], timeout=1800)
+    tail = (done.stdout + done.stderr)[-15000:]
+    assert done.returncode == 0, tail
+    assert "idempotence: Executed: Successful" in tail or "Idempotence completed successfully" in tail, tail

@@ -1,0 +1,348 @@
+"""The RouterOS API simulator (tests/support/routeros_sim.py) driven by real clients.
+
+librouteros (the library community.routeros uses) is an independent implementation of
+the protocol: it encodes the words, logs in and parses replies, so these tests fail if
+the simulator's wire format, replies or value handling drift from what RouterOS clients
+expect.  The community.routeros modules run through ansible-playbook against it, over
+API-SSL, as the `mikrotik` role does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import librouteros
+import pytest
+from librouteros.exceptions import FatalError, TrapError
+from librouteros.protocol import ApiProtocol, decode_length, encode_length
+from librouteros.query import Key, Or
+from support.routeros_sim import RouterOsSim, format_duration, parse_duration
+
+PASSWORD = "s3cret"
+
+
+@pytest.fixture
+def sim() -> Iterator[RouterOsSim]:
+    with RouterOsSim(users={"admin": PASSWORD}) as server:
+        yield server
+
+
+def connect(server: RouterOsSim, **kw: object) -> librouteros.Api:
+    return librouteros.connect(server.host, "admin", PASSWORD, port=server.port, timeout=5, **kw)
+
+
+def raw(server: RouterOsSim) -> ApiProtocol:
+    """librouteros's wire layer without its login, for sentences the Api class hides (tags, !empty)."""
+    api = librouteros.connect(server.host, "admin", PASSWORD, port=server.port, timeout=5)
+    return api.protocol
+
+
+@pytest.mark.parametrize("length", [0, 1, 0x7F, 0x80, 0x3FFF, 0x4000, 0x1FFFFF, 0x200000, 0xFFFFFFF])
+def test_length_encoding_matches_librouteros(length: int) -> None:
+    from support.routeros_sim import encode_length as sim_encode
+
+    assert sim_encode(length) == encode_length(length)
+    assert decode_length(sim_encode(length)) == length
+
+
+def test_long_words_cross_the_length_boundaries(sim: RouterOsSim) -> None:
+    api = connect(sim)
+    for size in (0x7F, 0x80, 0x3FFF, 0x4000, 70_000):
+        comment = "c" * size
+        new_id = api.path("ip", "route").add(**{"dst-address": f"198.51.100.{size % 250}", "blackhole": True,
+                                                  "comment": comment})
+        row = next(r for r in api.path("ip", "route") if r[".id"] == new_id)
+        assert row["comment"] == comment
+
+
+def test_login_rejects_a_wrong_password(sim: RouterOsSim) -> None:
+    with pytest.raises(TrapError, match="invalid user name or password"):
+        librouteros.connect(sim.host, "admin", "wrong", port=sim.port, timeout=5)
+
+
+def test_commands_before_login_are_fatal(sim: RouterOsSim) -> None:
+    with socket.create_connection((sim.host, sim.port), timeout=5) as sock:
+        from librouteros.connections import SocketTransport
+
+        proto = ApiProtocol(SocketTransport(sock), "ASCII")
+        proto.writeSentence("/ip/route/print")
+        with pytest.raises(FatalError, match="not logged in"):
+            proto.readSentence()
+
+
+def test_quit_is_fatal_with_the_routeros_message(sim: RouterOsSim) -> None:
+    proto = raw(sim)
+    proto.writeSentence("/quit")
+    with pytest.raises(FatalError, match="session terminated on request"):
+        proto.readSentence()
+
+
+def test_add_print_set_remove_with_ids_and_normalised_values(sim: RouterOsSim) -> None:
+    api = connect(sim)
+    routes = api.path("ip", "route")
+    first = routes.add(**{"dst-address": "192.0.2.1", "blackhole": "yes", "comment": "nh"})
+    second = routes.add(**{"dst-address": "198.51.100.77/24", "gateway": "10.0.0.1"})
+    assert first.startswith("*") and second != first
+    rows = {r[".id"]: r for r in routes}
+    assert rows[first]["dst-address"] == "192.0.2.1/32"          # bare address: host route
+    assert rows[first]["blackhole"] is True                      # "true" on the wire
+    assert rows[second]["dst-address"] == "198.51.100.0/24"      # canonical network
+    assert rows[second]["distance"] == 1 and rows[second]["disabled"] is False
+
+    routes.update(**{".id": first, "comment": "changed", "disabled": "yes"})
+    assert {r[".id"]: r for r in routes}[first]["comment"] == "changed"
+    routes.remove(first, second)
+    assert list(routes) == []
+
+
+def test_durations_are_printed_as_routeros_does(sim: RouterOsSim) -> None:
+    api = connect(sim)
+    flow = api.path("ip", "traffic-flow")
+    flow.update(**{"active-flow-timeout": "60s", "inactive-flow-timeout": "00:00:15", "enabled": "yes"})
+    row = next(iter(flow))
+    assert (row["active-flow-timeout"], row["inactive-flow-timeout"], row["enabled"]) == ("1m", "15s", True)
+    assert format_duration(parse_duration("1h90m")) == "2h30m"
+    assert format_duration(parse_duration("1d00:00:05")) == "1d5s"
+
+
+def test_errors_are_traps_and_the_session_goes_on(sim: RouterOsSim) -> None:
+    api = connect(sim)
+    targets = api.path("ip", "traffic-flow", "target")
+    with pytest.raises(TrapError, match="invalid value for argument port"):
+        targets.add(**{"dst-address": "10.0.0.1", "port": "70000"})
+    with pytest.raises(TrapError, match="unknown parameter colour"):
+        targets.add(**{"dst-address": "10.0.0.1", "colour": "red"})
+    with pytest.raises(TrapError, match="no such item"):
+        targets.remove("*99")
+    with pytest.raises(TrapError, match="no such command prefix"):
+        list(api.path("interface", "wireless"))
+    with pytest.raises(TrapError, match="already exists"):
+        api.path("snmp", "community").add(name="public")
+    with pytest.raises(TrapError, match="read-only"):
+        api.path("snmp", "community").add(name="x", default="true")
+    assert list(targets) == []  # nothing was half-added
+
+
+def test_builtin_community_cannot_be_removed(sim: RouterOsSim) -> None:
+    api = connect(sim)
+    public = next(r for r in api.path("snmp", "community") if r["name"] == "public")
+    assert public["default"] is True
+    with pytest.raises(TrapError, match="default community"):
+        api.path("snmp", "community").remove(public[".id"])
+
+
+def test_queries_follow_the_stack_machine(sim: RouterOsSim) -> None:
+    api = connect(sim)
+    routes = api.path("ip", "route")
+    for i, comment in enumerate(["a", "b", "c"]):
+        routes.add(**{"dst-address": f"203.0.113.{i}", "blackhole": "yes", "comment": comment, "distance": str(i + 1)})
+    comment, distance = Key("comment"), Key("distance")
+    assert sorted(r["comment"] for r in routes.select(comment).where(Or(comment == "a", comment == "c"))) == ["a", "c"]
+    assert [r["comment"] for r in routes.select(comment).where(distance > 2)] == ["c"]
+    assert [r["comment"] for r in routes.select(comment).where(comment != "a", distance < 3)] == ["b"]
+    # ?-name: items without the property; ?#! negates; raw words through librouteros's rawCmd
+    assert [r["comment"] for r in api.rawCmd("/ip/route/print", "?comment=b", "?#!")] == ["a", "c"]
+    assert list(api.rawCmd("/ip/route/print", "?-comment")) == []
+    counted = list(api.rawCmd("/ip/route/print", "=count-only=", "?blackhole=yes"))
+    assert counted == [{"ret": 3}]
+    only = list(api.rawCmd("/ip/route/print", "=.proplist=.id,comment"))
+    assert all(set(r) == {".id", "comment"} for r in only)
+
+
+def test_tags_come_back_on_every_reply(sim: RouterOsSim) -> None:
+    proto = raw(sim)
+    api = librouteros.Api(proto)
+    api.path("ip", "route").add(**{"dst-address": "203.0.113.9", "blackhole": "yes"})
+    proto.writeSentence("/ip/route/print", ".tag=t1")
+    replies = [proto.readSentence(), proto.readSentence()]
+    assert [r[0] for r in replies] == ["!re", "!done"]
+    assert all(".tag=t1" in words for _, words in replies)
+    proto.writeSentence("/ip/route/remove", "=.id=*FF", ".tag=t2")
+    trap, done = proto.readSentence(), proto.readSentence()
+    assert trap[0] == "!trap" and ".tag=t2" in trap[1] and "=message=no such item" in trap[1]
+    assert done == ("!done", (".tag=t2",))
+
+
+@pytest.mark.parametrize(("version", "empty"), [("7.19.4", True), ("7.16.2", False)])
+def test_empty_reply_from_7_18_on(version: str, empty: bool) -> None:
+    with RouterOsSim(users={"admin": PASSWORD}, version=version) as server:
+        proto = raw(server)
+        proto.writeSentence("/ip/route/print")
+        first = proto.readSentence()
+        assert first[0] == ("!empty" if empty else "!done")
+        if empty:
+            assert proto.readSentence()[0] == "!done"
+
+
+def test_versioned_fields() -> None:
+    for version, present, absent in (("7.19.4", "afi", "address-families"), ("7.16.2", "address-families", "afi")):
+        with RouterOsSim(users={"admin": PASSWORD}, version=version) as server:
+            api = connect(server)
+            assert next(iter(api.path("system", "resource")))["version"] == f"{version} (stable)"
+            conn = api.path("routing", "bgp", "connection")
+            conn.add(**{"name": "x", "local.role": "ibgp", "remote.address": "10.0.0.1", present: "ip"})
+            with pytest.raises(TrapError, match=f"unknown parameter {absent}"):
+                conn.add(**{"name": "y", "local.role": "ibgp", "remote.address": "10.0.0.2", absent: "ip"})
+
+
+def test_state_file_follows_changes(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    with RouterOsSim(users={"admin": PASSWORD}, state_file=state) as server:
+        connect(server).path("ip", "route").add(**{"dst-address": "192.0.2.1", "blackhole": "yes"})
+        menus = json.loads(state.read_text())["menus"]
+    assert [r["dst-address"] for r in menus["/ip/route"]] == ["192.0.2.1/32"]
+
+
+# ---------------------------------------------------------------- API-SSL and community.routeros
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path_factory.mktemp("cert")
+    cert, key = d / "router.pem", d / "router.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=router",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_api_ssl_with_a_verified_certificate(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    with RouterOsSim(users={"admin": PASSWORD}, tls=(cert, key)) as server:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        api = connect(server, ssl_wrapper=lambda s: ctx.wrap_socket(s, server_hostname="127.0.0.1"))
+        assert next(iter(api.path("system", "identity")))["name"] == "MikroTik"
+        with pytest.raises((OSError, librouteros.exceptions.ConnectionClosed)):
+            connect(server)  # plain API on the API-SSL port: no session
+
+
+PLAYBOOK = """\
+- name: Drive the simulator with community.routeros
+  hosts: localhost
+  gather_facts: false
+  module_defaults:
+    group/community.routeros.api:
+      hostname: 127.0.0.1
+      port: {port}
+      username: admin
+      password: {password}
+      tls: true
+      ca_path: {ca}
+  tasks:
+    - name: Traffic flow
+      community.routeros.api_modify:
+        path: ip traffic-flow
+        data:
+          - {{enabled: true, interfaces: all, active-flow-timeout: 1m, inactive-flow-timeout: 15s}}
+    - name: Target, only the appliance's
+      community.routeros.api_modify:
+        path: ip traffic-flow target
+        data:
+          - {{dst-address: 10.254.0.2, port: 2055, version: ipfix}}
+        restrict:
+          - {{field: dst-address, values: [10.254.0.2]}}
+        handle_absent_entries: remove
+        handle_entries_content: remove_as_much_as_possible
+    - name: Community
+      community.routeros.api_modify:
+        path: snmp community
+        data:
+          - {{name: flowenricher, addresses: 10.254.0.2/32, read-access: true, write-access: false}}
+        restrict:
+          - {{field: name, values: [flowenricher]}}
+        handle_absent_entries: remove
+    - name: Read back
+      community.routeros.api_info:
+        path: ip traffic-flow target
+      register: targets
+    - name: Show
+      ansible.builtin.debug:
+        var: targets.result
+"""
+
+
+def _playbook(tmp_path: Path, server: RouterOsSim, cert: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    book = tmp_path / "play.yml"
+    book.write_text(PLAYBOOK.format(port=server.port, password=PASSWORD, ca=cert))
+    env = {**os.environ, "ANSIBLE_STDOUT_CALLBACK": "json", "ANSIBLE_LOCALHOST_WARNING": "false",
+           "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false", "ANSIBLE_PYTHON_INTERPRETER": sys.executable}
+    return subprocess.run(["ansible-playbook", "-i", "localhost,", "-c", "local", *extra, str(book)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+
+
+def _changed(result: subprocess.CompletedProcess[str]) -> dict[str, bool]:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    plays = json.loads(result.stdout)["plays"]
+    return {t["task"]["name"]: t["hosts"]["localhost"].get("changed", False) for t in plays[0]["tasks"]}
+
+
+@pytest.mark.skipif(shutil.which("ansible-playbook") is None, reason="ansible is not installed (test extra)")
+def test_community_routeros_converges_idempotently_and_respects_restrict(
+        tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    with RouterOsSim(users={"admin": PASSWORD}, tls=(cert, key)) as server:
+        api = connect(server, ssl_wrapper=lambda s: ssl.create_default_context(cafile=str(cert)).wrap_socket(
+            s, server_hostname="127.0.0.1"))
+        other = api.path("ip", "traffic-flow", "target").add(**{"dst-address": "10.9.9.9", "port": "9995"})
+
+        checked = _playbook(tmp_path, server, cert, "--check", "--diff")
+        check = _changed(checked)
+        assert check["Traffic flow"] and check["Target, only the appliance's"]
+        tasks = {t["task"]["name"]: t["hosts"]["localhost"] for t in json.loads(checked.stdout)["plays"][0]["tasks"]}
+        diff = tasks["Traffic flow"]["diff"]  # what --diff shows: the router's values before and after
+        assert (diff["before"]["enabled"], diff["before"]["active-flow-timeout"]) == (False, "30m")
+        assert (diff["after"]["enabled"], diff["after"]["active-flow-timeout"]) == (True, "1m")
+        assert next(iter(api.path("ip", "traffic-flow")))["enabled"] is False  # check mode changed nothing
+
+        first = _changed(_playbook(tmp_path, server, cert))
+        assert first["Traffic flow"] and first["Target, only the appliance's"] and first["Community"]
+        second = _changed(_playbook(tmp_path, server, cert))
+        assert not any(second.values()), second
+
+        snap = server.snapshot()
+        flow = snap["/ip/traffic-flow"][0]
+        assert (flow["enabled"], flow["active-flow-timeout"], flow["inactive-flow-timeout"]) == ("true", "1m", "15s")
+        targets = {t["dst-address"]: t for t in snap["/ip/traffic-flow/target"]}
+        assert targets["10.254.0.2"]["version"] == "ipfix" and targets["10.254.0.2"]["port"] == "2055"
+        assert targets["10.9.9.9"][".id"] == other  # restrict: the operator's own target is untouched
+        communities = {c["name"]: c for c in snap["/snmp/community"]}
+        assert communities["flowenricher"]["addresses"] == "10.254.0.2/32"
+        assert "public" in communities
+
+
+def test_command_line_serves_until_sigterm(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    (tmp_path / "pw").write_text(PASSWORD)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "support" / "routeros_sim.py"),
+                             "--listen", f"127.0.0.1:{port}", "--password-file", str(tmp_path / "pw"),
+                             "--cert", str(cert), "--key", str(key), "--state-file", str(tmp_path / "s.json")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert "API-SSL" in proc.stdout.readline()
+        ctx = ssl.create_default_context(cafile=str(cert))
+        api = librouteros.connect("127.0.0.1", "admin", PASSWORD, port=port, timeout=5,
+                                  ssl_wrapper=lambda s: ctx.wrap_socket(s, server_hostname="127.0.0.1"))
+        api.path("snmp").update(enabled="yes")
+        assert json.loads((tmp_path / "s.json").read_text())["menus"]["/snmp"][0]["enabled"] == "true"
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+
+
+def test_bad_arguments_name_the_problem() -> None:
+    result = subprocess.run([sys.executable, str(Path(__file__).parent / "support" / "routeros_sim.py"),
+                             "--cert", "/nonexistent.pem"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "--cert and --key go together" in result.stderr
