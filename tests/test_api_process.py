@@ -30,7 +30,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
-from support import sample_batch
+from support import flowenricher_argv, free_port, sample_batch
 from support.api import SAFETY, make_env
 from support.clickhouse_http import ClickHouseHTTPStandIn
 from support.recording_gobgp import RecordingGoBGP
@@ -400,28 +400,13 @@ def test_two_processes_write_one_state_db(short_dir: Path) -> None:
 # --------------------------------------------------------------------------- real processes
 
 
-def _argv() -> list[str]:
-    script = Path(sys.executable).with_name("flowenricher")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("flowenricher")
-    return [found] if found else [sys.executable, "-m", "appliance.flowenricher.cli"]
-
-
-def _free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class Proc:
     """One `flowenricher` command as a subprocess, its output in a log file."""
 
     def __init__(self, workdir: Path, name: str, *args: str) -> None:
         self.path = workdir / f"{name}.log"
         self.log = self.path.open("ab")
-        self.proc = subprocess.Popen([*_argv(), *args], cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*flowenricher_argv(), *args], cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         return self.path.read_text(errors="replace")
@@ -449,7 +434,7 @@ class Proc:
 
 @pytest.fixture
 def appliance(short_dir: Path) -> Iterator[dict[str, Any]]:
-    port, api_port = _free_port(), _free_port(socket.SOCK_STREAM)
+    port, api_port = free_port(), free_port(socket.SOCK_STREAM)
     rules = short_dir / "detection.yml"
     rules.write_text(RULES)
     config = short_dir / "config.yaml"
@@ -459,7 +444,7 @@ def appliance(short_dir: Path) -> Iterator[dict[str, Any]]:
         "  workers: 1\n"
         f"storage: {{path: {json.dumps(str(short_dir / 'data'))}}}\n"
         "insert: {batch_size: 5000, flush_interval_ms: 200}\n"
-        f'metrics: {{listen: "127.0.0.1:{_free_port(socket.SOCK_STREAM)}"}}\n'
+        f'metrics: {{listen: "127.0.0.1:{free_port(socket.SOCK_STREAM)}"}}\n'
         f'api: {{listen: "127.0.0.1:{api_port}", enabled: false}}\n'
         "enrich: geoip\n"
         f"geoip: {{asn_db: {json.dumps(str(GEOIP / 'GeoLite2-ASN-Test.mmdb'))},"
@@ -490,7 +475,8 @@ def appliance(short_dir: Path) -> Iterator[dict[str, Any]]:
 
 def test_api_process_beside_the_collector(appliance: dict[str, Any]) -> None:
     start, api = appliance["start"], appliance["api"]
-    token = subprocess.run([*_argv(), "token", "create", "--scope", "admin", "--config", str(appliance["config"])],
+    token = subprocess.run([*flowenricher_argv(), "token", "create", "--scope", "admin", "--config",
+                            str(appliance["config"])],
                            capture_output=True, text=True, timeout=60, check=True).stdout.strip()
     headers = {"Authorization": f"Bearer {token}"}
 
@@ -525,7 +511,7 @@ def test_api_process_beside_the_collector(appliance: dict[str, Any]) -> None:
     assert httpx.get(f"{api}/api/v1/lookup/1.0.0.1", headers=headers).json()["geo"]["asn"] == 15169
 
     # Flows: top N from the embedded store (owned by the collector) after generated traffic.
-    sent = subprocess.run([*_argv(), "generate", "--to", f"127.0.0.1:{appliance['port']}", "--fps", "5000",
+    sent = subprocess.run([*flowenricher_argv(), "generate", "--to", f"127.0.0.1:{appliance['port']}", "--fps", "5000",
                            "--duration", "2", "--protocol", "ipfix"], capture_output=True, text=True, timeout=120)
     assert sent.returncode == 0, sent.stderr
 

@@ -12,11 +12,9 @@ from outside injected.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,32 +22,18 @@ from typing import Any
 
 import httpx
 import pytest
+from support import flowenricher_argv, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 GEOIP = REPO / "tests" / "data" / "geoip"
 RULES = REPO / "appliance" / "flowenricher" / "examples" / "detection.yml"
 
 
-def _argv() -> list[str]:
-    script = Path(sys.executable).with_name("flowenricher")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("flowenricher")
-    return [found] if found else [sys.executable, "-m", "appliance.flowenricher.cli"]
-
-
-def _free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class Service:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.port = _free_port()
-        self.api_port = _free_port(socket.SOCK_STREAM)
+        self.port = free_port()
+        self.api_port = free_port(socket.SOCK_STREAM)
         self.config = workdir / "config.yaml"
         rules = workdir / "detection.yml"  # the shipped rules; the scan rule also stores its detections
         text = RULES.read_text()
@@ -62,7 +46,7 @@ class Service:
             "  workers: 1\n"
             f"storage: {{path: {json.dumps(str(workdir / 'data'))}}}\n"
             "insert: {batch_size: 5000, flush_interval_ms: 200}\n"
-            f'metrics: {{listen: "127.0.0.1:{_free_port(socket.SOCK_STREAM)}"}}\n'
+            f'metrics: {{listen: "127.0.0.1:{free_port(socket.SOCK_STREAM)}"}}\n'
             f'api: {{listen: "127.0.0.1:{self.api_port}"}}\n'
             "enrich: geoip\n"
             f"geoip: {{asn_db: {json.dumps(str(GEOIP / 'GeoLite2-ASN-Test.mmdb'))},"
@@ -77,7 +61,7 @@ class Service:
             f"  alerts_log: {json.dumps(str(workdir / 'detections.log'))}\n"
         )
         self.log = (workdir / "service.log").open("wb")
-        self.proc = subprocess.Popen([*_argv(), "run", "--config", str(self.config)], cwd=workdir,
+        self.proc = subprocess.Popen([*flowenricher_argv(), "run", "--config", str(self.config)], cwd=workdir,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_for(lambda: b"listening:" in (workdir / "service.log").read_bytes(), 60, "listening")
 
@@ -94,7 +78,7 @@ class Service:
             time.sleep(0.1)
 
     def cli(self, *args: str) -> str:
-        done = subprocess.run([*_argv(), *args, "--config", str(self.config)], capture_output=True, text=True,
+        done = subprocess.run([*flowenricher_argv(), *args, "--config", str(self.config)], capture_output=True, text=True,
                               timeout=120, cwd=self.workdir)
         assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stderr}"
         return done.stdout
@@ -124,7 +108,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
 
 
 def test_enriched_flows_detections_and_lookup(service: Service) -> None:
-    sent = subprocess.run([*_argv(), "generate", "--to", f"127.0.0.1:{service.port}", "--fps", "20000",
+    sent = subprocess.run([*flowenricher_argv(), "generate", "--to", f"127.0.0.1:{service.port}", "--fps", "20000",
                            "--duration", "3", "--protocol", "ipfix", "--scenario", "horizontal_scan"],
                           capture_output=True, text=True, timeout=120)
     assert sent.returncode == 0, sent.stderr

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import flowenricher_argv
 from support.netns import Namespace, Spawned, TestNetwork, require_netns, sweep_stale
 
 HOST, PEER = "10.255.1.1", "10.255.1.2"
@@ -361,15 +362,6 @@ class Softflowd:
 
 
 # ------------------------------------------------------------------------------ collector
-
-
-def flowenricher_argv() -> list[str]:
-    """The installed console script of this interpreter's environment, else the module."""
-    script = Path(sys.executable).with_name("flowenricher")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("flowenricher")
-    return [found] if found else [sys.executable, "-m", "appliance.flowenricher.cli"]
 
 
 def write_config(path: Path, data_dir: Path) -> None:

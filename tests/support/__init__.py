@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -59,3 +63,20 @@ def sample_batch(n: int, seed: int = 0, start: int | None = None) -> FlowBatch:
             "flow_direction": rng.integers(0, 5, n).astype(np.uint8),
         },
     )
+
+
+def flowenricher_argv() -> list[str]:
+    """The installed console script of this interpreter's environment, else the module."""
+    script = Path(sys.executable).with_name("flowenricher")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("flowenricher")
+    return [found] if found else [sys.executable, "-m", "appliance.flowenricher.cli"]
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port on 127.0.0.1 free a moment ago (UDP by default)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.flowenricher.generate.scenarios import AttackTruth
+from support import flowenricher_argv
 
 from .netns import Namespace, Spawned, TestNetwork
 
@@ -487,10 +488,3 @@ class Collector:
         return self.proc.stop(signal.SIGTERM, timeout=30)
 
 
-def flowenricher_argv() -> list[str]:
-    """The installed console script of this interpreter's environment, else the module."""
-    script = Path(sys.executable).with_name("flowenricher")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("flowenricher")
-    return [found] if found else [sys.executable, "-m", "appliance.flowenricher.cli"]
