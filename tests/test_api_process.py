@@ -31,6 +31,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from support import flowenricher_argv, free_port, sample_batch
+from support.anomaly import trained
 from support.api import SAFETY, make_env
 from support.clickhouse_http import ClickHouseHTTPStandIn
 from support.recording_gobgp import RecordingGoBGP
@@ -45,6 +46,7 @@ from appliance.flowenricher.blackhole.safety import Refused, SafetyPolicy
 from appliance.flowenricher.blackhole.state import StateDB
 from appliance.flowenricher.config import load_config
 from appliance.flowenricher.control import CollectorUnavailable, ControlServer, collector_requests
+from appliance.flowenricher.detect.features import FEATURE_NAMES
 from appliance.flowenricher.detect.rules import load_rule_set
 from appliance.flowenricher.errors import ConfigError, StoreError
 from appliance.flowenricher.service import Runtime
@@ -286,6 +288,32 @@ def test_api_over_the_socket_answers_as_in_process(collector_side: CollectorSide
     assert 'flowenricher_blackhole_actions_total{action="announce",source="api"} 1.0' in metrics
     assert "flowenricher_api_store_errors_total" in metrics  # the API process's own
     assert "flowenricher_blackhole_refused_total" in client.get("/", headers=headers).text
+
+
+def test_anomaly_scoring_is_served_from_the_collectors_model(collector_side: CollectorSide, api_client: RemoteClient,
+                                                              tmp_path: Path) -> None:
+    """The model lives in the collector (it trains it from the flows): the API process's
+    scoring endpoints answer with its scores, and 503 while it has no scoring."""
+    headers = {"Authorization": f"Bearer {api_client.token}"}
+    client = api_client.client
+    off = client.post("/api/v1/anomaly/score", json={"vectors": []}, headers=headers)
+    assert off.status_code == 503 and "not enabled" in off.json()["detail"], off.text
+    assert client.get("/api/v1/anomaly/model", headers=headers).status_code == 503
+
+    scoring = trained(tmp_path / "model", seconds=120)
+    collector_side.runtime.anomaly = scoring
+    assert scoring.model is not None
+    vectors = [[0.0] * len(FEATURE_NAMES), [50.0] * len(FEATURE_NAMES)]
+    for path in ("/api/v1/anomaly/score", "/score"):
+        answer = client.post(path, json={"vectors": vectors}, headers=headers)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["scores"] == pytest.approx(scoring.model.score(vectors).tolist())
+        assert body["threshold"] == pytest.approx(scoring.model.threshold)
+        assert body["feature_names"] == list(FEATURE_NAMES)
+    bad = client.post("/score", json={"vectors": [[1.0, 2.0]]}, headers=headers)
+    assert bad.status_code == 422 and "$.vectors[0]" in bad.text  # checked in the API process
+    assert client.get("/api/v1/anomaly/model", headers=headers).json() == json.loads(json.dumps(scoring.status()))
 
 
 def test_dry_run_of_the_collector_is_reported(collector_side: CollectorSide, api_client: RemoteClient) -> None:

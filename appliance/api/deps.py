@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Protocol, get_args
 from zoneinfo import ZoneInfo
 
 from fastapi import Depends, Query, Request
@@ -33,8 +33,27 @@ from .limits import DEFAULT_MAX_BODY
 from .queries import Filters
 from .repository import FlowRepository, QueryFn
 
-if TYPE_CHECKING:
-    from appliance.flowenricher.detect.anomaly import AnomalyScoring
+
+class ScoringModel(Protocol):
+    """What the scoring endpoint uses of a model (detect/anomaly.AnomalyModel)."""
+
+    @property
+    def threshold(self) -> float: ...
+
+    @property
+    def trained_at(self) -> float: ...
+
+    def score(self, vectors: Any) -> Any: ...
+
+
+class AnomalyService(Protocol):
+    """The anomaly scoring the API serves: detect/anomaly.AnomalyScoring in the
+    collector's process, remote.RemoteAnomaly in `flowenricher api`."""
+
+    @property
+    def model(self) -> ScoringModel | None: ...
+
+    def status(self) -> dict[str, Any]: ...
 
 LookupFn = Callable[[str], Mapping[str, Any]]
 """What ``flowenricher lookup IP`` prints, as a mapping; raises ValueError for a bad address."""
@@ -74,7 +93,7 @@ class ApiDeps:
     dev_mode: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY
     clock: Callable[[], float] = time.time
-    anomaly: AnomalyScoring | None = None  # anomaly scoring, when enabled (routes/anomaly.py)
+    anomaly: AnomalyService | None = None  # anomaly scoring, when enabled (routes/anomaly.py)
 
 
 @dataclass

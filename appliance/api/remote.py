@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -34,6 +35,7 @@ from appliance.flowenricher.blackhole.safety import SafetyPolicy
 from appliance.flowenricher.blackhole.state import Blackhole, StateDB
 from appliance.flowenricher.config import Settings
 from appliance.flowenricher.control import CollectorUnavailable, blackhole_from
+from appliance.flowenricher.errors import StoreError
 
 from .deps import ApiDeps
 from .errors import Unavailable
@@ -173,6 +175,49 @@ class RemoteBlackholes:
         return [blackhole_from(row) for row in self.collector.call("blackhole-active")["blackholes"]]
 
 
+class _RemoteModel:
+    """The collector's model as the scoring endpoint sees it: each score() asks the
+    collector, which answers the model's threshold and training time with the scores."""
+
+    def __init__(self, collector: Collector) -> None:
+        self._collector = collector
+        self.threshold = 0.0
+        self.trained_at = 0.0
+
+    def score(self, vectors: Any) -> Any:
+        answer = _anomaly_call(self._collector, "anomaly-score", vectors=[[float(x) for x in v] for v in vectors])
+        self.threshold, self.trained_at = float(answer["threshold"]), float(answer["trained_at"])
+        return np.asarray(answer["scores"], dtype=np.float64)
+
+
+class RemoteAnomaly:
+    """Anomaly scoring for `flowenricher api`: the model lives in the collector (it trains
+    it from the flows), so scores are computed there; no scoring there is a 503."""
+
+    def __init__(self, collector: Collector) -> None:
+        self._collector = collector
+
+    @property
+    def model(self) -> _RemoteModel:
+        """The collector's model; 503 (Unavailable) when it scores nothing or has no model
+        yet, as the endpoint answers in-process.  One round trip on the control socket."""
+        found = _RemoteModel(self._collector)
+        found.score([])  # asks the collector: its threshold and training time, or why not
+        return found
+
+    def status(self) -> dict[str, Any]:
+        answer: dict[str, Any] = _anomaly_call(self._collector, "anomaly-status")
+        return answer
+
+
+def _anomaly_call(collector: Collector, op: str, **fields: Any) -> Any:
+    """`op` on the collector; its refusal (scoring off, no model yet) is a 503 as in-process."""
+    try:
+        return collector.call(op, **fields)
+    except StoreError as err:
+        raise Unavailable(str(err)) from err
+
+
 @dataclasses.dataclass
 class RemoteApi:
     """The API process's parts: the ApiDeps for create_app, and what to close at exit."""
@@ -235,7 +280,7 @@ def remote_deps(cfg: Settings, config_path: Path | None, rules_path: Path | None
         settings=cfg, blackholes=blackholes, registry=registry, query=query,
         config_path=config_path, rules_path=rules_path, lookup=collector.lookup, interfaces=interfaces,
         exporter_counters=exporter_counters, apply_config=apply_config, apply_rules=apply_rules,
-        dev_mode=cfg.api.dev_mode, max_body_bytes=cfg.api.max_body_bytes,
+        dev_mode=cfg.api.dev_mode, max_body_bytes=cfg.api.max_body_bytes, anomaly=RemoteAnomaly(collector),
     )
     return RemoteApi(deps, collector, closers)
 

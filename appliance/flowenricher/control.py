@@ -142,6 +142,10 @@ class CollectorParts(Protocol):
     def interfaces(self) -> Callable[[], Mapping[str, Mapping[int, str]]] | None: ...
 
     @property
+    def anomaly(self) -> Any:
+        """The anomaly scoring (detect/anomaly.AnomalyScoring) when ``anomaly.enabled``."""
+
+    @property
     def reload_config(self) -> Callable[[], list[str]] | None:
         """Re-read the config file and apply what can change live; the keys that wait
         for a restart.  Raises ConfigError (nothing applied) when the file is invalid."""
@@ -243,6 +247,25 @@ def collector_requests(parts: CollectorParts, registry: CollectorRegistry | None
             raise FlowEnricherError("this collector keeps no metrics registry")
         return {"text": generate_latest(registry).decode()}
 
+    def scoring() -> Any:
+        if parts.anomaly is None:
+            raise FlowEnricherError("anomaly scoring is not enabled")
+        return parts.anomaly
+
+    def anomaly_score(req: dict[str, Any]) -> dict[str, Any]:
+        model = scoring().model
+        if model is None:
+            raise FlowEnricherError("no anomaly model is loaded yet (the baseline has not trained one)")
+        vectors = req.get("vectors")
+        if not isinstance(vectors, list):
+            raise ValueError("vectors: expected a list of vectors")
+        scores = model.score(vectors).tolist() if vectors else []
+        return {"scores": scores, "threshold": model.threshold, "trained_at": model.trained_at}
+
+    def anomaly_status(_: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = scoring().status()
+        return answer
+
     def status(_: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid(), "config": str(parts.config_path) if parts.config_path else None,
                 "rules": str(parts.rules_path) if parts.rules_path else None}
@@ -251,6 +274,7 @@ def collector_requests(parts: CollectorParts, registry: CollectorRegistry | None
         "blackhole-announce": announce, "blackhole-withdraw": withdraw, "blackhole-active": active,
         "blackhole-history": history, "exporter-counters": counters, "interface-names": interfaces,
         "apply-config": apply_config, "reload-rules": reload_rules, "metrics": metrics, "status": status,
+        "anomaly-score": anomaly_score, "anomaly-status": anomaly_status,
     }
 
 

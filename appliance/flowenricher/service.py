@@ -96,6 +96,7 @@ class Runtime:
     reload_rules: Callable[[], int] | None = None  # re-read the rules file into the detection engine
     config_path: Path | None = None
     rules_path: Path | None = None
+    anomaly: Any = None  # detect/anomaly.AnomalyScoring when anomaly.enabled (its scoring endpoint)
 
     def close(self) -> None:
         for close in reversed(self.closers):

@@ -312,6 +312,7 @@ def _add_anomaly(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, q
     runtime.consumers.append(scoring)
     runtime.tickers.append(scoring.tick)
     runtime.closers.append(scoring.close)
+    runtime.anomaly = scoring
     return scoring
 
 
