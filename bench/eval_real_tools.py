@@ -39,6 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from support import flowenricher_argv  # noqa: E402
 from support.attack_lab import (  # noqa: E402
     FLOODER,
     NMAP,
@@ -48,7 +49,6 @@ from support.attack_lab import (  # noqa: E402
     AttackLab,
     Collector,
     collector_config,
-    flowenricher_argv,
 )
 from support.attack_lab import unavailable_reason as lab_unavailable  # noqa: E402
 from support.netns import TestNetwork, sweep_stale  # noqa: E402
