@@ -15,13 +15,12 @@ import json
 import logging
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
-from support import flowenricher_argv, free_port, sample_batch
+from support import FlowenricherProcess, flowenricher_argv, free_port, sample_batch
 from support.anomaly import trained
 from support.api import SAFETY, make_env
 from support.clickhouse_http import ClickHouseHTTPStandIn
@@ -428,38 +427,6 @@ def test_two_processes_write_one_state_db(short_dir: Path) -> None:
 # --------------------------------------------------------------------------- real processes
 
 
-class Proc:
-    """One `flowenricher` command as a subprocess, its output in a log file."""
-
-    def __init__(self, workdir: Path, name: str, *args: str) -> None:
-        self.path = workdir / f"{name}.log"
-        self.log = self.path.open("ab")
-        self.proc = subprocess.Popen([*flowenricher_argv(), *args], cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.path.read_text(errors="replace")
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"exited {self.proc.returncode} before {what}:\n{self.output()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}:\n{self.output()[-4000:]}")
-            time.sleep(0.1)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
-
-
 @pytest.fixture
 def appliance(short_dir: Path) -> Iterator[dict[str, Any]]:
     port, api_port = free_port(), free_port(socket.SOCK_STREAM)
@@ -486,10 +453,10 @@ def appliance(short_dir: Path) -> Iterator[dict[str, Any]]:
         f"  rules_config: {json.dumps(str(rules))}\n"
         f"  alerts_log: {json.dumps(str(short_dir / 'detections.log'))}\n"
     )
-    started: list[Proc] = []
+    started: list[FlowenricherProcess] = []
 
-    def start(name: str, *args: str) -> Proc:
-        proc = Proc(short_dir, name, *args, "--config", str(config))
+    def start(name: str, *args: str) -> FlowenricherProcess:
+        proc = FlowenricherProcess(short_dir, name, *args, "--config", str(config))
         started.append(proc)
         return proc
 

@@ -12,24 +12,24 @@ from outside injected.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from support import flowenricher_argv, free_port
+from support import FlowenricherProcess, flowenricher_argv, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 GEOIP = REPO / "tests" / "data" / "geoip"
 RULES = REPO / "appliance" / "flowenricher" / "examples" / "detection.yml"
 
 
-class Service:
+class Service(FlowenricherProcess):
+    """`flowenricher run` on a config with GeoIP, networks, detection and the API."""
+
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
@@ -60,22 +60,8 @@ class Service:
             f"  rules_config: {json.dumps(str(rules))}\n"
             f"  alerts_log: {json.dumps(str(workdir / 'detections.log'))}\n"
         )
-        self.log = (workdir / "service.log").open("wb")
-        self.proc = subprocess.Popen([*flowenricher_argv(), "run", "--config", str(self.config)], cwd=workdir,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        self.wait_for(lambda: b"listening:" in (workdir / "service.log").read_bytes(), 60, "listening")
-
-    def output(self) -> str:
-        return (self.workdir / "service.log").read_text(errors="replace")
-
-    def wait_for(self, predicate: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited {self.proc.returncode} before {what}:\n{self.output()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}:\n{self.output()[-4000:]}")
-            time.sleep(0.1)
+        super().__init__(workdir, "service", "run", "--config", str(self.config))
+        self.wait_for(lambda: "listening:" in self.output(), 60, "listening")
 
     def cli(self, *args: str) -> str:
         done = subprocess.run([*flowenricher_argv(), *args, "--config", str(self.config)], capture_output=True, text=True,
@@ -85,18 +71,6 @@ class Service:
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         return [json.loads(x) for x in self.cli("sql", query, "--format", "json").splitlines() if x.strip()]
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
-
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:

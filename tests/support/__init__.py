@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +83,38 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+class FlowenricherProcess:
+    """One `flowenricher` command as a subprocess (by its PID), its output in
+    ``<workdir>/<name>.log``."""
+
+    def __init__(self, workdir: Path, name: str, *args: str) -> None:
+        self.path = workdir / f"{name}.log"
+        self.log = self.path.open("ab")
+        self.proc = subprocess.Popen([*flowenricher_argv(), *args], cwd=workdir, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.path.read_text(errors="replace")
+
+    def wait_for(self, predicate: Callable[[], object], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited {self.proc.returncode} before {what}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}:\n{self.output()[-4000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        """SIGTERM to the PID (SIGKILL after 60 s); the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
