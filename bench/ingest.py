@@ -442,13 +442,7 @@ def run_flowenricher(name: str, rate: int, args: argparse.Namespace, work: Path,
         step.notes.append(str(err))
     finally:
         code = children.stop(proc, timeout=120)
-        if memory.is_alive():
-            memory.finish()
-    step.peak_rss_kb, step.peak_pss_kb = memory.peak_rss_kb, memory.peak_pss_kb
-    step.memory = memory.by_process()
-    if code != 0:
-        step.notes.append(f"flowenricher exited with {code}")
-    step.notes.extend(_log_problems(log, ("ERROR", "Traceback")))
+        _close_step(step, memory, code, "flowenricher", _log_problems(log, ("ERROR", "Traceback")))
     if step.sent is not None:
         step.kept = _count_rows(conf, step)
     shutil.rmtree(where / "data", ignore_errors=True)
@@ -548,13 +542,7 @@ def run_nfacctd(name: str, rate: int, args: argparse.Namespace, work: Path, chil
     finally:
         # Returns once the plugin's cache writers are gone too: then the files are complete.
         code = children.stop(proc, timeout=120)
-        if memory.is_alive():
-            memory.finish()
-    step.peak_rss_kb, step.peak_pss_kb = memory.peak_rss_kb, memory.peak_pss_kb
-    step.memory = memory.by_process()
-    if code != 0:
-        step.notes.append(f"nfacctd exited with {code}")
-    step.notes.extend(_log_problems(log, NFACCTD_LOSS_SIGNS))
+        _close_step(step, memory, code, "nfacctd", _log_problems(log, NFACCTD_LOSS_SIGNS))
     if step.sent is not None:
         step.kept, bad = _sum_flows(where.glob("flows-*.csv"))
         if bad:
@@ -578,6 +566,17 @@ def _sum_flows(files: Iterator[Path]) -> tuple[int, int]:
                 elif not line.rstrip(b"\n").endswith(b"PACKETS,FLOWS,BYTES"):
                     bad += 1
     return total, bad
+
+
+def _close_step(step: Step, memory: MemorySampler, code: int | None, who: str, problems: list[str]) -> None:
+    """After a collector stopped: its memory peaks, exit code and log problems into `step`."""
+    if memory.is_alive():
+        memory.finish()
+    step.peak_rss_kb, step.peak_pss_kb = memory.peak_rss_kb, memory.peak_pss_kb
+    step.memory = memory.by_process()
+    if code != 0:
+        step.notes.append(f"{who} exited with {code}")
+    step.notes.extend(problems)
 
 
 def _log_problems(log: Path, needles: Sequence[str], limit: int = 3) -> list[str]:
