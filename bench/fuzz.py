@@ -3,6 +3,7 @@ and not one exception may escape `FlowDecoder.decode`.
 
     python bench/fuzz.py [--datagrams 3000000] [--processes 2]
     python bench/fuzz.py --reproduce SEED/EPOCH:CALL    # rerun a failure: traceback, shrunk input
+    python bench/fuzz.py --structured --datagrams 1000000 [--processes 2]
 
 Seeds are valid datagrams: every capture in tests/data/pcaps (real NetFlow v5/v9, IPFIX
 and sFlow exporters) plus the generator's v5, v9, IPFIX and sFlow packets.  Most inputs
@@ -20,12 +21,22 @@ batch's length.  After a failure the epoch goes on with a freshly primed decoder
 frequent bug does not hide the rest; `--reproduce` replays an epoch the same way, which
 rebuilds the decoder's exact state (templates learnt from mutated template packets
 included) before the failing call.
+
+A check counts an exception the decoder contained (`decode_error`) as a failure too: the
+decoder no longer lets one escape, so containment must not hide bugs.
+
+`--structured` composes NetFlow v9 and IPFIX exports instead of mutating seeds: the
+hypothesis strategies of tests/support/netflow_strategies.py (the CI test's, run
+longer), each composition on a fresh decoder under the same checks as the CI test.
+There `--datagrams` and `--epoch` count compositions (1 to 4 datagrams each; the report
+gives the datagrams).  Hypothesis shrinks a failure to a small composition and prints it.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import logging
 import multiprocessing as mp
 import random
@@ -36,10 +47,11 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from appliance.flowenricher.decode.dispatch import Datagram, FlowDecoder
 from appliance.flowenricher.decode.mutate import mutate_datagram
-from appliance.flowenricher.decode.stats import DATAGRAMS, OPTIONS_RECORDS, RECORDS
+from appliance.flowenricher.decode.stats import DATAGRAMS, DECODE_ERROR, OPTIONS_RECORDS, RECORDS
 from appliance.flowenricher.generate.encode import build_packets
 from appliance.flowenricher.pcap import read_udp
 
@@ -117,10 +129,13 @@ def epoch_calls(task: Task, seeds: Sequence[bytes]) -> Iterator[list[Datagram]]:
 def check(decoder: FlowDecoder, call: Sequence[Datagram]) -> None:
     """One decode call and the decoder's contract beyond "does not raise"."""
     before = decoder.stats.total(DATAGRAMS)
+    errors = decoder.stats.total_dropped()[DECODE_ERROR]
     out = decoder.decode(call)
     after = decoder.stats.total(DATAGRAMS)
     if after != before + len(call):
         raise AssertionError(f"datagram counter grew by {after - before}, {len(call)} datagrams given")
+    if decoder.stats.total_dropped()[DECODE_ERROR] != errors:
+        raise AssertionError("the decoder contained an exception (decode_error): a bug to fix")
     for name in out.set_columns():
         if len(out[name]) != out.n:
             raise AssertionError(f"column {name} has {len(out[name])} rows, batch has {out.n}")
@@ -161,6 +176,38 @@ def run_epoch(task: Task) -> EpochResult:
             base = decoder.stats.snapshot()
     decoder.finish()  # held sets are dropped now and counted (template_missing)
     result.count(decoder, base)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def run_structured_epoch(task: Task) -> EpochResult:
+    """Compose the epoch's count of exports (each 1 to 4 datagrams) with hypothesis;
+    each is decoded twice, in order and reversed."""
+    from hypothesis import HealthCheck, Phase, given, seed, settings
+
+    sys.path.insert(0, str(PCAPS.parents[1]))  # tests/ (no package): the strategies the CI test uses
+    strategies = importlib.import_module("support.netflow_strategies")
+
+    epoch, n, _, _ = task
+    started = time.perf_counter()
+    result = EpochResult()
+
+    @seed(int.from_bytes(epoch.encode(), "big") % 2**32)
+    @settings(max_examples=n, deadline=None, database=None,
+              phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
+    @given(strategies.exports)
+    def one(composed: Any) -> None:
+        for stats in strategies.check_composed(composed):  # in order, then reversed
+            result.datagrams += stats.total(DATAGRAMS)
+            result.records += stats.total(RECORDS)
+            result.options_records += stats.total(OPTIONS_RECORDS)
+            result.dropped.update(stats.total_dropped())
+
+    try:
+        one()
+    except Exception as err:  # the point of the run: a finding, shrunk by hypothesis
+        note = "".join(getattr(err, "__notes__", []))[-2000:]
+        result.failures.append(Failure(epoch, 0, signature(err), f"{type(err).__name__}: {err}\n{note}"))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -238,22 +285,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--random-share", type=float, default=0.05, help="share of random datagrams (default 0.05)")
     ap.add_argument("--seed", type=int, default=1, help="run seed; epoch k draws from 'SEED/k'")
     ap.add_argument("--reproduce", metavar="SEED/EPOCH:CALL", help="replay a failure named in a report")
+    ap.add_argument("--structured", action="store_true",
+                    help="compose v9/IPFIX exports (hypothesis) instead of mutating seeds")
     args = ap.parse_args(argv)
     if min(args.datagrams, args.processes, args.epoch, args.batch) <= 0 or not 0 <= args.random_share <= 1:
         ap.error("--datagrams, --processes, --epoch, --batch must be > 0 and --random-share in [0, 1]")
-    seeds = load_seeds()
+    seeds = [] if args.structured else load_seeds()
     if args.reproduce:
         return reproduce(args.reproduce, args, seeds)
 
     epochs: list[Task] = [(f"{args.seed}/{k}", min(args.epoch, args.datagrams - k * args.epoch), args.batch,
                            args.random_share) for k in range((args.datagrams + args.epoch - 1) // args.epoch)]
-    print(f"fuzz: {args.datagrams:,} datagrams from {len(seeds)} seeds in {len(epochs)} epochs of {args.epoch:,}, "
-          f"{args.processes} processes, {args.batch} per decode call, {args.random_share:.0%} random")
+    if args.structured:
+        print(f"fuzz: {args.datagrams:,} composed datagrams in {len(epochs)} epochs of {args.epoch:,}, "
+              f"{args.processes} processes")
+    else:
+        print(f"fuzz: {args.datagrams:,} datagrams from {len(seeds)} seeds in {len(epochs)} epochs of "
+              f"{args.epoch:,}, {args.processes} processes, {args.batch} per decode call, "
+              f"{args.random_share:.0%} random")
     sys.stdout.flush()
     total = EpochResult()
     started = time.perf_counter()
     with mp.get_context("spawn").Pool(args.processes, initializer=_init_worker, initargs=(seeds,)) as pool:
-        results = pool.imap_unordered(run_epoch, epochs)
+        results = pool.imap_unordered(run_structured_epoch if args.structured else run_epoch, epochs)
         for _ in epochs:
             try:
                 r = results.next(timeout=EPOCH_TIMEOUT_S)

@@ -111,11 +111,16 @@ def test_netflow_v5_fields() -> None:
 def test_uptime_relative_timestamps() -> None:
     """MikroTik (and every v5/v9 exporter) stamps flows in uptime milliseconds: the flow's
     wall-clock start is the header's unix time minus (sys_uptime - first_switched)."""
-    batch, _ = decode_files(["akvorado-netflow__nfv5"])
+    # This capture's exporter clock is 8 hours behind its capture clock: with the skew
+    # check off, the header arithmetic shows; with it on, the reception time replaces it.
+    batch, _ = decode_files(["akvorado-netflow__nfv5"], FlowDecoder(max_clock_skew_s=0))
     rows = list(batch.rows())
     assert rows[1]["timestamp_end"] - rows[1]["timestamp_start"] == 9
     assert all(r["timestamp_start"] <= r["timestamp_end"] for r in rows)
     assert all(abs(r["timestamp_end"] - 1680626664) < 120 for r in rows)
+    checked, decoder = decode_files(["akvorado-netflow__nfv5"])
+    assert checked["timestamp_start"].tolist() == checked["received_at"].tolist()
+    assert decoder.stats.total("time_implausible") == 29
 
 
 def test_sampling_rate_by_sampler_id_from_options() -> None:
@@ -142,9 +147,12 @@ def test_cisco_random_sampling_option_n_out_of_population() -> None:
 def test_exporter_sampling_override_and_little_endian_quirk() -> None:
     forced, _ = decode_files(["mikrotik-netflow5"], FlowDecoder(quirks={"192.0.2.1": ExporterQuirks(sampling_rate=10)}))
     assert set(forced["sampling_rate"].tolist()) == {10}
-    swapped, _ = decode_files(CASES[7][0], FlowDecoder(quirks={"238.0.0.1": ExporterQuirks(little_endian_sampling=True)}))
-    # 4000 read as little-endian 32-bit is 0xA00F0000: what RouterOS v6 would have meant.
-    assert 0xA00F0000 in set(swapped["sampling_rate"].tolist())
+    little_endian = {"238.0.0.1": ExporterQuirks(little_endian_sampling=True)}
+    swapped, decoder = decode_files(CASES[7][0], FlowDecoder(quirks=little_endian))
+    # This capture is big-endian: 2000 and 4000 read as little-endian 32-bit are 0xD0070000
+    # and 0xA00F0000, absurd rates that are ignored (counted), never kept or applied.
+    assert set(swapped["sampling_rate"].tolist()) == {1}
+    assert decoder.stats.total("sampling_rate_ignored") == 2
 
 
 def test_icmp_type_and_code() -> None:

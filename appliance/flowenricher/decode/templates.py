@@ -14,6 +14,7 @@ Templates are scoped per exporter address and observation domain (RFC 7011 §8, 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,11 +232,30 @@ def compile_template(fields: tuple[FieldSpec, ...], scope_count: int = 0) -> Com
 TemplateKey = tuple[str, int, int]  # exporter, observation domain, template id
 
 
-class TemplateCache:
-    """Live templates per (exporter, domain, id); identical definitions share one compile."""
+# Default bound of live templates: a thousand exporters with 64 templates each (real
+# exporters send 2 to 30) fit; at about 200 bytes a live entry (compiled templates are
+# shared) the cache stays under 15 MB however many ids a hostile sender invents.
+MAX_TEMPLATES = 65_536
 
-    def __init__(self) -> None:
-        self._live: dict[TemplateKey, CompiledTemplate] = {}
+
+class TemplateCache:
+    """Live templates per (exporter, domain, id); identical definitions share one compile.
+
+    At most `max_templates` live entries: defining one more evicts the least recently
+    defined, so a sender cycling template ids or spoofing exporter addresses cannot grow
+    memory.  Exporters resend their templates periodically (UDP gives no other way,
+    RFC 7011 §8.4), so a template in use is never the least recently defined for long;
+    reads do not refresh, which keeps the per-data-set lookup a plain dict get.
+    `evicted` counts the evictions.
+    """
+
+    def __init__(self, max_templates: int = MAX_TEMPLATES) -> None:
+        if max_templates < 1:
+            raise ValueError(f"max_templates must be at least 1, not {max_templates}")
+        self.max_templates = max_templates
+        self.evicted = 0
+        self._live: OrderedDict[TemplateKey, CompiledTemplate] = OrderedDict()
+        self._by_domain: dict[tuple[str, int], set[int]] = {}  # template ids per exporter+domain
         self._compiled: dict[tuple[tuple[FieldSpec, ...], int], CompiledTemplate] = {}
 
     def __len__(self) -> int:
@@ -256,18 +276,37 @@ class TemplateCache:
             self._compiled[ck] = tmpl
         previous = self._live.get(key)
         self._live[key] = tmpl
+        self._live.move_to_end(key)
+        self._by_domain.setdefault(key[:2], set()).add(key[2])
+        while len(self._live) > self.max_templates:
+            old, _ = self._live.popitem(last=False)
+            self._unindex(old)
+            self.evicted += 1
         return tmpl, previous is not tmpl
 
+    def _unindex(self, key: TemplateKey) -> None:
+        ids = self._by_domain.get(key[:2])
+        if ids is not None:
+            ids.discard(key[2])
+            if not ids:
+                del self._by_domain[key[:2]]
+
     def withdraw(self, key: TemplateKey) -> bool:
-        return self._live.pop(key, None) is not None
+        if self._live.pop(key, None) is None:
+            return False
+        self._unindex(key)
+        return True
 
     def withdraw_domain(self, exporter: str, domain: int, options: bool | None = None) -> int:
         """Withdraw all templates (or all options / data templates) of one domain."""
-        doomed = [k for k, t in self._live.items()
-                  if k[0] == exporter and k[1] == domain and (options is None or t.is_options == options)]
+        doomed = [(exporter, domain, tid) for tid in self._by_domain.get((exporter, domain), ())
+                  if options is None or self._live[(exporter, domain, tid)].is_options == options]
         for k in doomed:
-            del self._live[k]
+            self.withdraw(k)
         return len(doomed)
 
     def keys(self) -> list[TemplateKey]:
         return list(self._live)
+
+    def items(self) -> list[tuple[TemplateKey, CompiledTemplate]]:
+        return list(self._live.items())

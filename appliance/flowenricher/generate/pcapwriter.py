@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -51,12 +52,15 @@ def udp_frame(payload: bytes, src: str, src_port: int, dst: str, dst_port: int, 
 
 def write_pcap(path: str | Path, payloads: Iterable[bytes], *, src: str = "127.0.0.1",
                src_port: int = 50000, dst: str = "127.0.0.1", dst_port: int = 2055,
-               start: float = 1_700_000_000.0, interval: float = 0.001,
+               start: float | None = None, interval: float = 0.001,
                timestamps: Iterable[float] | None = None) -> int:
     """Write each payload as one UDP packet; returns how many were written.
 
-    Times are `timestamps` when given, else `start` plus `interval` per packet.
+    Times are `timestamps` when given, else `start` (default: now, the time the generator
+    writes into the exports it builds, so a decoder sees them as received when they were
+    sent) plus `interval` per packet.
     """
+    start = time.time() if start is None else start
     times = iter(timestamps) if timestamps is not None else None
     count = 0
     with open(path, "wb") as out:
