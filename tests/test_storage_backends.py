@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from support import sample_batch
 from support.clickhouse_http import ClickHouseHTTPStandIn
+from support.stores import STORE_KINDS, migrated_store
 
 from appliance.flowenricher.batch import FlowBatch, ipv4_to_addr, str_to_addr
 from appliance.flowenricher.columns import COLUMNS, Kind
 from appliance.flowenricher.errors import StoreError
-from appliance.flowenricher.storage import open_store
 from appliance.flowenricher.storage.base import FlowStore
 from appliance.flowenricher.storage.embedded import EmbeddedStore
 from appliance.flowenricher.storage.native import encode_block
@@ -30,22 +30,12 @@ from appliance.flowenricher.storage.settings import StoreSettings
 TABLE = "flowenricher.flows"
 
 
-@pytest.fixture(params=["embedded", "server"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FlowStore]:
     """A migrated store of each kind on a fresh data directory."""
-    if request.param == "embedded":
-        embedded = open_store(StoreSettings(path=str(tmp_path / "data")))
-        assert isinstance(embedded, EmbeddedStore)
-        embedded.migrate()
-        yield embedded
-        embedded.close()
-        return
-    with ClickHouseHTTPStandIn(str(tmp_path / "server")) as ch:
-        server = open_store(StoreSettings(host="127.0.0.1", port=ch.port, path=str(tmp_path / "data")))
-        assert isinstance(server, ServerStore)
-        server.migrate()
-        yield server
-        server.close()
+    with migrated_store(request.param, tmp_path) as opened:
+        assert isinstance(opened, EmbeddedStore if request.param == "embedded" else ServerStore)
+        yield opened
 
 
 def _numbered(batch: FlowBatch) -> FlowBatch:

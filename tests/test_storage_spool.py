@@ -37,27 +37,31 @@ def _metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
 def test_spool_keeps_order_and_survives_restart(tmp_path: Path) -> None:
     spool = Spool(str(tmp_path), max_bytes=1 << 20, max_age_s=3600)
     for i in range(3):
-        spool.push(bytes([i]) * 10, rows=i + 1)
+        spool.push(bytes([i]) * 10, rows=i + 1, token=f"t{i}")
     (tmp_path / ".tmp-000000000099-0000000000000-5.native").write_bytes(b"cut short")
     again = Spool(str(tmp_path), max_bytes=1 << 20, max_age_s=3600)
     assert [spool.read(e)[:1] for e in again.entries()] == [b"\x00", b"\x01", b"\x02"]
-    assert again.stats().rows == 6 and again.stats().files == 3 and again.stats().size == 30
+    assert [e.token for e in again.entries()] == ["t0", "t1", "t2"]
+    assert again.stats().rows == 6 and again.stats().files == 3
+    assert again.stats().size == sum(os.path.getsize(e.path) for e in again.entries())
     assert not any(name.startswith(".tmp-") for name in os.listdir(tmp_path))
     again.remove(again.entries()[0])
-    again.push(b"new", rows=1)
+    again.push(b"new", rows=1, token="t3")
     assert [e.rows for e in Spool(str(tmp_path), 1 << 20, 3600).entries()] == [2, 3, 1]
 
 
 def test_full_spool_drops_oldest_and_counts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     registry = CollectorRegistry()
     spool = Spool(str(tmp_path), max_bytes=2500, max_age_s=0, registry=registry)
-    assert not spool.push(b"a" * 1000, rows=10)
-    assert not spool.push(b"b" * 1000, rows=20)
-    dropped = spool.push(b"c" * 1000, rows=30)
-    assert dropped == Dropped(files=1, rows=10, size=1000)
-    assert [spool.read(e)[:1] for e in spool.entries()] == [b"b", b"c"]
+    blocks = [prefix + os.urandom(999) for prefix in (b"a", b"b", b"c")]  # incompressible
+    assert not spool.push(blocks[0], rows=10, token="a")
+    first_size = spool.entries()[0].size
+    assert not spool.push(blocks[1], rows=20, token="b")
+    dropped = spool.push(blocks[2], rows=30, token="c")
+    assert dropped == Dropped(files=1, rows=10, size=first_size)
+    assert [spool.read(e) for e in spool.entries()] == blocks[1:]
     assert _metric(registry, "flowenricher_store_rows_dropped_total", reason="size") == 10
-    assert _metric(registry, "flowenricher_store_spool_bytes") == 2000
+    assert _metric(registry, "flowenricher_store_spool_bytes") == sum(e.size for e in spool.entries())
     assert _metric(registry, "flowenricher_store_spool_rows") == 50
     assert "DROPPED 10 rows" in caplog.text
 
@@ -66,19 +70,21 @@ def test_old_blocks_expire_and_count(tmp_path: Path) -> None:
     registry = CollectorRegistry()
     clock = Clock()
     spool = Spool(str(tmp_path), max_bytes=1 << 20, max_age_s=60, registry=registry, clock=clock)
-    spool.push(b"x", rows=7)
+    spool.push(b"x", rows=7, token="x")
+    x_size = spool.entries()[0].size
     clock.now += 30
-    spool.push(b"y", rows=8)
+    spool.push(b"y", rows=8, token="y")
     assert _metric(registry, "flowenricher_store_spool_oldest_age_seconds") == 30
     clock.now += 31
-    assert spool.expire() == Dropped(1, 7, 1)
+    assert spool.expire() == Dropped(1, 7, x_size)
     assert [e.rows for e in spool.entries()] == [8]
     assert _metric(registry, "flowenricher_store_rows_dropped_total", reason="age") == 7
 
 
 def test_spool_disabled_counts_every_failed_batch(tmp_path: Path) -> None:
     spool = Spool(str(tmp_path), max_bytes=0, max_age_s=0)
-    assert spool.push(b"block", rows=12) == Dropped(1, 12, 5)
+    dropped = spool.push(b"block", rows=12, token="t")
+    assert (dropped.files, dropped.rows) == (1, 12)
     assert len(spool) == 0 and spool.dropped_rows == 12
 
 
@@ -212,7 +218,7 @@ def test_block_the_store_keeps_refusing_is_set_aside(
     try:
         store.migrate()
         spool = Spool.from_settings(settings, registry)
-        spool.push(b"\x01\x05garbage", rows=5)  # not a Native block
+        spool.push(b"\x01\x05garbage", rows=5, token="garbage")  # not a Native block
         clock = Clock()
         writer = BatchWriter(store, settings, spool, registry=registry, clock=clock)
         for i in range(REJECT_AFTER):
@@ -221,8 +227,13 @@ def test_block_the_store_keeps_refusing_is_set_aside(
             writer.maybe_flush()
         assert len(spool) == 0
         assert _stored_ids(store) == list(range(REJECT_AFTER * 10))
-        assert _metric(registry, "flowenricher_store_rows_dropped_total", reason="rejected") == 5
-        assert os.listdir(tmp_path / "data" / "spool" / "rejected")
+        assert _metric(registry, "flowenricher_store_spool_rows_rejected_total") == 5
+        assert _metric(registry, "flowenricher_store_spool_blocks_rejected_total") == 1
+        assert _metric(registry, "flowenricher_store_rows_dropped_total", reason="rejected") == 0
+        rejected = sorted(os.listdir(tmp_path / "data" / "spool" / "rejected"))
+        assert len(rejected) == 2 and rejected[1] == rejected[0] + ".reason"
+        reason = (tmp_path / "data" / "spool" / "rejected" / rejected[1]).read_text()
+        assert "failed 5 times while the store answered ping" in reason and "Code:" in reason
         assert "rejected by the store" in caplog.text
     finally:
         store.close()

@@ -43,13 +43,13 @@ class _Gate:
         self.fail_next: BaseException | None = None
         self._insert = store.insert_native
 
-    def insert_native(self, block: bytes, rows: int) -> None:
+    def insert_native(self, block: bytes, rows: int, token: str | None = None) -> None:
         self.entered.set()
         assert self.release.wait(20), "the test never released the insert"
         if self.fail_next is not None:
             err, self.fail_next = self.fail_next, None
             raise err
-        self._insert(block, rows)
+        self._insert(block, rows, token)
 
 
 @pytest.fixture

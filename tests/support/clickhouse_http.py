@@ -11,8 +11,9 @@ What it speaks (what clickhouse-connect 1.12 uses):
 * ``GET /ping`` -> ``Ok.``.
 * ``POST /?query=...&database=...&default_format=...`` with the statement in the
   ``query`` parameter and/or the body (the body continues the parameter, as in
-  ClickHouse); other parameters (settings, query_id, session_id) are accepted and
-  ignored, except ``query_id``, echoed back.
+  ClickHouse); ``query_id`` is echoed back; on an INSERT, every other parameter that
+  names a setting of the engine applies to it (as a server applies URL settings, so
+  ``async_insert`` or ``insert_deduplication_token`` take effect); the rest is ignored.
 * ``INSERT ... FORMAT <fmt>`` followed by the data in the same body (plain or chunked;
   ``Content-Encoding`` gzip/deflate only: clients must not use lz4/zstd here).
 * Results in the SQL's FORMAT clause, else ``default_format``, else TabSeparated, with
@@ -42,6 +43,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import chdb
 
+from appliance.flowenricher.storage.embedded import insert_bytes
+
 # "INSERT INTO t (a, b) FORMAT Native" then one newline, then the data (binary for Native).
 _chdb_connect: Callable[[str], Any] = chdb.connect  # untyped in chDB
 
@@ -69,6 +72,7 @@ class ClickHouseHTTPStandIn:
         self._thread: threading.Thread | None = None
         self.failure: int | None = None  # see fail_with()
         self.timezone = "UTC"
+        self._setting_names: frozenset[str] | None = None
 
     @property
     def url(self) -> str:
@@ -132,7 +136,7 @@ class ClickHouseHTTPStandIn:
             conn.query(f"USE {params.get('database') or 'default'}")
             insert = _INSERT_WITH_DATA.match(payload)
             if insert:
-                return self._insert(conn, insert, payload)
+                return self._insert(conn, insert, payload, params)
             sql = payload.decode()
             self.requests.append(sql)
             trailing = _TRAILING_FORMAT.search(sql)
@@ -147,15 +151,23 @@ class ClickHouseHTTPStandIn:
                 headers["X-ClickHouse-Format"] = fmt
             return bytes(result.bytes()), headers
 
-    def _insert(self, conn: Any, match: re.Match[bytes], payload: bytes) -> tuple[bytes, dict[str, str]]:
+    def _insert(
+        self, conn: Any, match: re.Match[bytes], payload: bytes, params: dict[str, str]
+    ) -> tuple[bytes, dict[str, str]]:
         statement = match.group(1).decode()
         fmt = match.group(2).decode()
         self.requests.append(f"{statement} FORMAT {fmt}")
+        if self._setting_names is None:
+            names = bytes(conn.query("SELECT name FROM system.settings", "TSV").bytes()).decode()
+            self._setting_names = frozenset(names.split())
+        settings: dict[str, int | str] = {
+            k: int(v) if v.isdigit() else v for k, v in params.items() if k in self._setting_names
+        }
         started = time.perf_counter()
-        with conn.send_insert(statement, fmt) as stream:
-            stream.append(payload[match.end() :])
-            result = stream.finish()
-        summary = _summary(0, 0, result.rows_written, result.bytes_written, time.perf_counter() - started)
+        # The embedded store's insert path: chDB's streaming insert answers OK for a block
+        # its sink failed to store, where a server answers the error.
+        result = insert_bytes(conn, statement, payload[match.end() :], fmt, settings)
+        summary = _summary(0, 0, result.rows_written(), result.bytes_written(), time.perf_counter() - started)
         return b"", {"X-ClickHouse-Summary": summary}
 
 

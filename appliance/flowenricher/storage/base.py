@@ -6,13 +6,30 @@ protocol only, so either backend can be swapped in, in production or in a test.
 
 from __future__ import annotations
 
+import uuid
 from typing import Protocol
 
 from ..batch import FlowBatch
+from .partitions import MAX_PARTITIONS_PER_INSERT
 from .settings import StoreSettings
 
-INSERT_SETTINGS: dict[str, int] = {"optimize_on_insert": 0}
+INSERT_SETTINGS: dict[str, int] = {
+    "optimize_on_insert": 0,
+    "async_insert": 0,
+    "max_partitions_per_insert_block": MAX_PARTITIONS_PER_INSERT,
+    "throw_on_max_partitions_per_insert_block": 1,
+    "insert_deduplicate": 1,
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+}
 """Settings of every flow insert, in both backends.
+
+``async_insert`` 0: the insert is answered once the parts are written (or with the
+error), so an acknowledged insert is a stored one; with an asynchronous insert a block
+the engine later throws away would already have been counted.  The partition limit is
+stated rather than inherited, so the writer's splitting (partitions.py) and the store
+agree, and exceeding it is an error, never a silent drop.  The last two make a retried
+insert with the same ``insert_deduplication_token`` a no-op in the flows table and in
+the rollups the views feed (with the tables' window, schema.DEDUPLICATION_WINDOW).
 
 ``optimize_on_insert`` (on by default) sorts and collapses each inserted block as a merge
 of its table's engine would.  The flows table is a plain MergeTree (nothing to collapse)
@@ -35,8 +52,14 @@ class FlowStore(Protocol):
         """Store one batch (encoded to Native here)."""
         ...
 
-    def insert_native(self, block: bytes, rows: int) -> None:
-        """Store Native-format bytes (one or more blocks) already encoded; `rows` is for logs."""
+    def insert_native(self, block: bytes, rows: int, token: str | None = None) -> None:
+        """Store Native-format bytes (one or more blocks) already encoded; `rows` is for logs.
+
+        Raises StoreError unless the store acknowledged every row.  `token` is the
+        insert's deduplication token: the same token sent again (a retry) stores nothing
+        twice; None gives the insert a token of its own.  The caller keeps the block
+        within the partition limit (partitions.py).
+        """
         ...
 
     def query(self, sql: str, fmt: str = "TSVWithNames") -> bytes:
@@ -64,7 +87,7 @@ class NativeBackend:
     def _rows(self, sql: str) -> list[list[str]]:
         raise NotImplementedError
 
-    def insert_native(self, block: bytes, rows: int) -> None:
+    def insert_native(self, block: bytes, rows: int, token: str | None = None) -> None:
         raise NotImplementedError
 
     def migrate(self) -> list[int]:
@@ -73,7 +96,17 @@ class NativeBackend:
         return schema.migrate(self.settings, self._execute, self._rows)
 
     def insert(self, batch: FlowBatch) -> None:
+        """Store `batch`, in as many inserts as the partition limit needs."""
         if batch.n:
+            from . import partitions, schema
             from .native import encode_block
 
-            self.insert_native(encode_block(batch), batch.n)
+            for part, _ in partitions.split(batch, schema.partition_columns(self.settings)):
+                self.insert_native(encode_block(part), part.n)
+
+
+def new_token() -> str:
+    """A deduplication token no other insert has: with the tables' deduplication window,
+    an insert without a token would be deduplicated by its content, and two batches of
+    identical flows are two batches."""
+    return uuid.uuid4().hex

@@ -8,10 +8,14 @@ Facts about chDB 4.4 that shape this module (checked on this machine):
   connection is open fails ("EmbeddedServer already initialized with path ..."); after
   every connection is closed another path can be opened.  Several connections to the
   same path share the engine, and paths are compared literally, so it is normalised.
-* ``Connection.send_insert(sql, "Native")`` streams a Native block into an INSERT, with
-  no temporary file and no ``file()``/``user_files_path`` detour; it is as fast as
-  ``INSERT ... SELECT * FROM file(path, 'Native')`` and reads columns by name, so blocks
-  may carry any subset of the columns.
+* ``Connection.send_insert(sql, "Native")`` answers OK, rows_written included, for a
+  block its sink then failed to store: more partitions than
+  ``max_partitions_per_insert_block`` (the whole block is gone) or a materialized view
+  that raised (the flows stored, the rollup not); ``query()`` raises for the same
+  inserts.  ``query()`` cannot carry binary data after the statement (it stops at the
+  first NUL byte), so a block is inserted with ``INSERT ... FROM INFILE`` of an
+  in-memory file (``memfd``, read through ``/proc/self/fd``): no disk, columns matched
+  by name as in any ``FORMAT Native`` insert, errors raised (see :func:`insert_bytes`).
 * A connection runs one statement at a time, so writes and reads use one connection
   each: a long dashboard query does not hold up inserts.
 * The engine's allocator (jemalloc) keeps what an insert freed: after a few 250k-row
@@ -33,13 +37,13 @@ from typing import Any
 import chdb
 
 from ..errors import StoreError
-from .base import INSERT_SETTINGS, NativeBackend
+from .base import INSERT_SETTINGS, NativeBackend, new_token
+from .schema import sql_string
 from .settings import StoreSettings
 
 log = logging.getLogger(__name__)
 
 PURGE_EVERY_S = 5.0
-_SETTINGS = ", ".join(f"{name} = {value}" for name, value in INSERT_SETTINGS.items())
 
 _chdb_connect: Callable[[str], Any] = chdb.connect  # untyped in chDB
 
@@ -78,14 +82,13 @@ class EmbeddedStore(NativeBackend):
         log.info("embedded store: chDB %s in %s", chdb.__version__, path)
         return cls(settings, path, writer, reader)
 
-    def insert_native(self, block: bytes, rows: int) -> None:
+    def insert_native(self, block: bytes, rows: int, token: str | None = None) -> None:
         table = self.settings.qualified_table
+        settings: dict[str, int | str] = {**INSERT_SETTINGS, "insert_deduplication_token": token or new_token()}
         with self._write_lock:
             conn = self._live(self._writer)
             try:
-                with conn.send_insert(f"INSERT INTO {table} SETTINGS {_SETTINGS}", "Native") as stream:
-                    stream.append(block)
-                    stream.finish()
+                insert_bytes(conn, f"INSERT INTO {table}", block, "Native", settings)
             except Exception as err:  # chDB raises RuntimeError or ChdbError
                 raise StoreError(
                     f"embedded store {self.path}: insert of {rows} rows into {table} failed: {err}"
@@ -137,6 +140,24 @@ class EmbeddedStore(NativeBackend):
     def _rows(self, sql: str) -> list[list[str]]:
         text = self.query(sql, "TSV").decode()
         return [line.split("\t") for line in text.splitlines()]
+
+
+def insert_bytes(conn: Any, into: str, data: bytes, fmt: str, settings: dict[str, int | str]) -> Any:
+    """Run ``<into> FROM INFILE ... [SETTINGS ...] FORMAT <fmt>`` on chDB connection `conn`,
+    with `data` as the file: raises whatever the insert, or a view it feeds, raised.
+
+    `into` is ``INSERT INTO table [(columns)]``; string settings are quoted here.
+    Returns chDB's result (``rows_written()``, ``bytes_written()``).
+    """
+    fd = os.memfd_create("flowenricher-insert", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as f:
+            f.write(data)
+        clause = ", ".join(f"{k} = {v if isinstance(v, int) else sql_string(v)}" for k, v in settings.items())
+        clause = f" SETTINGS {clause}" if clause else ""
+        return conn.query(f"{into} FROM INFILE '/proc/self/fd/{fd}'{clause} FORMAT {fmt}", "TSV")
+    finally:
+        os.close(fd)
 
 
 def _connect(path: str) -> Any:

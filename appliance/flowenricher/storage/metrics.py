@@ -29,7 +29,9 @@ class WriterMetrics:
         def gauge(name: str, doc: str) -> Any:
             return Gauge(PREFIX + name, doc, registry=registry)
 
-        self.rows_inserted = counter("rows_inserted", "Rows the store accepted (new and replayed)")
+        self.rows_inserted = counter(
+            "rows_inserted", "Rows the store acknowledged as stored (synchronous inserts; new and replayed)"
+        )
         self.inserts = counter("inserts", "Insert statements the store accepted")
         self.insert_errors = counter("insert_errors", "Insert statements that failed")
         self.insert_seconds = Histogram(
@@ -47,14 +49,22 @@ class SpoolMetrics:
     def __init__(self, registry: Any = None) -> None:
         self.rows_dropped = Counter(
             PREFIX + "rows_dropped",
-            "Rows lost from the spool: reason age, size (limits), write_error or rejected (by the store)",
+            "Rows lost from the spool: reason age, size (limits), write_error, or rejected (when it could not be kept)",
             ["reason"],
             registry=registry,
         )
         self.files_dropped = Counter(
             PREFIX + "spool_files_dropped", "Spooled blocks lost, by reason", ["reason"], registry=registry
         )
-        self.size = Gauge(PREFIX + "spool_bytes", "Size of the spool", registry=registry)
+        self.blocks_rejected = Counter(
+            PREFIX + "spool_blocks_rejected",
+            "Spooled blocks the store kept refusing, moved to rejected/ (kept; spool requeue replays them)",
+            registry=registry,
+        )
+        self.rows_rejected = Counter(
+            PREFIX + "spool_rows_rejected", "Rows of the blocks moved to rejected/", registry=registry
+        )
+        self.size = Gauge(PREFIX + "spool_bytes", "Size of the spool (compressed)", registry=registry)
         self.files = Gauge(PREFIX + "spool_files", "Blocks in the spool", registry=registry)
         self.rows = Gauge(PREFIX + "spool_rows", "Rows in the spool", registry=registry)
         self.oldest_age_s = Gauge(

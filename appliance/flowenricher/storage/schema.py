@@ -10,10 +10,12 @@ lacks, so a column added to ``columns.py`` reaches existing installations by its
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..columns import ALIASES, BY_NAME, COLUMNS, Column
+from ..errors import ConfigError
 from .settings import StoreSettings
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,16 @@ TTL_COLUMN = "received_at"
 """Retention counts from when the collector received a flow, not from the exporter's
 ``timestamp_start``: with TTL on a router-supplied time, flows from a router whose clock
 is wrong (not set: 1970) would be deleted as they are inserted, silently."""
+
+ROLLUP_TIME_SOURCE = "timestamp_start"
+"""The flow column the finest rollup's ``timestamp`` is computed from (truncated to its step)."""
+
+DEDUPLICATION_WINDOW = 1000
+"""Recent inserted blocks whose ``insert_deduplication_token`` the flows table and the rollups
+remember (``non_replicated_deduplication_window``): a block sent again with a token among
+them is acknowledged and not stored twice.  The writer retries the block that failed
+before anything newer, so the window needs to cover only the parts of one retried block
+plus what other writers inserted meanwhile; the hashes kept cost a few tens of kB."""
 
 MIGRATIONS_TABLE = "schema_migrations"
 PTR_CACHE_TABLE = "ptr_cache"
@@ -178,7 +190,7 @@ def create_rollup(s: StoreSettings, index: int) -> list[str]:
         + ttl_clause("timestamp", s.ttl_days * r.ttl_factor)
     )
     if index == 0:
-        source, time_col = s.qualified_table, "timestamp_start"
+        source, time_col = s.qualified_table, ROLLUP_TIME_SOURCE
         columns = [*ROLLUP_DIMENSIONS, f"{SERVICE_PORT} AS service_port"]
         metrics = [f"{expr} AS {m}" for m, expr in ROLLUP_METRICS]
     else:
@@ -268,13 +280,82 @@ def _collector_stats(s: StoreSettings) -> list[str]:
     ]
 
 
+def deduplicated_tables(s: StoreSettings) -> list[str]:
+    """The tables a flow insert writes: the flows table, then each rollup its views feed."""
+    return [s.qualified_table, *(rollup_table(s, r) for r in ROLLUPS)]
+
+
+def _deduplication(s: StoreSettings) -> list[str]:
+    """Make non-replicated MergeTree honour ``insert_deduplication_token`` on the flows table
+    and the rollups (the insert also sets ``deduplicate_blocks_in_dependent_materialized_views``,
+    see base.INSERT_SETTINGS), so a retried insert stores its rows once."""
+    return [
+        f"ALTER TABLE {table} MODIFY SETTING non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}"
+        for table in deduplicated_tables(s)
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flows table, ptr_cache, 1m/5m/1h rollups and their views", _initial),
     Migration(2, "detections table", _detections),
     Migration(3, "anomaly_scores table", _anomaly_scores),
     Migration(4, "blackhole_events table", _blackhole_events),
     Migration(5, "collector_stats and exporter_interfaces tables", _collector_stats),
+    Migration(6, "insert deduplication window on flows and rollups", _deduplication),
 )
+
+
+DAY_S = 86_400
+
+DAY_OR_COARSER = frozenset({
+    "toYYYYMMDD", "toYYYYMM", "toDate", "toStartOfDay", "toMonday", "toStartOfMonth", "toStartOfQuarter",
+    "toStartOfYear", "toYear",
+})
+"""Partition functions the writer can bound: each maps one calendar day to one partition
+at most.  A row's partition is then decided by the calendar day of one DateTime column in
+the store's time zone; one UTC day overlaps at most two calendar days in any time zone
+(offsets are under a day), so an insert holding ``n`` UTC days touches at most ``2 n``
+partitions of each table, whatever the store's time zone."""
+
+_PARTITION_CALL = re.compile(r"^\s*(\w+)\(\s*(\w+)\s*\)\s*$")
+
+
+def partition_source(expression: str) -> str:
+    """The column a ``PARTITION BY`` of the form ``f(column)`` reads, f in DAY_OR_COARSER.
+
+    Raises ValueError saying why otherwise: the writer could not keep an insert within
+    the store's partition limit, and the store refuses inserts beyond it.
+    """
+    m = _PARTITION_CALL.match(expression)
+    if m is None or m.group(1) not in DAY_OR_COARSER:
+        raise ValueError(
+            f"{expression!r} is not supported: use f(column) with f one of {', '.join(sorted(DAY_OR_COARSER))} "
+            "(inserts are split by calendar day to stay within the store's partitions per insert)"
+        )
+    return m.group(2)
+
+
+def flow_partition_column(expression: str) -> str:
+    """The DateTime flow column the flows table's ``PARTITION BY`` `expression` reads;
+    ValueError saying why it cannot be used.  Config validation and the store both call it."""
+    column = partition_source(expression)
+    if column not in BY_NAME or BY_NAME[column].ch_type != "DateTime":
+        raise ValueError(f"{column!r} is not a DateTime flow column")
+    return column
+
+
+def partition_columns(s: StoreSettings) -> tuple[str, ...]:
+    """The flow columns whose calendar day decides the partitions a flow insert writes, in
+    the flows table (``s.partition_by``) and in every rollup (``Rollup.partition`` of their
+    ``timestamp``, computed from ROLLUP_TIME_SOURCE).  ConfigError when one cannot be used."""
+    try:
+        columns = [flow_partition_column(s.partition_by)]
+    except ValueError as err:
+        raise ConfigError([f"storage.partition_by: {err}"]) from err
+    for r in ROLLUPS:
+        column = partition_source(r.partition)  # ours: a mistake here is a bug, raised as such
+        columns.append(ROLLUP_TIME_SOURCE if column == "timestamp" else column)
+    return tuple(dict.fromkeys(columns))
 
 
 def create_migrations_table(s: StoreSettings) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 import clickhouse_connect
 
 from ..errors import StoreError
-from .base import INSERT_SETTINGS, NativeBackend
+from .base import INSERT_SETTINGS, NativeBackend, new_token
 from .settings import StoreSettings
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,14 @@ class ServerStore(NativeBackend):
         scheme = "https" if self.settings.secure else "http"
         return f"{scheme}://{self.settings.host}:{self.settings.port}"
 
-    def insert_native(self, block: bytes, rows: int) -> None:
+    def insert_native(self, block: bytes, rows: int, token: str | None = None) -> None:
         # No column list: the server matches a Native block's columns by name and
-        # fills the ones a batch left unset with their defaults.
+        # fills the ones a batch left unset with their defaults.  The insert is
+        # synchronous (INSERT_SETTINGS): HTTP 200 means the rows are in the tables.
         table = self.settings.qualified_table
         self._call(
             f"insert of {rows} rows into {table}", "raw_insert", table, insert_block=block, fmt="Native",
-            settings=dict(INSERT_SETTINGS),
+            settings={**INSERT_SETTINGS, "insert_deduplication_token": token or new_token()},
         )
 
     def query(self, sql: str, fmt: str = "TSVWithNames") -> bytes:

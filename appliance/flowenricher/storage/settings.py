@@ -62,6 +62,12 @@ class StoreSettings:
         for key in ("batch_size", "flush_interval_ms", "port"):
             if getattr(self, key) <= 0:
                 problems.append(f"storage: {key} must be > 0, got {getattr(self, key)}")
+        from .schema import partition_columns  # schema reads these settings: imported late
+
+        try:
+            partition_columns(self)
+        except ConfigError as err:
+            problems.extend(err.problems)
         if problems:
             raise ConfigError(problems)
 

@@ -4,9 +4,12 @@ them quietly when the store is away.
 Batches are encoded to Native as they arrive (spreading the work) and sent together
 when ``batch_size`` rows are waiting or ``flush_interval_ms`` has passed.  A block the
 store refuses goes to the spool; while the spool is not empty, it is replayed oldest
-first before anything new is sent, so flows reach the store in the order they came
-(delivery is at least once: an insert that failed after the store took part of it is
-sent again).  After a failure the store is left alone for a growing back-off, so a
+first before anything new is sent, so flows reach the store in the order they came.
+Each block gets a deduplication token when it is formed, kept with it in the spool, so
+a block sent again after a failure the store had partly taken (or a crash) is stored
+once.  No insert holds more days than the store's partition limit allows
+(partitions.py): a batch spanning more is cut, and blocks are flushed early rather than
+joined past it.  After a failure the store is left alone for a growing back-off, so a
 dead server costs one connection attempt per back-off, not one per flush.
 """
 
@@ -14,14 +17,17 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from ..batch import FlowBatch
 from ..errors import StoreError
+from . import partitions
 from .base import FlowStore
 from .metrics import WriterMetrics
 from .native import encode_block
+from .schema import partition_columns
 from .settings import StoreSettings
 from .spool import Spool, SpoolEntry
 
@@ -32,7 +38,8 @@ RETRY_MAX_S = 30.0
 REJECT_AFTER = 5
 """Failed attempts, each while the store answers ping, after which a block is set aside
 (with the back-off, about 30 s of a store that is up but refuses this block).  The file
-is kept in ``<spool>/rejected/`` and can be moved back by hand once the cause is fixed."""
+is kept in ``<spool>/rejected/`` with its reason; ``flowenricher spool requeue`` puts it
+back once the cause is fixed."""
 
 
 class BatchWriter:
@@ -54,6 +61,12 @@ class BatchWriter:
         self._clock = clock
         self._blocks: list[bytes] = []
         self._rows = 0
+        self._partition_columns = partition_columns(settings)
+        self._days: partitions.Days = ()
+        # Tokens: this writer's id and a counter, unique without coordination.
+        self._token_prefix = uuid.uuid4().hex[:16]
+        self._formed = 0
+        self._last_error = ""
         self._last_flush = clock()
         self._retry_at = 0.0
         self._backoff = RETRY_MIN_S
@@ -70,8 +83,12 @@ class BatchWriter:
         """Queue a batch; flushes when ``batch_size`` rows are waiting."""
         if batch.n == 0:
             return
-        self._blocks.append(encode_block(batch))
-        self._rows += batch.n
+        for part, days in partitions.split(batch, self._partition_columns):
+            if self._blocks and not partitions.fits(partitions.union(self._days, days)):
+                self.flush()  # joined, the block would span more partitions than an insert may
+            self._days = partitions.union(self._days, days) if self._blocks else days
+            self._blocks.append(encode_block(part))
+            self._rows += part.n
         self.metrics.pending_rows.set(self._rows)
         if self._rows >= self.settings.batch_size:
             self.flush()
@@ -95,10 +112,12 @@ class BatchWriter:
         self._last_flush = now
         if self._blocks:
             block, rows = b"".join(self._blocks), self._rows
-            self._blocks, self._rows = [], 0
+            self._blocks, self._rows, self._days = [], 0, ()
             self.metrics.pending_rows.set(0)
-            if not (now >= self._retry_at and self._replay(now) and self._send(block, rows, now)):
-                self._spool(block, rows)
+            self._formed += 1
+            token = f"{self._token_prefix}-{self._formed}"
+            if not (now >= self._retry_at and self._replay(now) and self._send(block, rows, now, token)):
+                self._spool(block, rows, token)
         elif len(self.spool) and now >= self._retry_at:
             self._replay(now)
 
@@ -110,7 +129,7 @@ class BatchWriter:
             stats = self.spool.stats()
             log.warning("writer: closing with %d rows in the spool %s", stats.rows, self.spool.directory)
 
-    def _send(self, block: bytes, rows: int, now: float) -> bool:
+    def _send(self, block: bytes, rows: int, now: float, token: str) -> bool:
         """One insert attempt; on failure, start or lengthen the back-off."""
         started = time.perf_counter()
         try:
@@ -118,8 +137,9 @@ class BatchWriter:
                 applied = self.store.migrate()
                 self._migrated = True
                 log.info("writer: store reachable, schema up to date (applied %s)", applied or "nothing")
-            self.store.insert_native(block, rows)
+            self.store.insert_native(block, rows, token)
         except StoreError as err:
+            self._last_error = str(err)
             self.metrics.insert_errors.inc()
             self._retry_at = now + self._backoff
             log.warning("writer: %s; next attempt in %.0f s", err, self._backoff)
@@ -142,7 +162,7 @@ class BatchWriter:
             except StoreError as err:
                 self.spool.reject(entry, str(err))
                 continue
-            if not self._send(block, entry.rows, now):
+            if not self._send(block, entry.rows, now, entry.token):
                 if self._set_aside(entry):
                     continue
                 return False
@@ -166,11 +186,11 @@ class BatchWriter:
         if tries < REJECT_AFTER:
             return False
         del self._attempts[entry.seq]
-        self.spool.reject(entry, f"failed {tries} times while the store answered ping")
+        self.spool.reject(entry, f"failed {tries} times while the store answered ping; last: {self._last_error}")
         self._retry_at = 0.0
         self._backoff = RETRY_MIN_S
         return True
 
-    def _spool(self, block: bytes, rows: int) -> None:
-        self.spool.push(block, rows)
+    def _spool(self, block: bytes, rows: int, token: str) -> None:
+        self.spool.push(block, rows, token)
         self.metrics.rows_spooled.inc(rows)
