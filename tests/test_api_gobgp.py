@@ -1,5 +1,6 @@
 """The original API calls against real GoBGP and BIRD: an announce reaches BIRD's RIB
-(what the router would hold), a withdraw removes it.
+(what the router would hold), with its communities as announced, and a withdraw
+removes it.
 
 The app is the real one (create_app) over the real manager, SQLite state and token
 tables; the announcer is the production GoBgpAnnouncer talking gRPC to gobgpd in the
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
-from support.api import CONFIG_TEXT, RULES_TEXT, SAFETY
+from support.api import CONFIG_TEXT, ORIGINAL_CALLS, RULES_TEXT, SAFETY, curl
 from support.bgp_lab import BgpLab, bgp_lab_fixture, wait_until
 
 from appliance.api import ApiDeps, create_app
+from appliance.api.server import ApiServer
 from appliance.api.tokens import create_token
 from appliance.flowenricher.bgp.announcer import GoBgpAnnouncer
 from appliance.flowenricher.blackhole.manager import BlackholeManager, Defaults
@@ -26,13 +27,17 @@ from appliance.flowenricher.config import load_config
 __all__ = ["bgp_lab_fixture"]
 
 
-def test_original_calls_reach_bird(bgp_lab: BgpLab, tmp_path: Path) -> None:
+def test_original_readme_calls_reach_bird(bgp_lab: BgpLab, tmp_path: Path) -> None:
+    """The README's three curl calls verbatim, over HTTP: ``216285:666`` (a 32-bit ASN, no
+    RFC 1997 community) reaches BIRD as the large community (216285, 666, 0), the
+    listing echoes it as written, and the withdrawal removes the route."""
     bgp_lab.start()
     bgp_lab.wait_established()
     (tmp_path / "config.yaml").write_text(CONFIG_TEXT)
     (tmp_path / "detection.yml").write_text(RULES_TEXT)
     state = StateDB(f"sqlite:///{tmp_path}/state.db")
     announcer = GoBgpAnnouncer(bgp_lab.api_target)
+    server: ApiServer | None = None
     try:
         manager = BlackholeManager(state, announcer, SafetyPolicy(SAFETY), tmp_path / "blackholes.txt", Defaults(),
                                    CollectorRegistry())
@@ -40,16 +45,28 @@ def test_original_calls_reach_bird(bgp_lab: BgpLab, tmp_path: Path) -> None:
         app = create_app(ApiDeps(settings=load_config(tmp_path / "config.yaml"), blackholes=manager,
                                  registry=CollectorRegistry(), config_path=tmp_path / "config.yaml",
                                  rules_path=tmp_path / "detection.yml"))
-        client = TestClient(app, headers={"Authorization": f"Bearer {token}"})
-        body = {"prefix": "149.202.68.236/32", "next_hop": "192.0.2.1", "communities": ["65001:666"]}
-        assert client.post("/announce", json=body).status_code == 200
+        server = ApiServer(app, "127.0.0.1", 0)
+        server.start()
+        base = f"http://127.0.0.1:{server.port}"
+        announce, withdraw, listing = ORIGINAL_CALLS
+
+        code, body = curl(announce, base, token)
+        assert code == 200 and body["communities"] == ["216285:666"], body
         wait_until(lambda: bgp_lab.route("149.202.68.236/32"), "the announced /32 in BIRD")
         route = bgp_lab.route("149.202.68.236/32")
-        assert "BGP.next_hop: 192.0.2.1" in route and "(65001,666)" in route, route
-        assert list(client.get("/blackholes").json()) == ["149.202.68.236/32"]
-        assert client.post("/withdraw", json={"prefix": "149.202.68.236/32"}).status_code == 200
+        assert "BGP.next_hop: 192.0.2.1" in route, route
+        assert "BGP.large_community: (216285, 666, 0)" in route, route
+        assert "BGP.community:" not in route, route  # nothing else was made of it
+        code, body = curl(listing, base, token)
+        assert code == 200 and list(body) == ["149.202.68.236/32"]
+        assert body["149.202.68.236/32"]["communities"] == ["216285:666"]
+        assert [bh.state for bh in manager.active()] == ["announced"]
+
+        assert curl(withdraw, base, token)[0] == 200
         wait_until(lambda: not bgp_lab.route("149.202.68.236/32"), "the withdrawn /32 gone from BIRD")
-        assert client.get("/blackholes").json() == {}
+        assert curl(listing, base, token) == (200, {})
     finally:
+        if server is not None:
+            server.stop()
         announcer.close()
         state.close()

@@ -3,39 +3,19 @@ HTTP with curl, and the versioned blackhole API around the same manager."""
 
 from __future__ import annotations
 
-import json
-import shlex
-import subprocess
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from support.api import ApiEnv, make_env
+from support.api import ORIGINAL_CALLS, ApiEnv, curl, make_env
 
 from appliance.api.server import ApiServer
-
-# The calls exactly as published; the tests add the bearer header the appliance requires.
-ORIGINAL_CALLS = [
-    """curl -X POST http://127.0.0.1:9600/announce -H 'Content-Type: application/json' \
-  -d '{"prefix": "149.202.68.236/32", "next_hop": "192.0.2.1", "communities": ["216285:666"]}'""",
-    """curl -X POST http://127.0.0.1:9600/withdraw -H 'Content-Type: application/json' \
-  -d '{"prefix": "149.202.68.236/32"}'""",
-    """curl http://127.0.0.1:9600/blackholes""",
-]
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> ApiEnv:
     return make_env(tmp_path)
-
-
-def _curl(command: str, base: str, token: str) -> tuple[int, object]:
-    args = shlex.split(command.replace("http://127.0.0.1:9600", base))
-    args[1:1] = ["-sS", "-w", "\n%{http_code}", "-H", f"Authorization: Bearer {token}"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=True).stdout
-    body, _, code = out.rpartition("\n")
-    return int(code), json.loads(body)
 
 
 def test_original_calls_with_curl_over_http(env: ApiEnv) -> None:
@@ -45,11 +25,11 @@ def test_original_calls_with_curl_over_http(env: ApiEnv) -> None:
         base = f"http://127.0.0.1:{server.port}"
         announce, withdraw, listing = ORIGINAL_CALLS
 
-        code, body = _curl(announce, base, env.admin)
+        code, body = curl(announce, base, env.admin)
         assert code == 200
         assert env.gobgp.held == {"149.202.68.236/32": ("192.0.2.1", ("216285:666",))}
 
-        code, body = _curl(listing, base, env.reader)
+        code, body = curl(listing, base, env.reader)
         assert code == 200 and isinstance(body, dict)
         entry = body["149.202.68.236/32"]
         assert {k: entry[k] for k in ("prefix", "next_hop", "communities")} == {
@@ -58,11 +38,11 @@ def test_original_calls_with_curl_over_http(env: ApiEnv) -> None:
         assert stamp.utcoffset() == stamp.astimezone(ZoneInfo("Europe/Athens")).utcoffset()
         assert entry["timestamp"][-6] in "+-" and entry["timestamp"][-3] == ":"
 
-        code, body = _curl(withdraw, base, env.admin)
+        code, body = curl(withdraw, base, env.admin)
         assert code == 200 and body == {"prefix": "149.202.68.236/32", "status": "withdrawn"}
         assert env.gobgp.held == {}
-        assert _curl(listing, base, env.reader) == (200, {})
-        code, body = _curl(listing, base, "fe_1_" + "x" * 43)
+        assert curl(listing, base, env.reader) == (200, {})
+        code, body = curl(listing, base, "fe_1_" + "x" * 43)
         assert code == 401
     finally:
         server.stop()
@@ -70,13 +50,13 @@ def test_original_calls_with_curl_over_http(env: ApiEnv) -> None:
 
 @pytest.mark.parametrize(("body", "path", "words"), [
     ({"prefix": "149.202.68.236/33"}, "$.prefix", "not an IP prefix"),
-    ({"prefix": "149.202.68.1/24"}, "$.prefix", "host bits set (did you mean 149.202.68.0/24?)"),
-    ({"prefix": "example.com"}, "$.prefix", "not an IP prefix or address"),
+    ({"prefix": "149.202.68.1/24"}, "$.prefix", "host bits are set (did you mean 149.202.68.0/24?)"),
+    ({"prefix": "example.com"}, "$.prefix", "neither an address nor address/length"),
     ({"prefix": "149.202.68.236/32", "next_hop": "192.0.2"}, "$.next_hop", "not an IP address"),
-    ({"prefix": "149.202.68.236/32", "next_hop": "100::1"}, "$.next_hop", "is IPv6"),
+    ({"prefix": "149.202.68.236/32", "next_hop": "100::1"}, "$.next_hop", "it is an IPv6 address"),
     ({"prefix": "149.202.68.236/32", "communities": ["666"]}, "$.communities[0]", "not a BGP community"),
-    ({"prefix": "149.202.68.236/32", "communities": ["65535:70000"]}, "$.communities[0]", "at most 65535"),
-    ({"prefix": "149.202.68.236/32", "communities": ["1:2:4294967296"]}, "$.communities[0]", "at most 4294967295"),
+    ({"prefix": "149.202.68.236/32", "communities": ["65535:70000"]}, "$.communities[0]", "after the AS number is 0-65535"),
+    ({"prefix": "149.202.68.236/32", "communities": ["1:2:4294967296"]}, "$.communities[0]", "is 0-4294967295"),
     ({"prefix": "149.202.68.236/32", "nexthop": "192.0.2.1"}, "$.nexthop", "Extra inputs"),
     ({}, "$.prefix", "Field required"),
 ])

@@ -486,12 +486,15 @@ def test_api_process_beside_the_collector(appliance: dict[str, Any]) -> None:
                     "the API reaching the collector")
     assert "collector: answering again" in server.output()
 
-    # The original calls; no GoBGP runs here, so the announcement is kept and retried.
+    # The original calls; no GoBGP runs here, so the announcement is kept and retried:
+    # requested, not in force (the original listing shows only what GoBGP took).
     assert httpx.get(f"{api}/blackholes", headers=headers).json() == {}
     body = {"prefix": "149.202.68.236/32", "next_hop": "192.0.2.1", "communities": ["216285:666"]}
     assert httpx.post(f"{api}/announce", json=body, headers=headers).status_code == 200
-    held = httpx.get(f"{api}/blackholes", headers=headers).json()
-    assert held["149.202.68.236/32"]["next_hop"] == "192.0.2.1"
+    assert httpx.get(f"{api}/blackholes", headers=headers).json() == {}
+    held = httpx.get(f"{api}/api/v1/blackholes", headers=headers).json()
+    assert [(b["prefix"], b["next_hop"], b["state"]) for b in held] == [
+        ("149.202.68.236/32", "192.0.2.1", "requested")]
     assert "GoBGP did not take it" in collector.output()  # the collector's manager did the work
     refused = httpx.post(f"{api}/announce", json={**body, "prefix": "84.54.49.0/24"}, headers=headers)
     assert refused.status_code == 409 and "shorter than /32" in refused.json()["detail"], refused.text

@@ -12,16 +12,23 @@ from __future__ import annotations
 import json
 import re
 import time
+from functools import partial
 from pathlib import Path
 
+import grpc
 import pytest
 from prometheus_client import CollectorRegistry
-from support.bgp_lab import BIRD_V4, BgpLab, bgp_lab_fixture, wait_until
+from support.bgp_lab import BIRD_V4, GOBGPD, BgpLab, bgp_lab_fixture, wait_until
+from support.recording_gobgp import RecordingGoBGP
 
 from appliance.flowenricher.bgp.announcer import GoBgpAnnouncer
-from appliance.flowenricher.blackhole.manager import BlackholeManager, Defaults
+from appliance.flowenricher.bgp.client import GoBgpClient, GoBgpError, _path, rpc_error
+from appliance.flowenricher.bgp.stubs import attribute_pb2 as attrs_pb
+from appliance.flowenricher.bgp.stubs import gobgp_pb2 as api
+from appliance.flowenricher.blackhole.manager import AnnounceRefused, BlackholeManager, Defaults
 from appliance.flowenricher.blackhole.safety import Refused, SafetyPolicy, SafetySettings, networks
 from appliance.flowenricher.blackhole.state import StateDB
+from appliance.flowenricher.common.bgp_values import parse_prefix
 
 __all__ = ["bgp_lab_fixture"]
 
@@ -94,3 +101,143 @@ def test_blackhole_reaches_bird_expires_and_survives_restarts(bgp_lab: BgpLab, t
     finally:
         mgr.state.close()
         announcer.close()
+
+
+def test_ipv6_attacker_of_an_original_rule_gets_the_ipv6_next_hop(bgp_lab: BgpLab, tmp_path: Path) -> None:
+    """A rule in the original format (one IPv4 blackhole_next_hop) catches an IPv6
+    scanner: the /128 reaches BIRD with the configured IPv6 next hop (an IPv4 one made
+    BIRD drop it: "mismatched address family"), the IPv4 attacker keeps the rule's."""
+    bgp_lab.start()
+    bgp_lab.wait_established()
+    mgr, announcer = _manager(tmp_path, bgp_lab, Clock())
+    try:
+        for address in ("198.51.100.66/32", "2001:db8:bad::66/128"):
+            mgr.request(address, "192.0.2.66", ["65001:666"], 600, "scan", {"key": "src"})
+        wait_until(lambda: bgp_lab.route("2001:db8:bad::66/128"), "the /128 in BIRD")
+        wait_until(lambda: bgp_lab.route("198.51.100.66/32"), "the /32 in BIRD")
+        v6 = bgp_lab.route("2001:db8:bad::66/128")
+        assert re.search(r"BGP\.next_hop: 100::1\b", v6) and "(65001,666)" in v6, v6
+        assert re.search(r"BGP\.next_hop: 192\.0\.2\.66\b", bgp_lab.route("198.51.100.66/32"))
+        assert {(bh.prefix, bh.next_hop, bh.state) for bh in mgr.active()} == {
+            ("198.51.100.66/32", "192.0.2.66", "announced"), ("2001:db8:bad::66/128", "100::1", "announced")}
+    finally:
+        mgr.state.close()
+        announcer.close()
+
+
+def test_a_refused_blackhole_never_shows_as_announced(bgp_lab: BgpLab, tmp_path: Path) -> None:
+    """A row the announcer cannot send (stored by a version that did not check its
+    community) fails at once on the next tick: state failed with the reason, nothing in
+    GoBGP or BIRD, counted, not retried; the good one beside it is in BIRD."""
+    bgp_lab.start()
+    bgp_lab.wait_established()
+    registry = CollectorRegistry()
+    announcer = GoBgpAnnouncer(bgp_lab.api_target)
+    mgr = BlackholeManager(StateDB(f"sqlite:///{tmp_path}/state.db"), announcer, SafetyPolicy(SafetySettings()),
+                           tmp_path / "blackholes.txt", Defaults(), registry, Clock(), reconcile_interval_s=0)
+    try:
+        mgr.state.add(prefix="203.0.113.7/32", next_hop="192.0.2.1", communities=["65001:70000"], source="api",
+                      rule="", evidence={}, created_at=time.time(), expires_at=None, announced=False)
+        mgr.announce("203.0.113.8", communities=["216285:666"])
+        for _ in range(3):
+            mgr.tick()
+        wait_until(lambda: bgp_lab.route("203.0.113.8/32"), "the good /32 in BIRD")
+        failed = [bh for bh in mgr.state.history() if bh.prefix == "203.0.113.7/32"]
+        assert [bh.state for bh in failed] == ["failed"]
+        assert "the value after the AS number is 0-65535" in failed[0].failed_reason
+        assert announcer.announced(["203.0.113.7/32", "203.0.113.8/32"]) == {"203.0.113.8/32"}
+        assert not bgp_lab.route("203.0.113.7/32")
+        assert registry.get_sample_value("flowenricher_blackhole_failed_total", {"source": "api"}) == 1
+        assert registry.get_sample_value("flowenricher_blackhole_gobgp_errors_total") == 0  # no retry loop
+    finally:
+        mgr.state.close()
+        announcer.close()
+
+
+# What the double and the production path (GoBgpAnnouncer -> gobgpd -> BIRD) must agree
+# on: (prefix, next hop, communities) -> accepted.  Every accepted route must also reach
+# BIRD with its next hop: gobgpd takes far more (common/bgp_values.py), which is why the
+# announcer checks first.
+VERDICT_CASES = [
+    ("203.0.113.1/32", "192.0.2.1", ("65535:666",), True),
+    ("203.0.113.2/32", "192.0.2.1", ("216285:666",), True),
+    ("203.0.113.3/32", "192.0.2.1", ("65001:666:7", "no-export", "blackhole"), True),
+    ("203.0.113.4", "192.0.2.1", (), True),
+    ("2001:db8::1/128", "100::1", ("65535:666",), True),
+    ("2001:db8::2/128", "192.0.2.1", (), False),  # next hop of the other family
+    ("203.0.113.5/32", "100::1", (), False),
+    ("203.0.113.6/32", "192.0.2.1", ("65001:65536",), False),
+    ("203.0.113.7/32", "192.0.2.1", ("1:2:4294967296",), False),
+    ("203.0.113.8/32", "192.0.2.1", ("666",), False),
+    ("203.0.113.9/33", "192.0.2.1", (), False),
+    ("203.0.113.10/24", "192.0.2.1", (), False),  # host bits set
+    ("203.0.113.300/32", "192.0.2.1", (), False),
+    ("203.0.113.11/32", "0.0.0.0", (), False),
+    ("203.0.113.12/32", "224.0.0.1", (), False),
+    ("203.0.113.13/32", "192.0.2.300", (), False),
+    ("2001:db8::3/128", "fe80::1", (), False),
+]
+
+
+@pytest.mark.parametrize("backend", ["double", "gobgpd"])
+def test_the_double_refuses_what_gobgpd_refuses(backend: str, request: pytest.FixtureRequest) -> None:
+    if backend == "double":
+        target: RecordingGoBGP | GoBgpAnnouncer = RecordingGoBGP()
+    else:
+        lab: BgpLab = request.getfixturevalue("bgp_lab")
+        lab.start()
+        lab.wait_established()
+        target = GoBgpAnnouncer(lab.api_target)
+    try:
+        verdicts = {}
+        for prefix, hop, communities, _ in VERDICT_CASES:
+            try:
+                target.announce(prefix, hop, communities)
+                verdicts[prefix] = True
+            except AnnounceRefused:
+                verdicts[prefix] = False
+        assert verdicts == {prefix: accepted for prefix, _, _, accepted in VERDICT_CASES}
+        accepted = {str(parse_prefix(p)): hop for p, hop, _, ok in VERDICT_CASES if ok}
+        assert target.announced([*accepted, "203.0.113.5/32", "2001:db8::2/128"]) == set(accepted)
+        if backend == "gobgpd":
+            for prefix, hop in accepted.items():
+                wait_until(partial(lab.route, prefix), f"{prefix} in BIRD")
+                assert f"BGP.next_hop: {hop}" in lab.route(prefix), lab.route(prefix)
+            route = lab.route("203.0.113.3/32")  # large and well-known communities as announced
+            assert "(65001, 666, 7)" in route and "(65535,65281)" in route and "(65535,666)" in route, route
+            lab.wait_established(timeout=2)  # no route reset a session
+    finally:
+        if isinstance(target, GoBgpAnnouncer):
+            target.close()
+
+
+def test_gobgpd_refusals_and_outages_are_told_apart(bgp_lab: BgpLab) -> None:
+    """What gobgpd answers (gRPC status): a refusal is UNKNOWN with its reason (final), a
+    stopped gobgpd UNAVAILABLE and one without its config "hasn't started yet" (both
+    retried).  The refusal is provoked with a raw path, past the client's checks."""
+    bgp_lab.start()
+    bgp_lab.wait_established()
+
+    def add_raw(target: str, next_hop: str) -> GoBgpError:
+        with GoBgpClient(target, timeout=2) as client:
+            path = _path("203.0.113.1/32", "192.0.2.1", [], None)
+            path.pattrs[1].Pack(attrs_pb.NextHopAttribute(next_hop=next_hop))
+            try:
+                client.stub.AddPath(api.AddPathRequest(table_type=api.GLOBAL, path=path), timeout=2)
+            except grpc.RpcError as err:
+                return rpc_error(target, "AddPath", err)
+        raise AssertionError(f"gobgpd took next hop {next_hop}")
+
+    refused = add_raw(bgp_lab.api_target, "192.0.2.300")
+    assert refused.code == grpc.StatusCode.UNKNOWN and refused.refused
+    assert "invalid nexthop address: 192.0.2.300" in str(refused)
+    bgp_lab.kill_gobgpd()
+    down = add_raw(bgp_lab.api_target, "192.0.2.1")
+    assert down.code == grpc.StatusCode.UNAVAILABLE and not down.refused
+    # gobgpd up without a config: its BGP server is not started yet.
+    assert bgp_lab.ns is not None
+    socket = bgp_lab.dir / "bare.sock"
+    bgp_lab.net.spawn(bgp_lab.ns, [GOBGPD, "--api-hosts", f"unix://{socket}", "--pprof-disable", "-p"],
+                      name="gobgpd-bare").wait_for(socket.exists, 10, "gobgpd's API socket")
+    early = add_raw(f"unix://{socket}", "192.0.2.1")
+    assert "hasn't started yet" in str(early) and not early.refused

@@ -72,7 +72,7 @@ def test_bare_address_is_a_host_route_and_defaults_apply(tmp_path: Path) -> None
     ("84.54.49.20", "source", "own"),
     ("2a14:4281::5", "source", "own"),
     ("1.2.3.4/31", "manual", "shorter"),
-    ("not-an-ip", "manual", "not a prefix"),
+    ("not-an-ip", "manual", "not an IP prefix"),
 ])
 def test_forbidden_announcements_are_refused(tmp_path: Path, prefix: str, role: str, why: str) -> None:
     mgr, gobgp, _ = _manager(tmp_path)
@@ -222,3 +222,22 @@ def test_no_sequence_announces_what_design_forbids(tmp_path_factory: pytest.Temp
     clock.now += 10_000
     mgr.tick()
     assert gobgp.held == {}  # everything expired is withdrawn once GoBGP answers
+
+
+def test_a_state_db_of_an_earlier_version_gains_the_failed_column(tmp_path: Path) -> None:
+    """An existing state DB (without failed_reason) opens, keeps its rows and can fail one."""
+    url = f"sqlite:///{tmp_path}/state.db"
+    old = StateDB(url)
+    old.add(prefix="203.0.113.1/32", next_hop="192.0.2.1", communities=["65535:666"], source="api", rule="",
+            evidence={}, created_at=1.0, expires_at=None, announced=True)
+    with old.engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE blackholes DROP COLUMN failed_reason")
+    old.close()
+    state = StateDB(url)
+    try:
+        [kept] = state.active()
+        assert (kept.prefix, kept.state, kept.failed_reason) == ("203.0.113.1/32", "announced", "")
+        state.update(kept.id, withdrawn_at=2.0, failed_reason="GoBGP refused it: no")
+        assert state.history()[0].state == "failed"
+    finally:
+        state.close()

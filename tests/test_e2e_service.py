@@ -99,7 +99,8 @@ def test_enriched_flows_detections_and_lookup(service: Service) -> None:
     assert google["geo"]["asn"] == 15169 and google["mine"] is False
 
     # The control plane inside the service: the original calls with a token from the CLI.
-    # No GoBGP runs here, so the blackhole is kept (and retried) rather than lost.
+    # No GoBGP runs here, so the blackhole is kept (and retried) rather than lost: requested,
+    # not in force, so the original listing (what GoBGP took) leaves it out.
     token = service.cli("token", "create", "--scope", "admin").strip()
     api = f"http://127.0.0.1:{service.api_port}"
     headers = {"Authorization": f"Bearer {token}"}
@@ -107,8 +108,10 @@ def test_enriched_flows_detections_and_lookup(service: Service) -> None:
     assert httpx.get(f"{api}/blackholes").status_code == 401
     body = {"prefix": "149.202.68.236/32", "next_hop": "192.0.2.1", "communities": ["216285:666"]}
     assert httpx.post(f"{api}/announce", json=body, headers=headers).status_code == 200
-    held = httpx.get(f"{api}/blackholes", headers=headers).json()
-    assert held["149.202.68.236/32"]["next_hop"] == "192.0.2.1"
+    assert httpx.get(f"{api}/blackholes", headers=headers).json() == {}
+    held = httpx.get(f"{api}/api/v1/blackholes", headers=headers).json()
+    assert [(b["prefix"], b["next_hop"], b["state"]) for b in held] == [
+        ("149.202.68.236/32", "192.0.2.1", "requested")]
     refused = httpx.post(f"{api}/announce", json={**body, "prefix": "84.54.49.0/24"}, headers=headers)
     assert 400 <= refused.status_code < 500
     assert httpx.post(f"{api}/withdraw", json={"prefix": "149.202.68.236/32"}, headers=headers).status_code == 200

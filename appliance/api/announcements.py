@@ -3,7 +3,9 @@
 The manager is the one owner of announcements (DESIGN §1): the API never talks to
 GoBGP itself.  A refusal by the safety policy becomes a 409 whose detail is the
 policy's own sentence, which names the rule (never-blackhole list, shortest prefix,
-maximum active, rate); the request is recorded with the token that made it.
+maximum active, rate); the request is recorded with the token that made it.  One that
+GoBGP refuses for good (the manager marks it failed at once) is a 409 too, with GoBGP's
+reason: never a 200 for a blackhole that is not announced and will not be.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def announce(manager: Blackholes, principal: Principal, prefix: str, next_hop: s
                                      source="api", evidence=evidence, role="manual")
     except PolicyRefused as err:
         raise Refused(f"refused by the safety policy: {err}") from err
+    if blackhole.state == "failed":
+        raise Refused(f"{blackhole.prefix} failed, not announced: {blackhole.failed_reason}")
     return blackhole, manager.policy.settings.dry_run
 
 

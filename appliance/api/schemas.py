@@ -8,53 +8,28 @@ the field.
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from appliance.flowenricher.blackhole.state import Blackhole as StoredBlackhole
+from appliance.flowenricher.blackhole.state import BlackholeState
+from appliance.flowenricher.common.bgp_values import COMMUNITY_SYNTAX, next_hop_for, parse_community, parse_prefix
 
 from .queries import Metric
 
-_COMMUNITY = re.compile(r"^([0-9]{1,10}):([0-9]{1,10})(?::([0-9]{1,10}))?$")
-_U32 = 0xFFFFFFFF
-
 
 def normalise_prefix(text: str) -> str:
-    """A blackhole prefix as the manager stores it: a bare address is its host route;
-    host bits must be clear.  Raises ValueError saying what is wrong."""
-    value = text.strip()
-    if "/" not in value:
-        try:
-            ip = ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError(f"{text!r} is not an IP prefix or address") from None
-        return f"{ip}/{ip.max_prefixlen}"
-    try:
-        return str(ipaddress.ip_network(value, strict=True))
-    except ValueError as err:
-        try:
-            wider = ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise ValueError(f"{text!r} is not an IP prefix: {err}") from None
-        raise ValueError(f"{text!r} has host bits set (did you mean {wider}?)") from None
+    """A blackhole prefix as the manager stores it (common/bgp_values.py: a bare address
+    is its host route, host bits must be clear).  Raises ValueError saying what is wrong."""
+    return str(parse_prefix(text))
 
 
 def check_community(text: str) -> str:
-    """``ASN:value`` or large ``a:b:c``.  The ASN of a two-part community may be a 32-bit
-    AS number, as in the original's published example (``216285:666``); the announcer
-    decides how to encode it."""
-    match = _COMMUNITY.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a BGP community such as 65535:666 or a large community a:b:c")
-    parts = [int(p) for p in match.groups() if p is not None]
-    if any(p > _U32 for p in parts):
-        raise ValueError(f"{text!r}: each part must be at most {_U32}")
-    if len(parts) == 2 and parts[1] > 0xFFFF:
-        raise ValueError(f"{text!r}: the value after the AS number must be at most 65535")
+    """A community of common/bgp_values.py (standard, large, well-known name, or a
+    32-bit ASN:VALUE announced as large), kept as written so answers echo it back."""
+    parse_community(text)
     return text
 
 
@@ -70,10 +45,13 @@ class AnnounceRequest(_Strict):
 
     prefix: str = Field(description="Prefix to blackhole; a bare address means its host route (/32, /128).",
                         examples=["149.202.68.236/32"])
-    next_hop: str | None = Field(None, description="Next hop of the blackhole route; default: the configured "
-                                 "discard next hop of the prefix's family.", examples=["192.0.2.1"])
-    communities: list[Community] | None = Field(None, description="BGP communities; default: the configured ones.",
-                                          examples=[["216285:666"]], max_length=32)
+    next_hop: str | None = Field(None, description="Next hop of the blackhole route, of the prefix's address "
+                                 "family; default: the configured discard next hop of that family.",
+                                 examples=["192.0.2.1"])
+    communities: list[Community] | None = Field(
+        None, description=f"BGP communities: {COMMUNITY_SYNTAX}; an ASN:VALUE whose ASN needs 32 bits is "
+        "announced as the large community ASN:VALUE:0 and echoed back as written.  Default: the configured ones.",
+        examples=[["216285:666"]], max_length=32)
 
     @field_validator("prefix")
     @classmethod
@@ -85,14 +63,10 @@ class AnnounceRequest(_Strict):
     def _next_hop(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        try:
-            hop = ipaddress.ip_address(value.strip())
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address") from None
         prefix = info.data.get("prefix")
-        if isinstance(prefix, str) and ipaddress.ip_network(prefix).version != hop.version:
-            raise ValueError(f"next hop {hop} is IPv{hop.version}, the prefix {prefix} is not")
-        return str(hop)
+        if not isinstance(prefix, str):  # the prefix is refused on its own
+            return value
+        return str(next_hop_for(parse_prefix(prefix), value))
 
 
 class WithdrawRequest(_Strict):
@@ -153,6 +127,10 @@ class Blackhole(BaseModel):
     expires_at: datetime | None
     withdrawn_at: datetime | None
     announced: bool = Field(description="GoBGP confirmed the announcement (false while it is retried).")
+    state: BlackholeState = Field(
+        description="requested: GoBGP has not taken it yet (unreachable: retried); announced: GoBGP took it; "
+        "failed: refused for good (see reason), never retried; withdrawn.")
+    reason: str = Field("", description="Why it failed (GoBGP's answer) or why it was withdrawn; empty otherwise.")
     dry_run: bool = Field(False, description="Dry-run mode: logged, not announced.")
 
     @classmethod
@@ -162,7 +140,8 @@ class Blackhole(BaseModel):
         return cls(id=bh.id, prefix=bh.prefix, next_hop=bh.next_hop, communities=list(bh.communities),
                    source=bh.source, rule=bh.rule, evidence=bh.evidence, created_at=created,
                    expires_at=_time(bh.expires_at, zone), withdrawn_at=_time(bh.withdrawn_at, zone),
-                   announced=bh.announced, dry_run=dry_run)
+                   announced=bh.announced, state=bh.state, reason=bh.failed_reason or bh.withdraw_reason,
+                   dry_run=dry_run)
 
 
 class TopRow(BaseModel):

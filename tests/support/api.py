@@ -8,6 +8,9 @@ GoBGP is replaced by a recorder (the gobgpd + BIRD path has its own test).
 from __future__ import annotations
 
 import contextlib
+import json
+import shlex
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,25 @@ from . import sample_batch
 from .recording_gobgp import RecordingGoBGP
 
 HOUR = 3600
+
+# The original README's calls exactly as published (../shared/examples/README.md); the
+# tests add the bearer header the appliance requires (see :func:`curl`).
+ORIGINAL_CALLS = [
+    """curl -X POST http://127.0.0.1:9600/announce -H 'Content-Type: application/json' \
+  -d '{"prefix": "149.202.68.236/32", "next_hop": "192.0.2.1", "communities": ["216285:666"]}'""",
+    """curl -X POST http://127.0.0.1:9600/withdraw -H 'Content-Type: application/json' \
+  -d '{"prefix": "149.202.68.236/32"}'""",
+    """curl http://127.0.0.1:9600/blackholes""",
+]
+
+
+def curl(command: str, base: str, token: str) -> tuple[int, Any]:
+    """Run one of ORIGINAL_CALLS with curl against `base` (the API's http://host:port)."""
+    args = shlex.split(command.replace("http://127.0.0.1:9600", base))
+    args[1:1] = ["-sS", "-w", "\n%{http_code}", "-H", f"Authorization: Bearer {token}"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=True).stdout
+    body, _, code = out.rpartition("\n")
+    return int(code), json.loads(body)
 
 
 SAFETY = SafetySettings(never=networks(["84.54.49.1", "192.0.2.0/24"]), own=networks(["84.54.49.0/24"]),

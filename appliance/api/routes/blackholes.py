@@ -1,11 +1,18 @@
 """``/api/v1/blackholes``: active blackholes and their history, with the rule and the
-evidence that caused each; manual announce and withdraw."""
+evidence that caused each, and each one's state; manual announce and withdraw.
+
+The list of active blackholes also shows the ones that failed lately (GoBGP refused
+them: state ``failed`` with its reason), so a refusal is seen where the operator looks
+for what is in force; the original ``/blackholes`` lists only what is in force."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+
+from appliance.flowenricher.blackhole.state import RECENT_HISTORY, recent_failures
 
 from .. import announcements
 from ..deps import Admin, Context, Reader
@@ -17,9 +24,13 @@ router = APIRouter(prefix="/api/v1/blackholes", tags=["blackholes"], responses=E
 
 @router.get("", response_model=list[Blackhole])
 def active(ctx: Context, _: Reader) -> list[Blackhole]:
-    """Blackholes active now, oldest first."""
+    """Blackholes active now, oldest first, then those that failed in the last day (state
+    ``failed``, with GoBGP's reason) unless their prefix was asked for again since."""
     zone = ctx.timezone
-    return [Blackhole.of(bh, zone) for bh in ctx.deps.blackholes.active()]
+    manager = ctx.deps.blackholes
+    current = manager.active()
+    failed = recent_failures(manager.state.history(RECENT_HISTORY), current, time.time())
+    return [Blackhole.of(bh, zone) for bh in [*current, *reversed(failed)]]
 
 
 @router.get("/history", response_model=list[Blackhole])

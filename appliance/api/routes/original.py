@@ -38,10 +38,12 @@ def withdraw(body: WithdrawRequest, ctx: Context, principal: Admin) -> WithdrawR
 
 @router.get("/blackholes", response_model=dict[str, OriginalBlackhole])
 def blackholes(ctx: Context, _: Reader) -> dict[str, OriginalBlackhole]:
-    """Active blackholes: prefix -> {prefix, next_hop, communities, timestamp}."""
+    """Blackholes in force (GoBGP took them): prefix -> {prefix, next_hop, communities,
+    timestamp}, communities as written.  One still queued for an unreachable GoBGP, or
+    failed, is not listed: /api/v1/blackholes shows those with their state."""
     zone = ctx.timezone
     return {
         bh.prefix: OriginalBlackhole(prefix=bh.prefix, next_hop=bh.next_hop, communities=list(bh.communities),
                                      timestamp=rfc3339(bh.created_at, zone))
-        for bh in ctx.deps.blackholes.active()
+        for bh in ctx.deps.blackholes.active() if bh.state == "announced"
     }

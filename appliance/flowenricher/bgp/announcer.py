@@ -1,7 +1,10 @@
 """Blackhole routes into GoBGP: the Announcer the blackhole manager talks to.
 
 GoBGP originates each blackhole from its global RIB (AddPath) and advertises it to the
-router; the router discards traffic to the next hop.  ``announced`` lists the paths
+router; the router discards traffic to the next hop.  A failure is either a refusal
+(AnnounceRefused: a value that cannot be announced, or GoBGP's own refusal: the manager
+marks the blackhole failed at once) or GoBGP being unreachable (AnnounceError: retried);
+the gRPC status tells them apart (client.TRANSIENT_CODES).  ``announced`` lists the paths
 GoBGP originated itself (no neighbour), which is what reconciliation compares with the
 state DB after either side restarted.
 """
@@ -15,7 +18,8 @@ from typing import Any, cast
 
 import grpc
 
-from ..blackhole.manager import AnnounceError
+from ..blackhole.manager import AnnounceError, AnnounceRefused
+from ..common.bgp_values import BgpValueError
 from .client import CHANNEL_OPTIONS, GoBgpClient, GoBgpError
 from .stubs import gobgp_pb2 as api
 from .stubs import gobgp_pb2_grpc as api_grpc
@@ -36,16 +40,26 @@ class GoBgpAnnouncer:
         self._lock = threading.Lock()
 
     def announce(self, prefix: str, next_hop: str, communities: Sequence[str]) -> None:
+        """Announce one blackhole route.  AnnounceRefused when it can never be announced
+        (a value of :mod:`..common.bgp_values` refuses, or GoBGP answers a refusal);
+        AnnounceError when GoBGP could not be asked (worth retrying)."""
         with self._lock:
             try:
                 self._client.add_path(prefix, next_hop, list(communities))
-            except (GoBgpError, ValueError) as err:
+            except BgpValueError as err:
+                raise AnnounceRefused(str(err)) from err
+            except GoBgpError as err:
+                if err.refused:
+                    raise AnnounceRefused(f"GoBGP refused it: {err.detail}") from err
                 raise AnnounceError(str(err)) from err
 
     def withdraw(self, prefix: str, next_hop: str, communities: Sequence[str]) -> None:
+        """Withdraw our path for `prefix`.  GoBGP finds it by prefix alone, so the next
+        hop and communities are not sent: a row stored before its values were checked
+        (a community refused today) is still withdrawn, never stuck."""
         with self._lock:
             try:
-                self._client.delete_path(prefix, next_hop, list(communities))
+                self._client.delete_path(prefix)
             except (GoBgpError, ValueError) as err:
                 raise AnnounceError(str(err)) from err
 

@@ -32,7 +32,6 @@ hop with many others.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, cast
@@ -40,8 +39,9 @@ from typing import Any, NamedTuple, cast
 import grpc
 from google.protobuf import any_pb2
 
+from ..common.bgp_values import U32, BgpValueError, next_hop_for, parse_community, parse_prefix
 from ..errors import FlowEnricherError
-from .route import V4, V4_MAPPED, V6, RouteAttributes, address_bytes, flatten_as_path, parse_community
+from .route import V4, V4_MAPPED, V6, RouteAttributes, address_bytes, flatten_as_path
 from .stubs import attribute_pb2 as attrs_pb
 from .stubs import gobgp_pb2 as api
 from .stubs import gobgp_pb2_grpc as api_grpc
@@ -66,12 +66,34 @@ _FAMILIES = {
 }
 
 
+TRANSIENT_CODES = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL,
+})
+"""gRPC statuses that mean GoBGP could not be asked (down, restarting, overloaded, the
+connection broke): worth retrying.  Any other status is GoBGP's answer: gobgpd returns
+its refusals as plain Go errors, which gRPC reports as UNKNOWN (seen from gobgpd 3.10:
+"UNKNOWN: invalid nexthop address: 192.0.2.300", "UNKNOWN: nexthop not found"), and a
+stopped or unreachable gobgpd gives UNAVAILABLE."""
+
+_NOT_STARTED = "hasn't started yet"
+"""gobgpd's UNKNOWN answer before its config is applied ("bgp server hasn't started
+yet"): a refusal in form, but it passes once gobgpd is up, so it counts as transient."""
+
+
 class GoBgpError(FlowEnricherError):
     """A call to GoBGP failed; the message names the address, the call and gRPC's status."""
 
     def __init__(self, target: str, call: str, detail: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(f"GoBGP at {target}: {call}: {detail}")
         self.code = code
+        self.detail = detail
+
+    @property
+    def refused(self) -> bool:
+        """GoBGP answered and refused the request: asking again gets the same answer.
+        False when it could not be asked (see TRANSIENT_CODES) or has not started yet."""
+        return self.code is not None and self.code not in TRANSIENT_CODES and _NOT_STARTED not in self.detail
 
 
 class PathChange(NamedTuple):
@@ -209,7 +231,7 @@ class WatchStream:
                 if response.WhichOneof("event") == "peer" and response.peer.type == end_of_init:
                     return
         except grpc.RpcError as err:
-            raise _rpc_error(self._target, "WatchEvent", err) from err
+            raise rpc_error(self._target, "WatchEvent", err) from err
         raise GoBgpError(self._target, "WatchEvent", "the server ended the stream before registering it")
 
     def __iter__(self) -> Iterator[TableEvent]:
@@ -223,7 +245,7 @@ class WatchStream:
                 yield event
                 del event
         except grpc.RpcError as err:
-            raise _rpc_error(self._target, "WatchEvent", err) from err
+            raise rpc_error(self._target, "WatchEvent", err) from err
         raise GoBgpError(self._target, "WatchEvent", "the server ended the stream")
 
     def cancel(self) -> None:
@@ -262,7 +284,7 @@ class GoBgpClient:
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as err:
-            raise _rpc_error(self.target, name, err) from err
+            raise rpc_error(self.target, name, err) from err
 
     def started_asn(self) -> int:
         """GoBGP's own AS; 0 while its BGP server is not started (no config applied yet)."""
@@ -310,7 +332,7 @@ class GoBgpClient:
             for response in call:
                 yield from decoder.changes(p for p in response.destination.paths if p.best)
         except grpc.RpcError as err:
-            raise _rpc_error(self.target, "ListPath", err) from err
+            raise rpc_error(self.target, "ListPath", err) from err
         finally:
             call.cancel()
 
@@ -318,7 +340,8 @@ class GoBgpClient:
                  local_pref: int | None = None) -> bytes:
         """Announce `prefix` from GoBGP's global RIB (origin IGP); GoBGP's id of the path.
 
-        Communities are ``"ASN:VALUE"`` texts or their 32-bit values.
+        Communities are texts of :mod:`..common.bgp_values` (standard, large or
+        well-known) or the 32-bit values of standard ones.
         """
         path = _path(prefix, next_hop, communities, local_pref)
         return bytes(self._unary("AddPath", api.AddPathRequest(table_type=api.GLOBAL, path=path)).uuid)
@@ -330,7 +353,8 @@ class GoBgpClient:
         self._unary("DeletePath", api.DeletePathRequest(table_type=api.GLOBAL, family=path.family, path=path))
 
 
-def _rpc_error(target: str, call: str, err: grpc.RpcError) -> GoBgpError:
+def rpc_error(target: str, call: str, err: grpc.RpcError) -> GoBgpError:
+    """The GoBgpError of a failed gRPC `call` (for calls made on :attr:`GoBgpClient.stub`)."""
     code = err.code() if isinstance(err, grpc.Call) else None
     details = err.details() if isinstance(err, grpc.Call) else str(err)
     name = code.name if code is not None else "error"
@@ -344,24 +368,38 @@ def _pack(message: Any) -> any_pb2.Any:
 
 
 def _path(prefix: str, next_hop: str, communities: Sequence[str | int], local_pref: int | None) -> Any:
-    """The API Path for one of our unicast announcements; ValueError names a bad argument."""
-    try:
-        net = ipaddress.ip_network(prefix, strict=True)
-        hop = ipaddress.ip_address(next_hop) if next_hop else None
-    except ValueError as err:
-        raise ValueError(f"GoBGP path {prefix!r} via {next_hop!r}: {err}") from err
+    """The API Path for one of our unicast announcements; BgpValueError (a ValueError)
+    names a bad argument, with the words of the one definition of BGP values (gobgpd
+    itself takes almost anything: see common/bgp_values.py)."""
+    net = parse_prefix(prefix)
+    hop = next_hop_for(net, next_hop) if next_hop else None
     afi = api.Family.AFI_IP if net.version == 4 else api.Family.AFI_IP6
     family = api.Family(afi=afi, safi=api.Family.SAFI_UNICAST)
     nlri = _pack(attrs_pb.IPAddressPrefix(prefix=str(net.network_address), prefix_len=net.prefixlen))
     pattrs = [_pack(attrs_pb.OriginAttribute(origin=0))]
     if hop is not None:
-        if net.version == 4 and hop.version == 4:
+        if net.version == 4:
             pattrs.append(_pack(attrs_pb.NextHopAttribute(next_hop=str(hop))))
         else:  # RFC 4760: other families carry the next hop in MP_REACH_NLRI
             pattrs.append(_pack(attrs_pb.MpReachNLRIAttribute(family=family, next_hops=[str(hop)], nlris=[nlri])))
-    values = [c if isinstance(c, int) else parse_community(c) for c in communities]
-    if values:
-        pattrs.append(_pack(attrs_pb.CommunitiesAttribute(communities=values)))
+    standard: list[int] = []
+    large: list[Any] = []
+    for item in communities:
+        if isinstance(item, int):
+            if not 0 <= item <= U32:
+                raise BgpValueError("a BGP community", item, "a standard community's value is 32 bits")
+            standard.append(item)
+            continue
+        community = parse_community(item)
+        if community.large:  # RFC 8092, its own attribute
+            a, b, c = community.parts
+            large.append(attrs_pb.LargeCommunity(global_admin=a, local_data1=b, local_data2=c))
+        else:
+            standard.append(community.value)
+    if standard:
+        pattrs.append(_pack(attrs_pb.CommunitiesAttribute(communities=standard)))
+    if large:
+        pattrs.append(_pack(attrs_pb.LargeCommunitiesAttribute(communities=large)))
     if local_pref is not None:
         pattrs.append(_pack(attrs_pb.LocalPrefAttribute(local_pref=local_pref)))
     return api.Path(nlri=nlri, pattrs=pattrs, family=family)

@@ -21,6 +21,9 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..common.bgp_values import community_text as community_text
+from ..common.bgp_values import standard_community
+
 V4 = 4
 V6 = 6
 KEY_LEN = 18
@@ -30,6 +33,10 @@ AS_SET, AS_SEQUENCE, AS_CONFED_SEQUENCE, AS_CONFED_SET = 1, 2, 3, 4
 """AS path segment types (RFC 4271 §4.3, RFC 5065 §3)."""
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+parse_community = standard_community
+"""A standard community's text as its 32-bit value, how enrichment stores communities
+(the one definition of the syntax is common/bgp_values.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,18 +127,3 @@ def address_text(raw: bytes) -> str:
     if raw[:12] == V4_MAPPED:
         return socket.inet_ntop(socket.AF_INET, raw[12:])
     return socket.inet_ntop(socket.AF_INET6, raw)
-
-
-def parse_community(text: str) -> int:
-    """``"65001:666"`` as the 32-bit RFC 1997 value; ValueError naming what is wrong."""
-    high, sep, low = text.partition(":")
-    if not sep or not high.isdigit() or not low.isdigit():
-        raise ValueError(f"community {text!r} is not ASN:VALUE (RFC 1997, e.g. 65001:666)")
-    a, b = int(high), int(low)
-    if a > 0xFFFF or b > 0xFFFF:
-        raise ValueError(f"community {text!r}: both parts of a standard community are 0-65535")
-    return a << 16 | b
-
-
-def community_text(value: int) -> str:
-    return f"{value >> 16}:{value & 0xFFFF}"

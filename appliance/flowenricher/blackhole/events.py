@@ -18,7 +18,7 @@ from ..storage.schema import BLACKHOLE_EVENTS_TABLE
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("announce", "withdraw", "expire", "refused")
+ACTIONS = ("announce", "withdraw", "expire", "refused", "failed")
 SOURCES = ("detection", "api")
 _SOURCE_NAMES = {"api": "api", "detection": "detection", "rule": "detection"}  # the state DB says "rule"
 _COLUMNS = ("ts", "action", "prefix", "next_hop", "communities", "rule", "reason", "expires_at", "dry_run", "source")
@@ -61,7 +61,7 @@ class BlackholeEvents:
     """Queues events and inserts them in groups; `execute` runs one statement on the store.
 
     Give it the manager's ``events=`` argument; `manager_action` translates the
-    manager's log actions (announce, extend, dry-run-announce, withdraw, refused) into
+    manager's log actions (announce, extend, dry-run-announce, withdraw, refused, failed) into
     the table's four (announce, withdraw, expire, refused).
     """
 

@@ -5,7 +5,11 @@ against the safety policy, persisted in the state DB *before* GoBGP is asked (so
 crash in between re-announces it on restart instead of forgetting it), announced,
 logged to ``blackholes.txt`` with its rule and evidence, and withdrawn exactly once
 when it expires.  GoBGP being down delays announcements and withdrawals (they are
-retried from the state DB on every tick), it never loses them.  ``reconcile`` compares
+retried from the state DB on every tick), it never loses them.  A blackhole that can
+never be announced fails loudly instead: its values are parsed here by the one
+definition of BGP values (common/bgp_values.py; a bad one is Refused before anything is
+stored), and one GoBGP refuses goes to the *failed* state at once, with GoBGP's reason,
+its cap slot freed, never retried.  ``reconcile`` compares
 what GoBGP holds with what should be active, so a restart of either side converges.
 """
 
@@ -23,8 +27,16 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from .safety import IPNetwork, Refused, SafetyPolicy, parse_prefix
-from .state import Blackhole, StateDB
+from ..common.bgp_values import (
+    DISCARD_NEXT_HOP_V4,
+    DISCARD_NEXT_HOP_V6,
+    BgpValueError,
+    next_hop_for,
+    parse_communities,
+    parse_next_hop,
+)
+from .safety import Refused, SafetyPolicy, parse_prefix
+from .state import Blackhole, BlackholeRow, StateDB
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +46,12 @@ RECONCILE_HISTORY = 1000
 
 
 class AnnounceError(Exception):
-    """GoBGP could not be reached or refused the change; the manager retries."""
+    """GoBGP could not be reached; the manager retries."""
+
+
+class AnnounceRefused(AnnounceError):
+    """The route can never be announced (GoBGP refused it, or a value is not announceable):
+    the manager marks the blackhole failed instead of retrying."""
 
 
 class Announcer(Protocol):
@@ -59,11 +76,11 @@ class EventSink(Protocol):
 @dataclass(frozen=True)
 class Defaults:
     """What a request that does not say gets: RFC 7999's BLACKHOLE community, the
-    conventional discard next hops (192.0.2.1 from TEST-NET-1, 100::1 from RFC 6666's
-    discard prefix), and no expiry for manual blackholes unless configured."""
+    conventional discard next hops of each family (common/bgp_values.py), and no expiry
+    for manual blackholes unless configured."""
 
-    next_hop_v4: str = "192.0.2.1"
-    next_hop_v6: str = "100::1"
+    next_hop_v4: str = DISCARD_NEXT_HOP_V4
+    next_hop_v6: str = DISCARD_NEXT_HOP_V6
     communities: tuple[str, ...] = ("65535:666",)
     duration_s: float | None = None
 
@@ -93,6 +110,8 @@ class BlackholeManager:
                                 ["source"], registry=registry)
         self._errors = Counter("flowenricher_blackhole_gobgp_errors", "GoBGP calls that failed (retried)",
                                registry=registry)
+        self._failed = Counter("flowenricher_blackhole_failed", "Blackholes GoBGP refused for good (failed state)",
+                               ["source"], registry=registry)
         self._active = Gauge("flowenricher_blackholes_active", "Blackholes active now", registry=registry)
         self._pending = Gauge("flowenricher_blackholes_pending", "Blackhole changes waiting for GoBGP",
                               registry=registry)
@@ -104,16 +123,25 @@ class BlackholeManager:
                  evidence: dict[str, Any] | None = None, role: str = "manual") -> Blackhole:
         """Blackhole `prefix` (a bare address means its host route); raises Refused.
 
-        Asking again for an active prefix extends its expiry (and updates next hop and
+        A next hop of the other address family than the prefix, or a community that
+        cannot be announced, is Refused here (common/bgp_values.py says why).  Asking
+        again for an active prefix extends its expiry (and updates next hop and
         communities if they differ) instead of stacking a second announcement.
         """
-        net = _host_route(prefix)
+        net = parse_prefix(prefix)
         text = str(net)
         hop = next_hop or (self.defaults.next_hop_v4 if net.version == 4 else self.defaults.next_hop_v6)
         comms = tuple(communities) if communities else self.defaults.communities
         duration = duration_s if duration_s is not None else self.defaults.duration_s
         now = self._clock()
         with self._lock:
+            try:
+                next_hop_for(net, hop)
+                parse_communities(comms)
+            except BgpValueError as err:
+                self._refused.labels(source).inc()
+                self._log("refused", text, hop, comms, source, rule, evidence, None, reason=str(err))
+                raise Refused(str(err)) from err
             current = self.state.find_active(text)
             try:
                 self.policy.check(net, role, self._occupied(), now, already_active=current is not None)
@@ -133,21 +161,21 @@ class BlackholeManager:
                                   announced=current.announced and not changed)
                 self._log("extend", text, hop, comms, source, rule, evidence, new_expiry)
                 if changed:
-                    self._try_announce(current.id, text, hop, comms)
-                return self.state.find_active(text) or current
+                    self._try_announce(self._row(current.id) or current)
+                return self._row(current.id) or current
             self.policy.admitted(now)
             row = self.state.add(prefix=text, next_hop=hop, communities=list(comms), source=source, rule=rule,
                                  evidence=evidence or {}, created_at=now, expires_at=expires, announced=False)
             self._pending_withdrawals.pop(text, None)
             self._log("announce", text, hop, comms, source, rule, evidence, expires)
             self._actions.labels("announce", source).inc()
-            self._try_announce(row.id, text, hop, comms)
+            self._try_announce(row)
             self._update_gauges()
-            return self.state.find_active(text) or row
+            return self._row(row.id) or row
 
     def withdraw(self, prefix: str, reason: str = "api") -> Blackhole | None:
         """Withdraw an active blackhole; None when `prefix` is not active."""
-        text = str(_host_route(prefix))
+        text = str(parse_prefix(prefix))
         with self._lock:
             current = self.state.find_active(text)
             if current is None:
@@ -160,9 +188,17 @@ class BlackholeManager:
         """The detection engine's entry point: an attacker's (or victim's) address.
 
         `evidence["key"]` says which: "src" blackholes a source, "dst" a victim; refusals
-        are logged and counted, never raised into the engine.
+        are logged and counted, never raised into the engine.  A rule's `next_hop`
+        serves the addresses of its own family: a rule in the original format (one IPv4
+        blackhole_next_hop) blackholes an IPv6 address with the configured IPv6 next hop.
         """
         role = "destination" if evidence.get("key") == "dst" else "source"
+        if next_hop:
+            try:
+                if parse_next_hop(next_hop).version != parse_prefix(prefix).version:
+                    next_hop = None
+            except (BgpValueError, Refused):
+                pass  # announce() refuses it, logged and counted
         try:
             self.announce(prefix, next_hop, communities, duration_s, source="rule", rule=rule, evidence=evidence,
                           role=role)
@@ -187,7 +223,7 @@ class BlackholeManager:
                 self._try_withdraw(prefix, hop, comms)
             for bh in self.state.active():
                 if not bh.announced:
-                    self._try_announce(bh.id, bh.prefix, bh.next_hop, bh.communities)
+                    self._try_announce(bh)
             if now >= self._next_reconcile:
                 self._next_reconcile = now + self._reconcile_interval
                 self.reconcile()
@@ -211,7 +247,7 @@ class BlackholeManager:
                 if prefix not in held:
                     if bh.announced:
                         log.warning("reconcile: %s missing from GoBGP (restarted?); announcing again", prefix)
-                    self._try_announce(bh.id, prefix, bh.next_hop, bh.communities)
+                    self._try_announce(bh)
             for prefix in held - set(active):
                 hop, comms = self._pending_withdrawals.get(prefix, ("", ()))
                 log.warning("reconcile: GoBGP holds %s, which is not active; withdrawing", prefix)
@@ -236,15 +272,39 @@ class BlackholeManager:
         active = {bh.prefix for bh in self.state.active()}
         return len(active) + sum(1 for prefix in self._pending_withdrawals if prefix not in active)
 
-    def _try_announce(self, row_id: int, prefix: str, hop: str, comms: Sequence[str]) -> None:
+    def _row(self, row_id: int) -> Blackhole | None:
+        with self.state.session() as session:
+            row = session.get(BlackholeRow, row_id)
+            return Blackhole.of(row) if row is not None else None
+
+    def _try_announce(self, bh: Blackhole) -> None:
         try:
-            self.announcer.announce(prefix, hop, comms)
+            self.announcer.announce(bh.prefix, bh.next_hop, bh.communities)
+        except AnnounceRefused as err:
+            self._fail(bh, str(err))
+            return
         except AnnounceError as err:
             self._errors.inc()
-            log.warning("blackhole %s: GoBGP did not take it (%s); retrying", prefix, err)
-            self.state.update(row_id, announced=False)
+            log.warning("blackhole %s: GoBGP did not take it (%s); retrying", bh.prefix, err)
+            self.state.update(bh.id, announced=False)
             return
-        self.state.update(row_id, announced=True)
+        self.state.update(bh.id, announced=True)
+
+    def _fail(self, bh: Blackhole, reason: str) -> None:
+        """Refused for good: failed at once (no retry, out of the active cap), loudly.
+        GoBGP may hold an earlier version of it (an extension changed its values): the
+        prefix is withdrawn too, so nothing refused stays half-announced."""
+        now = self._clock()
+        self.state.update(bh.id, withdrawn_at=now, withdraw_reason="failed", failed_reason=reason[:512],
+                          announced=False)
+        self._failed.labels(bh.source).inc()
+        log.error("blackhole %s via %s %s FAILED, not retried: %s", bh.prefix, bh.next_hop, ",".join(bh.communities),
+                  reason)
+        self._log("failed", bh.prefix, bh.next_hop, bh.communities, bh.source, bh.rule, None, bh.expires_at,
+                  reason=reason)
+        self._pending_withdrawals[bh.prefix] = (bh.next_hop, bh.communities)
+        self._try_withdraw(bh.prefix, bh.next_hop, bh.communities)
+        self._update_gauges()
 
     def _try_withdraw(self, prefix: str, hop: str, comms: Sequence[str]) -> None:
         try:
@@ -283,9 +343,3 @@ class BlackholeManager:
             except Exception:  # the audit table must never stop an announcement
                 log.exception("blackhole %s %s: could not queue the event row", action, prefix)
 
-
-def _host_route(prefix: str) -> IPNetwork:
-    text = prefix.strip()
-    if "/" not in text:
-        text += "/32" if ":" not in text else "/128"
-    return parse_prefix(text)

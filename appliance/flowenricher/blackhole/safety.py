@@ -13,7 +13,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from ..common.bgp_values import BgpValueError, IPNetwork
+from ..common.bgp_values import parse_prefix as parse_bgp_prefix
 
 
 class Refused(Exception):
@@ -43,11 +44,12 @@ class SafetySettings:
 
 
 def parse_prefix(text: str) -> IPNetwork:
-    """A prefix from text; a bare address is its host route.  Host bits must be clear."""
+    """A prefix from text (common/bgp_values.py: a bare address is its host route, host
+    bits must be clear); Refused says why not, in the words of every other edge."""
     try:
-        return ipaddress.ip_network(text.strip(), strict=True)
-    except ValueError as err:
-        raise Refused(f"{text!r} is not a prefix: {err}") from None
+        return parse_bgp_prefix(text)
+    except BgpValueError as err:
+        raise Refused(str(err)) from None
 
 
 class SafetyPolicy:

@@ -4,6 +4,10 @@ A blackhole row lives from its announcement until it is withdrawn; ``withdrawn_a
 stays NULL while it is active.  Expiry is a time in the row, not a timer in memory,
 so a restart of flowenricher finds what is still due and what expired while it was
 down (FastNetMon's users lost bans on restart; this is the fix).
+
+A blackhole GoBGP refused for good is *failed*: withdrawn at the moment of the refusal
+(so it holds no slot of the active cap and is never retried) with ``failed_reason``
+set to GoBGP's reason.  :attr:`Blackhole.state` names where a row stands.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import JSON, Float, Integer, String, create_engine, event, select
+from sqlalchemy import JSON, Float, Integer, String, create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -38,6 +42,22 @@ class BlackholeRow(_Base):
     withdrawn_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     withdraw_reason: Mapped[str] = mapped_column(String(64), default="")
     announced: Mapped[bool] = mapped_column(default=False)  # GoBGP confirmed the last announcement
+    failed_reason: Mapped[str] = mapped_column(String(512), default="")  # set: refused for good
+
+
+_ADDED_COLUMNS = {"failed_reason": "VARCHAR(512) NOT NULL DEFAULT ''"}
+"""Columns added after the first release: added to an existing state DB when it is opened
+(create_all makes missing tables only)."""
+
+RECENT_HISTORY = 1000
+"""The latest rows :func:`recent_failures` looks through."""
+
+FAILED_VISIBLE_S = 86400.0
+"""How long a failed blackhole stays listed with the active ones (``/api/v1/blackholes``)
+unless a newer request for its prefix replaces it; the history keeps it."""
+
+
+BlackholeState = Literal["requested", "announced", "failed", "withdrawn"]
 
 
 @dataclass(frozen=True)
@@ -55,12 +75,40 @@ class Blackhole:
     expires_at: float | None
     withdrawn_at: float | None
     announced: bool
+    failed_reason: str = ""
+    withdraw_reason: str = ""
+
+    @property
+    def state(self) -> BlackholeState:
+        """``requested`` (GoBGP has not taken it yet: queued and retried), ``announced``
+        (GoBGP took it), ``failed`` (refused for good, see `failed_reason`) or
+        ``withdrawn``."""
+        if self.failed_reason:
+            return "failed"
+        if self.withdrawn_at is not None:
+            return "withdrawn"
+        return "announced" if self.announced else "requested"
 
     @classmethod
     def of(cls, row: BlackholeRow) -> Blackhole:
         return cls(row.id, row.prefix, row.next_hop, tuple(row.communities), row.source, row.rule,
                    json.loads(json.dumps(row.evidence)), row.created_at, row.expires_at, row.withdrawn_at,
-                   row.announced)
+                   row.announced, row.failed_reason or "", row.withdraw_reason or "")
+
+
+def recent_failures(history: list[Blackhole], active: list[Blackhole], now: float,
+                    window_s: float = FAILED_VISIBLE_S) -> list[Blackhole]:
+    """The failed blackholes of `history` (newest first) that are still news: failed in
+    the last `window_s` seconds, for a prefix that is not active and has no newer row."""
+    seen = {bh.prefix for bh in active}
+    out = []
+    for bh in history:
+        if bh.prefix in seen:
+            continue
+        seen.add(bh.prefix)
+        if bh.state == "failed" and bh.withdrawn_at is not None and now - bh.withdrawn_at <= window_s:
+            out.append(bh)
+    return out
 
 
 class StateDB:
@@ -72,7 +120,15 @@ class StateDB:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         _Base.metadata.create_all(self.engine)
+        self._add_columns()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _add_columns(self) -> None:
+        present = {column["name"] for column in inspect(self.engine).get_columns(BlackholeRow.__tablename__)}
+        with self.engine.begin() as connection:
+            for name, ddl in _ADDED_COLUMNS.items():
+                if name not in present:
+                    connection.execute(text(f"ALTER TABLE {BlackholeRow.__tablename__} ADD COLUMN {name} {ddl}"))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -270,7 +270,11 @@ class BlackholeSink(Protocol):
     """The blackhole manager's entry point for detections (it owns safety and state).
 
     `prefix` is the key's host route; `evidence["key"]` says whether it is a source
-    ("src") or a victim ("dst").  It must not raise for a refused request.
+    ("src") or a victim ("dst").  `next_hop` is the rule's blackhole_next_hop as
+    validated (common/bgp_values.py): it serves addresses of its own family, and the
+    manager gives the others the configured next hop of theirs, so a rule in the
+    original format (one IPv4 next hop) also blackholes IPv6 addresses correctly.  It
+    must not raise for a refused request.
     """
 
     def request(self, prefix: str, next_hop: str | None, communities: list[str], duration_s: float, rule: str,
