@@ -15,19 +15,37 @@ TABLE_COLUMNS = ("timestamp_start", "exporter_address", "flow_protocol", "src_ad
                  "output_interface")
 
 
-def print_rows(batch: FlowBatch, fmt: str, out: TextIO) -> None:
-    """jsonl: one JSON object per flow, keys are the flow column names; table: aligned text."""
-    if fmt == "jsonl":
-        for row in batch.rows():
-            out.write(json.dumps(row, separators=(",", ":")) + "\n")
-        return
-    rows = [[str(row[c]) for c in TABLE_COLUMNS] for row in batch.rows()]
-    if not rows:
-        return
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(TABLE_COLUMNS)]
-    out.write("  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True)).rstrip() + "\n")
-    for r in rows:
-        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
+class RowPrinter:
+    """Decoded flows as text, batch after batch.
+
+    jsonl: one JSON object per flow, keys are the flow column names.  table: aligned
+    text under one header; the first batch with flows sets the column widths and a
+    longer value later only widens its own line, so a capture decoded a slice at a time
+    still reads as one table.
+    """
+
+    def __init__(self, fmt: str, out: TextIO) -> None:
+        self.fmt = fmt
+        self.out = out
+        self._widths: list[int] | None = None
+
+    def print(self, batch: FlowBatch) -> None:
+        if self.fmt == "jsonl":
+            for row in batch.rows():
+                self.out.write(json.dumps(row, separators=(",", ":")) + "\n")
+            return
+        rows = [[str(row[c]) for c in TABLE_COLUMNS] for row in batch.rows()]
+        if not rows:
+            return
+        if self._widths is None:
+            self._widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(TABLE_COLUMNS)]
+            self._line(list(TABLE_COLUMNS))
+        for r in rows:
+            self._line(r)
+
+    def _line(self, values: list[str]) -> None:
+        assert self._widths is not None
+        self.out.write("  ".join(v.ljust(w) for v, w in zip(values, self._widths, strict=True)).rstrip() + "\n")
 
 
 def print_summary(stats: DecodeStats, records: int, out: TextIO) -> None:

@@ -9,7 +9,8 @@ From the route to **dst_addr** (the path the flow's packets take from here):
 * ``dst_as``: the origin AS, the last AS of the path.  A route's origin overrides what
   GeoIP put in the column (the route is what the router uses; the database can be
   older); without a route, or when the origin is unknown (an AS_SET of several ASes),
-  GeoIP's value stays;
+  GeoIP's value stays.  This stage writes no AS names: the pipeline names each AS
+  column from the number finally stored (enrich/pipeline.py);
 * ``dst_communities``: the route's standard communities (``asn << 16 | value``);
 * ``local_pref``: its LOCAL_PREF (0 when the route has none, as learned over eBGP);
 * ``bgp_next_hop``: its BGP next hop (zeros: none).
@@ -58,6 +59,9 @@ class BgpStage:
     """Fills the BGP columns of each batch from `source` (see the module docstring)."""
 
     name = "bgp"
+    # It replaces AS numbers GeoIP (or the exporter) set; the pipeline then names every
+    # AS column from the number stored, so no name of the replaced number stays.
+    writes_as_numbers = True
 
     def __init__(self, source: RouteSource, registry: CollectorRegistry | None = None,
                  local_asn: int | None = None, close_source: bool = True) -> None:

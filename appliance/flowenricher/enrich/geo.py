@@ -294,6 +294,7 @@ class GeoStage:
     """
 
     name = "geoip"
+    writes_as_numbers = True  # the pipeline names src_as/dst_as after this stage (see enrich/pipeline.py)
 
     def __init__(self, asn_db: Path | None, city_db: Path | None, *, cache_size: int = 262144,
                  reload_interval_s: float = 60.0, registry: CollectorRegistry | None = None,

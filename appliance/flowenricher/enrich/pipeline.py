@@ -2,7 +2,10 @@
 
 Order matters and is fixed here: networks (direction) and geoip first, then bgp, whose
 origin AS from a real route overrides the database's; then snmp; ptr last, so the
-names it queues for ``ptr_cache`` can carry the ASN and country already found.  A
+names it queues for ``ptr_cache`` can carry the ASN and country already found.  Right
+after the last stage that writes AS numbers, every AS name column is set from the number
+stored beside it (one ASN -> organisation table, see Enricher), so a number one stage
+replaced never keeps the name another stage gave the old number.  A
 stage that fails on a batch is logged (rate-limited) and counted, and the batch goes
 on to storage with that stage's columns at their defaults: enrichment must never cost
 a flow.
@@ -23,15 +26,26 @@ from .base import AddressSet, Stage, spread_strings
 log = logging.getLogger(__name__)
 
 AsName = Callable[[int], str]
+# (AS number column, the column naming it): every AS the flows table stores.
+AS_NAME_COLUMNS = (("src_as", "src_as_name"), ("dst_as", "dst_as_name"),
+                   ("peer_src_as", "peer_src_as_name"), ("peer_dst_as", "peer_dst_as_name"))
 
 
 class Enricher:
-    """Applies `stages` to batches; `as_name` names the peer AS columns (from geoip)."""
+    """Applies `stages` to batches.
+
+    `as_name` (the GeoIP stage's ASN -> organisation table) names every AS number column
+    once the last stage with a true ``writes_as_numbers`` attribute has run (after all
+    stages when none has): the name is always that of the number stored beside it, ""
+    for a number the table does not know, whichever stage (or the exporter) set it.
+    """
 
     def __init__(self, stages: Sequence[Stage], registry: CollectorRegistry | None = None,
                  as_name: AsName | None = None) -> None:
         self.stages = list(stages)
         self._as_name = as_name
+        self._name_after = max((i for i, s in enumerate(self.stages) if getattr(s, "writes_as_numbers", False)),
+                               default=len(self.stages) - 1)
         self._errors = Counter("flowenricher_enrich_errors", "Batches a stage failed on (columns left empty)",
                                ["stage"], registry=registry)
         self._seconds = Histogram("flowenricher_enrich_seconds", "Time per batch in each enrichment stage",
@@ -49,7 +63,7 @@ class Enricher:
         if not self.stages or not batch.n:
             return
         addrs = AddressSet.of(batch)
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
             started = time.perf_counter()
             try:
                 stage.enrich(batch, addrs)
@@ -60,20 +74,31 @@ class Enricher:
                     self._last_error_log = now
                     log.exception("enrichment stage %s failed on a batch of %d flows: %s", stage.name, batch.n, err)
             self._seconds.labels(stage.name).observe(time.perf_counter() - started)
-        if self._as_name is not None:
-            self._name_peers(batch)
+            if i == self._name_after and self._as_name is not None:
+                self._name_ases(batch, addrs)
         self._flows.inc(batch.n)
 
-    def _name_peers(self, batch: FlowBatch) -> None:
-        """peer_src_as_name / peer_dst_as_name from the AS numbers the stages set."""
+    def _name_ases(self, batch: FlowBatch, addrs: AddressSet) -> None:
+        """Each AS name column from the AS number column beside it, one name lookup per
+        distinct AS.  A stage sets an AS number per address, so the distinct numbers are
+        usually found among the batch's few thousand addresses rather than by sorting every
+        flow; numbers that differ between flows of one address (an exporter's) take the
+        per-flow way."""
         assert self._as_name is not None
-        for column, target in (("peer_src_as", "peer_src_as_name"), ("peer_dst_as", "peer_dst_as_name")):
+        for (column, target), index in zip(AS_NAME_COLUMNS, (addrs.src, addrs.dst, addrs.src, addrs.dst), strict=True):
             if column not in batch:
                 continue
-            asns = batch[column]
-            uniq, inverse = np.unique(asns, return_inverse=True)
+            numbers = np.asarray(batch[column])
+            per_addr = np.zeros(len(addrs), numbers.dtype)
+            per_addr[index] = numbers  # the value of any one flow holding the address
+            if np.array_equal(per_addr[index], numbers):
+                uniq, inverse = np.unique(per_addr, return_inverse=True)
+                codes = inverse.ravel()[index]
+            else:
+                uniq, inverse = np.unique(numbers, return_inverse=True)
+                codes = inverse.ravel()
             names = [self._as_name(int(a)) if a else "" for a in uniq.tolist()]
-            batch[target] = spread_strings(names, inverse.ravel().astype(np.intp))
+            batch[target] = spread_strings(names, codes.astype(np.intp))
 
     def close(self) -> None:
         for stage in reversed(self.stages):
