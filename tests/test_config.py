@@ -342,7 +342,7 @@ def test_rule_errors_one_line_each(tmp_path: Path) -> None:
           proto: sctp
           time_window: 60 s
           action: alert,ban
-          blackhole_communities: ["65536:666", "65001:666:1"]
+          blackhole_communities: ["65001:65536", "65001:666:1"]
         - name: scan
           unique_dst_ip: 5
           min_flows: 10
@@ -359,8 +359,9 @@ def test_rule_errors_one_line_each(tmp_path: Path) -> None:
         "or whole seconds",
         f"{path}: $[0].action: rule 'scan': 'alert,ban' is not a comma-separated list of "
         "alert, blackhole, clickhouse, slack, webhook",
-        f"{path}: $[0].blackhole_communities[0]: rule 'scan': '65536:666' is not a BGP community ASN:value "
-        "(65001:666) or large community a:b:c: both parts of a standard community are 0-65535 (RFC 1997)",
+        f"{path}: $[0].blackhole_communities[0]: rule 'scan': '65001:65536' is not a BGP community (ASN:VALUE, "
+        "a:b:c, blackhole, no-export or no-advertise): the value after the AS number is 0-65535 (RFC 1997); "
+        "write a large community a:b:c for more",
         f"{path}: $[1].name: 'scan' is already the name of $[0]",
         f"{path}: $[1].unique_dst_ip: rule 'scan': unknown key (did you mean 'unique_dst_ips'?)",
         f"{path}: $[1].time_window: rule 'scan': must be longer than 0",
@@ -454,3 +455,97 @@ def test_gobgp_api_takes_host_port_or_a_unix_socket() -> None:
     assert parse_config({"bgp": {"gobgp": {"api": "[::1]:50051"}}}).bgp.gobgp.port == 50051
     with pytest.raises(ConfigError, match=r"\$\.bgp\.gobgp\.api"):
         parse_config({"bgp": {"gobgp": {"api": "gobgp"}}})
+
+
+# ----------------------------------------------------------------- collector keys
+
+
+def test_collector_limits_default_to_the_decoders_own() -> None:
+    """The schema holds the config defaults; the decoder's constants must say the same."""
+    from appliance.flowenricher.decode.netflow import MAX_CLOCK_SKEW_S
+    from appliance.flowenricher.decode.stats import MAX_EXPORTERS
+    from appliance.flowenricher.decode.templates import MAX_TEMPLATES
+    from appliance.flowenricher.wiring import service_settings
+
+    col = Settings.default().collectors
+    assert (col.max_templates, col.max_exporters, col.max_clock_skew_s) == (MAX_TEMPLATES, MAX_EXPORTERS,
+                                                                            MAX_CLOCK_SKEW_S)
+    assert col.allowed_exporters == () and col.template_state and not col.debug
+    worker = service_settings(Settings.default()).worker
+    assert worker.state_dir == str(Path("data") / "decoder-state")
+    assert worker.allowed_exporters == () and worker.debug is False
+
+
+def test_collector_keys_reach_the_workers() -> None:
+    from appliance.flowenricher.wiring import service_settings
+
+    cfg = parse_config({"collectors": {
+        "netflow": {"config": {"debug": True}},
+        "allowed_exporters": ["192.0.2.10", "198.51.100.0/24", "2001:db8::/32"],
+        "max_templates": 500, "max_exporters": 50, "max_clock_skew": "1m30s", "template_state": False}})
+    worker = service_settings(cfg).worker
+    assert worker.allowed_exporters == ("192.0.2.10/32", "198.51.100.0/24", "2001:db8::/32")
+    assert (worker.max_templates, worker.max_exporters, worker.max_clock_skew_s) == (500, 50, 90.0)
+    assert worker.state_dir is None and worker.debug is True
+
+
+def test_allowed_exporters_mistakes_are_named() -> None:
+    problems = problems_of(parse_config, {"collectors": {
+        "allowed_exporters": ["192.0.2.1/24", "router-1", "10.0.0.0/8", "10.0.0.0/8"], "max_clock_skew": "2 h"}})
+    assert problems == [
+        "config: $.collectors.allowed_exporters[0]: '192.0.2.1/24' is not an IP address or network such as "
+        "192.0.2.0/24: host bits are set (did you mean 192.0.2.0/24?)",
+        "config: $.collectors.allowed_exporters[1]: 'router-1' is not an IP address or network such as 192.0.2.0/24",
+        "config: $.collectors.allowed_exporters[3]: same network as allowed_exporters[2]",
+        "config: $.collectors.max_clock_skew: '2 h' is not a duration such as 60s, 1m30s or 500ms, or whole seconds",
+    ]
+
+
+def test_kafka_input_is_refused_not_ignored(tmp_path: Path) -> None:
+    """The original's kafka block validates as written (enabled: false); enabled: true is
+    refused by the loader that validate, run and the API all use."""
+    original = (ORIGINAL / "config.original.yaml").read_text()
+    assert "kafka:\n  enabled: false\n" in original
+    path = write(tmp_path, "config.yaml", original.replace("kafka:\n  enabled: false\n", "kafka:\n  enabled: true\n"))
+    expected = f"{path}: $.kafka.enabled: the Kafka input is not supported yet: set enabled: false"
+    assert [p for p in problems_of(load_config, path) if p.startswith(expected)]
+
+    from appliance.api.configfiles import Parsed, SettingsFiles
+    from appliance.api.errors import Invalid
+
+    files = SettingsFiles(Settings.default(), None, None, [], None, None)
+    with pytest.raises(Invalid) as refused:
+        files.validate_config(Parsed({"kafka": {"enabled": True}}, None))
+    [problem] = refused.value.problems
+    assert problem.path == "$.kafka.enabled" and problem.reason.startswith("the Kafka input is not supported yet")
+
+
+def test_validate_and_run_refuse_kafka_enabled(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = write(tmp_path, "config.yaml", "kafka: {enabled: true, brokers: ['127.0.0.1:9092']}\n")
+    for command in ("validate", "run"):
+        done = subprocess.run([sys.executable, "-m", "appliance.flowenricher.cli", command, "--config", str(path)],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert done.returncode == 2, (command, done.stderr)
+        assert f"{path}: $.kafka.enabled: the Kafka input is not supported yet" in done.stderr
+
+
+@pytest.mark.parametrize("expression, reason", [
+    ("cityHash64(src_host) % 16", "is not supported: use f(column)"),
+    ("toYYYYMM(src_port)", "'src_port' is not a DateTime flow column"),
+])
+def test_validate_and_run_refuse_a_partition_the_writer_cannot_bound(tmp_path: Path, expression: str,
+                                                                      reason: str) -> None:
+    """`run` splits inserts by day to stay within the store's partitions per insert, so it
+    refuses a PARTITION BY it cannot bound; `validate` must say so too, with the path."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path, "config.yaml", f"storage: {{partition_by: '{expression}'}}\n")
+    for command in ("validate", "run"):
+        done = subprocess.run([sys.executable, "-m", "appliance.flowenricher.cli", command, "--config", str(path)],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert done.returncode == 2, (command, done.stderr)
+        assert f"{path}: $.storage.partition_by: " in done.stderr and reason in done.stderr, (command, done.stderr)

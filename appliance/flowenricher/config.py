@@ -43,7 +43,9 @@ from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, ScalarNode
 
+from .common import bgp_values
 from .errors import ConfigError
+from .storage.schema import flow_partition_column
 
 __all__ = [
     "CONFIG_SCHEMA",
@@ -127,7 +129,6 @@ _FORMATS = FormatChecker(formats=())
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}\.?$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
-_COMMUNITY_SYNTAX = re.compile(r"^[0-9]{1,10}:[0-9]{1,10}(:[0-9]{1,10})?$")
 
 
 @_FORMATS.checks("ip-address", raises=ValueError)
@@ -157,6 +158,14 @@ def _check_ip_network(value: object) -> bool:
         # "ours" (and never blackholed) a typo must not widen or move the network.
         raise ValueError(f"host bits are set (did you mean {network}?)") from None
     return True
+
+
+@_FORMATS.checks("ip-prefix", raises=ValueError)
+def _check_ip_prefix(value: object) -> bool:
+    """An address (one host) or a network with its /length, host bits clear."""
+    if isinstance(value, str) and "/" not in value:
+        return _check_ip_address(value)
+    return _check_ip_network(value)
 
 
 @_FORMATS.checks("host-port", raises=ValueError)
@@ -190,14 +199,30 @@ def _check_timezone(value: object) -> bool:
 
 @_FORMATS.checks("bgp-community", raises=ValueError)
 def _check_community(value: object) -> bool:
-    if not isinstance(value, str) or not _COMMUNITY_SYNTAX.match(value):
-        return True  # the schema's pattern reports the syntax
-    parts = [int(part) for part in value.split(":")]
-    if len(parts) == 2 and max(parts) > 0xFFFF:
-        raise ValueError("both parts of a standard community are 0-65535 (RFC 1997)")
-    if len(parts) == 3 and max(parts) > 0xFFFFFFFF:
-        raise ValueError("each part of a large community is 0-4294967295 (RFC 8092)")
+    """The one community syntax of common/bgp_values.py (the API's and the announcer's)."""
+    if isinstance(value, str):
+        try:
+            bgp_values.parse_community(value)
+        except bgp_values.BgpValueError as err:
+            raise ValueError(err.reason) from None
     return True
+
+
+def _next_hop_check(family: int | None) -> Any:
+    """A blackhole next hop (common/bgp_values.py) of `family`, when given."""
+    def check(value: object) -> bool:
+        if isinstance(value, str):
+            try:
+                bgp_values.parse_next_hop(value, family)
+            except bgp_values.BgpValueError as err:
+                raise ValueError(err.reason) from None
+        return True
+    return check
+
+
+_FORMATS.checks("bgp-next-hop", raises=ValueError)(_next_hop_check(None))
+_FORMATS.checks("bgp-next-hop-v4", raises=ValueError)(_next_hop_check(4))
+_FORMATS.checks("bgp-next-hop-v6", raises=ValueError)(_next_hop_check(6))
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -550,7 +575,9 @@ class TemplateHoldSettings:
 
 @dataclass(frozen=True, slots=True)
 class CollectorSettings:
-    """Flow reception. `workers` is as configured: 0 means one per CPU (`worker_count()`)."""
+    """Flow reception. `workers` is as configured: 0 means one per CPU (`worker_count()`).
+    An empty `allowed_exporters` admits every source; `debug` is the original's
+    ``collectors.netflow.config.debug``."""
 
     listeners: tuple[ListenerSettings, ...]
     workers: int
@@ -558,6 +585,11 @@ class CollectorSettings:
     template_hold: TemplateHoldSettings
     exporters: Mapping[str, ExporterSettings]
     debug: bool
+    allowed_exporters: tuple[IPNetwork, ...]
+    max_templates: int
+    max_exporters: int
+    max_clock_skew_s: float
+    template_state: bool
 
     def worker_count(self) -> int:
         """Workers to start: the configured number, or one per usable CPU for 0."""
@@ -905,6 +937,31 @@ def _config_checks(raw: Mapping[str, Any]) -> list[_Problem]:
             if first != key:
                 problems.append(_Problem(("collectors", "exporters", key), f"same exporter as {first!r}"))
 
+    allowed = collectors.get("allowed_exporters")
+    if isinstance(allowed, list):
+        first_index: dict[str, int] = {}
+        for index, item in enumerate(allowed):
+            try:
+                network = str(ipaddress.ip_network(item))
+            except (TypeError, ValueError):
+                continue  # the schema reports it
+            earlier = first_index.setdefault(network, index)
+            if earlier != index:
+                problems.append(_Problem(("collectors", "allowed_exporters", index),
+                                         f"same network as allowed_exporters[{earlier}]"))
+
+    partition_by = _mapping(raw, "storage").get("partition_by")
+    if isinstance(partition_by, str):  # the same check the store makes when it starts
+        try:
+            flow_partition_column(partition_by)
+        except ValueError as err:
+            problems.append(_Problem(("storage", "partition_by"), str(err)))
+
+    # Keys of the original that the appliance cannot honour yet are refused, never ignored.
+    if _mapping(raw, "kafka").get("enabled") is True:
+        problems.append(_Problem(("kafka", "enabled"), "the Kafka input is not supported yet: set enabled: false "
+                                                      "(flows are received over UDP on collectors.listeners)"))
+
     anomaly = _mapping(raw, "anomaly")
     window = _seconds(anomaly.get("window", 60))
     if window is not None and (window < 1 or window != int(window)):
@@ -984,6 +1041,11 @@ def _build_settings(raw: dict[str, Any], path: Path | None) -> Settings:
                                            float(col["template_hold"]["max_age_s"])),
         exporters=MappingProxyType(exporters),
         debug=bool(netflow["debug"]),
+        allowed_exporters=tuple(ipaddress.ip_network(item) for item in col["allowed_exporters"]),
+        max_templates=int(col["max_templates"]),
+        max_exporters=int(col["max_exporters"]),
+        max_clock_skew_s=parse_duration(col["max_clock_skew"]),
+        template_state=bool(col["template_state"]),
     )
 
     ch = eff["clickhouse"]

@@ -1,5 +1,5 @@
 """Prometheus metrics of the collector: decoder counters per exporter and reason, kernel
-drops, queue depth.
+drops, queue depth, worker restarts.
 
 Worker processes keep plain counters (cheap on the hot path) and send snapshots; the
 service keeps the latest snapshot of each worker, and this collector sums them at
@@ -8,6 +8,7 @@ scrape time, so no multiprocess registry files are needed.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,41 +17,75 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .decode.stats import MAX_EXPORTERS, OTHER
+
 Snapshot = dict[str, dict[str, dict[str, int]]]
 
 
 class WorkerSnapshots:
-    """The latest decode-stats snapshot of each worker, summed on demand."""
+    """The latest decode-stats snapshot of each worker, summed on demand.
 
-    def __init__(self) -> None:
+    Two things keep the exported counters honest.  A worker that dies is `retire`d: its
+    last snapshot joins a base that every later total includes, so no counter goes down
+    when its replacement starts from zero.  And at most `max_exporters` exporters get
+    their own label, first come first kept, the rest summed under "other": each worker
+    bounds its own labels, but the union over workers (and retired ones) is bounded here.
+    """
+
+    def __init__(self, max_exporters: int = MAX_EXPORTERS) -> None:
+        self.max_exporters = max_exporters
         self._by_worker: dict[int, Snapshot] = {}
+        self._retired: tuple[dict[str, Counter[str]], dict[str, Counter[str]]] = ({}, {})
+        self._labels: set[str] = set()
+        self._lock = threading.Lock()  # the service's loop writes, scrapes and the stats recorder read
 
     def update(self, worker_id: int, snapshot: Snapshot) -> None:
-        self._by_worker[worker_id] = snapshot
+        with self._lock:
+            self._by_worker[worker_id] = snapshot
+
+    def retire(self, worker_id: int) -> None:
+        """Keep the counts of a worker that is gone (its replacement counts from zero)."""
+        with self._lock:
+            snap = self._by_worker.pop(worker_id, None)
+            if snap is not None:
+                self._add(self._retired, snap)
 
     def totals(self) -> tuple[dict[str, Counter[str]], dict[str, Counter[str]]]:
-        counts: dict[str, Counter[str]] = {}
-        dropped: dict[str, Counter[str]] = {}
-        for snap in self._by_worker.values():
-            for exporter, c in snap["counts"].items():
-                counts.setdefault(exporter, Counter()).update(c)
-            for exporter, c in snap["dropped"].items():
-                dropped.setdefault(exporter, Counter()).update(c)
-        return counts, dropped
+        with self._lock:
+            totals: tuple[dict[str, Counter[str]], dict[str, Counter[str]]] = (
+                {e: Counter(c) for e, c in self._retired[0].items()},
+                {e: Counter(c) for e, c in self._retired[1].items()})
+            for snap in self._by_worker.values():
+                self._add(totals, snap)
+        return totals
 
     def total(self, name: str) -> int:
         counts, _ = self.totals()
         return sum(c[name] for c in counts.values())
+
+    def _add(self, into: tuple[dict[str, Counter[str]], dict[str, Counter[str]]], snap: Snapshot) -> None:
+        for target, part in zip(into, (snap["counts"], snap["dropped"]), strict=True):
+            for exporter, c in part.items():
+                target.setdefault(self._label(exporter), Counter()).update(c)
+
+    def _label(self, exporter: str) -> str:
+        if exporter in self._labels or exporter == OTHER:
+            return exporter
+        if len(self._labels) < self.max_exporters:
+            self._labels.add(exporter)
+            return exporter
+        return OTHER
 
 
 class CollectorMetrics(Collector):
     """Exports worker counters plus gauges read through callables at scrape time."""
 
     def __init__(self, snapshots: WorkerSnapshots, kernel_drops: Callable[[], dict[int, int]],
-                 queue_depth: Callable[[], int]) -> None:
+                 queue_depth: Callable[[], int], restarts: Callable[[], int] = lambda: 0) -> None:
         self.snapshots = snapshots
         self.kernel_drops = kernel_drops
         self.queue_depth = queue_depth
+        self.restarts = restarts
 
     def collect(self) -> Iterator[Any]:
         counts, dropped = self.snapshots.totals()
@@ -75,9 +110,13 @@ class CollectorMetrics(Collector):
             kernel.add_metric([str(port)], value)
         yield kernel
         depth = GaugeMetricFamily("flowenricher_worker_queue_depth",
-                                  "Decoded batches waiting for the writer")
+                                  "Decoded batches waiting in the workers to reach the service")
         depth.add_metric([], self.queue_depth())
         yield depth
+        restarts = CounterMetricFamily("flowenricher_worker_restarts",
+                                       "Worker processes started again after they died")
+        restarts.add_metric([], self.restarts())
+        yield restarts
 
 
 def serve(registry: CollectorRegistry, listen: str) -> Any:

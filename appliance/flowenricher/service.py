@@ -1,34 +1,41 @@
 """The `flowenricher run` service: worker processes receive and decode, this process
 stores.
 
-Data flow: N worker processes (SO_REUSEPORT on every listener) -> bounded queue of
-FlowBatches -> this process's loop (enrichment) -> two threads of their own, each fed
+Data flow: N worker processes (SO_REUSEPORT on every listener) -> a pipe per worker,
+each fed from a bounded outbox of FlowBatches -> this process's loop (enrichment) -> two
+threads of their own, each fed
 through a bounded hand-off (handoff.py): WriterThread (BatchWriter) -> store (chDB
 embedded or a ClickHouse server), with the spool in between when the store is away; and
 the consumers (detection, anomaly scoring, traffic metrics).  A third thread calls the
 tickers once a second.  This process also serves /metrics and the control socket used
 by `flowenricher sql`, `lookup` and `flowenricher api`.  SIGTERM or SIGINT: workers drain their
 sockets and send what they hold, the writer flushes, then the store closes.
+
+A worker that dies (SIGKILL, the OOM killer, a bug) is started again after a back-off,
+its counters kept (metrics.WorkerSnapshots.retire); only a port that cannot be bound at
+start, or one another program already holds (collector/receiver.refuse_shared_port),
+stops the service.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
-import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
 from .batch import FlowBatch
-from .collector.receiver import kernel_drops, open_socket
+from .collector.receiver import kernel_drops, refuse_shared_port
 from .collector.worker import DONE, FAILED, FLOWS, READY, STATS, WorkerSettings, run_worker
 from .control import ControlServer, LookupFn, collector_requests
 from .detect.actions import BlackholeSink
@@ -119,19 +126,24 @@ class CollectorService:
     def __init__(self, settings: ServiceSettings, build_runtime: RuntimeFactory | None = None) -> None:
         self.settings = settings
         self._build_runtime = build_runtime
-        self.snapshots = WorkerSnapshots()
+        self.snapshots = WorkerSnapshots(settings.worker.max_exporters)
         self.registry = CollectorRegistry()
         self._stop = threading.Event()
         self.rows_received = 0
+        self.restarts = 0
+        self._depths: dict[int, int] = {}  # batches waiting in each worker's outbox, as last reported
+        self._started = False  # every worker has been ready once: from then on bind failures are retried
 
     def request_stop(self, *_: Any) -> None:
         self._stop.set()
 
     def run(self) -> int:
         cfg = self.settings
-        # Fail before anything runs if a port is taken or an address is not ours.
+        # Fail before anything runs if a port is taken (by anyone: see refuse_shared_port)
+        # or an address is not ours.
         for listener in cfg.worker.listeners:
-            open_socket(listener, 1 << 16).close()
+            refuse_shared_port(listener)
+        _warn_if_open(cfg.worker)
         store = open_store(cfg.store)
         migrated = True
         try:
@@ -183,23 +195,24 @@ class CollectorService:
         control.start()
 
         ctx = mp.get_context("spawn")
-        out: Any = ctx.Queue(maxsize=cfg.queue_batches)
         stop = ctx.Event()
         n = cfg.workers or os.cpu_count() or 1
-        procs = [ctx.Process(target=run_worker, args=(i, cfg.worker, out, stop), name=f"flowenricher-worker-{i}",
-                             daemon=True) for i in range(n)]
+        worker_settings = dataclasses.replace(cfg.worker, log_level=logging.getLogger().getEffectiveLevel(),
+                                              outbox_batches=max(2, cfg.queue_batches // n))
+        workers = [_WorkerSlot(i, _spawner(ctx, worker_settings, stop)) for i in range(n)]
         ports = {listener.port for listener in cfg.worker.listeners}
-        self.registry.register(CollectorMetrics(self.snapshots, lambda: kernel_drops(ports), out.qsize))
+        self.registry.register(CollectorMetrics(self.snapshots, lambda: kernel_drops(ports),
+                                                lambda: sum(self._depths.values()), lambda: self.restarts))
         metrics_server = serve(self.registry, cfg.metrics_listen) if cfg.metrics_listen else None
         if metrics_server is not None:
             log.info("metrics on http://%s/metrics", cfg.metrics_listen)
-        for proc in procs:
-            proc.start()
+        for slot in workers:
+            slot.start()
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         exit_code = 0
         try:
             ticking.start()
-            exit_code = self._loop(out, procs, stop, handoffs, runtime)
+            exit_code = self._loop(workers, stop, handoffs, runtime)
         finally:
             ticks_done.set()
             if ticking.is_alive():
@@ -207,10 +220,8 @@ class CollectorService:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             stop.set()
-            for proc in procs:
-                proc.join(timeout=5)
-                if proc.is_alive():
-                    proc.kill()
+            for slot in workers:
+                slot.end()
             for handoff in reversed(handoffs):  # detections (which may write to the store) first
                 handoff.close()
             runtime.close()
@@ -222,12 +233,10 @@ class CollectorService:
             log.info("stopped: %d flows received, stored or spooled", self.rows_received)
         return exit_code
 
-    def _loop(self, out: Any, procs: list[Any], stop: Any, handoffs: list[HandOff], runtime: Runtime) -> int:
-        ready: set[int] = set()
-        done: set[int] = set()
+    def _loop(self, workers: list[_WorkerSlot], stop: Any, handoffs: list[HandOff], runtime: Runtime) -> int:
         exit_code = 0
         stopping_since: float | None = None
-        while len(done) < len(procs):
+        while not all(slot.done for slot in workers):
             if self._stop.is_set() and stopping_since is None:
                 log.info("stopping: draining workers and flushing")
                 stop.set()
@@ -235,44 +244,188 @@ class CollectorService:
             if stopping_since is not None and time.monotonic() - stopping_since > 30:
                 log.error("workers did not finish within 30 s; stopping anyway")
                 break
-            try:
-                kind, worker_id, payload = out.get(timeout=0.1)
-            except queue.Empty:
-                kind = None
-            if kind == FLOWS:
-                batch: FlowBatch = payload
-                self.rows_received += batch.n
-                runtime.enricher.enrich(batch)
-                for handoff in handoffs:
-                    try:
-                        handoff.put(batch)
-                    except HandOffStopped as err:
-                        log.error("%s; stopping", err)
+            pipes = {slot.conn: slot for slot in workers if slot.conn is not None}
+            if pipes:
+                readable = wait(list(pipes), timeout=0.1)
+            else:
+                readable = []
+                time.sleep(0.1)
+            for conn in readable:
+                slot = pipes[conn]  # type: ignore[index]
+                try:
+                    kind, worker_id, payload = slot.conn.recv()  # type: ignore[union-attr]
+                except (EOFError, OSError):  # the worker exited (or was killed): nothing more will come
+                    slot.close_pipe()
+                    continue
+                except Exception:  # a message that does not unpickle: skip it, keep the worker
+                    log.exception("worker %d: unreadable message", slot.id)
+                    continue
+                if kind == FLOWS:
+                    batch: FlowBatch = payload
+                    self.rows_received += batch.n
+                    runtime.enricher.enrich(batch)
+                    for handoff in handoffs:
+                        try:
+                            handoff.put(batch)
+                        except HandOffStopped as err:
+                            log.error("%s; stopping", err)
+                            exit_code = 1
+                            self._stop.set()
+                elif kind == STATS:
+                    snapshot, self._depths[worker_id] = payload
+                    self.snapshots.update(worker_id, snapshot)
+                elif kind == READY:
+                    slot.ready()
+                    if not self._started and all(w.is_ready for w in workers):
+                        self._started = True
+                        for listener in payload:
+                            log.info("listening: %s (%d workers)", listener, len(workers))
+                elif kind == DONE:
+                    slot.finished = True
+                elif kind == FAILED:
+                    slot.bind_failed = True
+                    if not self._started:  # at start, a port that cannot be bound stops the service
+                        log.error("worker %d: %s", worker_id, payload)
                         exit_code = 1
                         self._stop.set()
-            elif kind == STATS:
-                self.snapshots.update(worker_id, payload)
-            elif kind == READY:
-                ready.add(worker_id)
-                if len(ready) == len(procs):
-                    for listener in payload:
-                        log.info("listening: %s (%d workers)", listener, len(procs))
-            elif kind == DONE:
-                done.add(worker_id)
-            elif kind == FAILED:
-                log.error("worker %d: %s", worker_id, payload)
-                exit_code = 1
-                self._stop.set()
-                done.add(worker_id)
-            if not self._stop.is_set() and any(not p.is_alive() for p in procs if p.pid) and \
-                    len(done) < len(procs) and kind is None:
-                dead = [p.name for p in procs if not p.is_alive()]
-                if dead:
-                    log.error("worker died: %s; stopping", ", ".join(dead))
-                    exit_code = 1
-                    self._stop.set()
-                    done.update(i for i, p in enumerate(procs) if not p.is_alive())
+                    else:
+                        log.error("worker %d: %s; trying again", worker_id, payload)
+            for slot in workers:
+                if slot.exited():
+                    self._worker_exited(slot, stopping=stopping_since is not None)
+                elif slot.proc is None and not slot.done:  # waiting to be started again
+                    if stopping_since is not None:
+                        slot.done = True
+                    elif slot.restart_due(time.monotonic()):
+                        slot.start()
+                        log.info("worker %d started again (pid %s)", slot.id, slot.pid)
         return exit_code
+
+    def _worker_exited(self, slot: _WorkerSlot, stopping: bool) -> None:
+        """A worker's pipe is closed and its process gone: done if it was told to stop,
+        else its counters are kept and it is started again after a back-off."""
+        how = slot.reap()
+        self._depths.pop(slot.id, None)
+        if slot.finished or stopping or self._stop.is_set():
+            slot.done = True
+            if not slot.finished:
+                log.warning("worker %d %s while stopping", slot.id, how)
+            return
+        self.snapshots.retire(slot.id)
+        self.restarts += 1
+        delay = slot.schedule_restart(time.monotonic())
+        if not slot.bind_failed:
+            log.error("worker %d %s; starting it again in %.1f s (%d restarts so far)", slot.id, how, delay,
+                      self.restarts)
+
+
+# A worker that dies again soon after its start waits longer before the next one, up to
+# the last step; one that ran for RESTART_RESET_S starts the sequence afresh.
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+RESTART_RESET_S = 60.0
+
+
+class _WorkerSlot:
+    """One worker position (its id, hence its state file): the current process, its pipe,
+    and when to start it again after it died."""
+
+    def __init__(self, worker_id: int, spawn: Callable[[int], tuple[Any, Connection]]) -> None:
+        self.id = worker_id
+        self._spawn = spawn
+        self.proc: Any = None
+        self.conn: Connection | None = None
+        self.pid: int | None = None
+        self.started_at = 0.0
+        self.restart_at: float | None = None
+        self.deaths = 0  # in a row, each soon after its start
+        self.is_ready = False
+        self.finished = False  # sent DONE
+        self.bind_failed = False
+        self.done = False  # nothing more to wait for
+
+    def start(self) -> None:
+        self.proc, self.conn = self._spawn(self.id)
+        self.pid = self.proc.pid
+        self.started_at = time.monotonic()
+        self.restart_at = None
+        self.finished = self.bind_failed = False
+        log.debug("worker %d: pid %s", self.id, self.pid)
+
+    def ready(self) -> None:
+        self.is_ready = True
+        log.info("worker %d ready (pid %s)", self.id, self.pid)
+
+    def close_pipe(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def exited(self) -> bool:
+        """The pipe reached its end and the process is gone (or the process is gone and
+        its pipe has nothing left to read)."""
+        if self.proc is None or self.proc.exitcode is None:
+            return False
+        if self.conn is not None and self.conn.poll():
+            return False  # read what it sent before it went
+        self.close_pipe()
+        return True
+
+    def reap(self) -> str:
+        """Forget the exited process; how it ended, in words."""
+        code = self.proc.exitcode
+        self.proc.join(timeout=1)
+        self.proc = None
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"(pid {self.pid}) was killed by {name}"
+        return f"(pid {self.pid}) exited with status {code}"
+
+    def schedule_restart(self, now: float) -> float:
+        self.deaths = 1 if now - self.started_at >= RESTART_RESET_S else self.deaths + 1
+        delay = RESTART_BACKOFF_S[min(self.deaths, len(RESTART_BACKOFF_S)) - 1]
+        self.restart_at = now + delay
+        return delay
+
+    def restart_due(self, now: float) -> bool:
+        return self.restart_at is not None and now >= self.restart_at
+
+    def end(self) -> None:
+        """Wait a little for the process, then kill it (service shutdown)."""
+        if self.proc is not None:
+            self.proc.join(timeout=5)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join(timeout=5)
+        self.close_pipe()
+
+
+def _spawner(ctx: Any, settings: WorkerSettings, stop: Any) -> Callable[[int], tuple[Any, Connection]]:
+    """Starts worker `i` with a pipe of its own; the service keeps only the reading end, so
+    the pipe reads end of file once the worker is gone, however it went."""
+
+    def spawn(worker_id: int) -> tuple[Any, Connection]:
+        reader, writer = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=run_worker, args=(worker_id, settings, writer, stop),
+                           name=f"flowenricher-worker-{worker_id}", daemon=True)
+        proc.start()
+        writer.close()
+        return proc, reader
+
+    return spawn
+
+
+def _warn_if_open(settings: WorkerSettings) -> None:
+    """Listening on every address is the default (routers must reach the collector), but
+    without an allow list anyone who reaches the port can feed flows: say so."""
+    if settings.allowed_exporters:
+        return
+    wildcard = [str(x) for x in settings.listeners if x.address in ("0.0.0.0", "::")]
+    if wildcard:
+        log.warning("listening for %s on every address and collectors.allowed_exporters is empty: any host that "
+                    "reaches these ports can send flows; list your exporters' addresses there", ", ".join(wildcard))
 
 
 def _tick(tickers: list[Callable[[float], None]], done: threading.Event) -> None:

@@ -20,7 +20,7 @@ from .blackhole.manager import BlackholeManager, Defaults
 from .blackhole.safety import SafetyPolicy, SafetySettings
 from .blackhole.state import StateDB
 from .collector.receiver import Listener
-from .collector.worker import WorkerSettings
+from .collector.worker import DECODER_STATE_DIR, WorkerSettings
 from .config import Settings
 from .decode.netflow import ExporterQuirks
 from .detect.engine import DetectionEngine
@@ -60,6 +60,10 @@ def service_settings(cfg: Settings) -> ServiceSettings:
         listeners=tuple(Listener(x.address, x.port, x.protocol) for x in col.listeners),
         receive_buffer_bytes=col.receive_buffer_bytes, quirks=quirks,
         hold_max_sets=col.template_hold.max_sets, hold_max_age_s=col.template_hold.max_age_s,
+        max_templates=col.max_templates, max_exporters=col.max_exporters, max_clock_skew_s=col.max_clock_skew_s,
+        allowed_exporters=tuple(str(network) for network in col.allowed_exporters),
+        state_dir=str(cfg.storage.path / DECODER_STATE_DIR) if col.template_state else None,
+        debug=col.debug,
     )
     return ServiceSettings(worker=worker, store=store_settings(cfg), workers=col.worker_count(),
                            metrics_listen=cfg.metrics.listen)

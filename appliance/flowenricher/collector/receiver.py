@@ -4,13 +4,18 @@ socket on the same port and the kernel spreads exporters across workers.
 The kernel hashes on the 4-tuple, so all datagrams of one exporter (one source address
 and port) reach the same worker: template state stays consistent within a worker.
 Kernel drops are read from /proc/net/udp{,6}, the only place Linux reports them per socket.
+SO_REUSEPORT would as gladly let another program join the port, so the service first
+makes sure nobody holds it (refuse_shared_port), and ExporterFilter keeps out sources
+the operator did not list.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +58,96 @@ def open_socket(listener: Listener, receive_buffer: int) -> socket.socket:
     return sock
 
 
+def refuse_shared_port(listener: Listener) -> None:
+    """Raise BindError when another socket already holds `listener`'s port.
+
+    Workers bind with SO_REUSEPORT, which would also let them join a socket of a second
+    flowenricher (or of any program that set it) on the same port: the kernel would then
+    split the exporters between the two, and each would silently see only part of the
+    traffic.  A probe bound without SO_REUSEPORT fails with EADDRINUSE whenever any socket,
+    reuseport or not, holds the port (a wildcard and a specific address conflict both
+    ways), so run this before the workers bind."""
+    if listener.port == 0:
+        return  # an ephemeral port is never shared
+    family = socket.AF_INET6 if ipaddress.ip_address(listener.address).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            if family == socket.AF_INET6 and listener.address == "::":
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            probe.bind((listener.address, listener.port))
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise BindError(f"cannot listen for {listener}: {err.strerror}") from err
+            holders = port_holders(listener.port)
+            who = "; ".join(f"pid {pid} ({name})" for pid, name in holders) if holders else \
+                "another socket (its process is not visible from here)"
+            raise BindError(
+                f"cannot listen for {listener}: UDP port {listener.port} is already in use by {who}; "
+                "refusing to share it (SO_REUSEPORT would split the exporters between both programs, "
+                "each seeing part of the flows): stop the other one or choose another port") from err
+
+
+def port_holders(port: int) -> list[tuple[int, str]]:
+    """(pid, command name) of the processes with a UDP socket on local `port`, as far as
+    /proc shows them (another user's processes need root to be seen)."""
+    inodes = {f"socket:[{inode}]" for local, inode, _ in _udp_sockets() if local == port}
+    holders: list[tuple[int, str]] = []
+    if not inodes:
+        return holders
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                holders.append((int(proc.name), _describe_process(int(proc.name))))
+        except OSError:  # gone, or not ours to look at
+            continue
+    return sorted(holders)
+
+
+def _describe_process(pid: int) -> str:
+    """The command line of `pid`; for a multiprocessing child (a flowenricher worker) the
+    command of its parent, which is what an operator recognises and stops."""
+    proc = Path(f"/proc/{pid}")
+    words = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    text = " ".join(w for w in words if w) or (proc / "comm").read_text().strip()
+    if "multiprocessing" in text:
+        parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        try:
+            return f"a worker of pid {parent}: {_describe_process(parent)}"
+        except OSError:
+            pass
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+class ExporterFilter:
+    """`collectors.allowed_exporters`: the networks whose datagrams are decoded.
+
+    Verdicts are cached per source address (bounded: cleared when full), so the check
+    costs one dict lookup per datagram; a spoofed-source flood only refills the cache."""
+
+    CACHE_MAX = 65536
+
+    def __init__(self, prefixes: Iterable[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(prefix, strict=False) for prefix in prefixes)
+        self._verdicts: dict[str, bool] = {}
+
+    def allows(self, exporter: str) -> bool:
+        """True when `exporter` (a normalised source address) lies in one of the networks."""
+        verdict = self._verdicts.get(exporter)
+        if verdict is None:
+            try:
+                address = ipaddress.ip_address(exporter)
+            except ValueError:
+                verdict = False
+            else:
+                verdict = any(address in network for network in self.networks)
+            if len(self._verdicts) >= self.CACHE_MAX:
+                self._verdicts.clear()
+            self._verdicts[exporter] = verdict
+        return verdict
+
+
 def _set_receive_buffer(sock: socket.socket, size: int) -> None:
     """Ask for `size` bytes; as root SO_RCVBUFFORCE passes net.core.rmem_max."""
     try:
@@ -71,6 +166,15 @@ def normalise_exporter(address: str) -> str:
 def kernel_drops(ports: set[int]) -> dict[int, int]:
     """Datagrams the kernel dropped (receive buffer full) per local port, all sockets summed."""
     drops = dict.fromkeys(ports, 0)
+    for port, _, dropped in _udp_sockets():
+        if port in drops:
+            drops[port] += dropped
+    return drops
+
+
+def _udp_sockets() -> Iterator[tuple[int, str, int]]:
+    """(local port, inode, drops) of every UDP socket in /proc/net/udp{,6}, the only place
+    Linux reports drops per socket."""
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -78,9 +182,5 @@ def kernel_drops(ports: set[int]) -> dict[int, int]:
             continue
         for line in lines:
             parts = line.split()
-            if len(parts) < 13:
-                continue
-            port = int(parts[1].rsplit(":", 1)[1], 16)
-            if port in drops:
-                drops[port] += int(parts[-1])
-    return drops
+            if len(parts) >= 13:
+                yield int(parts[1].rsplit(":", 1)[1], 16), parts[9], int(parts[-1])
