@@ -45,7 +45,7 @@ from appliance.flowenricher.storage.base import FlowStore
 
 DAY = 86400
 BATCH = 250_000
-GEOIP = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "geoip"
+GEOIP = Path(__file__).resolve().parents[1] / "tests" / "data" / "geoip"  # MaxMind's test databases
 MY_ASN = 65001
 COUNTRIES = ["US", "DE", "FR", "NL", "GB", "RU", "CN", "BR", "IN", "JP", "GR", "IT", "ES", "PL", "SE", ""]
 

@@ -26,7 +26,7 @@ from appliance.flowenricher.storage.base import FlowStore
 START = int(time.time()) // HOUR * HOUR - 3 * HOUR
 END = START + 2 * HOUR
 PER_HOUR = 3000
-GEOIP = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "geoip"
+GEOIP = Path(__file__).resolve().parent / "data" / "geoip"  # MaxMind's test databases (README there)
 
 
 @pytest.fixture(scope="module")

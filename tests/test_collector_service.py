@@ -264,13 +264,13 @@ def test_hostile_datagrams_never_stop_the_service(tmp_path: Path, collectors: li
     send(svc.port, build_packets("ipfix", 3000, seed=8), sockets=4)
     mine = "exporter_address = toIPv6('::ffff:127.0.0.1')"
     svc.wait_for(lambda: int(query_running(str(svc.data), f"SELECT count() FROM flowenricher.flows WHERE {mine}",
-                                           "TSV", timeout=30) or 0) >= 12_000, 30, "the ordinary flows stored")
+                                           "TSV", timeout=30) or 0) >= 12_000, 90, "the ordinary flows stored")
     issue_rates = query_running(str(svc.data), "SELECT DISTINCT sampling_rate FROM flowenricher.flows "
                                 "WHERE src_port = 0 AND packets = 2 AND bytes = 100 "
                                 "AND exporter_address = toIPv6('::ffff:127.0.0.2')", "TSV", timeout=30)
     assert issue_rates is not None and issue_rates.split() == [b"1"]  # stored, the absurd rate ignored
     svc.wait_for(lambda: ("flowenricher_decoder_datagrams_total", (("exporter", "127.0.0.2"),)) in svc.metrics(),
-                 10, "the workers' counter snapshot")
+                 30, "the workers' counter snapshot")
     series = svc.metrics()
     assert svc.proc.poll() is None
     assert series[("flowenricher_worker_restarts_total", ())] == 0

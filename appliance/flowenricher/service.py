@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from .batch import FlowBatch
-from .collector.receiver import kernel_drops, refuse_shared_port
+from .collector.receiver import claim_port, kernel_drops, refuse_shared_port
 from .collector.worker import DONE, FAILED, FLOWS, READY, STATS, WorkerSettings, run_worker
 from .control import ControlServer, LookupFn, collector_requests
 from .detect.actions import BlackholeSink
@@ -143,6 +143,9 @@ class CollectorService:
         # or an address is not ours.
         for listener in cfg.worker.listeners:
             refuse_shared_port(listener)
+        # Kept open until the process ends: a second service starting at the same moment
+        # passed the check above too, and is refused here.
+        self._port_claims = [claim_port(port) for port in sorted({lst.port for lst in cfg.worker.listeners} - {0})]
         _warn_if_open(cfg.worker)
         store = open_store(cfg.store)
         migrated = True

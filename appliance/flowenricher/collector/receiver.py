@@ -5,8 +5,8 @@ The kernel hashes on the 4-tuple, so all datagrams of one exporter (one source a
 and port) reach the same worker: template state stays consistent within a worker.
 Kernel drops are read from /proc/net/udp{,6}, the only place Linux reports them per socket.
 SO_REUSEPORT would as gladly let another program join the port, so the service first
-makes sure nobody holds it (refuse_shared_port), and ExporterFilter keeps out sources
-the operator did not list.
+makes sure nobody holds it (refuse_shared_port) or is about to (claim_port), and
+ExporterFilter keeps out sources the operator did not list.
 """
 
 from __future__ import annotations
@@ -87,6 +87,27 @@ def refuse_shared_port(listener: Listener) -> None:
                 "each seeing part of the flows): stop the other one or choose another port") from err
 
 
+def claim_port(port: int) -> socket.socket:
+    """Hold the right to serve UDP `port` for as long as the returned socket stays open
+    (the process's life: the kernel frees it even on SIGKILL).
+
+    refuse_shared_port only sees sockets already bound: two services started together
+    both find the port free, then both bind with SO_REUSEPORT and split the exporters.
+    The claim is an abstract Unix socket named after the port, which only one process of
+    the network namespace can bind, so the second of two racing starts is refused."""
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        claim.bind(f"\0flowenricher-udp-{port}")
+    except OSError as err:
+        claim.close()
+        if err.errno != errno.EADDRINUSE:
+            raise BindError(f"cannot claim UDP port {port}: {err.strerror}") from err
+        raise BindError(f"UDP port {port} is being taken by another flowenricher starting at the same time "
+                        f"(it holds @flowenricher-udp-{port}); refusing to share it: stop the other one "
+                        "or choose another port") from err
+    return claim
+
+
 def port_holders(port: int) -> list[tuple[int, str]]:
     """(pid, command name) of the processes with a UDP socket on local `port`, as far as
     /proc shows them (another user's processes need root to be seen)."""
@@ -129,7 +150,10 @@ class ExporterFilter:
     CACHE_MAX = 65536
 
     def __init__(self, prefixes: Iterable[str]) -> None:
-        self.networks = tuple(ipaddress.ip_network(prefix, strict=False) for prefix in prefixes)
+        networks = [ipaddress.ip_network(prefix, strict=False) for prefix in prefixes]
+        # Sources are normalised to plain IPv4 (normalise_exporter), so a network written
+        # in the IPv4-mapped form (::ffff:192.0.2.0/120) also admits its IPv4 equivalent.
+        self.networks = tuple(networks + [m for m in map(_unmapped, networks) if m is not None])
         self._verdicts: dict[str, bool] = {}
 
     def allows(self, exporter: str) -> bool:
@@ -148,12 +172,29 @@ class ExporterFilter:
         return verdict
 
 
+def _unmapped(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ipaddress.IPv4Network | None:
+    """The IPv4 network an IPv4-mapped IPv6 network (within ::ffff:0:0/96) stands for."""
+    if network.version != 6 or network.prefixlen < 96 or network.network_address.ipv4_mapped is None:
+        return None
+    return ipaddress.IPv4Network((network.network_address.ipv4_mapped, network.prefixlen - 96))
+
+
 def _set_receive_buffer(sock: socket.socket, size: int) -> None:
     """Ask for `size` bytes; as root SO_RCVBUFFORCE passes net.core.rmem_max."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE
     except OSError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def exporter_key(address: str) -> str:
+    """An exporter address as the collector names its sources: an IPv4-mapped IPv6
+    address is the IPv4 exporter it stands for (normalise_exporter, its fast form on
+    every datagram)."""
+    parsed = ipaddress.ip_address(address)
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    return str(parsed)
 
 
 def normalise_exporter(address: str) -> str:

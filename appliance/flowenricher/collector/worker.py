@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import select
 import signal
@@ -177,6 +178,7 @@ class Worker:
         self.saved_state: tuple[int, ...] | None = None
         now = time.monotonic()
         self.last_flush = self.last_stats = self.last_state = now
+        self.service_pid = os.getppid()  # the service that started us: gone when this changes
 
     def run(self, stop: Event) -> int:
         """Receive until `stop`; then drain, decode, save and report.  The exit status."""
@@ -188,6 +190,12 @@ class Worker:
             poller.register(fd, select.POLLIN)
         limit = self.settings.max_datagrams * 4
         while not stop.is_set():
+            if os.getppid() != self.service_pid:
+                # The service was killed (SIGKILL, OOM): an orphan would keep the port for
+                # seconds, decoding into a dead pipe and making a restart refuse the port.
+                log.error("worker %d: the service (pid %d) is gone; exiting", self.id, self.service_pid)
+                self.save_state(force=True)
+                return 1
             try:
                 for fd, _ in poller.poll(20):
                     self.receive(by_fd[fd], limit)

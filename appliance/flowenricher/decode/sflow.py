@@ -24,9 +24,19 @@ import numpy as np
 
 from ..batch import ColumnData, DictColumn, FlowBatch, str_to_addr
 from ..errors import DecodeError
+from .netflow import MAX_SAMPLING_RATE
 from .packet_headers import V4_MAPPED, L3Fields, parse_ethernet, parse_ipv4, parse_ipv6
 from .sequence import MAX_GAP_DATAGRAMS, RESET, SequenceTracker
-from .stats import COUNTER_SAMPLES, DATAGRAMS, DECODE_ERROR, RECORDS, SEQUENCE_LOST, SEQUENCE_RESETS, DecodeStats
+from .stats import (
+    COUNTER_SAMPLES,
+    DATAGRAMS,
+    DECODE_ERROR,
+    RECORDS,
+    SAMPLING_IGNORED,
+    SEQUENCE_LOST,
+    SEQUENCE_RESETS,
+    DecodeStats,
+)
 
 FLOW_PROTOCOL = "sflow5"
 
@@ -122,17 +132,17 @@ class SFlowDecoder:
         """
         rows: list[int] = []
         addrs = bytearray()
-        # Per exporter: datagrams, flow samples, counter samples, skipped samples; added
-        # to the stats once per call rather than once per datagram.
+        # Per exporter: datagrams, flow samples, counter samples, skipped samples, absurd
+        # rates; added to the stats once per call rather than once per datagram.
         tally: dict[str, list[int]] = {}
         for payload, exporter, received_at in datagrams:
             counts = tally.get(exporter)
             if counts is None:
-                counts = tally[exporter] = [0, 0, 0, 0]
+                counts = tally[exporter] = [0, 0, 0, 0, 0]
             counts[0] += 1
             row_mark, addr_mark = len(rows), len(addrs)
             try:
-                flows, counters, skipped = self._datagram(
+                flows, counters, skipped, absurd = self._datagram(
                     payload, self._exporter_bytes(exporter), int(received_at), rows, addrs)
             except DecodeError as err:
                 del rows[row_mark:], addrs[addr_mark:]
@@ -150,7 +160,8 @@ class SFlowDecoder:
             counts[1] += flows
             counts[2] += counters
             counts[3] += skipped
-        for exporter, (n_dgrams, n_flows, n_counters, n_skipped) in tally.items():
+            counts[4] += absurd
+        for exporter, (n_dgrams, n_flows, n_counters, n_skipped, n_absurd) in tally.items():
             self._stats.count(exporter, DATAGRAMS, n_dgrams)
             if n_flows:
                 self._stats.count(exporter, RECORDS, n_flows)
@@ -158,6 +169,9 @@ class SFlowDecoder:
                 self._stats.count(exporter, COUNTER_SAMPLES, n_counters)
             if n_skipped:
                 self._stats.count(exporter, SKIPPED_SAMPLES, n_skipped)
+            if n_absurd:
+                self._stats.note(exporter, SAMPLING_IGNORED, n_absurd,
+                                 f"sFlow sampling rate above {MAX_SAMPLING_RATE}: samples stored unsampled")
         return _to_batch(rows, addrs)
 
     def _sequence(self, data: bytes, exporter: str) -> None:
@@ -187,11 +201,12 @@ class SFlowDecoder:
         return packed
 
     def _datagram(self, data: bytes, exporter: bytes, received_at: int,
-                  rows: list[int], addrs: bytearray) -> tuple[int, int, int]:
+                  rows: list[int], addrs: bytearray) -> tuple[int, int, int, int]:
         """Walk one datagram ("sample_datagram_v5" in the spec).
 
         Appends one row per flow sample; returns (flow samples, counter samples,
-        skipped samples).  Raises DecodeError when the datagram is malformed.
+        skipped samples, samples whose absurd rate was ignored).  Raises DecodeError
+        when the datagram is malformed.
         """
         size = len(data)
         if size < 8:
@@ -209,7 +224,7 @@ class SFlowDecoder:
         off += 16
         if n_samples * 8 > size - off:  # each sample is at least its 8-byte header
             raise DecodeError(BAD_COUNT, f"{n_samples} samples in {size - off} bytes")
-        flows = counters = skipped = 0
+        flows = counters = skipped = absurd = 0
         for _ in range(n_samples):
             if size - off < 8:
                 raise DecodeError(TRUNCATED, "sample header")
@@ -219,19 +234,20 @@ class SFlowDecoder:
             if end > size:
                 raise DecodeError(TRUNCATED, f"sample of {length} bytes, {size - off} left")
             if data_format in (_FLOW_SAMPLE, _FLOW_SAMPLE_EXPANDED):
-                self._flow_sample(data, off, end, data_format == _FLOW_SAMPLE_EXPANDED,
-                                  exporter, received_at, sub_agent, rows, addrs)
+                absurd += self._flow_sample(data, off, end, data_format == _FLOW_SAMPLE_EXPANDED,
+                                            exporter, received_at, sub_agent, rows, addrs)
                 flows += 1
             elif data_format in (_COUNTER_SAMPLE, _COUNTER_SAMPLE_EXPANDED):
                 counters += 1
             else:
                 skipped += 1  # enterprise-specific or future sample format
             off = end + (-length & 3)  # XDR opaque padding (RFC 4506 §4.10)
-        return flows, counters, skipped
+        return flows, counters, skipped, absurd
 
     def _flow_sample(self, data: bytes, off: int, end: int, expanded: bool, exporter: bytes,
-                     received_at: int, sub_agent: int, rows: list[int], addrs: bytearray) -> None:
-        """Decode one flow sample (format 1) or expanded flow sample (format 3) into a row."""
+                     received_at: int, sub_agent: int, rows: list[int], addrs: bytearray) -> bool:
+        """Decode one flow sample (format 1) or expanded flow sample (format 3) into a row;
+        True when its sampling rate was absurd and ignored."""
         if expanded:
             if end - off < _FLOW_EXPANDED.size:
                 raise DecodeError(BAD_LENGTH, "expanded flow sample shorter than its header")
@@ -251,6 +267,12 @@ class SFlowDecoder:
                 in_value = 0
             if out_format == _IF_INDEX and out_value == _IF_LOCAL:
                 out_value = 0
+        # One sample stands for `rate` packets: a rate above what any agent uses (the
+        # NetFlow decoder's bound) is corrupt or forged, and 0 is meaningless; both are
+        # stored as unsampled, so one datagram cannot add exabytes to the traffic.
+        absurd = bool(rate > MAX_SAMPLING_RATE)
+        if absurd or rate == 0:
+            rate = 1
         input_if = in_value if in_format == _IF_INDEX else 0
         # Output: a single ifIndex means forwarded there (0 = not known: status unknown);
         # several interfaces (broadcast/multicast) report no single index but forwarded;
@@ -360,6 +382,7 @@ class SFlowDecoder:
         addrs += src_addr
         addrs += dst_addr
         addrs += next_hop
+        return absurd
 
 
 def _extended_router(data: bytes, off: int, end: int) -> tuple[bytes, int, int]:
@@ -391,9 +414,9 @@ def _to_batch(rows: list[int], addrs: bytearray) -> FlowBatch:
     received = table[:, _UINT_FIELDS.index("received_at")]
     columns["timestamp_start"] = received.copy()
     columns["timestamp_end"] = received.copy()
-    # One sampled packet stands for `sampling_rate` packets (spec, "sampling_rate").  A
-    # rate of 0 is meaningless; such samples count as unsampled rather than as nothing.
-    rate = np.maximum(table[:, _UINT_FIELDS.index("sampling_rate")], np.uint64(1))
+    # One sampled packet stands for `sampling_rate` packets (spec, "sampling_rate"), which
+    # _flow_sample keeps within 1..MAX_SAMPLING_RATE.
+    rate = table[:, _UINT_FIELDS.index("sampling_rate")]
     columns["packets"] = rate
     columns["bytes"] = table[:, _UINT_FIELDS.index("_frame_length")] * rate
     addr_table = np.frombuffer(bytes(addrs), dtype=np.uint8).reshape(n, len(_ADDR_FIELDS), 16)
