@@ -213,7 +213,8 @@ def test_no_sequence_announces_what_design_forbids(tmp_path_factory: pytest.Temp
             mgr.tick()
         else:
             gobgp.down = op == "down"
-        assert len(gobgp.held) <= SAFE.max_active
+        victims = sum(1 for p in gobgp.held if mgr.policy.pool_of(ipaddress.ip_network(p)) == "victim")
+        assert victims <= SAFE.cap("victim") and len(gobgp.held) - victims <= SAFE.cap("source")
     for prefix in gobgp.ever:
         net = ipaddress.ip_network(prefix)
         assert net.prefixlen == (32 if net.version == 4 else 128)

@@ -9,13 +9,17 @@ API-SSL, as the `mikrotik` role does.
 
 from __future__ import annotations
 
+import importlib.util
+import ipaddress
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +28,7 @@ import pytest
 from librouteros.exceptions import FatalError, TrapError
 from librouteros.protocol import ApiProtocol, decode_length, encode_length
 from librouteros.query import Key, Or
-from support.routeros_sim import RouterOsSim, format_duration, parse_duration
+from support.routeros_sim import BgpRoute, BirdFeed, RouterOsSim, evaluate_chain, format_duration, parse_duration
 
 PASSWORD = "s3cret"
 
@@ -346,3 +350,184 @@ def test_bad_arguments_name_the_problem() -> None:
     result = subprocess.run([sys.executable, str(Path(__file__).parent / "support" / "routeros_sim.py"),
                              "--cert", "/nonexistent.pem"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "--cert and --key go together" in result.stderr
+
+
+# ---------------------------------------------------------------- BGP: instance, filters, route table
+# The filter rules are the mikrotik role's own (its filter plugin, fed the appliance's
+# settings), so a mismatch between what the appliance announces and what the router's
+# filter accepts fails here as it would on the router.
+
+REPO = Path(__file__).resolve().parent.parent
+BLACKHOLE_CONFIG = {"blackhole": {"communities": ["65001:666", "216285:666"]}}
+BLACKHOLE_RULES = [{"name": "scan", "proto": "tcp", "unique_dst_ports": 100, "time_window": "60s",
+                    "action": "blackhole", "blackhole_count": 1, "blackhole_time": 600,
+                    "blackhole_next_hop": "192.0.2.7", "blackhole_communities": ["65001:777", "no-export"]}]
+PEER = "10.254.0.2"
+
+
+def role_filter_rules(config: object = BLACKHOLE_CONFIG, rules: object = BLACKHOLE_RULES) -> list[str]:
+    """The input chain the mikrotik role writes for these appliance settings."""
+    path = REPO / "roles" / "mikrotik" / "filter_plugins" / "mikrotik_blackhole.py"
+    spec = importlib.util.spec_from_file_location("mikrotik_blackhole", path)
+    assert spec is not None and spec.loader is not None
+    mikrotik_blackhole = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mikrotik_blackhole)
+    rules_text: list[str] = mikrotik_blackhole.filter_rules(mikrotik_blackhole.blackhole_routes(config, rules))
+    return rules_text
+
+
+def route(prefix: str, gw: str, std: tuple[tuple[int, int], ...] = (), large: tuple[tuple[int, int, int], ...] = ()
+          ) -> BgpRoute:
+    return BgpRoute(ipaddress.ip_network(prefix), ipaddress.ip_address(gw), frozenset(std), frozenset(large))
+
+
+def bgp_router(server: RouterOsSim, chain_rules: list[str]) -> librouteros.Api:
+    api = connect(server)
+    for text in chain_rules:
+        api.path("routing", "filter", "rule").add(chain="fe-in", rule=text, comment="flowenricher")
+    api.path("routing", "bgp", "connection").add(**{"name": "fe", "local.role": "ibgp", "remote.address": PEER,
+                                                    "as": "65000", "remote.as": "65000", "input.filter": "fe-in"})
+    return api
+
+
+CONFIG_SET = ((65001, 666),), ((216285, 666, 0),)
+ROUTE_CASES = [
+    # what the appliance announces with blackhole.communities: accepted, as blackholes
+    ("config set, IPv4 /32", route("203.0.113.9/32", "192.0.2.1", *CONFIG_SET), True),
+    ("config set plus NO_EXPORT", route("203.0.113.9/32", "192.0.2.1", ((65001, 666), (65535, 65281)),
+                                        CONFIG_SET[1]), True),
+    ("config set, IPv6 /128 with the IPv6 next hop", route("2001:db8::9/128", "100::1", *CONFIG_SET), True),
+    ("the rule's set and next hop", route("203.0.113.9/32", "192.0.2.7", ((65001, 777), (65535, 65281))), True),
+    ("the rule's set, IPv6 (next_hop_v6)", route("2001:db8::9/128", "100::1", ((65001, 777), (65535, 65281))), True),
+    # anything else is rejected
+    ("the default 65535:666 only", route("203.0.113.9/32", "192.0.2.1", ((65535, 666),)), False),
+    ("large community missing", route("203.0.113.9/32", "192.0.2.1", CONFIG_SET[0]), False),
+    ("216285:666 as a large community with another last part", route("203.0.113.9/32", "192.0.2.1", CONFIG_SET[0],
+                                                                      ((216285, 666, 1),)), False),
+    ("a next hop the appliance does not use", route("203.0.113.9/32", "192.0.2.99", *CONFIG_SET), False),
+    ("IPv6 with the IPv4 rule's next hop family", route("2001:db8::9/128", "100::2", *CONFIG_SET), False),
+    ("a /31 (min_prefix_length_v4 is 32)", route("203.0.113.8/31", "192.0.2.1", *CONFIG_SET), False),
+    ("an IPv6 /64", route("2001:db8::/64", "100::1", *CONFIG_SET), False),
+    ("the rule's set without NO_EXPORT", route("203.0.113.9/32", "192.0.2.7", ((65001, 777),)), False),
+]
+
+
+@pytest.mark.parametrize(("case", "announced", "installed"), ROUTE_CASES, ids=[c[0] for c in ROUTE_CASES])
+def test_the_roles_filter_installs_exactly_what_the_appliance_announces(
+        sim: RouterOsSim, case: str, announced: BgpRoute, installed: bool) -> None:
+    api = bgp_router(sim, role_filter_rules())
+    sim.state.feed(PEER, [announced])
+    table = ("ip" if announced.dst.version == 4 else "ipv6", "route")
+    bgp = [r for r in api.path(*table) if r.get("bgp")]
+    assert len(bgp) == (1 if installed else 0), (case, bgp)
+    if installed:
+        assert (bgp[0]["dst-address"], bgp[0]["gateway"]) == (str(announced.dst), str(announced.gw))
+        assert bgp[0]["blackhole"] is True and bgp[0]["active"] is True and bgp[0]["dynamic"] is True
+
+
+def test_routes_follow_withdrawals_filter_changes_and_stay_read_only(sim: RouterOsSim) -> None:
+    api = bgp_router(sim, role_filter_rules())
+    sim.state.feed(PEER, [route("203.0.113.9/32", "192.0.2.1", *CONFIG_SET),
+                          route("203.0.113.10/32", "192.0.2.1", ((65535, 666),))])
+    routes = api.path("ip", "route")
+    assert [r["dst-address"] for r in routes if r.get("bgp")] == ["203.0.113.9/32"]
+    installed = next(r for r in routes if r.get("bgp"))
+    with pytest.raises(TrapError, match="dynamic"):
+        routes.remove(installed[".id"])
+    # a filter for the default community only (the role's old filter) drops the configured one
+    rules = api.path("routing", "filter", "rule")
+    for rule in list(rules):
+        rules.remove(rule[".id"])
+    rules.add(chain="fe-in", rule="if (afi ipv4 && dst-len == 32 && bgp-communities includes 65535:666) "
+                                  "{ set blackhole yes; accept; }")
+    assert [r["dst-address"] for r in routes if r.get("bgp")] == ["203.0.113.10/32"]
+    sim.state.feed(PEER, [])  # everything withdrawn
+    assert [r for r in routes if r.get("bgp")] == []
+
+
+def test_routes_from_a_peer_without_a_connection_are_not_installed(sim: RouterOsSim) -> None:
+    api = bgp_router(sim, role_filter_rules())
+    sim.state.feed("10.9.9.9", [route("203.0.113.9/32", "192.0.2.1", *CONFIG_SET)])
+    assert [r for r in api.path("ip", "route") if r.get("bgp")] == []
+
+
+@pytest.mark.parametrize(("rule", "reason"), [
+    ("if (bgp-communities includes 216285:666) { accept }", "216285:666"),       # not a 16-bit community
+    ("if (bgp-large-communities includes 65001:666) { accept }", "65001:666"),   # not a:b:c
+    ("if (bgp-path-regexp 64500) { accept }", "unsupported matcher"),
+    ("if (afi ipv4 { accept }", "syntax error"),
+    ("if (afi ipv4) { set distance 5; accept }", "unsupported action"),
+])
+def test_filter_rules_outside_the_subset_are_refused(sim: RouterOsSim, rule: str, reason: str) -> None:
+    rules = connect(sim).path("routing", "filter", "rule")
+    with pytest.raises(TrapError, match=f"invalid value for argument rule.*{reason}"):
+        rules.add(chain="x", rule=rule)
+    assert list(rules) == []
+
+
+def test_evaluation_order_fallthrough_else_and_any() -> None:
+    v4 = route("203.0.113.9/32", "192.0.2.1", ((65001, 666),))
+    assert evaluate_chain(["if (dst-len < 32) { reject; }", "accept;"], v4) == (True, False)
+    assert evaluate_chain(["if (dst in 203.0.113.0/24) { set blackhole yes; } else { reject; }", "accept;"],
+                          v4) == (True, True)
+    assert evaluate_chain(["if (!(bgp-communities any 65535:666,65001:666)) { reject; }", "accept"], v4) == (True, False)
+    assert evaluate_chain(["if (bgp-communities includes 65535:666,65001:666) { accept; }"], v4) == (False, False)
+    assert evaluate_chain(["if (bgp-communities includes blackhole) { accept; }"],
+                          route("203.0.113.9/32", "192.0.2.1", ((65535, 666),))) == (True, False)
+    assert evaluate_chain([], v4) == (False, False)  # the chain's end rejects
+
+
+def test_bgp_instance_is_required_from_7_20() -> None:
+    conn = {"name": "fe", "local.role": "ibgp", "remote.address": PEER, "as": "65000"}
+    with RouterOsSim(users={"admin": PASSWORD}, version="7.20.2") as server:
+        api = connect(server)
+        connections = api.path("routing", "bgp", "connection")
+        with pytest.raises(TrapError, match="instance not specified"):
+            connections.add(**conn)
+        with pytest.raises(TrapError, match="does not match any value of instance"):
+            connections.add(**conn, instance="")   # what the role sent before
+        api.path("routing", "bgp", "instance").add(name="flowenricher", **{"as": "65000"})
+        connections.add(**conn, instance="flowenricher")
+        assert [c["instance"] for c in connections] == ["flowenricher"]
+    with RouterOsSim(users={"admin": PASSWORD}, version="7.19.4") as server, \
+            pytest.raises(TrapError, match="no such command prefix"):
+        list(connect(server).path("routing", "bgp", "instance"))
+
+
+BIRD_CONF = """\
+router id 10.0.0.1;
+protocol device {{ scan time 10; }}
+protocol static r4 {{ ipv4;
+  route 203.0.113.9/32 blackhole {{ bgp_next_hop = 192.0.2.1; bgp_community.add((65001,666));
+                                   bgp_community.add((65535,65281)); bgp_large_community.add((216285,666,0)); }};
+  route 203.0.113.10/32 blackhole {{ bgp_next_hop = 192.0.2.1; bgp_community.add((65535,666)); }};
+}}
+protocol static r6 {{ ipv6;
+  route 2001:db8::9/128 blackhole {{ bgp_next_hop = 100::1; bgp_community.add((65001,666));
+                                    bgp_large_community.add((216285,666,0)); }};
+}}
+"""
+
+
+def test_bird_feeds_the_route_table_through_the_filter(sim: RouterOsSim, tmp_path: Path) -> None:
+    """BIRD's own `show route all` output (routes carrying BGP attributes) read by the feed."""
+    if shutil.which("bird") is None or shutil.which("birdc") is None:
+        pytest.skip("BIRD is not installed (Debian package bird2)")
+    (tmp_path / "bird.conf").write_text(BIRD_CONF.format())
+    ctl, pid = tmp_path / "bird.ctl", tmp_path / "bird.pid"
+    subprocess.run(["bird", "-c", str(tmp_path / "bird.conf"), "-s", str(ctl), "-P", str(pid)], check=True, timeout=30)
+    try:
+        api = bgp_router(sim, role_filter_rules())
+        feed = BirdFeed(sim.state, ctl, ["r4", "r6"], PEER)
+        for _ in range(50):
+            feed.poll()
+            if len(sim.state.received.get(PEER, {})) == 3:
+                break
+            time.sleep(0.1)
+        assert sorted(sim.state.received[PEER]) == ["2001:db8::9/128", "203.0.113.10/32", "203.0.113.9/32"]
+        v4 = [(r["dst-address"], r["bgp.large-communities"]) for r in api.path("ip", "route") if r.get("bgp")]
+        v6 = [(r["dst-address"], r["gateway"]) for r in api.path("ipv6", "route") if r.get("bgp")]
+        assert v4 == [("203.0.113.9/32", "216285:666:0")]   # 203.0.113.10 has only 65535:666
+        assert v6 == [("2001:db8::9/128", "100::1")]
+    finally:
+        os.kill(int(pid.read_text()), signal.SIGTERM)

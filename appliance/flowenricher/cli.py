@@ -1,4 +1,4 @@
-"""The `flowenricher` command line (DESIGN §2): run, api, decode, replay, generate, validate, sql, lookup, token.
+"""The `flowenricher` command line (DESIGN §2): run, api, decode, replay, generate, validate, sql, lookup, token, blackhole.
 
 Each subcommand is a thin shell over a module that owns the work; this file only parses
 arguments, wires settings and maps errors to exit codes (2: bad input, 1: failure).
@@ -99,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     which = spool_requeue.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="every rejected block")
     which.add_argument("names", nargs="*", default=[], help="file names as `spool list` shows them")
+
+    bh = sub.add_parser("blackhole", help="blackholes in the state DB: list; expire (withdraw what is due, "
+                                          "also while `run` is down: the systemd timer runs it every minute)")
+    bh_sub = bh.add_subparsers(dest="blackhole_command", required=True)
+    bh_list = bh_sub.add_parser("list", help="active blackholes (and recent failures): a table or JSON")
+    _add(bh_list, "config", default=None)
+    bh_list.add_argument("--format", choices=("text", "json"), default="text")
+    bh_expire = bh_sub.add_parser("expire", help="withdraw expired blackholes from GoBGP, once even beside `run`")
+    _add(bh_expire, "config", default=None)
 
     look = sub.add_parser("lookup", help="prefix, origin AS and org, AS path, next hop, country/city, PTR of an IP")
     look.add_argument("ip")
@@ -308,6 +317,58 @@ def _cmd_spool(args: argparse.Namespace) -> int:
     print(f"{directory}: {len(queued)} queued ({sum(f.rows for f in queued)} rows), "
           f"{len(files) - len(queued)} rejected ({sum(f.rows for f in files if f.state != 'queued')} rows)")
     return EXIT_OK
+
+
+def _cmd_blackhole(args: argparse.Namespace) -> int:
+    """`blackhole list` reads the state DB; `blackhole expire` withdraws what is due
+    through GoBGP (each row claimed first, so it is safe beside a running collector),
+    then makes GoBGP hold exactly the active set; exit 1 while GoBGP is unreachable, so
+    the timer's failures show in systemctl."""
+    import json
+    import time
+
+    from .blackhole.state import StateDB, recent_failures
+
+    cfg = _settings(args.config)
+    Path(cfg.storage.path).mkdir(parents=True, exist_ok=True)
+    state = StateDB(cfg.storage.state_db)
+    try:
+        if args.blackhole_command == "list":
+            now = time.time()
+            rows = state.active()
+            rows += recent_failures(state.history(), rows, now)
+            if args.format == "json":
+                print(json.dumps([{"prefix": b.prefix, "state": b.state, "next_hop": b.next_hop,
+                                   "communities": list(b.communities), "source": b.source, "rule": b.rule,
+                                   "pool": b.role, "created_at": b.created_at, "expires_at": b.expires_at,
+                                   "reason": b.failed_reason} for b in rows], indent=2))
+                return EXIT_OK
+            print(f"{'PREFIX':43}  {'STATE':9}  {'EXPIRES IN':>10}  {'SOURCE':6}  {'RULE':20}  NEXT HOP / REASON")
+            for b in rows:
+                left = "never" if b.expires_at is None else f"{max(0.0, b.expires_at - now):.0f}s"
+                print(f"{b.prefix:43}  {b.state:9}  {left:>10}  {b.source:6}  {b.rule[:20]:20}  "
+                      f"{b.failed_reason or b.next_hop + ' ' + ','.join(b.communities)}")
+            return EXIT_OK
+        from .bgp.announcer import GoBgpAnnouncer
+        from .wiring import blackhole_manager
+
+        announcer = GoBgpAnnouncer(cfg.bgp.gobgp.api)
+        manager = blackhole_manager(cfg, state, announcer, None)
+        try:
+            expired = manager.expire()
+            manager.reconcile()
+            stuck = manager.pending_withdrawals()
+        finally:
+            manager.close()
+            announcer.close()
+        print(f"expired {len(expired)}" + "".join(f"\n  {b.prefix} ({b.rule or b.source})" for b in expired))
+        if stuck:
+            print(f"GoBGP ({cfg.bgp.gobgp.api}) did not take the withdrawal of: {', '.join(stuck)}; "
+                  "the next run (or `flowenricher run`) retries", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_OK
+    finally:
+        state.close()
 
 
 def _cmd_token(args: argparse.Namespace) -> int:

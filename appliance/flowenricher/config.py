@@ -33,6 +33,7 @@ import os
 import re
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, cast
@@ -43,6 +44,7 @@ from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, ScalarNode
 
+from .collector.receiver import exporter_key
 from .common import bgp_values
 from .errors import ConfigError
 from .storage.schema import flow_partition_column
@@ -823,6 +825,13 @@ class BlackholeSettings:
     manual_duration_s: float
     log_file: Path
     reconcile_interval_s: float
+    max_active_sources: int | None = None  # None: max_active
+    max_active_victims: int | None = None  # None: max_active
+    no_export: bool = False
+    max_duration_s: float | None = None  # None: no maximum
+    repeat_factor: float = 1.0
+    repeat_window_s: float = 0.0
+    never_until: tuple[tuple[str, float], ...] = ()  # allow-list entries that lapse: (prefix, epoch seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -930,7 +939,7 @@ def _config_checks(raw: Mapping[str, Any]) -> list[_Problem]:
         known: dict[str, str] = {}
         for key in exporters:
             try:
-                normalised = str(ipaddress.ip_address(key))
+                normalised = exporter_key(key)
             except ValueError:
                 continue
             first = known.setdefault(normalised, key)
@@ -987,6 +996,20 @@ def _config_checks(raw: Mapping[str, Any]) -> list[_Problem]:
         if session.get("asn") is None and session.get("local_asn") is None:
             problems.append(_Problem(("bgp", "bgp_listener"),
                                      "'asn' or 'local_asn' is required (this side's AS number)"))
+    problems += _blackhole_checks(_mapping(raw, "blackhole"))
+    return problems
+
+
+def _blackhole_checks(bh: Mapping[str, Any]) -> list[_Problem]:
+    """The allow list's lapsing entries must say when in a form that cannot be misread."""
+    problems: list[_Problem] = []
+    never = bh.get("never")
+    for index, item in enumerate(never if isinstance(never, list) else []):
+        if isinstance(item, Mapping) and item.get("until") is not None:
+            try:
+                _until(item["until"])
+            except ValueError as err:
+                problems.append(_Problem(("blackhole", "never", index, "until"), str(err)))
     return problems
 
 
@@ -1024,8 +1047,8 @@ def _build_settings(raw: dict[str, Any], path: Path | None) -> Settings:
         eff["log_level"] = "debug"
 
     exporters = {
-        str(ipaddress.ip_address(key)): ExporterSettings(
-            address=str(ipaddress.ip_address(key)),
+        exporter_key(key): ExporterSettings(
+            address=exporter_key(key),
             name=value["name"],
             sampling_rate=None if value["sampling_rate"] is None else int(value["sampling_rate"]),
             sampling_byte_order=value["sampling_byte_order"],
@@ -1131,13 +1154,37 @@ def _build_settings(raw: dict[str, Any], path: Path | None) -> Settings:
 
 
 def _blackhole_settings(bh: Mapping[str, Any]) -> BlackholeSettings:
+    # The defaults are the schema's (filled into `bh`); the dataclass defaults above only
+    # serve code that builds BlackholeSettings by hand.
+    never = [item if isinstance(item, str) else item["prefix"] for item in bh["never"]
+             if isinstance(item, str) or not item.get("until")]
+    lapsing = tuple((str(item["prefix"]), _until(item["until"])) for item in bh["never"]
+                    if not isinstance(item, str) and item.get("until"))
+    max_duration = parse_duration(bh["max_duration"])
     return BlackholeSettings(
+        max_active_sources=None if bh.get("max_active_sources") is None else int(bh["max_active_sources"]),
+        max_active_victims=int(bh["max_active_victims"]), no_export=bool(bh["no_export"]),
+        max_duration_s=max_duration or None, repeat_factor=float(bh["repeat_factor"]),
+        repeat_window_s=parse_duration(bh["repeat_window"]), never_until=lapsing,
         dry_run=bool(bh["dry_run"]), max_active=int(bh["max_active"]), max_per_minute=int(bh["max_per_minute"]),
         min_prefix_length_v4=int(bh["min_prefix_length_v4"]), min_prefix_length_v6=int(bh["min_prefix_length_v6"]),
-        never=tuple(bh["never"]), next_hop_v4=str(bh["next_hop_v4"]), next_hop_v6=str(bh["next_hop_v6"]),
+        never=tuple(never), next_hop_v4=str(bh["next_hop_v4"]), next_hop_v6=str(bh["next_hop_v6"]),
         communities=tuple(bh["communities"]), manual_duration_s=parse_duration(bh["manual_duration"]),
         log_file=Path(bh["log_file"]), reconcile_interval_s=parse_duration(bh["reconcile_interval"]),
     )
+
+
+def _until(value: object) -> float:
+    """Epoch seconds of an allow-list entry's `until` (ISO 8601 with a time zone)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a time")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 time such as 2026-12-31T00:00:00Z") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{value!r} has no time zone (write Z or +01:00): the appliance runs in UTC")
+    return moment.timestamp()
 
 
 def _anomaly_settings(an: Mapping[str, Any]) -> AnomalySettings:

@@ -185,9 +185,32 @@ def safety_settings(cfg: Settings) -> SafetySettings:
             never.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
             log.warning("blackhole: %r is not an address; not added to the never-blackhole list", item)
+    lapsing = tuple((ipaddress.ip_network(prefix, strict=False), until) for prefix, until in bh.never_until)
     return SafetySettings(min_v4_len=bh.min_prefix_length_v4, min_v6_len=bh.min_prefix_length_v6,
                           never=tuple(dict.fromkeys(never)), own=tuple(cfg.my_prefixes), max_active=bh.max_active,
-                          max_per_minute=bh.max_per_minute, dry_run=bh.dry_run)
+                          max_per_minute=bh.max_per_minute, dry_run=bh.dry_run,
+                          max_active_sources=bh.max_active_sources, max_active_victims=bh.max_active_victims,
+                          never_until=lapsing, max_duration_s=bh.max_duration_s, repeat_factor=bh.repeat_factor,
+                          repeat_window_s=bh.repeat_window_s)
+
+
+def blackhole_defaults(cfg: Settings) -> Defaults:
+    """What a blackhole request that does not say gets, from ``blackhole:``."""
+    bh = cfg.blackhole
+    return Defaults(bh.next_hop_v4, bh.next_hop_v6, bh.communities, bh.manual_duration_s or None, bh.no_export)
+
+
+def blackhole_manager(cfg: Settings, state: StateDB, announcer: Any, registry: CollectorRegistry | None,
+                      events: Any = None) -> BlackholeManager:
+    """The blackhole manager as configured: the collector's, and the one `flowenricher
+    blackhole expire` runs while the collector is down (same policy, defaults, audit
+    trail and notifications)."""
+    from .detect.actions import BlackholeNotifier
+
+    bh, det = cfg.blackhole, cfg.detection
+    notifier = BlackholeNotifier(alerts_log=det.alerts_log, slack_webhook=det.slack_webhook, webhooks=det.webhooks)
+    return BlackholeManager(state, announcer, SafetyPolicy(safety_settings(cfg)), bh.log_file, blackhole_defaults(cfg),
+                            registry, reconcile_interval_s=bh.reconcile_interval_s, events=events, notifier=notifier)
 
 
 def _add_stats_recorder(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, query: QueryFn,
@@ -213,12 +236,8 @@ def _add_blackholes(runtime: Runtime, cfg: Settings, registry: CollectorRegistry
     state = StateDB(cfg.storage.state_db)
     announcer = GoBgpAnnouncer(cfg.bgp.gobgp.api)
     events = BlackholeEvents(lambda sql: query(sql, "TSV"), cfg.clickhouse.database)
-    runtime.closers.extend([state.close, announcer.close, events.close])
-    manager = BlackholeManager(
-        state, announcer, SafetyPolicy(safety_settings(cfg)), bh.log_file,
-        Defaults(bh.next_hop_v4, bh.next_hop_v6, bh.communities, bh.manual_duration_s or None),
-        registry, reconcile_interval_s=bh.reconcile_interval_s, events=events,
-    )
+    manager = blackhole_manager(cfg, state, announcer, registry, events)
+    runtime.closers.extend([state.close, announcer.close, events.close, manager.close])
     runtime.blackholes = manager
     runtime.tickers.append(manager.tick)
     active = manager.active()
@@ -237,6 +256,7 @@ def apply_live_config(runtime: Runtime, cfg: Settings, new: Settings) -> list[st
             stages[i] = networks
     if isinstance(runtime.blackholes, BlackholeManager):
         runtime.blackholes.policy = SafetyPolicy(safety_settings(new))
+        runtime.blackholes.defaults = blackhole_defaults(new)
     live = {"my_prefixes", "networks", "blackhole"}
     changed = sorted(k for k in set(new.effective) | set(cfg.effective)
                      if new.effective.get(k) != cfg.effective.get(k) and k not in live)

@@ -43,6 +43,7 @@ import signal
 import socket
 import socketserver
 import ssl
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -216,6 +217,236 @@ def as_text(text: str) -> str:
     return text
 
 
+# ---------------------------------------------------------------- routing filters
+
+# The subset of RouterOS 7's routing filter language that the mikrotik role writes:
+#   rule    := statement+ ;  statement := "if" "(" expr ")" block ["else" block] | action
+#   block   := "{" action* "}" ;  action := ("accept" | "reject" | "set" PROP VALUE) [";"]
+#   expr    := and ("||" and)* ;  and := not ("&&" not)* ;  not := ["!"] ("(" expr ")" | matcher)
+#   matcher := "afi" FAMILY | "dst-len" OP N | "dst" ("==" | "in") PREFIX | "gw" "==" ADDRESS
+#            | ("bgp-communities" | "bgp-large-communities") ("includes" | "any") LIST | "blackhole"
+# Anything else is refused when the rule is written, as RouterOS marks it invalid: a
+# filter the simulator cannot evaluate must never pass silently.
+
+WELL_KNOWN_COMMUNITIES: dict[str, tuple[int, ...]] = {
+                          "graceful-shutdown": (65535, 0), "accept-own": (65535, 1), "llgr-stale": (65535, 6),
+                          "no-llgr": (65535, 7), "blackhole": (65535, 666), "no-export": (65535, 65281),
+                          "no-advertise": (65535, 65282), "local-as": (65535, 65283), "no-peer": (65535, 65284)}
+_TOKEN = re.compile(r"\s*(\|\||&&|==|!=|>=|<=|[(){};!<>]|[^\s(){};!<>=|&]+)")
+_FAMILIES = {"ipv4": 4, "ip": 4, "ipv6": 6}
+
+
+@dataclass(frozen=True)
+class BgpRoute:
+    """A route as a BGP session hands it to the input filter: prefix, next hop and
+    communities (standard as (asn, value), large as (a, b, c))."""
+
+    dst: ipaddress.IPv4Network | ipaddress.IPv6Network
+    gw: ipaddress.IPv4Address | ipaddress.IPv6Address
+    communities: frozenset[tuple[int, ...]] = frozenset()
+    large_communities: frozenset[tuple[int, ...]] = frozenset()
+
+
+def _community_list(text: str, large: bool) -> frozenset[tuple[int, ...]]:
+    """RouterOS's comma-separated community list: a:b (16-bit parts) or names, or a:b:c (32-bit)."""
+    out = set()
+    for item in text.split(","):
+        if not large and item in WELL_KNOWN_COMMUNITIES:
+            out.add(WELL_KNOWN_COMMUNITIES[item])
+            continue
+        parts = item.split(":")
+        limit = 0xFFFFFFFF if large else 0xFFFF
+        if len(parts) != (3 if large else 2) or not all(p.isdigit() and int(p) <= limit for p in parts):
+            kind = "a large community a:b:c (each 0-4294967295)" if large else "a community a:b (each 0-65535)"
+            raise ValueError(f"{item!r} is not {kind}")
+        out.add(tuple(int(p) for p in parts))
+    return frozenset(out)
+
+
+class _Parser:
+    """A recursive-descent parser of one rule; `program()` returns a list of statements,
+    each ("if", condition, then-actions, else-actions) or ("action", action)."""
+
+    def __init__(self, text: str) -> None:
+        self.tokens = _TOKEN.findall(text)
+        if "".join(t.strip() for t in self.tokens) != "".join(text.split()):
+            raise ValueError(f"syntax error in {text!r}")
+        self.pos = 0
+
+    def peek(self) -> str | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self, expected: str | None = None) -> str:
+        token = self.peek()
+        if token is None or (expected is not None and token != expected):
+            raise ValueError(f"syntax error: expected {expected or 'more'}, got {token!r}")
+        self.pos += 1
+        return token
+
+    def program(self) -> list[tuple[object, ...]]:
+        out: list[tuple[object, ...]] = []
+        while self.peek() is not None:
+            if self.peek() == "if":
+                self.take()
+                self.take("(")
+                cond = self.expr()
+                self.take(")")
+                then = self.block()
+                other: list[tuple[str, ...]] = []
+                if self.peek() == "else":
+                    self.take()
+                    other = self.block()
+                out.append(("if", cond, then, other))
+            else:
+                out.append(("action", self.action()))
+        if not out:
+            raise ValueError("empty rule")
+        return out
+
+    def block(self) -> list[tuple[str, ...]]:
+        self.take("{")
+        actions = []
+        while self.peek() != "}":
+            actions.append(self.action())
+        self.take("}")
+        return actions
+
+    def action(self) -> tuple[str, ...]:
+        word = self.take()
+        if word in ("accept", "reject"):
+            result: tuple[str, ...] = (word,)
+        elif word == "set":
+            prop, value = self.take(), self.take()
+            if prop != "blackhole" or value not in ("yes", "no"):
+                raise ValueError(f"unsupported action: set {prop} {value}")
+            result = ("set", prop, value)
+        else:
+            raise ValueError(f"syntax error: unknown action {word!r}")
+        if self.peek() == ";":
+            self.take()
+        return result
+
+    def expr(self) -> object:
+        node = self.conjunction()
+        while self.peek() == "||":
+            self.take()
+            node = ("or", node, self.conjunction())
+        return node
+
+    def conjunction(self) -> object:
+        node = self.negation()
+        while self.peek() == "&&":
+            self.take()
+            node = ("and", node, self.negation())
+        return node
+
+    def negation(self) -> object:
+        if self.peek() == "!":
+            self.take()
+            return ("not", self.negation())
+        if self.peek() == "(":
+            self.take()
+            node = self.expr()
+            self.take(")")
+            return node
+        return self.matcher()
+
+    def matcher(self) -> object:
+        prop = self.take()
+        if prop == "blackhole":
+            return ("blackhole",)
+        if prop == "afi":
+            family = self.take()
+            if family not in _FAMILIES:
+                raise ValueError(f"unknown afi {family!r}")
+            return ("afi", _FAMILIES[family])
+        if prop == "dst-len":
+            op, value = self.take(), self.take()
+            if op not in ("==", "!=", "<", ">", "<=", ">=") or not value.isdigit():
+                raise ValueError(f"syntax error: dst-len {op} {value}")
+            return ("dst-len", op, int(value))
+        if prop == "dst":
+            op, value = self.take(), self.take()
+            if op not in ("==", "in"):
+                raise ValueError(f"syntax error: dst {op}")
+            return ("dst", op, ipaddress.ip_network(value, strict=False))
+        if prop == "gw":
+            self.take("==")
+            return ("gw", ipaddress.ip_address(self.take()))
+        if prop in ("bgp-communities", "bgp-large-communities"):
+            op = self.take()
+            if op not in ("includes", "any"):
+                raise ValueError(f"unsupported operator {prop} {op}")
+            return (prop, op, _community_list(self.take(), prop == "bgp-large-communities"))
+        raise ValueError(f"unsupported matcher {prop!r}")
+
+
+def parse_filter_rule(text: str) -> list[tuple[object, ...]]:
+    """The statements of one filter rule; ValueError says what is wrong."""
+    return _Parser(text).program()
+
+
+def as_filter_rule(text: str) -> str:
+    parse_filter_rule(text)
+    return text
+
+
+_COMPARE: dict[str, Callable[[int, int], bool]] = {
+    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b, ">": lambda a, b: a > b,
+    "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b}
+
+
+def _matches(node: object, route: BgpRoute, attrs: dict[str, bool]) -> bool:
+    assert isinstance(node, tuple)
+    kind = node[0]
+    if kind == "or":
+        return _matches(node[1], route, attrs) or _matches(node[2], route, attrs)
+    if kind == "and":
+        return _matches(node[1], route, attrs) and _matches(node[2], route, attrs)
+    if kind == "not":
+        return not _matches(node[1], route, attrs)
+    if kind == "blackhole":
+        return attrs["blackhole"]
+    if kind == "afi":
+        return bool(route.dst.version == node[1])
+    if kind == "dst-len":
+        return _COMPARE[node[1]](route.dst.prefixlen, node[2])
+    if kind == "dst":
+        net = node[2]
+        return route.dst == net if node[1] == "==" else (
+            route.dst.version == net.version and route.dst.subnet_of(net))
+    if kind == "gw":
+        return bool(route.gw == node[1])
+    wanted: frozenset[tuple[int, ...]] = node[2]
+    have = route.communities if kind == "bgp-communities" else route.large_communities
+    return wanted <= have if node[1] == "includes" else bool(wanted & have)
+
+
+def evaluate_chain(rules: Iterable[str], route: BgpRoute) -> tuple[bool, bool]:
+    """Run `route` through a filter chain's rules in order: (accepted, blackhole).  A rule
+    that neither accepts nor rejects falls through to the next; the chain's end rejects."""
+    attrs = {"blackhole": False}
+
+    def run(actions: Iterable[tuple[str, ...]]) -> bool | None:
+        for action in actions:
+            if action[0] == "set":
+                attrs["blackhole"] = action[2] == "yes"
+            else:
+                return action[0] == "accept"
+        return None
+
+    for text in rules:
+        for statement in parse_filter_rule(text):
+            if statement[0] == "if":
+                _, cond, then, other = statement
+                decided = run(then if _matches(cond, route, attrs) else other)  # type: ignore[arg-type]
+            else:
+                decided = run([statement[1]])  # type: ignore[list-item]
+            if decided is not None:
+                return decided, attrs["blackhole"]
+    return False, False
+
+
 # ---------------------------------------------------------------- menus
 
 @dataclass(frozen=True)
@@ -227,6 +458,7 @@ class Field:
     read_only: bool = False
     since: str | None = None   # first version with this field
     until: str | None = None   # first version without it
+    ref: str | None = None     # the value names an item of this menu (e.g. a BGP instance)
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -243,6 +475,7 @@ class Menu:
     required: tuple[str, ...] = ()
     unique: tuple[str, ...] = ()
     items: list[dict[str, str]] = field(default_factory=list)
+    required_since: dict[str, str] = field(default_factory=dict)  # field -> first version needing it
 
     def fields_for(self, version: str) -> dict[str, Field]:
         key = version_key(version)
@@ -252,6 +485,12 @@ class Menu:
 
 def _common_list_fields() -> dict[str, Field]:
     return {"comment": Field(), "disabled": Field(as_bool, "false")}
+
+
+def _dynamic_route_fields() -> dict[str, Field]:
+    """What RouterOS shows of a route a routing protocol installed (read-only)."""
+    return {name: Field(read_only=True) for name in (
+        "dynamic", "active", "bgp", "belongs-to", "immediate-gw", "bgp.communities", "bgp.large-communities")}
 
 
 def build_menus(version: str, identity: str) -> dict[str, Menu]:
@@ -311,6 +550,15 @@ def build_menus(version: str, identity: str) -> dict[str, Menu]:
             "authentication-password": Field(default=""),
             "encryption-password": Field(default=""),
         }, required=("name",), unique=("name",)),
+        Menu("/routing/bgp/instance", {
+            **_common_list_fields(),
+            "name": Field(),
+            "as": Field(as_int(1, 4294967295)),
+            "router-id": Field(as_address),
+            "routing-table": Field(default="main"),
+            "vrf": Field(default="main"),
+            "cluster-id": Field(as_address),
+        }, required=("name", "as"), unique=("name",)),
         Menu("/routing/bgp/connection", {
             **_common_list_fields(),
             "name": Field(),
@@ -318,7 +566,7 @@ def build_menus(version: str, identity: str) -> dict[str, Menu]:
             "address-families": Field(until="7.19"),
             "afi": Field(since="7.19"),
             "router-id": Field(until="7.20"),
-            "instance": Field(since="7.20"),
+            "instance": Field(since="7.20", ref="/routing/bgp/instance"),
             "local.role": Field(as_enum("ebgp", "ebgp-customer", "ebgp-peer", "ebgp-provider", "ebgp-rs",
                                         "ebgp-rs-client", "ibgp", "ibgp-rr", "ibgp-rr-client")),
             "local.address": Field(as_address),
@@ -336,12 +584,14 @@ def build_menus(version: str, identity: str) -> dict[str, Menu]:
             "output.network": Field(),
             "routing-table": Field(default="main"),
             "templates": Field(),
-        }, required=("name", "local.role", "remote.address"), unique=("name",)),
+        }, required=("name", "local.role", "remote.address"), unique=("name",), required_since={"instance": "7.20"}),
         # `disabled` is only shown once set here (community.routeros models it as unsettable)
-        Menu("/routing/filter/rule", {"comment": Field(), "disabled": Field(as_bool), "chain": Field(), "rule": Field()},
+        Menu("/routing/filter/rule", {"comment": Field(), "disabled": Field(as_bool), "chain": Field(),
+                                      "rule": Field(as_filter_rule)},
              required=("chain",)),
         Menu("/ip/route", {
             **_common_list_fields(),
+            **_dynamic_route_fields(),
             "dst-address": Field(as_prefix),
             "gateway": Field(),
             "blackhole": Field(as_bool),
@@ -353,6 +603,7 @@ def build_menus(version: str, identity: str) -> dict[str, Menu]:
         }, required=("dst-address",)),
         Menu("/ipv6/route", {
             **_common_list_fields(),
+            **_dynamic_route_fields(),
             "dst-address": Field(as_prefix),
             "gateway": Field(),
             "blackhole": Field(as_bool),
@@ -362,6 +613,8 @@ def build_menus(version: str, identity: str) -> dict[str, Menu]:
             "target-scope": Field(as_int(0, 255), "10"),
         }, required=("dst-address",)),
     ]
+    if version_key(version) < (7, 20):
+        menus = [m for m in menus if m.path != "/routing/bgp/instance"]
     by_path = {m.path: m for m in menus}
     for menu in menus:
         if menu.single:
@@ -436,6 +689,62 @@ class RouterOsState:
         self.lock = threading.RLock()
         self._next_id = 1
         self._on_change = on_change
+        # Adj-RIB-in: what each BGP peer (by address) announced, before the input filter.
+        self.received: dict[str, dict[str, BgpRoute]] = {}
+        self._route_ids: dict[tuple[str, str], int] = {}
+
+    # ------------------------------------------------------------ BGP routes
+
+    def feed(self, peer: str, routes: Iterable[BgpRoute]) -> None:
+        """The routes `peer` announces now (a full table: what is missing was withdrawn)."""
+        with self.lock:
+            table = {str(r.dst): r for r in routes}
+            if self.received.get(peer) == table:
+                return
+            self.received[peer] = table
+            self._changed()
+
+    def _connection_for(self, peer: str) -> dict[str, str] | None:
+        address = ipaddress.ip_address(peer)
+        for conn in self.menus["/routing/bgp/connection"].items:
+            remote = conn.get("remote.address", "")
+            if conn.get("disabled") == "true" or not remote:
+                continue
+            if address in ipaddress.ip_network(remote, strict=False):
+                return conn
+        return None
+
+    def _install(self) -> None:
+        """Recompute the routes BGP installs: each received route through its connection's
+        input filter chain (RouterOS re-filters when rules or connections change)."""
+        tables = {4: self.menus["/ip/route"], 6: self.menus["/ipv6/route"]}
+        for menu in tables.values():
+            menu.items[:] = [i for i in menu.items if i.get("bgp") != "true"]
+        rules = self.menus["/routing/filter/rule"].items
+        for peer, received in sorted(self.received.items()):
+            conn = self._connection_for(peer)
+            if conn is None:
+                continue  # no session configured for this peer: RouterOS would not have one
+            chain = conn.get("input.filter", "")
+            texts = [r.get("rule", "") for r in rules if r.get("chain") == chain and r.get("disabled") != "true"]
+            ibgp = conn.get("local.role", "").startswith("ibgp")
+            for key, route in sorted(received.items()):
+                accepted, blackhole = evaluate_chain(texts, route) if chain else (True, False)
+                if not accepted:
+                    continue
+                menu = tables[route.dst.version]
+                menu.items.append({
+                    ".id": f"*{0x8000000 + self._stable_id(peer, key):X}", "dst-address": key, "gateway": str(route.gw),
+                    "distance": "200" if ibgp else "20", "scope": "40", "target-scope": "30", "routing-table": "main",
+                    "dynamic": "true", "bgp": "true", "active": "true" if blackhole else "false",
+                    "blackhole": "true" if blackhole else "false", "belongs-to": f"bgp-IP-{peer}", "disabled": "false",
+                    "bgp.communities": ",".join(f"{a}:{b}" for a, b in sorted(route.communities)),
+                    "bgp.large-communities": ",".join(":".join(map(str, c)) for c in sorted(route.large_communities)),
+                })
+
+    def _stable_id(self, peer: str, key: str) -> int:
+        """The same id for the same peer and prefix across recomputations."""
+        return self._route_ids.setdefault((peer, key), len(self._route_ids) + 1)
 
     def _menu(self, path: str) -> Menu:
         menu = self.menus.get(path)
@@ -450,7 +759,7 @@ class RouterOsState:
         try:
             return fields[name].norm(value)
         except ValueError as err:
-            detail = f" ({err})" if "range" in str(err) else ""
+            detail = f" ({err})" if "range" in str(err) or name == "rule" else ""
             raise ApiTrap(f"invalid value for argument {name}{detail}", category=1) from err
 
     def _find(self, menu: Menu, ids: str) -> list[dict[str, str]]:
@@ -463,6 +772,7 @@ class RouterOsState:
         return found
 
     def _changed(self) -> None:
+        self._install()
         if self._on_change is not None:
             self._on_change(self)
 
@@ -516,11 +826,16 @@ class RouterOsState:
             out[name] = self._normalize(menu, name, value)
             if menu.fields[name].read_only:
                 raise ApiTrap(f"failure: {name} is read-only", category=1)
+            ref = menu.fields[name].ref
+            if ref is not None and not any(i.get("name") == out[name] for i in self._menu(ref).items):
+                # RouterOS 7.20 refuses a connection outside an existing instance ("" included)
+                raise ApiTrap(f"input does not match any value of {name}", category=1)
         return out
 
     def _add(self, menu: Menu, attrs: dict[str, str]) -> str:
         values = self._checked(menu, attrs)
-        for name in menu.required:
+        for name in (*menu.required, *(n for n, v in menu.required_since.items()
+                                        if version_key(self.version) >= version_key(v))):
             if name not in values:
                 raise ApiTrap(f"failure: {name} not specified", category=1)
         for name in menu.unique:
@@ -547,6 +862,8 @@ class RouterOsState:
 
     def _set(self, menu: Menu, attrs: dict[str, str]) -> None:
         targets = self._targets(menu, attrs)
+        if any(i.get("dynamic") == "true" for i in targets):
+            raise ApiTrap("failure: cannot change dynamic entry", category=1)
         unset = [k[1:] for k in attrs if k.startswith("!")]
         values = self._checked(menu, {k: v for k, v in attrs.items() if not k.startswith("!")})
         for name in unset:
@@ -581,6 +898,8 @@ class RouterOsState:
     def _remove(self, menu: Menu, attrs: dict[str, str]) -> None:
         ids = attrs.get(".id") or attrs.get("numbers") or ""
         targets = self._find(menu, ids)
+        if any(i.get("dynamic") == "true" for i in targets):
+            raise ApiTrap("failure: cannot remove dynamic entry", category=1)
         if any(i.get("default") == "true" for i in targets):
             raise ApiTrap("failure: can not remove default community", category=1)
         menu.items[:] = [i for i in menu.items if all(i is not t for t in targets)]
@@ -598,6 +917,82 @@ class RouterOsState:
         with self.lock:
             return {path: [dict(i) for i in menu.items] for path, menu in self.menus.items()
                     if not path.startswith("/system/resource")}
+
+
+# ---------------------------------------------------------------- route feed from BIRD
+
+_BIRD_ROUTE = re.compile(r"^(\S+/\d+)\s")
+_PAIR = re.compile(r"\((\d+),\s*(\d+)\)")
+_TRIPLE = re.compile(r"\((\d+),\s*(\d+),\s*(\d+)\)")
+
+
+def parse_birdc_routes(text: str) -> list[BgpRoute]:
+    """The routes of ``birdc show route all ...``: prefix, ``BGP.next_hop`` (its first
+    address), ``BGP.community`` and ``BGP.large_community``.  A route without a BGP next
+    hop is skipped (it did not come from a BGP session)."""
+    routes: list[BgpRoute] = []
+    current: dict[str, str] = {}
+    communities: dict[str, set[tuple[int, ...]]] = {"std": set(), "large": set()}
+
+    def flush() -> None:
+        if current.get("gw"):
+            routes.append(BgpRoute(ipaddress.ip_network(current["dst"]), ipaddress.ip_address(current["gw"]),
+                                   frozenset(communities["std"]), frozenset(communities["large"])))
+        current.clear()
+        communities["std"], communities["large"] = set(), set()
+
+    for line in text.splitlines():
+        head = _BIRD_ROUTE.match(line)
+        if head:
+            flush()
+            current["dst"] = head.group(1)
+            continue
+        field_name, _, value = line.strip().partition(": ")
+        if field_name == "BGP.next_hop" and "dst" in current:
+            current["gw"] = value.split()[0]
+        elif field_name == "BGP.community":
+            communities["std"] = {(int(a), int(b)) for a, b in _PAIR.findall(value)}
+        elif field_name == "BGP.large_community":
+            communities["large"] = {(int(a), int(b), int(c)) for a, b, c in _TRIPLE.findall(value)}
+    flush()
+    return routes
+
+
+class BirdFeed:
+    """Feeds the routes one BIRD protocol holds to the simulator as one BGP peer's
+    announcements: the Molecule scenario's BIRD keeps the BGP session with the appliance,
+    and the simulated router's route table follows what that session receives."""
+
+    def __init__(self, state: RouterOsState, socket_path: Path, protocols: Iterable[str], peer: str,
+                 interval: float = 0.2, birdc: str = "birdc") -> None:
+        self.state, self.socket_path, self.protocols, self.peer = state, socket_path, list(protocols), peer
+        self.interval, self.birdc = interval, birdc
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bird-feed", daemon=True)
+
+    def poll(self) -> None:
+        """One read of BIRD's routes into the simulator (a failed read changes nothing)."""
+        routes: list[BgpRoute] = []
+        for protocol in self.protocols:
+            done = subprocess.run([self.birdc, "-s", str(self.socket_path), "show", "route", "all", "protocol", protocol],
+                                  capture_output=True, text=True, timeout=10, check=False)
+            if done.returncode != 0 or "BIRD" not in done.stdout or "error" in done.stdout.lower():
+                return
+            routes += parse_birdc_routes(done.stdout)
+        self.state.feed(self.peer, routes)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                self.poll()
+
+    def start(self) -> BirdFeed:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 # ---------------------------------------------------------------- sessions
@@ -757,7 +1152,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", type=Path, help="API-SSL private key (PEM)")
     parser.add_argument("--version", default=DEFAULT_VERSION, help="RouterOS version to report and emulate")
     parser.add_argument("--state-file", type=Path, help="JSON state written after every change")
+    parser.add_argument("--bird-socket", type=Path, help="BIRD control socket: its routes feed the route table")
+    parser.add_argument("--bird-protocol", default="appliance", help="the BIRD protocols whose routes are fed (a,b)")
+    parser.add_argument("--bird-peer", help="that session's peer address (matched to a BGP connection's remote.address)")
     args = parser.parse_args(argv)
+    if bool(args.bird_socket) != bool(args.bird_peer):
+        parser.error("--bird-socket and --bird-peer go together")
     host, _, port = args.listen.rpartition(":")
     password = args.password_file.read_text().strip() if args.password_file else ""
     if bool(args.cert) != bool(args.key):
@@ -767,9 +1167,13 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     sim.start()
+    feed = (BirdFeed(sim.state, args.bird_socket, args.bird_protocol.split(","), args.bird_peer).start()
+            if args.bird_socket else None)
     print(f"routeros-sim: RouterOS {args.version} API{'-SSL' if tls else ''} on {host}:{sim.port}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
+    if feed is not None:
+        feed.stop()
     sim.stop()
     return 0
 

@@ -35,7 +35,7 @@ from ..common.bgp_values import (
     parse_communities,
     parse_next_hop,
 )
-from .safety import Refused, SafetyPolicy, parse_prefix
+from .safety import CapReached, Pool, Refused, SafetyPolicy, parse_prefix
 from .state import Blackhole, BlackholeRow, StateDB
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,20 @@ class Defaults:
     next_hop_v6: str = DISCARD_NEXT_HOP_V6
     communities: tuple[str, ...] = ("65535:666",)
     duration_s: float | None = None
+    no_export: bool = False
+    """Add NO_EXPORT (RFC 1997) to every announcement, so a blackhole never leaves the
+    router's AS (``blackhole.no_export``, on in the config by default)."""
+
+
+NOTIFIED = frozenset({"announce", "withdraw", "failed", "cap"})
+"""The actions an operator is told about through the alert channels."""
+
+
+class Notifier(Protocol):
+    """Where announce, withdraw, failure and cap-reached go (detect/actions.py: the
+    alert log, Slack and webhooks).  Must not raise, must not block."""
+
+    def blackhole_notice(self, action: str, prefix: str, source: str, rule: str, reason: str) -> None: ...
 
 
 class BlackholeManager:
@@ -91,9 +105,13 @@ class BlackholeManager:
     def __init__(self, state: StateDB, announcer: Announcer, policy: SafetyPolicy, log_path: Path | None,
                  defaults: Defaults = Defaults(), registry: CollectorRegistry | None = None,
                  clock: Callable[[], float] = time.time, reconcile_interval_s: float = 5.0,
-                 events: EventSink | None = None) -> None:
+                 events: EventSink | None = None, notifier: Notifier | None = None) -> None:
         self.state = state
         self.events = events
+        self.notifier = notifier
+        # Dry run stores nothing, yet must honour the caps: what it would hold, in memory.
+        self._dry: dict[str, tuple[float | None, Pool]] = {}
+        self._cap_noticed: dict[str, float] = {}
         self.announcer = announcer
         self.policy = policy
         self.defaults = defaults
@@ -112,6 +130,8 @@ class BlackholeManager:
                                registry=registry)
         self._failed = Counter("flowenricher_blackhole_failed", "Blackholes GoBGP refused for good (failed state)",
                                ["source"], registry=registry)
+        self._cap_reached = Counter("flowenricher_blackhole_cap_reached", "Requests refused because a cap was full",
+                                    ["cap"], registry=registry)
         self._active = Gauge("flowenricher_blackholes_active", "Blackholes active now", registry=registry)
         self._pending = Gauge("flowenricher_blackholes_pending", "Blackhole changes waiting for GoBGP",
                               registry=registry)
@@ -132,8 +152,9 @@ class BlackholeManager:
         text = str(net)
         hop = next_hop or (self.defaults.next_hop_v4 if net.version == 4 else self.defaults.next_hop_v6)
         comms = tuple(communities) if communities else self.defaults.communities
-        duration = duration_s if duration_s is not None else self.defaults.duration_s
+        asked = duration_s if duration_s is not None else self.defaults.duration_s
         now = self._clock()
+        pool = self.policy.pool_of(net)
         with self._lock:
             try:
                 next_hop_for(net, hop)
@@ -142,15 +163,27 @@ class BlackholeManager:
                 self._refused.labels(source).inc()
                 self._log("refused", text, hop, comms, source, rule, evidence, None, reason=str(err))
                 raise Refused(str(err)) from err
+            dry = self.policy.settings.dry_run
             current = self.state.find_active(text)
             try:
-                self.policy.check(net, role, self._occupied(), now, already_active=current is not None)
+                self.policy.check(net, role, self._occupied(now), now,
+                                  already_active=current is not None or (dry and text in self._dry),
+                                  recent=None if dry else self.state.created_since(now - 60))
             except Refused as err:
                 self._refused.labels(source).inc()
                 self._log("refused", text, hop, comms, source, rule, evidence, None, reason=str(err))
+                if isinstance(err, CapReached):
+                    self._cap_reached.labels("per_minute" if "last minute" in str(err) else pool).inc()
+                    self._cap_notice(pool, text, source, rule, str(err), now)
                 raise
+            window = self.policy.settings.repeat_window_s
+            earlier = self.state.bans_since(text, now - window) if pool == "source" and window > 0 else 0
+            duration = self.policy.duration(pool, asked or None, earlier)
             expires = now + duration if duration else None
-            if self.policy.settings.dry_run:
+            if dry:
+                if text not in self._dry:
+                    self.policy.admitted(now)
+                self._dry[text] = (expires, pool)
                 self._log("dry-run-announce", text, hop, comms, source, rule, evidence, expires)
                 log.warning("dry run: would blackhole %s via %s %s (%s)", text, hop, ",".join(comms), rule or source)
                 return Blackhole(0, text, hop, comms, source, rule, evidence or {}, now, expires, None, False)
@@ -165,7 +198,8 @@ class BlackholeManager:
                 return self._row(current.id) or current
             self.policy.admitted(now)
             row = self.state.add(prefix=text, next_hop=hop, communities=list(comms), source=source, rule=rule,
-                                 evidence=evidence or {}, created_at=now, expires_at=expires, announced=False)
+                                 evidence=evidence or {}, created_at=now, expires_at=expires, announced=False,
+                                 role=pool)
             self._pending_withdrawals.pop(text, None)
             self._log("announce", text, hop, comms, source, rule, evidence, expires)
             self._actions.labels("announce", source).inc()
@@ -177,11 +211,12 @@ class BlackholeManager:
         """Withdraw an active blackhole; None when `prefix` is not active."""
         text = str(parse_prefix(prefix))
         with self._lock:
+            if self.policy.settings.dry_run and self._dry.pop(text, None) is not None:
+                self._log("dry-run-withdraw", text, "", (), "api", "", None, None, reason=reason)
             current = self.state.find_active(text)
             if current is None:
                 return None
-            self._withdraw(current, reason, self._clock())
-            return current
+            return current if self._withdraw(current, reason, self._clock()) else None
 
     def request(self, prefix: str, next_hop: str | None, communities: list[str], duration_s: float, rule: str,
                 evidence: dict[str, Any]) -> None:
@@ -208,6 +243,12 @@ class BlackholeManager:
     def active(self) -> list[Blackhole]:
         return self.state.active()
 
+    def close(self) -> None:
+        """Let queued notifications go out (the notifier's background thread)."""
+        close = getattr(self.notifier, "close", None)
+        if callable(close):
+            close()
+
     # ----------------------------------------------------------------- time
 
     def tick(self, now: float | None = None) -> None:
@@ -216,9 +257,7 @@ class BlackholeManager:
         with self._lock:
             # Withdrawals before announcements: after an outage GoBGP must never hold
             # more than max_active, even for a moment.
-            for bh in self.state.active():
-                if bh.expires_at is not None and bh.expires_at <= now:
-                    self._withdraw(bh, "expired", now)
+            self.expire(now)
             for prefix, (hop, comms) in list(self._pending_withdrawals.items()):
                 self._try_withdraw(prefix, hop, comms)
             for bh in self.state.active():
@@ -228,6 +267,28 @@ class BlackholeManager:
                 self._next_reconcile = now + self._reconcile_interval
                 self.reconcile()
             self._update_gauges()
+
+    def expire(self, now: float | None = None) -> list[Blackhole]:
+        """Withdraw every blackhole whose expiry has passed; the ones this call withdrew.
+
+        Runs on every tick of the collector and, without it, from `flowenricher
+        blackhole expire` (a systemd timer): each row is claimed in the state DB before
+        its route is withdrawn, so two processes expiring at once withdraw it once."""
+        now = self._clock() if now is None else now
+        done = []
+        with self._lock:
+            for prefix, (until, _pool) in list(self._dry.items()):
+                if until is not None and until <= now:
+                    del self._dry[prefix]
+            for bh in self.state.active():
+                if bh.expires_at is not None and bh.expires_at <= now and self._withdraw(bh, "expired", now):
+                    done.append(bh)
+        return done
+
+    def pending_withdrawals(self) -> list[str]:
+        """Prefixes withdrawn in the state DB that GoBGP has not taken the withdrawal of."""
+        with self._lock:
+            return sorted(self._pending_withdrawals)
 
     def reconcile(self) -> None:
         """Make GoBGP hold exactly the active blackholes (after either side restarted)."""
@@ -255,22 +316,52 @@ class BlackholeManager:
 
     # ----------------------------------------------------------------- internals
 
-    def _withdraw(self, bh: Blackhole, reason: str, now: float) -> None:
-        self.state.update(bh.id, withdrawn_at=now, withdraw_reason=reason)
+    def _withdraw(self, bh: Blackhole, reason: str, now: float) -> bool:
+        """Claim the row, then withdraw the route; False when another process (the
+        collector, or `blackhole expire`) claimed it first and withdraws it itself."""
+        if not self.state.claim_withdrawal(bh.id, now, reason):
+            return False
         self._log("withdraw", bh.prefix, bh.next_hop, bh.communities, bh.source, bh.rule, None, bh.expires_at,
                   reason=reason)
         self._actions.labels("withdraw", reason).inc()
         self._pending_withdrawals[bh.prefix] = (bh.next_hop, bh.communities)
         self._try_withdraw(bh.prefix, bh.next_hop, bh.communities)
         self._update_gauges()
+        return True
 
-    def _occupied(self) -> int:
-        """What counts against max_active: the active blackholes, and the withdrawn ones
-        GoBGP has not confirmed withdrawing (it may still hold them).  Found by a property
-        test: with a withdrawal stuck while GoBGP was down, new announcements filled the
-        cap and GoBGP held one more than max_active once it came back."""
+    def _occupied(self, now: float) -> dict[str, int]:
+        """What holds a slot of each pool's cap: the active blackholes, and the withdrawn
+        ones GoBGP has not confirmed withdrawing (it may still hold them).  Found by a
+        property test: with a withdrawal stuck while GoBGP was down, new announcements
+        filled the cap and GoBGP held one more than max_active once it came back.  In a
+        dry run, what it would hold."""
+        counts = {"source": 0, "victim": 0}
+        if self.policy.settings.dry_run:
+            for until, pool in self._dry.values():
+                if until is None or until > now:
+                    counts[pool] += 1
+            return counts
         active = {bh.prefix for bh in self.state.active()}
-        return len(active) + sum(1 for prefix in self._pending_withdrawals if prefix not in active)
+        for prefix in active | set(self._pending_withdrawals):
+            try:
+                counts[self.policy.pool_of(parse_prefix(prefix))] += 1
+            except Refused:
+                counts["source"] += 1
+        return counts
+
+    def _cap_notice(self, pool: str, prefix: str, source: str, rule: str, reason: str, now: float) -> None:
+        """Cap reached: told once a minute per pool, not once per refused request."""
+        if now - self._cap_noticed.get(pool, float("-inf")) >= 60:
+            self._cap_noticed[pool] = now
+            self._notify("cap", prefix, source, rule, reason)
+
+    def _notify(self, action: str, prefix: str, source: str, rule: str, reason: str) -> None:
+        if self.notifier is None:
+            return
+        try:
+            self.notifier.blackhole_notice(action, prefix, source, rule, reason)
+        except Exception:  # a notification must never stop a blackhole
+            log.exception("blackhole %s %s: could not queue the notification", action, prefix)
 
     def _row(self, row_id: int) -> Blackhole | None:
         with self.state.session() as session:
@@ -279,7 +370,7 @@ class BlackholeManager:
 
     def _try_announce(self, bh: Blackhole) -> None:
         try:
-            self.announcer.announce(bh.prefix, bh.next_hop, bh.communities)
+            self.announcer.announce(bh.prefix, bh.next_hop, self._wire(bh.communities))
         except AnnounceRefused as err:
             self._fail(bh, str(err))
             return
@@ -308,12 +399,19 @@ class BlackholeManager:
 
     def _try_withdraw(self, prefix: str, hop: str, comms: Sequence[str]) -> None:
         try:
-            self.announcer.withdraw(prefix, hop, comms)
+            self.announcer.withdraw(prefix, hop, self._wire(comms) if comms else comms)
         except AnnounceError as err:
             self._errors.inc()
             log.warning("withdraw %s: GoBGP did not take it (%s); retrying", prefix, err)
             return
         self._pending_withdrawals.pop(prefix, None)
+
+    def _wire(self, comms: Sequence[str]) -> tuple[str, ...]:
+        """The communities sent to GoBGP: the stored ones, plus NO_EXPORT when configured
+        (the API keeps showing the communities as asked)."""
+        if self.defaults.no_export and not any(c.strip().lower() in ("no-export", "65535:65281") for c in comms):
+            return (*comms, "no-export")
+        return tuple(comms)
 
     def _update_gauges(self) -> None:
         self._active.set(len(self.state.active()))
@@ -337,6 +435,8 @@ class BlackholeManager:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with self.log_path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(line, default=str) + "\n")
+        if action in NOTIFIED:
+            self._notify(action, prefix, source, rule, reason)
         if self.events is not None:
             try:
                 self.events.manager_action(action, prefix, hop, comms, source, rule, expires, reason, evidence)

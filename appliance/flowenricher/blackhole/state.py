@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import JSON, Float, Integer, String, create_engine, event, inspect, select, text
+from sqlalchemy import JSON, Float, Integer, String, create_engine, event, func, inspect, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -43,9 +43,10 @@ class BlackholeRow(_Base):
     withdraw_reason: Mapped[str] = mapped_column(String(64), default="")
     announced: Mapped[bool] = mapped_column(default=False)  # GoBGP confirmed the last announcement
     failed_reason: Mapped[str] = mapped_column(String(512), default="")  # set: refused for good
+    role: Mapped[str] = mapped_column(String(16), default="")  # "source" or "victim" (safety.pool_of)
 
 
-_ADDED_COLUMNS = {"failed_reason": "VARCHAR(512) NOT NULL DEFAULT ''"}
+_ADDED_COLUMNS = {"failed_reason": "VARCHAR(512) NOT NULL DEFAULT ''", "role": "VARCHAR(16) NOT NULL DEFAULT ''"}
 """Columns added after the first release: added to an existing state DB when it is opened
 (create_all makes missing tables only)."""
 
@@ -77,6 +78,7 @@ class Blackhole:
     announced: bool
     failed_reason: str = ""
     withdraw_reason: str = ""
+    role: str = ""
 
     @property
     def state(self) -> BlackholeState:
@@ -93,7 +95,7 @@ class Blackhole:
     def of(cls, row: BlackholeRow) -> Blackhole:
         return cls(row.id, row.prefix, row.next_hop, tuple(row.communities), row.source, row.rule,
                    json.loads(json.dumps(row.evidence)), row.created_at, row.expires_at, row.withdrawn_at,
-                   row.announced, row.failed_reason or "", row.withdraw_reason or "")
+                   row.announced, row.failed_reason or "", row.withdraw_reason or "", row.role or "")
 
 
 def recent_failures(history: list[Blackhole], active: list[Blackhole], now: float,
@@ -160,6 +162,34 @@ class StateDB:
             if row is not None:
                 for key, value in values.items():
                     setattr(row, key, value)
+
+    def claim_withdrawal(self, row_id: int, now: float, reason: str) -> bool:
+        """Mark an active row withdrawn; True only for the one caller that did it.
+
+        The collector's manager and `flowenricher blackhole expire` (a systemd timer) may
+        expire the same row at the same moment, from two processes on one SQLite file.
+        A conditional UPDATE is atomic there (SQLite serialises writers), so exactly one
+        of them claims the row and withdraws the route; the other sees 0 rows changed.
+        """
+        with self.session() as s:
+            result = s.execute(update(BlackholeRow)
+                               .where(BlackholeRow.id == row_id, BlackholeRow.withdrawn_at.is_(None))
+                               .values(withdrawn_at=now, withdraw_reason=reason))
+            return bool(getattr(result, "rowcount", 0) == 1)
+
+    def created_since(self, since: float) -> int:
+        """New blackholes stored at or after `since`: the per-minute limit's window, read
+        from the DB so that a restart or a reload cannot reset it."""
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(BlackholeRow)
+                                .where(BlackholeRow.created_at >= since)) or 0)
+
+    def bans_since(self, prefix: str, since: float) -> int:
+        """Source bans of `prefix` created at or after `since` (repeat-offender escalation)."""
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(BlackholeRow)
+                                .where(BlackholeRow.prefix == prefix, BlackholeRow.role == "source",
+                                       BlackholeRow.created_at >= since)) or 0)
 
     def history(self, limit: int = 100) -> list[Blackhole]:
         with self.session() as s:

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +37,7 @@ from .rules import Rule
 __all__ = [
     "AlertLog",
     "BlackholeAction",
+    "BlackholeNotifier",
     "BlackholeSink",
     "ClickHouseDetections",
     "SlackNotifier",
@@ -309,6 +311,58 @@ class BlackholeAction:
 
     def close(self) -> None:
         self._outbox.close()
+
+
+class BlackholeNotifier:
+    """Tells the operator what the blackhole manager did (announce, withdraw, failed,
+    cap reached) through the alert channels of ``detection``: one JSON line in the
+    alert log (``"event": "blackhole"``, beside the detections), a Slack message and a
+    POST to each webhook, from a background thread with the detections' retries."""
+
+    name = "blackhole-notice"
+
+    def __init__(self, *, alerts_log: str | os.PathLike[str] | None = None, slack_webhook: str | None = None,
+                 webhooks: Sequence[str | Mapping[str, Any]] = (), timeout_s: float = 5.0) -> None:
+        # Delivery counters of its own, on no registry: build_actions registers the
+        # detections' (same names) on the service's registry.
+        metrics = DeliveryMetrics(None)
+        self._log_path = Path(alerts_log) if alerts_log is not None else None
+        self._slack = slack_webhook
+        self._hooks = [(item, {}) if isinstance(item, str) else (str(item["url"]), dict(item.get("headers") or {}))
+                       for item in webhooks]
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._outbox: Outbox[dict[str, Any]] | None = None
+        if self._slack or self._hooks:
+            self._outbox = Outbox(self.name, self._send, metrics)
+
+    def blackhole_notice(self, action: str, prefix: str, source: str, rule: str, reason: str) -> None:
+        notice = {"event": "blackhole", "action": action, "prefix": prefix, "source": source, "rule": rule,
+                  "reason": reason, "time": datetime.now(UTC).isoformat(timespec="milliseconds")}
+        if self._log_path is not None:
+            try:
+                with self._lock, self._log_path.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(notice, separators=(",", ":")) + "\n")
+            except OSError as err:
+                log.warning("blackhole notice: cannot write %s: %s", self._log_path, err)
+        if self._outbox is not None:
+            self._outbox.put(notice)
+
+    def _send(self, notices: list[dict[str, Any]]) -> None:
+        for notice in notices:
+            if self._slack:
+                text = f":no_entry: blackhole {notice['action']} {notice['prefix']}"
+                text += f" ({notice['rule'] or notice['source']})" + (f": {notice['reason']}" if notice["reason"] else "")
+                _post_json(self._slack, {"text": text}, {}, self._timeout_s)
+            for url, headers in self._hooks:
+                _post_json(url, notice, headers, self._timeout_s)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        return self._outbox.flush(timeout_s) if self._outbox is not None else True
+
+    def close(self) -> None:
+        if self._outbox is not None:
+            self._outbox.close()
 
 
 # --------------------------------------------------------------------------- wiring
