@@ -101,7 +101,15 @@ class Setup:
         return self.workdir / "detections.log"
 
     def detections(self) -> list[dict[str, Any]]:
-        """Every line of detections.log so far."""
+        """Every detection in detections.log so far (the blackhole manager's notices,
+        ``"event": "blackhole"``, share the file: see blackhole_notices)."""
+        return [line for line in self._alert_lines() if line.get("event") != "blackhole"]
+
+    def blackhole_notices(self) -> list[dict[str, Any]]:
+        """The blackhole manager's notices in detections.log (announce, withdraw, ...)."""
+        return [line for line in self._alert_lines() if line.get("event") == "blackhole"]
+
+    def _alert_lines(self) -> list[dict[str, Any]]:
         if not self.alerts.exists():
             return []
         return [json.loads(line) for line in self.alerts.read_text().splitlines() if line.strip()]
@@ -226,8 +234,11 @@ def test_horizontal_scan_blackholes_the_scanner(setup: Setup) -> None:
     route = setup.wait_route(SCANNER_H)
     attack_report(truth, detection)
     assert f"BGP.next_hop: {NEXT_HOP}" in route and "(65001,666)" in route, route
+    assert "(65535,65281)" in route, route  # NO_EXPORT on every announcement by default
     # Every detection and route of this run is about the scanner (no victim, no bystander).
     assert {d["address"] for d in setup.detections()[before:]} == {SCANNER_H}
+    assert {"action": "announce", "prefix": f"{SCANNER_H}/32", "rule": "slow_horizontal_scan"}.items() <= next(
+        n for n in setup.blackhole_notices() if n["prefix"] == f"{SCANNER_H}/32").items()  # the operator was told
     assert setup.bird_routes() - routes == {f"{SCANNER_H}/32"}
     rows = setup.stored_detections(SCANNER_H, "slow_horizontal_scan")
     assert rows and rows[0]["key"] == "src" and rows[0]["blackhole"] in (True, 1), rows

@@ -455,9 +455,6 @@ class SnmpPoller:
         except Exception as err:  # pysnmp raises its own errors for bad addresses and names
             self._failed(state, f"{type(err).__name__}: {err}", "error")
             return
-        tables = dict(self._tables)
-        tables[key] = table
-        self._tables = MappingProxyType(tables)
         before = state.health
         if before.failures:
             log.info("SNMP agent for exporter %s answers again after %d failed walks", state.label, before.failures)
@@ -470,6 +467,11 @@ class SnmpPoller:
         self._metrics.walks.labels(state.label, "ok").inc()
         self._metrics.interfaces.labels(state.label).set(len(interfaces))
         self._metrics.retry.labels(state.label).set(0)
+        # Published last: whoever sees the new interfaces sees the health and metrics of
+        # the walk that found them (a reader saw the table with the failures before it).
+        tables = dict(self._tables)
+        tables[key] = table
+        self._tables = MappingProxyType(tables)
 
     def _failed(self, state: _TargetState, message: str, result: str) -> None:
         failures = state.health.failures + 1
