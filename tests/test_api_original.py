@@ -1,4 +1,4 @@
-"""The original flowenricher calls (../shared/examples/README.md) keep working, over real
+"""The original flowenricher calls (tests/data/examples/README.md, a copy of the published one) keep working, over real
 HTTP with curl, and the versioned blackhole API around the same manager."""
 
 from __future__ import annotations

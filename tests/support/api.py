@@ -34,7 +34,7 @@ from .recording_gobgp import RecordingGoBGP
 
 HOUR = 3600
 
-# The original README's calls exactly as published (../shared/examples/README.md); the
+# The original README's calls exactly as published (tests/data/examples/README.md, a copy of the published one); the
 # tests add the bearer header the appliance requires (see :func:`curl`).
 ORIGINAL_CALLS = [
     """curl -X POST http://127.0.0.1:9600/announce -H 'Content-Type: application/json' \
