@@ -10,21 +10,18 @@ well: a SIGKILL while flows wait in the spool, one datagram of 150 days.  Real p
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import socket
 import struct
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import FlowenricherProcess, free_port
+from support import free_port
 from support.clickhouse_http import ClickHouseHTTPStandIn
 from support.netflow_strategies import Composed, check_composed
 from support.netflow_wire import ipfix_message, ipfix_set, ipfix_template, sflow_datagram, uint
@@ -95,31 +92,7 @@ class ServerCollector(Collector):
     its spool in `<workdir>/data/spool`."""
 
     def __init__(self, workdir: Path, port: int, server_port: int, name: str = "service") -> None:
-        self.workdir, self.port, self.data = workdir, port, workdir / "data"
-        self.metrics_url = f"http://127.0.0.1:{free_port(socket.SOCK_STREAM)}/metrics"
-        config = workdir / f"{name}.yaml"
-        config.write_text(
-            "collectors:\n"
-            f"  listeners: [{{address: 127.0.0.1, port: {port}, protocol: netflow}}]\n"
-            "  workers: 2\n"
-            f"clickhouse: {{host: 127.0.0.1, port: {server_port}}}\n"
-            f"storage: {{path: {json.dumps(str(self.data))}}}\n"
-            "insert: {batch_size: 5000, flush_interval_ms: 200}\n"
-            f'metrics: {{listen: "{self.metrics_url.split("/")[2]}"}}\n'
-            "api: {enabled: false}\n"
-            "enrich: none\n"
-        )
-        FlowenricherProcess.__init__(self, workdir, name, "run", "--config", str(config))
-
-
-@pytest.fixture
-def services() -> Iterator[list[Collector]]:
-    started: list[Collector] = []
-    try:
-        yield started
-    finally:
-        for service in started:
-            service.stop()
+        super().__init__(workdir, port, name, extra=f"clickhouse: {{host: 127.0.0.1, port: {server_port}}}\n")
 
 
 def _alive(pid: int) -> bool:
@@ -131,13 +104,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_service_killed_with_sigkill_starts_again_at_once(tmp_path: Path, services: list[Collector]) -> None:
+def test_service_killed_with_sigkill_starts_again_at_once(tmp_path: Path, collectors: list[Collector]) -> None:
     """The workers outlived a SIGKILL of the service by about 3 s, holding the port:
     started again at once (by hand, a container, a supervisor faster than systemd's
     RestartSec), the service refused the port, naming "a worker of pid 1"."""
     port = free_port()
     first = Collector(tmp_path, port)
-    services.append(first)
+    collectors.append(first)
     first.wait_listening()
     send(port, build_packets("ipfix", 3000, seed=11), sockets=4)
     first.wait_stored(12_000)
@@ -148,7 +121,7 @@ def test_service_killed_with_sigkill_starts_again_at_once(tmp_path: Path, servic
     first.proc.wait(timeout=10)
 
     again = Collector(tmp_path, port, name="again")  # at once, as a supervisor would
-    services.append(again)
+    collectors.append(again)
     again.wait_listening()  # exited 1 here: "already in use by pid ... (a worker of pid 1 ...)"
     assert not [pid for pid in workers if _alive(pid)], "the old workers still run beside the new service"
     send(port, build_packets("ipfix", 3000, seed=12)[1:], sockets=4)  # data only: templates restored
@@ -165,14 +138,14 @@ def _spooled_rows(data: Path) -> int:
 
 
 def test_service_killed_while_spooling_loses_nothing_and_stores_nothing_twice(
-        tmp_path: Path, services: list[Collector]) -> None:
+        tmp_path: Path, collectors: list[Collector]) -> None:
     """ClickHouse (the HTTP stand-in) goes away, flows go to the spool, the whole service
     is killed with SIGKILL, ClickHouse comes back, the service is started again: every
     flow sent is stored once (rows stored + spooled = rows sent at each step)."""
     with ClickHouseHTTPStandIn(str(tmp_path / "server")) as standin:
         port = free_port()
         first = ServerCollector(tmp_path, port, standin.port)
-        services.append(first)
+        collectors.append(first)
         first.wait_listening()
         send(port, build_packets("ipfix", 3000, seed=21), sockets=4)
         first.wait_for(lambda: _server_count(standin) == 12_000, 30, "12,000 flows on the server")
@@ -187,7 +160,7 @@ def test_service_killed_while_spooling_loses_nothing_and_stores_nothing_twice(
 
         standin.start()
         again = ServerCollector(tmp_path, port, standin.port, name="again")
-        services.append(again)
+        collectors.append(again)
         again.wait_listening()
         again.wait_for(lambda: _spooled_rows(again.data) == 0, 30, "the spool replayed")
         send(port, build_packets("ipfix", 3000, seed=23)[1:], sockets=4)
@@ -197,13 +170,13 @@ def test_service_killed_while_spooling_loses_nothing_and_stores_nothing_twice(
         assert again.stop() == 0
 
 
-def test_exporter_clock_spread_over_150_days_is_stored_whole(tmp_path: Path, services: list[Collector]) -> None:
+def test_exporter_clock_spread_over_150_days_is_stored_whole(tmp_path: Path, collectors: list[Collector]) -> None:
     """With the skew check off (max_clock_skew: 0) one datagram carries flows of 150
     different days (a replayed archive, a clock that jumps): the service stores each of
     them, more days than the store's 100 partitions per insert."""
     port = free_port()
     service = Collector(tmp_path, port, workers=1, extra="  max_clock_skew: 0\n")
-    services.append(service)
+    collectors.append(service)
     service.wait_listening()
     now = int(time.time())
     fields = [(8, 4, 0), (12, 4, 0), (2, 4, 0), (1, 4, 0), (150, 4, 0), (151, 4, 0)]
@@ -270,13 +243,13 @@ def test_composed_sflow_decodes_within_its_columns(composed: Composed) -> None:
 
 
 def test_two_instances_started_together_on_one_port_one_is_refused(
-        tmp_path: Path, services: list[Collector]) -> None:
+        tmp_path: Path, collectors: list[Collector]) -> None:
     """Both found the port free (the check sees only sockets already bound), then both
     bound it with SO_REUSEPORT: each silently received part of the exporters (3 of 3
     tries here).  Now exactly one serves, the other exits 1 naming the port."""
     port = free_port()
     pair = [Collector(tmp_path / "a", port), Collector(tmp_path / "b", port)]
-    services.extend(pair)
+    collectors.extend(pair)
     deadline = time.monotonic() + 60
     while not all(c.proc.poll() is not None or "listening:" in c.output() for c in pair):
         assert time.monotonic() < deadline, [c.output()[-2000:] for c in pair]

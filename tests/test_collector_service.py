@@ -14,11 +14,9 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import FlowenricherProcess, free_port
 
@@ -87,14 +85,6 @@ def send(port: int, packets: list[bytes], sockets: int = 1, source: str = "127.0
                 s.sendto(packet, ("127.0.0.1", port))
 
 
-@pytest.fixture
-def collectors() -> Iterator[list[Collector]]:
-    started: list[Collector] = []
-    try:
-        yield started
-    finally:
-        for c in started:
-            c.stop()
 
 
 def test_a_killed_worker_is_started_again_and_the_service_goes_on(tmp_path: Path, collectors: list[Collector]) -> None:
