@@ -36,7 +36,7 @@ from appliance.flowenricher.decode.stats import SAMPLING_IGNORED
 from appliance.flowenricher.errors import ConfigError
 from appliance.flowenricher.generate.encode import build_packets
 from appliance.flowenricher.storage.settings import StoreSettings
-from appliance.flowenricher.storage.spool import Spool
+from appliance.flowenricher.storage.spool import list_files
 
 RECEIVED = 1_800_000_000
 
@@ -134,7 +134,10 @@ def _server_count(standin: ClickHouseHTTPStandIn) -> int:
 
 
 def _spooled_rows(data: Path) -> int:
-    return Spool.from_settings(StoreSettings(path=str(data))).stats().rows
+    """Rows queued in the running service's spool, read as `flowenricher spool list` reads
+    them (constructing a Spool here would remove the temporary file the service is writing)."""
+    files = list_files(StoreSettings(path=str(data)).spool_path)
+    return sum(f.rows for f in files if f.state == "queued")
 
 
 def test_service_killed_while_spooling_loses_nothing_and_stores_nothing_twice(
