@@ -262,7 +262,7 @@ def test_failed_is_listed_with_its_reason_but_not_in_force(tmp_path: Path) -> No
                            headers=env.headers()).status_code == 200
     env.manager.tick()
     listed = env.client.get("/api/v1/blackholes", headers=env.headers(env.reader)).json()
-    assert [(b["prefix"], b["state"]) for b in listed] == [("203.0.113.1/32", "announced"),
+    assert [(b["prefix"], b["state"]) for b in listed] == [("203.0.113.1/32", "confirmed"),
                                                            ("203.0.113.2/32", "failed")]
     assert listed[1]["reason"].endswith(COMMUNITY_REASON) and listed[1]["announced"] is False
     original = env.client.get("/blackholes", headers=env.headers(env.reader)).json()

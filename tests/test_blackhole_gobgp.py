@@ -241,3 +241,65 @@ def test_gobgpd_refusals_and_outages_are_told_apart(bgp_lab: BgpLab) -> None:
                       name="gobgpd-bare").wait_for(socket.exists, 10, "gobgpd's API socket")
     early = add_raw(f"unix://{socket}", "192.0.2.1")
     assert "hasn't started yet" in str(early) and not early.refused
+
+
+def test_confirmed_follows_the_router_sessions(bgp_lab: BgpLab, tmp_path: Path) -> None:
+    """Confirmed means sent: in gobgpd's adj-RIB-out towards the Established peer of the
+    route's family.  BIRD's IPv6 session disabled: the /128 drops back to announced (and
+    out of BIRD), is told as unconfirmed after the timeout, and comes back confirmed with
+    the session.  gobgpd killed: nothing stays confirmed (back to requested), and after
+    its restart everything is confirmed and in BIRD again."""
+    bgp_lab.start()
+    bgp_lab.wait_established()
+    clock = Clock()
+    announcer = GoBgpAnnouncer(bgp_lab.api_target)
+    notices: list[tuple[str, str]] = []
+
+    class Notify:
+        def blackhole_notice(self, action: str, prefix: str, source: str, rule: str, reason: str) -> None:
+            notices.append((action, prefix))
+
+    safety = SafetySettings(never=networks(["10.255.0.0/24", "fd00:255::/64"]), own=networks(["84.54.49.0/24"]))
+    mgr = BlackholeManager(StateDB(f"sqlite:///{tmp_path}/state.db"), announcer, SafetyPolicy(safety), None,
+                           Defaults(), CollectorRegistry(), clock, reconcile_interval_s=0, notifier=Notify(),
+                           confirm_timeout_s=5)
+
+    def states() -> dict[str, str]:
+        return {b.prefix: b.state for b in mgr.active()}
+
+    def ticked_until(expected: dict[str, str]) -> bool:
+        mgr.tick()
+        return states() == expected
+
+    both = {"203.0.113.9/32": "confirmed", "2001:db8::9/128": "confirmed"}
+    try:
+        mgr.announce("203.0.113.9")
+        mgr.announce("2001:db8::9")
+        mgr.tick()
+        assert states() == both
+        wait_until(lambda: bgp_lab.route("2001:db8::9/128") and bgp_lab.route("203.0.113.9/32"), "both in BIRD")
+
+        bgp_lab.birdc("disable", "gobgp6")
+        wait_until(partial(ticked_until, {"203.0.113.9/32": "confirmed", "2001:db8::9/128": "announced"}),
+                   "the /128 no longer confirmed with BIRD's IPv6 session down")
+        assert not bgp_lab.route("2001:db8::9/128")
+        assert ("lost", "2001:db8::9/128") in notices and ("unconfirmed", "2001:db8::9/128") not in notices
+        clock.now += 5
+        mgr.tick()
+        assert ("unconfirmed", "2001:db8::9/128") in notices
+
+        bgp_lab.birdc("enable", "gobgp6")
+        wait_until(partial(ticked_until, both), "the /128 confirmed again", timeout=20)
+        wait_until(lambda: bgp_lab.route("2001:db8::9/128"), "the /128 back in BIRD")
+
+        bgp_lab.kill_gobgpd()
+        mgr.tick()
+        assert states() == {"203.0.113.9/32": "requested", "2001:db8::9/128": "requested"}
+        bgp_lab.start_gobgpd()
+        bgp_lab.wait_established()
+        wait_until(partial(ticked_until, both), "both confirmed after gobgpd's restart", timeout=20)
+        wait_until(lambda: bgp_lab.route("2001:db8::9/128") and bgp_lab.route("203.0.113.9/32"),
+                   "both back in BIRD")
+    finally:
+        mgr.state.close()
+        announcer.close()

@@ -53,7 +53,7 @@ def test_announce_expire_and_log(tmp_path: Path) -> None:
     mgr.tick()
     assert gobgp.held == {} and mgr.active() == []
     lines = [json.loads(x) for x in (tmp_path / "blackholes.txt").read_text().splitlines()]
-    assert [x["action"] for x in lines] == ["announce", "withdraw"] and lines[1]["reason"] == "expired"
+    assert [x["action"] for x in lines] == ["announce", "confirm", "withdraw"] and lines[2]["reason"] == "expired"
 
 
 def test_bare_address_is_a_host_route_and_defaults_apply(tmp_path: Path) -> None:

@@ -129,7 +129,12 @@ class Blackhole(BaseModel):
     announced: bool = Field(description="GoBGP confirmed the announcement (false while it is retried).")
     state: BlackholeState = Field(
         description="requested: GoBGP has not taken it yet (unreachable: retried); announced: GoBGP took it; "
-        "failed: refused for good (see reason), never retried; withdrawn.")
+        "confirmed: GoBGP sends it to every Established router peer (its adj-RIB-out); verified: the router's "
+        "route table holds it as active (with blackhole.router_api); failed: refused for good (see reason), "
+        "never retried; withdrawn.")
+    confirmed_at: datetime | None = Field(None, description="When it was last confirmed; null: not confirmed now.")
+    verified_at: datetime | None = Field(None, description="When the router was seen holding it; null: not "
+                                         "verified now.")
     reason: str = Field("", description="Why it failed (GoBGP's answer) or why it was withdrawn; empty otherwise.")
     dry_run: bool = Field(False, description="Dry-run mode: logged, not announced.")
 
@@ -141,6 +146,7 @@ class Blackhole(BaseModel):
                    source=bh.source, rule=bh.rule, evidence=bh.evidence, created_at=created,
                    expires_at=_time(bh.expires_at, zone), withdrawn_at=_time(bh.withdrawn_at, zone),
                    announced=bh.announced, state=bh.state, reason=bh.failed_reason or bh.withdraw_reason,
+                   confirmed_at=_time(bh.confirmed_at, zone), verified_at=_time(bh.verified_at, zone),
                    dry_run=dry_run)
 
 

@@ -129,13 +129,21 @@ section{display:inline-block;vertical-align:top;margin-right:2em}
 """
 
 
+def _state(bh: Blackhole, now: float) -> str:
+    """The blackhole's state, and for how long a route not yet confirmed has waited
+    (requested and announced say nothing yet about the router)."""
+    if bh.state in ("requested", "announced") and bh.waiting_since is not None:
+        return f"{bh.state}, not confirmed for {max(now - bh.waiting_since, 0):.0f} s"
+    return bh.state
+
+
 def render(view: StatusView) -> str:
     """The page's HTML; every value is escaped."""
     zone = view.zone
     blackholes = _table(
-        ("prefix", "next hop", "communities", "source", "rule", "since", "expires", "announced"),
+        ("prefix", "next hop", "communities", "source", "rule", "since", "expires", "state"),
         ((b.prefix, b.next_hop, " ".join(b.communities), b.source, b.rule, _when(b.created_at, zone),
-          _when(b.expires_at, zone), "yes" if b.announced else "pending") for b in view.blackholes),
+          _when(b.expires_at, zone), _state(b, view.now)) for b in view.blackholes),
         "no active blackholes")
     counters = _table(("counter", "value"), ((name, f"{value:,.0f}") for name, value in view.counters),
                       "no counters yet")

@@ -810,6 +810,21 @@ class AnomalySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RouterApiSettings:
+    """The router's RouterOS API (``blackhole.router_api``), read to verify blackholes;
+    durations in seconds."""
+
+    host: str
+    port: int
+    username: str
+    password: str = field(repr=False)
+    tls: bool = False
+    ca_file: Path | None = None
+    timeout_s: float = 3.0
+    interval_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class BlackholeSettings:
     """Blackholing limits and defaults (``blackhole.*``); durations in seconds."""
 
@@ -832,6 +847,8 @@ class BlackholeSettings:
     repeat_factor: float = 1.0
     repeat_window_s: float = 0.0
     never_until: tuple[tuple[str, float], ...] = ()  # allow-list entries that lapse: (prefix, epoch seconds)
+    confirm_timeout_s: float = 10.0
+    router_api: RouterApiSettings | None = None  # None: not verified on the router
 
 
 @dataclass(frozen=True, slots=True)
@@ -1001,7 +1018,8 @@ def _config_checks(raw: Mapping[str, Any]) -> list[_Problem]:
 
 
 def _blackhole_checks(bh: Mapping[str, Any]) -> list[_Problem]:
-    """The allow list's lapsing entries must say when in a form that cannot be misread."""
+    """The allow list's lapsing entries must say when in a form that cannot be misread; a
+    router API certificate only with TLS."""
     problems: list[_Problem] = []
     never = bh.get("never")
     for index, item in enumerate(never if isinstance(never, list) else []):
@@ -1010,6 +1028,10 @@ def _blackhole_checks(bh: Mapping[str, Any]) -> list[_Problem]:
                 _until(item["until"])
             except ValueError as err:
                 problems.append(_Problem(("blackhole", "never", index, "until"), str(err)))
+    api = bh.get("router_api")
+    if isinstance(api, Mapping) and api.get("ca_file") and not api.get("tls"):
+        problems.append(_Problem(("blackhole", "router_api", "ca_file"),
+                                 "is set, but tls is not: the plain API (port 8728) uses no certificate"))
     return problems
 
 
@@ -1171,7 +1193,18 @@ def _blackhole_settings(bh: Mapping[str, Any]) -> BlackholeSettings:
         never=tuple(never), next_hop_v4=str(bh["next_hop_v4"]), next_hop_v6=str(bh["next_hop_v6"]),
         communities=tuple(bh["communities"]), manual_duration_s=parse_duration(bh["manual_duration"]),
         log_file=Path(bh["log_file"]), reconcile_interval_s=parse_duration(bh["reconcile_interval"]),
+        confirm_timeout_s=parse_duration(bh["confirm_timeout"]), router_api=_router_api(bh["router_api"]),
     )
+
+
+def _router_api(api: Mapping[str, Any] | None) -> RouterApiSettings | None:
+    if api is None:
+        return None
+    tls = bool(api["tls"])
+    return RouterApiSettings(
+        host=str(api["host"]), port=int(api["port"] or (8729 if tls else 8728)), username=str(api["username"]),
+        password=str(api["password"]), tls=tls, ca_file=Path(api["ca_file"]) if api["ca_file"] else None,
+        timeout_s=parse_duration(api["timeout"]), interval_s=parse_duration(api["interval"]))
 
 
 def _until(value: object) -> float:

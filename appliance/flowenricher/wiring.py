@@ -201,7 +201,7 @@ def blackhole_defaults(cfg: Settings) -> Defaults:
 
 
 def blackhole_manager(cfg: Settings, state: StateDB, announcer: Any, registry: CollectorRegistry | None,
-                      events: Any = None) -> BlackholeManager:
+                      events: Any = None, verifier: Any = None) -> BlackholeManager:
     """The blackhole manager as configured: the collector's, and the one `flowenricher
     blackhole expire` runs while the collector is down (same policy, defaults, audit
     trail and notifications)."""
@@ -210,7 +210,9 @@ def blackhole_manager(cfg: Settings, state: StateDB, announcer: Any, registry: C
     bh, det = cfg.blackhole, cfg.detection
     notifier = BlackholeNotifier(alerts_log=det.alerts_log, slack_webhook=det.slack_webhook, webhooks=det.webhooks)
     return BlackholeManager(state, announcer, SafetyPolicy(safety_settings(cfg)), bh.log_file, blackhole_defaults(cfg),
-                            registry, reconcile_interval_s=bh.reconcile_interval_s, events=events, notifier=notifier)
+                            registry, reconcile_interval_s=bh.reconcile_interval_s, events=events, notifier=notifier,
+                            verifier=verifier, confirm_timeout_s=bh.confirm_timeout_s,
+                            verify_interval_s=bh.router_api.interval_s if bh.router_api else 30.0)
 
 
 def _add_stats_recorder(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, query: QueryFn,
@@ -227,8 +229,10 @@ def _add_stats_recorder(runtime: Runtime, cfg: Settings, registry: CollectorRegi
 
 def _add_blackholes(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, query: QueryFn) -> None:
     """The blackhole manager (the one owner of announcements) on GoBGP, ticked once a
-    second for expiry, retries and reconciliation; every action also goes to the
-    blackhole_events table (the security dashboard's source)."""
+    second for expiry, retries and reconciliation, with its check thread proving each
+    announcement (GoBGP's adj-RIB-out, and the router's table when ``router_api`` is
+    set); every action also goes to the blackhole_events table (the security
+    dashboard's source)."""
     from .bgp.announcer import GoBgpAnnouncer
     from .blackhole.events import BlackholeEvents
 
@@ -236,10 +240,17 @@ def _add_blackholes(runtime: Runtime, cfg: Settings, registry: CollectorRegistry
     state = StateDB(cfg.storage.state_db)
     announcer = GoBgpAnnouncer(cfg.bgp.gobgp.api)
     events = BlackholeEvents(lambda sql: query(sql, "TSV"), cfg.clickhouse.database)
-    manager = blackhole_manager(cfg, state, announcer, registry, events)
+    verifier = None
+    if bh.router_api is not None:
+        from .blackhole.router import RouterOsVerifier
+
+        verifier = RouterOsVerifier(bh.router_api)
+        runtime.closers.append(verifier.close)
+    manager = blackhole_manager(cfg, state, announcer, registry, events, verifier)
     runtime.closers.extend([state.close, announcer.close, events.close, manager.close])
     runtime.blackholes = manager
     runtime.tickers.append(manager.tick)
+    manager.start()
     active = manager.active()
     log.info("blackholes: %d active (state %s, GoBGP %s)%s", len(active), cfg.storage.state_db, cfg.bgp.gobgp.api,
              ", dry run" if bh.dry_run else "")

@@ -21,10 +21,13 @@ class RecordingGoBGP:
     `refusing` (a reason) makes it refuse every announcement as GoBGP would answer one
     (gobgpd 3.10 refuses no route of valid values, but the manager must handle it);
     `ever` lists every prefix announced, in order; `asked` the prefixes of each
-    announced() call."""
+    announced() call; `established` the address families (4, 6) that have an
+    Established router peer: a held route of another family is not confirmed, as
+    gobgpd's adj-RIB-out has no peer to hold it."""
 
     def __init__(self) -> None:
         self.held: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.established: set[int] = {4, 6}
         self.down = False
         self.refusing = ""
         self.ever: list[str] = []
@@ -53,3 +56,8 @@ class RecordingGoBGP:
         asked = set(prefixes)
         self.asked.append(asked)
         return set(self.held) & asked
+
+    def confirmed(self, prefixes: Iterable[str]) -> set[str]:
+        if self.down:
+            raise AnnounceError("connection refused")
+        return {p for p in set(self.held) & set(prefixes) if (6 if ":" in p else 4) in self.established}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from appliance.flowenricher.blackhole.state import IN_GOBGP
+
 from .. import announcements
 from ..deps import Admin, Context, Reader
 from ..errors import ERROR_RESPONSES, ErrorBody
@@ -38,12 +40,12 @@ def withdraw(body: WithdrawRequest, ctx: Context, principal: Admin) -> WithdrawR
 
 @router.get("/blackholes", response_model=dict[str, OriginalBlackhole])
 def blackholes(ctx: Context, _: Reader) -> dict[str, OriginalBlackhole]:
-    """Blackholes in force (GoBGP took them): prefix -> {prefix, next_hop, communities,
-    timestamp}, communities as written.  One still queued for an unreachable GoBGP, or
-    failed, is not listed: /api/v1/blackholes shows those with their state."""
+    """Blackholes GoBGP holds (announced, confirmed or verified): prefix -> {prefix,
+    next_hop, communities, timestamp}, communities as written.  One still queued for an
+    unreachable GoBGP, or failed, is not listed: /api/v1/blackholes shows every state."""
     zone = ctx.timezone
     return {
         bh.prefix: OriginalBlackhole(prefix=bh.prefix, next_hop=bh.next_hop, communities=list(bh.communities),
                                      timestamp=rfc3339(bh.created_at, zone))
-        for bh in ctx.deps.blackholes.active() if bh.state == "announced"
+        for bh in ctx.deps.blackholes.active() if bh.state in IN_GOBGP
     }

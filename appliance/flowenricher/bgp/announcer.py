@@ -6,7 +6,9 @@ router; the router discards traffic to the next hop.  A failure is either a refu
 marks the blackhole failed at once) or GoBGP being unreachable (AnnounceError: retried);
 the gRPC status tells them apart (client.TRANSIENT_CODES).  ``announced`` lists the paths
 GoBGP originated itself (no neighbour), which is what reconciliation compares with the
-state DB after either side restarted.
+state DB after either side restarted.  ``confirmed`` asks GoBGP's adj-RIB-out, peer by
+peer, whether a route is sent to every Established router peer of its address family:
+what the blackhole manager's *confirmed* state means.
 """
 
 from __future__ import annotations
@@ -93,6 +95,54 @@ class GoBgpAnnouncer:
                             out.add(str(ipaddress.ip_network(dest.prefix, strict=False)))
                 except grpc.RpcError as err:
                     raise AnnounceError(f"GoBGP at {self.target}: ListPath: {err}") from err
+        return out
+
+    def confirmed(self, prefixes: Iterable[str]) -> set[str]:
+        """Which of `prefixes` are in GoBGP's adj-RIB-out towards every Established peer
+        whose session carries their address family (and there is at least one).
+
+        The adj-RIB-out is what GoBGP sends after its export policy: a route missing
+        there for a peer (a policy rejected it, the peer's session does not carry the
+        family, no session is up) never reaches that router.  One ListPeer and, per
+        Established peer and family, one ListPath with EXACT lookups of just these
+        prefixes (never the whole table).
+        """
+        wanted: dict[int, list[str]] = {4: [], 6: []}
+        for prefix in prefixes:
+            net = ipaddress.ip_network(prefix, strict=False)
+            wanted[net.version].append(str(net))
+        afis = {4: api.Family.AFI_IP, 6: api.Family.AFI_IP6}
+        out: set[str] = set()
+        with self._lock:
+            try:
+                peers: dict[int, list[str]] = {4: [], 6: []}
+                for response in self._stub.ListPeer(api.ListPeerRequest(), timeout=self.timeout):
+                    peer = response.peer
+                    if peer.state.session_state != api.PeerState.ESTABLISHED:
+                        continue
+                    for afi_safi in peer.afi_safis:
+                        family = afi_safi.config.family
+                        if afi_safi.config.enabled and family.safi == api.Family.SAFI_UNICAST:
+                            for version, afi in afis.items():
+                                if family.afi == afi:
+                                    peers[version].append(peer.state.neighbor_address)
+                for version, afi in afis.items():
+                    if not wanted[version] or not peers[version]:
+                        continue
+                    sent: set[str] | None = None
+                    for neighbor in peers[version]:
+                        request = api.ListPathRequest(
+                            table_type=api.ADJ_OUT, name=neighbor,
+                            family=api.Family(afi=afi, safi=api.Family.SAFI_UNICAST),
+                            prefixes=[api.TableLookupPrefix(prefix=p, type=api.TableLookupPrefix.EXACT)
+                                      for p in wanted[version]])
+                        here = {str(ipaddress.ip_network(r.destination.prefix, strict=False))
+                                for r in self._stub.ListPath(request, timeout=self.timeout)
+                                if any(not p.is_withdraw for p in r.destination.paths)}
+                        sent = here if sent is None else sent & here
+                    out |= sent or set()
+            except grpc.RpcError as err:
+                raise AnnounceError(f"GoBGP at {self.target}: adj-RIB-out: {err}") from err
         return out
 
     def close(self) -> None:

@@ -18,7 +18,10 @@ from ..storage.schema import BLACKHOLE_EVENTS_TABLE
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("announce", "withdraw", "expire", "refused", "failed")
+ACTIONS = ("announce", "withdraw", "expire", "refused", "failed", "confirm", "verify", "unconfirmed", "lost")
+"""confirm: in GoBGP's adj-RIB-out towards every Established router peer; verify: active
+in the router's table; unconfirmed: not confirmed within blackhole.confirm_timeout; lost:
+a confirmation or verification no longer holds (the reason says which)."""
 SOURCES = ("detection", "api")
 _SOURCE_NAMES = {"api": "api", "detection": "detection", "rule": "detection"}  # the state DB says "rule"
 _COLUMNS = ("ts", "action", "prefix", "next_hop", "communities", "rule", "reason", "expires_at", "dry_run", "source")
@@ -61,8 +64,8 @@ class BlackholeEvents:
     """Queues events and inserts them in groups; `execute` runs one statement on the store.
 
     Give it the manager's ``events=`` argument; `manager_action` translates the
-    manager's log actions (announce, extend, dry-run-announce, withdraw, refused, failed) into
-    the table's four (announce, withdraw, expire, refused).
+    manager's log actions into the table's (an extension and a dry-run announcement are
+    announcements, a withdrawal for expiry an ``expire``; the others keep their names).
     """
 
     def __init__(self, execute: Callable[[str], object], database: str, metrics: DeliveryMetrics | None = None,

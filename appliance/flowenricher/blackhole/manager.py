@@ -11,6 +11,16 @@ definition of BGP values (common/bgp_values.py; a bad one is Refused before anyt
 stored), and one GoBGP refuses goes to the *failed* state at once, with GoBGP's reason,
 its cap slot freed, never retried.  ``reconcile`` compares
 what GoBGP holds with what should be active, so a restart of either side converges.
+
+"GoBGP took it" is not "the router drops the traffic".  ``check`` proves the rest: a
+route is *confirmed* once GoBGP's adj-RIB-out towards every Established router peer of
+its family holds it (it was sent), and *verified* once the router's own table holds it
+as active (read over the RouterOS API, when ``blackhole.router_api`` is set).  Both are
+read again now and then and dropped when lost.  A route not confirmed within
+``blackhole.confirm_timeout`` is told on the alert channels and counted.  A background
+thread (``start``) runs the first checks right after an announcement, backing off from
+a few milliseconds, so the proof follows the announcement within the second the
+detection target allows; the service's tick (once a second) does the rest.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..common.bgp_values import (
     DISCARD_NEXT_HOP_V4,
@@ -37,6 +47,9 @@ from ..common.bgp_values import (
 )
 from .safety import CapReached, Pool, Refused, SafetyPolicy, parse_prefix
 from .state import Blackhole, BlackholeRow, StateDB
+
+ACTIVE_STATES = ("requested", "announced", "confirmed", "verified")
+"""The states of an active blackhole, in the order it moves through them."""
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +78,20 @@ class Announcer(Protocol):
         """Which of `prefixes` this appliance announces now (locally originated paths)."""
         ...
 
+    def confirmed(self, prefixes: Iterable[str]) -> set[str]:
+        """Which of `prefixes` GoBGP sends to every Established router peer of their
+        family (its adj-RIB-out); AnnounceError when GoBGP cannot be asked."""
+        ...
+
+
+class RouteVerifier(Protocol):
+    """The router's own view (blackhole/router.py reads it over the RouterOS API)."""
+
+    def holds(self, routes: Sequence[tuple[str, str]]) -> set[str]:
+        """Of the (prefix, next hop) pairs, the prefixes the router holds as active
+        discarding routes; raises when the router cannot be read."""
+        ...
+
 
 class EventSink(Protocol):
     """Where every action also goes as a row (blackhole/events.py: the blackhole_events table)."""
@@ -88,7 +115,7 @@ class Defaults:
     router's AS (``blackhole.no_export``, on in the config by default)."""
 
 
-NOTIFIED = frozenset({"announce", "withdraw", "failed", "cap"})
+NOTIFIED = frozenset({"announce", "withdraw", "failed", "cap", "unconfirmed", "lost"})
 """The actions an operator is told about through the alert channels."""
 
 
@@ -105,8 +132,18 @@ class BlackholeManager:
     def __init__(self, state: StateDB, announcer: Announcer, policy: SafetyPolicy, log_path: Path | None,
                  defaults: Defaults = Defaults(), registry: CollectorRegistry | None = None,
                  clock: Callable[[], float] = time.time, reconcile_interval_s: float = 5.0,
-                 events: EventSink | None = None, notifier: Notifier | None = None) -> None:
+                 events: EventSink | None = None, notifier: Notifier | None = None,
+                 verifier: RouteVerifier | None = None, confirm_timeout_s: float = 10.0,
+                 verify_interval_s: float = 30.0) -> None:
         self.state = state
+        self.verifier = verifier
+        self.confirm_timeout_s = confirm_timeout_s
+        self._verify_interval = verify_interval_s
+        self._next_recheck = 0.0
+        self._next_router_read = 0.0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._checker: threading.Thread | None = None
         self.events = events
         self.notifier = notifier
         # Dry run stores nothing, yet must honour the caps: what it would hold, in memory.
@@ -135,6 +172,20 @@ class BlackholeManager:
         self._active = Gauge("flowenricher_blackholes_active", "Blackholes active now", registry=registry)
         self._pending = Gauge("flowenricher_blackholes_pending", "Blackhole changes waiting for GoBGP",
                               registry=registry)
+        self._by_state = Gauge("flowenricher_blackholes_state", "Active blackholes by state (requested: GoBGP has "
+                               "not taken it; announced: GoBGP took it; confirmed: sent to every Established router "
+                               "peer; verified: active on the router)", ["state"], registry=registry)
+        self._unconfirmed = Counter("flowenricher_blackhole_unconfirmed", "Blackholes not confirmed within "
+                                    "blackhole.confirm_timeout (told on the alert channels)", ["source"],
+                                    registry=registry)
+        self._lost = Counter("flowenricher_blackhole_lost", "Confirmations or verifications found lost "
+                             "(the route left GoBGP's adj-RIB-out or the router's table)", ["proof"],
+                             registry=registry)
+        self._router_errors = Counter("flowenricher_blackhole_router_errors", "Router API reads that failed "
+                                      "(verification retried)", registry=registry)
+        self._to_confirm = Histogram("flowenricher_blackhole_confirm_seconds", "From request (or loss) to "
+                                     "confirmed", buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+                                     registry=registry)
 
     # ----------------------------------------------------------------- requests
 
@@ -199,7 +250,7 @@ class BlackholeManager:
             self.policy.admitted(now)
             row = self.state.add(prefix=text, next_hop=hop, communities=list(comms), source=source, rule=rule,
                                  evidence=evidence or {}, created_at=now, expires_at=expires, announced=False,
-                                 role=pool)
+                                 role=pool, waiting_since=now)
             self._pending_withdrawals.pop(text, None)
             self._log("announce", text, hop, comms, source, rule, evidence, expires)
             self._actions.labels("announce", source).inc()
@@ -243,8 +294,22 @@ class BlackholeManager:
     def active(self) -> list[Blackhole]:
         return self.state.active()
 
+    def start(self) -> None:
+        """Run the first confirmation and verification checks of each announcement in a
+        background thread, right after it (the service's tick alone would leave up to a
+        second between announcement and proof)."""
+        if self._checker is None:
+            self._checker = threading.Thread(target=self._check_loop, name="blackhole-check", daemon=True)
+            self._checker.start()
+
     def close(self) -> None:
-        """Let queued notifications go out (the notifier's background thread)."""
+        """Stop the check thread; let queued notifications go out (the notifier's
+        background thread)."""
+        self._stop.set()
+        self._wake.set()
+        if self._checker is not None:
+            self._checker.join(timeout=5)
+            self._checker = None
         close = getattr(self.notifier, "close", None)
         if callable(close):
             close()
@@ -266,6 +331,7 @@ class BlackholeManager:
             if now >= self._next_reconcile:
                 self._next_reconcile = now + self._reconcile_interval
                 self.reconcile()
+            self.check(now)
             self._update_gauges()
 
     def expire(self, now: float | None = None) -> list[Blackhole]:
@@ -313,6 +379,130 @@ class BlackholeManager:
                 hop, comms = self._pending_withdrawals.get(prefix, ("", ()))
                 log.warning("reconcile: GoBGP holds %s, which is not active; withdrawing", prefix)
                 self._try_withdraw(prefix, hop, comms)
+
+    def check(self, now: float | None = None) -> None:
+        """Prove what GoBGP took: confirm announced routes in its adj-RIB-out, verify
+        confirmed ones on the router, and tell the ones still unconfirmed after
+        ``confirm_timeout``.  Routes not yet proven are asked about on every call;
+        proven ones again every ``reconcile_interval`` (adj-RIB-out) and
+        ``router_api.interval`` (router), and a lost proof is dropped and told."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            recheck = now >= self._next_recheck
+            if recheck:
+                self._next_recheck = now + self._reconcile_interval
+            self._confirm([b for b in self.state.active() if b.announced and (recheck or b.confirmed_at is None)],
+                          now)
+            self._tell_unconfirmed(now)
+            if self.verifier is not None:
+                reread = now >= self._next_router_read
+                confirmed = [b for b in self.state.active()
+                             if b.announced and b.confirmed_at is not None and (reread or b.verified_at is None)]
+                if confirmed and self._verify(confirmed, now) and reread:
+                    self._next_router_read = now + self._verify_interval
+            self._update_gauges()
+
+    def _unproven(self) -> bool:
+        """Some active route is not yet confirmed (or verified, with a router to ask)."""
+        return any(b.confirmed_at is None or (self.verifier is not None and b.verified_at is None)
+                   for b in self.state.active() if b.announced)
+
+    def _check_loop(self) -> None:
+        """Woken by each announcement: check at once, then after 5, 10, 20 ... ms (at most
+        250 ms apart) until every active route is proven or the confirm timeout has
+        passed; the tick takes over from there."""
+        while not self._stop.is_set():
+            self._wake.wait(timeout=60)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            deadline = time.monotonic() + max(self.confirm_timeout_s, 1.0)
+            delay = 0.005
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                try:
+                    with self._lock:
+                        now = self._clock()
+                        self._confirm([b for b in self.state.active() if b.announced and b.confirmed_at is None],
+                                      now)
+                        if self.verifier is not None:
+                            self._verify([b for b in self.state.active() if b.announced
+                                          and b.confirmed_at is not None and b.verified_at is None], now)
+                        self._update_gauges()
+                        if not self._unproven():
+                            break
+                except Exception:  # a bug here must not end the checks; the tick goes on anyway
+                    log.exception("blackhole checks failed")
+                if self._wake.wait(timeout=delay):
+                    self._wake.clear()
+                    delay = 0.005
+                else:
+                    delay = min(delay * 2, 0.25)
+
+    def _confirm(self, rows: list[Blackhole], now: float) -> None:
+        if not rows:
+            return
+        try:
+            sent = self.announcer.confirmed([b.prefix for b in rows])
+        except AnnounceError as err:
+            # GoBGP cannot be asked, so nothing says the routes are still out (a dead
+            # gobgpd took its sessions down with it): back to requested, retried each tick.
+            self._errors.inc()
+            log.warning("confirm: GoBGP cannot be asked (%s); %d blackholes back to requested", err, len(rows))
+            for bh in rows:
+                lost: dict[str, Any] = {"announced": False, "confirmed_at": None, "verified_at": None}
+                if bh.confirmed_at is not None:
+                    lost.update(waiting_since=now, unconfirmed_at=None)
+                self.state.update(bh.id, **lost)
+            return
+        for bh in rows:
+            if bh.prefix in sent and bh.confirmed_at is None:
+                self.state.update(bh.id, confirmed_at=now, unconfirmed_at=None)
+                waited = now - (bh.waiting_since if bh.waiting_since is not None else bh.created_at)
+                self._to_confirm.observe(max(waited, 0.0))
+                self._log("confirm", bh.prefix, bh.next_hop, bh.communities, bh.source, bh.rule, None, bh.expires_at,
+                          reason=f"in GoBGP's adj-RIB-out towards every Established peer after {waited:.3f} s")
+            elif bh.prefix not in sent and bh.confirmed_at is not None:
+                self.state.update(bh.id, confirmed_at=None, verified_at=None, waiting_since=now, unconfirmed_at=None)
+                self._lost.labels("confirmed").inc()
+                self._log("lost", bh.prefix, bh.next_hop, bh.communities, bh.source, bh.rule, None, bh.expires_at,
+                          reason="no longer in GoBGP's adj-RIB-out towards every Established router peer")
+
+    def _tell_unconfirmed(self, now: float) -> None:
+        """Active routes waiting longer than the timeout to be confirmed: told once per wait."""
+        for bh in self.state.active():
+            since = bh.waiting_since if bh.waiting_since is not None else bh.created_at
+            if bh.confirmed_at is None and bh.unconfirmed_at is None and now - since >= self.confirm_timeout_s:
+                self.state.update(bh.id, unconfirmed_at=now)
+                self._unconfirmed.labels(bh.source).inc()
+                why = ("GoBGP has not taken it (unreachable?)" if not bh.announced else
+                       "GoBGP took it, but does not send it to every Established router peer of its family "
+                       "(is the BGP session to the router up?)")
+                self._log("unconfirmed", bh.prefix, bh.next_hop, bh.communities, bh.source, bh.rule, None,
+                          bh.expires_at, reason=f"not confirmed after {now - since:.0f} s: {why}")
+
+    def _verify(self, rows: list[Blackhole], now: float) -> bool:
+        """Read the router's table for `rows`; False when it could not be read."""
+        if not rows:
+            return True
+        if self.verifier is None:
+            return False
+        try:
+            held = self.verifier.holds([(b.prefix, b.next_hop) for b in rows])
+        except Exception as err:  # any failure of the router's API: keep the last word, try again later
+            self._router_errors.inc()
+            log.warning("verify on the router: %s", err)
+            return False
+        for bh in rows:
+            if bh.prefix in held and bh.verified_at is None:
+                self.state.update(bh.id, verified_at=now)
+                self._log("verify", bh.prefix, bh.next_hop, bh.communities, bh.source, bh.rule, None, bh.expires_at,
+                          reason="active in the router's route table")
+            elif bh.prefix not in held and bh.verified_at is not None:
+                self.state.update(bh.id, verified_at=None)
+                self._lost.labels("verified").inc()
+                self._log("lost", bh.prefix, bh.next_hop, bh.communities, bh.source, bh.rule, None, bh.expires_at,
+                          reason="no longer active in the router's route table")
+        return True
 
     # ----------------------------------------------------------------- internals
 
@@ -369,6 +559,12 @@ class BlackholeManager:
             return Blackhole.of(row) if row is not None else None
 
     def _try_announce(self, bh: Blackhole) -> None:
+        """Hand the route to GoBGP.  Whatever was proven of an earlier announcement is
+        dropped: the route is sent anew (GoBGP restarted, or its values changed), so it
+        must be confirmed (and verified) again, and the wait for that starts now."""
+        unproven: dict[str, Any] = {"confirmed_at": None, "verified_at": None}
+        if bh.confirmed_at is not None or bh.waiting_since is None:
+            unproven.update(waiting_since=self._clock(), unconfirmed_at=None)
         try:
             self.announcer.announce(bh.prefix, bh.next_hop, self._wire(bh.communities))
         except AnnounceRefused as err:
@@ -377,9 +573,10 @@ class BlackholeManager:
         except AnnounceError as err:
             self._errors.inc()
             log.warning("blackhole %s: GoBGP did not take it (%s); retrying", bh.prefix, err)
-            self.state.update(bh.id, announced=False)
+            self.state.update(bh.id, announced=False, **unproven)
             return
-        self.state.update(bh.id, announced=True)
+        self.state.update(bh.id, announced=True, **unproven)
+        self._wake.set()
 
     def _fail(self, bh: Blackhole, reason: str) -> None:
         """Refused for good: failed at once (no retry, out of the active cap), loudly.
@@ -414,8 +611,11 @@ class BlackholeManager:
         return tuple(comms)
 
     def _update_gauges(self) -> None:
-        self._active.set(len(self.state.active()))
-        self._pending.set(len(self._pending_withdrawals) + sum(1 for b in self.state.active() if not b.announced))
+        active = self.state.active()
+        self._active.set(len(active))
+        self._pending.set(len(self._pending_withdrawals) + sum(1 for b in active if not b.announced))
+        for state in ACTIVE_STATES:
+            self._by_state.labels(state).set(sum(1 for b in active if b.state == state))
 
     def _log(self, action: str, prefix: str, hop: str, comms: Sequence[str], source: str, rule: str,
              evidence: dict[str, Any] | None, expires: float | None, reason: str = "") -> None:

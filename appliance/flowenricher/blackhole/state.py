@@ -8,6 +8,14 @@ down (FastNetMon's users lost bans on restart; this is the fix).
 A blackhole GoBGP refused for good is *failed*: withdrawn at the moment of the refusal
 (so it holds no slot of the active cap and is never retried) with ``failed_reason``
 set to GoBGP's reason.  :attr:`Blackhole.state` names where a row stands.
+
+"Announced" only says GoBGP took the route.  Two later proofs are kept as times in the
+row, set when seen and cleared when lost: ``confirmed_at`` (the route is in GoBGP's
+adj-RIB-out towards every Established router peer: it was sent) and ``verified_at``
+(the router's own route table holds it as active, read over the RouterOS API).
+``waiting_since`` is when the current wait for confirmation began (the request, a
+re-announcement, or the loss of a confirmation); ``unconfirmed_at`` when that wait was
+told as too long.
 """
 
 from __future__ import annotations
@@ -44,9 +52,14 @@ class BlackholeRow(_Base):
     announced: Mapped[bool] = mapped_column(default=False)  # GoBGP confirmed the last announcement
     failed_reason: Mapped[str] = mapped_column(String(512), default="")  # set: refused for good
     role: Mapped[str] = mapped_column(String(16), default="")  # "source" or "victim" (safety.pool_of)
+    confirmed_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # in adj-RIB-out of every peer
+    verified_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # active in the router's table
+    waiting_since: Mapped[float | None] = mapped_column(Float, nullable=True)  # start of the wait to confirm
+    unconfirmed_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # the wait was told as too long
 
 
-_ADDED_COLUMNS = {"failed_reason": "VARCHAR(512) NOT NULL DEFAULT ''", "role": "VARCHAR(16) NOT NULL DEFAULT ''"}
+_ADDED_COLUMNS = {"failed_reason": "VARCHAR(512) NOT NULL DEFAULT ''", "role": "VARCHAR(16) NOT NULL DEFAULT ''",
+                  "confirmed_at": "FLOAT", "verified_at": "FLOAT", "waiting_since": "FLOAT", "unconfirmed_at": "FLOAT"}
 """Columns added after the first release: added to an existing state DB when it is opened
 (create_all makes missing tables only)."""
 
@@ -58,7 +71,10 @@ FAILED_VISIBLE_S = 86400.0
 unless a newer request for its prefix replaces it; the history keeps it."""
 
 
-BlackholeState = Literal["requested", "announced", "failed", "withdrawn"]
+BlackholeState = Literal["requested", "announced", "confirmed", "verified", "failed", "withdrawn"]
+
+IN_GOBGP: frozenset[BlackholeState] = frozenset({"announced", "confirmed", "verified"})
+"""The states of a route GoBGP holds (what the original ``/blackholes`` lists)."""
 
 
 @dataclass(frozen=True)
@@ -79,23 +95,33 @@ class Blackhole:
     failed_reason: str = ""
     withdraw_reason: str = ""
     role: str = ""
+    confirmed_at: float | None = None
+    verified_at: float | None = None
+    waiting_since: float | None = None
+    unconfirmed_at: float | None = None
 
     @property
     def state(self) -> BlackholeState:
         """``requested`` (GoBGP has not taken it yet: queued and retried), ``announced``
-        (GoBGP took it), ``failed`` (refused for good, see `failed_reason`) or
-        ``withdrawn``."""
+        (GoBGP took it), ``confirmed`` (GoBGP sends it to every Established router
+        peer), ``verified`` (the router holds it as an active route), ``failed`` (refused
+        for good, see `failed_reason`) or ``withdrawn``."""
         if self.failed_reason:
             return "failed"
         if self.withdrawn_at is not None:
             return "withdrawn"
-        return "announced" if self.announced else "requested"
+        if not self.announced:
+            return "requested"
+        if self.verified_at is not None:
+            return "verified"
+        return "confirmed" if self.confirmed_at is not None else "announced"
 
     @classmethod
     def of(cls, row: BlackholeRow) -> Blackhole:
         return cls(row.id, row.prefix, row.next_hop, tuple(row.communities), row.source, row.rule,
                    json.loads(json.dumps(row.evidence)), row.created_at, row.expires_at, row.withdrawn_at,
-                   row.announced, row.failed_reason or "", row.withdraw_reason or "", row.role or "")
+                   row.announced, row.failed_reason or "", row.withdraw_reason or "", row.role or "",
+                   row.confirmed_at, row.verified_at, row.waiting_since, row.unconfirmed_at)
 
 
 def recent_failures(history: list[Blackhole], active: list[Blackhole], now: float,
