@@ -131,3 +131,37 @@ def test_unknown_action_or_source_is_refused() -> None:
             events.record("announce", "198.51.100.1/32", "192.0.2.1", [], source="cli")
     finally:
         events.close()
+
+
+def test_the_security_dashboard_shows_each_blackholes_last_proof(tmp_path: Path, store: FlowStore) -> None:
+    """Confirm, verify and lost rows of the real manager, read back by the real SQL of the
+    security dashboard's "Active blackholes" table on chDB."""
+    store.query("TRUNCATE TABLE flowenricher.blackhole_events", "TSV")
+    clock, gobgp = Clock(), RecordingGoBGP()
+    routes: set[str] = set()
+
+    class Router:
+        def holds(self, asked: object) -> set[str]:
+            return set(routes)
+
+    events = BlackholeEvents(lambda sql: store.query(sql, "TSV"), "flowenricher", clock=clock)
+    manager = BlackholeManager(StateDB(f"sqlite:///{tmp_path}/state.db"), gobgp, SafetyPolicy(SAFE), None,
+                               Defaults(duration_s=600), CollectorRegistry(), clock, reconcile_interval_s=5,
+                               events=events, verifier=Router())
+    gobgp.established = {4}
+    for prefix in ("198.51.100.1", "198.51.100.2", "198.51.100.3", "2001:db8::4"):
+        manager.announce(prefix, source="api")
+    routes.update({"198.51.100.1/32", "198.51.100.2/32"})
+    clock.now += 1
+    manager.tick()
+    routes.discard("198.51.100.2/32")
+    clock.now += 60
+    manager.tick()
+    assert events.flush(10)
+    events.close()
+    panels = json.loads((Path(__file__).parent.parent / "roles/grafana/files/dashboards/security.json").read_text())
+    (sql,) = [t["rawSql"] for p in panels["panels"] if p["title"] == "Active blackholes" for t in p["targets"]]
+    shown = store.query(sql.replace("now()", f"toDateTime({int(clock.now)})"), "JSONEachRow").decode()
+    proof = {row["prefix"]: row["proof"] for row in map(json.loads, shown.splitlines())}
+    assert proof == {"198.51.100.1/32": "verified", "198.51.100.2/32": "proof lost", "198.51.100.3/32": "confirmed",
+                     "2001:db8::4/128": "announced"}
