@@ -98,6 +98,8 @@ COLUMNS: tuple[Column, ...] = (
     _addr("post_nat_dst_addr", "post-NAT destination address (IE 226)"),
     _u("post_nat_src_port", 16, "post-NAT source port (IE 227)", "T64, ZSTD(1)"),
     _u("post_nat_dst_port", 16, "post-NAT destination port (IE 228)", "T64, ZSTD(1)"),
+    _addr("tunnel_src_addr", "outer (tunnel) source address of an encapsulated flow, :: if none"),
+    _addr("tunnel_dst_addr", "outer (tunnel) destination address of an encapsulated flow, :: if none"),
     # Enrichment (filled by the enrichment stage; decoders leave the defaults).
     _u("src_as", 32, "origin AS of the source address", "T64, ZSTD(1)"),
     _u("dst_as", 32, "origin AS of the destination address", "T64, ZSTD(1)"),
@@ -126,6 +128,11 @@ COLUMNS: tuple[Column, ...] = (
 
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+
+# Where the outer header's addresses of an encapsulated flow go, by the column holding
+# the inner header's (the flow's own): src_addr, dst_addr, ports and protocol describe
+# one header, the innermost; the tunnel it crossed is kept beside it.
+TUNNEL_OF: dict[str, str] = {"src_addr": "tunnel_src_addr", "dst_addr": "tunnel_dst_addr"}
 
 # Columns that keep the original `pmacct.flows` names and types readable.  Each is an
 # ALIAS, so it costs nothing on disk.  `ip_protocol` was a second copy of the protocol.

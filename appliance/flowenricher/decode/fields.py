@@ -166,3 +166,10 @@ REQUIRED_LENGTH: dict[Conv, tuple[int, ...]] = {
 }
 
 START, END = _START, _END
+
+# Targets whose elements describe one packet header (IP, then transport).  A template
+# that repeats one of their elements reports an encapsulated packet, one occurrence per
+# header, outermost first (RFC 7011 §8); see :mod:`.templates` for what is kept.
+HEADER_TARGETS: frozenset[str] = frozenset({
+    "src_addr", "dst_addr", "src_mask", "dst_mask", "ip_version", "proto", "tos", "tcpflags",
+    "src_port", "dst_port", ICMP, "icmp_type", "icmp_code"})

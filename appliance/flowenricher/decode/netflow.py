@@ -13,6 +13,10 @@ from options data, the system init time IPFIX exporters such as RouterOS announc
 uptime-relative timestamps, and sequence numbers (to count what was lost on the way).
 All of it is bounded, and can be saved and loaded (:meth:`NetFlowDecoder.export_state`).
 
+A template that repeats header elements (a tunnel's outer and inner header) yields the
+inner header's addresses, protocol and ports together and the outer addresses in the
+tunnel columns, never a mix: RFC 7011 §8 puts the outer header first (see :mod:`.templates`).
+
 Nothing a datagram carries may raise out of :meth:`NetFlowDecoder.decode`: a value too
 wide for its column is clamped and counted, an absurd sampling rate or boot time is
 ignored and counted, and any exception at all is contained to its datagram (first pass)

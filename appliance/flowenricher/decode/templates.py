@@ -10,18 +10,42 @@ path is acceptable.
 
 Templates are scoped per exporter address and observation domain (RFC 7011 §8, RFC 3954
 §5.1 source id): :class:`TemplateCache` keys them by (exporter, domain, template id).
+
+Encapsulated packets.  Some exporters report a tunnelled packet with the header elements
+repeated: sourceIPv4Address, destinationIPv4Address, protocolIdentifier (or the IPv6
+forms 27/28) once for the outer header and once for the inner one.  A Cisco ASR 9000
+(IOS XR) does: the pmacct capture in tests/data/pcaps defines template 340 as its usual
+IPv6 record followed by 8, 12, 7, 11, 4, 6, 5 (an inner IPv4 header) and 341 with the
+IPv6 elements twice.  RFC 7011 §8 fixes the order: occurrences of one element follow the
+Metering Process's order of treatment, and its own example is an IPv4-in-IPv4 packet
+whose first sourceIPv4Address is the outer header's and whose second is the inner
+header's.  So when a template repeats any element of
+:data:`~.fields.HEADER_TARGETS`, each of those columns takes its LAST occurrence in the
+template (the innermost header: the traffic's own addresses, protocol and ports, which
+must come from one header), and the FIRST source and destination address go to the
+tunnel columns (:data:`~appliance.flowenricher.columns.TUNNEL_OF`).  Both address forms
+count as one column, so a v4 outer and a v6 inner header (8, 12, 4, 27, 28, 4) give an
+IPv6 flow in an IPv4 tunnel; ``ip_version`` is then taken from the kept address, not
+from a single ipVersion element that could describe either header.  An element that
+occurs once is used as it is.  A template with both address forms once each and no
+repeated element is dual-stack or a tunnel of one version carrying the other: each
+record decides (both set: the first is the tunnel's; one set: a plain flow of that
+version).  Other templates are unchanged: where several elements fill one column, the
+preferred one wins.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .fields import BY_IE, PREFERENCE, REQUIRED_LENGTH, SECTION_LENGTH, Conv
+from ..batch import addr_is_v4
+from ..columns import TUNNEL_OF
+from .fields import BY_IE, HEADER_TARGETS, PREFERENCE, REQUIRED_LENGTH, SECTION_LENGTH, Conv
 
 VARIABLE = 65535
 _STRING_WIDTH = 64  # variable-length strings are cut to this in the normalised layout
@@ -71,6 +95,9 @@ class CompiledTemplate:
     unusable_fields: int
     wire_fields: tuple[tuple[int, int, int, int], ...] = field(default=())
     carries_section: bool = False  # records hold a copy of the packet's first bytes (fields.L2_SECTION)
+    # Address columns given once as IPv4 and once as IPv6: which is the flow's and which the
+    # tunnel's is decided per record (see _settle_tunnel); the first form sits in the tunnel column.
+    undecided: tuple[str, ...] = ()
 
     @property
     def record_length(self) -> int:
@@ -130,7 +157,28 @@ class CompiledTemplate:
             if ex.conv is Conv.SECTION:
                 out[SECTION_LENGTH[ex.target]] = (rec[ex.length_name] if ex.length_name else
                                                   np.full(n, min(ex.length, SECTION_WIDTH), np.uint16))
+        if self.undecided:
+            for column in self.undecided:
+                _settle_tunnel(out, column)
+            out["ip_version"] = np.where(addr_is_v4(out[self.undecided[0]]), 4, 6).astype(np.uint8)
         return out
+
+
+def _settle_tunnel(out: dict[str, npt.NDArray[Any]], column: str) -> None:
+    """Per record, for an address column a template gives in both forms (IPv4 first, say,
+    then IPv6): both set is a tunnel (the first is its outer header, RFC 7011 §8 order);
+    one set is a plain flow of that version, as dual-stack templates send, and the
+    tunnel column stays ::."""
+    outer, inner = out[TUNNEL_OF[column]], out[column]
+    outer_set, inner_set = _is_set(outer), _is_set(inner)
+    out[column] = np.where((outer_set & ~inner_set)[:, None], outer, inner)
+    out[TUNNEL_OF[column]] = np.where((outer_set & inner_set)[:, None], outer, np.uint8(0))
+
+
+def _is_set(addr: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    """Addresses other than :: and 0.0.0.0 (IPv4-mapped), the values of an absent one."""
+    unset = ~addr[:, 12:].any(axis=1) & (~addr[:, :12].any(axis=1) | addr_is_v4(addr))
+    return ~unset
 
 
 def convert(col: npt.NDArray[Any], conv: Conv, length: int) -> npt.NDArray[Any]:
@@ -211,6 +259,7 @@ def compile_template(fields: tuple[FieldSpec, ...], scope_count: int = 0) -> Com
         if spec.length != VARIABLE:
             wire_off += spec.length
     itemsize = norm_off if variable else wire_off
+    extracts, undecided = _innermost_header(extracts)
     extracts.sort(key=lambda e: PREFERENCE.get(e.ie, 1 << 30))
     dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets,
                       "itemsize": max(itemsize, 1)})
@@ -226,7 +275,57 @@ def compile_template(fields: tuple[FieldSpec, ...], scope_count: int = 0) -> Com
         unusable_fields=unusable,
         wire_fields=tuple(wire) if variable else (),
         carries_section=any(ex.conv is Conv.SECTION for ex in extracts),
+        undecided=undecided,
     )
+
+
+def _innermost_header(extracts: list[Extract]) -> tuple[list[Extract], tuple[str, ...]]:
+    """The extracts of an encapsulated template reduced to one header plus the tunnel's
+    addresses (see the module docstring), and the address columns left to decide per
+    record (:func:`_two_forms`); any other template's extracts unchanged.
+
+    `extracts` are in template order.  Decided once per template, so it costs nothing
+    per record: the columnar step then reads exactly one field per header column.
+    """
+    header = [ex.ie for ex in extracts if ex.target in HEADER_TARGETS]
+    if len(set(header)) == len(header):
+        return _two_forms(extracts)
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, ex in enumerate(extracts):
+        if ex.target in HEADER_TARGETS:
+            first.setdefault(ex.target, i)
+            last[ex.target] = i
+    has_address = "src_addr" in last or "dst_addr" in last
+    kept: list[Extract] = []
+    for i, ex in enumerate(extracts):
+        if ex.target not in HEADER_TARGETS:
+            kept.append(ex)
+        elif ex.target == "ip_version" and has_address:
+            continue  # which header it describes is unknown: the kept address says it
+        elif last[ex.target] == i:
+            kept.append(ex)
+        elif first[ex.target] == i and ex.target in TUNNEL_OF:
+            kept.append(replace(ex, target=TUNNEL_OF[ex.target]))
+    return kept, ()
+
+
+def _two_forms(extracts: list[Extract]) -> tuple[list[Extract], tuple[str, ...]]:
+    """A template with no repeated element that gives an address column in both forms
+    (IPv4 and IPv6, once each) is either dual-stack (one form set per record) or a tunnel
+    of one version carrying the other (both set): only the records tell.  The first form
+    goes to the tunnel column and the record decides (CompiledTemplate.undecided), with
+    ``ip_version`` from the address kept."""
+    undecided: list[str] = []
+    kept = list(extracts)
+    for column, tunnel in TUNNEL_OF.items():
+        forms = [i for i, ex in enumerate(kept) if ex.target == column]
+        if len(forms) == 2 and kept[forms[0]].conv is not kept[forms[1]].conv:
+            kept[forms[0]] = replace(kept[forms[0]], target=tunnel)
+            undecided.append(column)
+    if undecided:
+        kept = [ex for ex in kept if ex.target != "ip_version"]
+    return kept, tuple(undecided)
 
 
 TemplateKey = tuple[str, int, int]  # exporter, observation domain, template id

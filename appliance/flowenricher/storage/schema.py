@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..columns import ALIASES, BY_NAME, COLUMNS, Column
+from ..columns import ALIASES, BY_NAME, COLUMNS, TUNNEL_OF, Column
 from ..errors import ConfigError
 from .settings import StoreSettings
 
@@ -295,6 +295,15 @@ def _deduplication(s: StoreSettings) -> list[str]:
     ]
 
 
+def _tunnel_columns(s: StoreSettings) -> list[str]:
+    """The outer addresses of encapsulated flows (columns.TUNNEL_OF), added in place to a
+    flows table made before them.  A new table has them from migration 1 (built from
+    COLUMNS), where these statements change nothing; not rollup dimensions (addresses
+    never are).  The statements are missing_columns' for a table lacking only them."""
+    tunnel = set(TUNNEL_OF.values())
+    return missing_columns(s, [*(c.name for c in COLUMNS if c.name not in tunnel), *ALIASES])
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flows table, ptr_cache, 1m/5m/1h rollups and their views", _initial),
     Migration(2, "detections table", _detections),
@@ -302,6 +311,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "blackhole_events table", _blackhole_events),
     Migration(5, "collector_stats and exporter_interfaces tables", _collector_stats),
     Migration(6, "insert deduplication window on flows and rollups", _deduplication),
+    Migration(7, "tunnel_src_addr and tunnel_dst_addr on flows", _tunnel_columns),
 )
 
 
