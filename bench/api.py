@@ -60,6 +60,9 @@ class NoGoBGP:
     def announced(self, prefixes: Any) -> set[str]:
         return set()
 
+    def confirmed(self, prefixes: Any) -> set[str]:
+        return set()
+
 
 def fill(store: FlowStore, flows: int, end: int) -> None:
     """`flows` generated flows in [end - 24 h, end), inserted in 250k-row batches."""

@@ -271,8 +271,8 @@ def test_failed_is_listed_with_its_reason_but_not_in_force(tmp_path: Path) -> No
     # A new request for the prefix replaces the failure in the list.
     assert env.client.post("/announce", json={"prefix": "203.0.113.2/32"}, headers=env.headers()).status_code == 200
     listed = env.client.get("/api/v1/blackholes", headers=env.headers(env.reader)).json()
-    assert [(b["prefix"], b["state"]) for b in listed] == [("203.0.113.1/32", "announced"),
-                                                           ("203.0.113.2/32", "announced")]
+    assert [(b["prefix"], b["state"]) for b in listed] == [("203.0.113.1/32", "confirmed"),
+                                                           ("203.0.113.2/32", "announced")]  # not ticked yet
 
 
 def test_an_api_announcement_gobgp_refuses_is_a_409_and_listed_failed(tmp_path: Path) -> None:

@@ -206,6 +206,15 @@ def test_the_double_refuses_what_gobgpd_refuses(backend: str, request: pytest.Fi
             route = lab.route("203.0.113.3/32")  # large and well-known communities as announced
             assert "(65001, 666, 7)" in route and "(65535,65281)" in route and "(65535,666)" in route, route
             lab.wait_established(timeout=2)  # no route reset a session
+        # Confirmed: sent to an Established peer of the family.  Both agree with the IPv6
+        # session up, and with it down (BIRD's side disabled; the double's `established`).
+        assert target.confirmed([*accepted, "203.0.113.5/32"]) == set(accepted)
+        v4 = {p for p in accepted if ":" not in p}
+        if isinstance(target, RecordingGoBGP):
+            target.established = {4}
+        else:
+            lab.birdc("disable", "gobgp6")
+        wait_until(lambda: target.confirmed(accepted) == v4, "only the IPv4 routes confirmed with IPv6 down")
     finally:
         if isinstance(target, GoBgpAnnouncer):
             target.close()

@@ -212,3 +212,27 @@ def test_a_state_db_of_the_previous_release_gains_the_new_columns(tmp_path: Path
     assert _states(mgr) == {"203.0.113.9/32": "announced"}
     mgr.tick()  # reconcile finds it missing in GoBGP, announces it, and it is confirmed
     assert _states(mgr) == {"203.0.113.9/32": "confirmed"}
+
+
+def test_a_router_that_does_not_answer_holds_no_announcement_up(tmp_path: Path) -> None:
+    """The router is read without the manager's lock: while a read waits out its timeout
+    (here 1.5 s), a detection's announcement goes through at once."""
+
+    class SlowRouter(RouterTable):
+        def holds(self, routes: Sequence[tuple[str, str]]) -> set[str]:
+            time.sleep(1.5)
+            return super().holds(routes)
+
+    gobgp = RecordingGoBGP()
+    mgr = BlackholeManager(StateDB(f"sqlite:///{tmp_path}/state.db"), gobgp, SafetyPolicy(SAFE), None,
+                           Defaults(duration_s=60), CollectorRegistry(), verifier=SlowRouter(), confirm_timeout_s=5)
+    mgr.start()
+    try:
+        mgr.announce("203.0.113.9")
+        time.sleep(0.2)  # the check thread confirmed it and is now reading the router
+        started = time.monotonic()
+        mgr.request("198.51.100.7", None, [], 60, "scan", {"key": "src"})
+        assert time.monotonic() - started < 0.5
+        assert "198.51.100.7/32" in gobgp.held
+    finally:
+        mgr.close()

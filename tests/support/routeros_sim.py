@@ -217,6 +217,24 @@ def as_text(text: str) -> str:
     return text
 
 
+POLICIES = ("local", "telnet", "ssh", "ftp", "reboot", "read", "write", "policy", "test", "winbox", "password", "web",
+            "sniff", "sensitive", "api", "romon", "rest-api")
+"""RouterOS 7's user group policies, in the order it prints them."""
+
+
+def as_policy(text: str) -> str:
+    """A group's ``policy`` as RouterOS 7 prints it: the granted ones, then every other
+    one negated (``read,api,!local,...``); an unknown name is refused."""
+    granted = set()
+    for word in (w.strip() for w in text.split(",") if w.strip()):
+        name = word.removeprefix("!")
+        if name not in POLICIES:
+            raise ValueError(f"unknown policy {name}")
+        if not word.startswith("!"):
+            granted.add(name)
+    return ",".join([p for p in POLICIES if p in granted] + [f"!{p}" for p in POLICIES if p not in granted])
+
+
 # ---------------------------------------------------------------- routing filters
 
 # The subset of RouterOS 7's routing filter language that the mikrotik role writes:
@@ -476,6 +494,7 @@ class Menu:
     unique: tuple[str, ...] = ()
     items: list[dict[str, str]] = field(default_factory=list)
     required_since: dict[str, str] = field(default_factory=dict)  # field -> first version needing it
+    write_only: tuple[str, ...] = ()  # taken by add/set, never printed (a user's password)
 
     def fields_for(self, version: str) -> dict[str, Field]:
         key = version_key(version)
@@ -612,6 +631,16 @@ def build_menus(version: str, identity: str) -> dict[str, Menu]:
             "scope": Field(as_int(0, 255), "30"),
             "target-scope": Field(as_int(0, 255), "10"),
         }, required=("dst-address",)),
+        Menu("/user/group", {"comment": Field(), "name": Field(), "policy": Field(as_policy, as_policy("")),
+                             "skin": Field(default="default")}, required=("name",), unique=("name",)),
+        Menu("/user", {
+            **_common_list_fields(),
+            "name": Field(),
+            "group": Field(ref="/user/group"),
+            "password": Field(default=""),
+            "address": Field(as_address_list, ""),
+            "last-logged-in": Field(read_only=True),
+        }, required=("name", "group"), unique=("name",), write_only=("password",)),
     ]
     if version_key(version) < (7, 20):
         menus = [m for m in menus if m.path != "/routing/bgp/instance"]
@@ -619,6 +648,12 @@ def build_menus(version: str, identity: str) -> dict[str, Menu]:
     for menu in menus:
         if menu.single:
             menu.items.append({name: f.default for name, f in menu.fields_for(version).items() if f.default is not None})
+    # The factory groups (the user the simulator is started with is in "full").
+    for gid, name, policy in (("*FFFFFFF1", "read", "local,telnet,ssh,reboot,read,test,winbox,password,web,sniff,"
+                                                     "sensitive,api,romon,rest-api"),
+                              ("*FFFFFFF2", "write", ",".join(p for p in POLICIES if p not in ("policy", "sensitive"))),
+                              ("*FFFFFFF3", "full", ",".join(POLICIES))):
+        by_path["/user/group"].items.append({".id": gid, "name": name, "policy": as_policy(policy), "skin": "default"})
     # The factory community: builtin, shown with default=true, not removable.
     by_path["/snmp/community"].items.append({
         ".id": "*0", "name": "public", "default": "true", "addresses": "::/0", "security": "none",
@@ -692,6 +727,9 @@ class RouterOsState:
         # Adj-RIB-in: what each BGP peer (by address) announced, before the input filter.
         self.received: dict[str, dict[str, BgpRoute]] = {}
         self._route_ids: dict[tuple[str, str], int] = {}
+        # Every sentence the sessions received, in order (a login's password blanked): tests
+        # count what a client asks, e.g. that it never prints a whole route table.
+        self.sentences: list[list[str]] = []
 
     # ------------------------------------------------------------ BGP routes
 
@@ -720,6 +758,10 @@ class RouterOsState:
         tables = {4: self.menus["/ip/route"], 6: self.menus["/ipv6/route"]}
         for menu in tables.values():
             menu.items[:] = [i for i in menu.items if i.get("bgp") != "true"]
+            for static in menu.items:
+                # an enabled blackhole route is active; a gateway is never reachable here
+                static["active"] = "true" if static.get("blackhole") == "true" and static.get("disabled") != "true" \
+                    else "false"
         rules = self.menus["/routing/filter/rule"].items
         for peer, received in sorted(self.received.items()):
             conn = self._connection_for(peer)
@@ -804,6 +846,7 @@ class RouterOsState:
                 if query_matches(i, queries, lambda n, v: self._query_value(menu, n, v))]
         if "count-only" in attrs:
             return [{"ret": str(len(rows))}]
+        rows = [{k: v for k, v in r.items() if k not in menu.write_only} for r in rows]
         proplist = api.get("proplist") or attrs.get(".proplist")
         if proplist:
             wanted = proplist.split(",")
@@ -915,8 +958,18 @@ class RouterOsState:
     def snapshot(self) -> dict[str, list[dict[str, str]]]:
         """Every menu's items, as print shows them (system menus left out)."""
         with self.lock:
-            return {path: [dict(i) for i in menu.items] for path, menu in self.menus.items()
-                    if not path.startswith("/system/resource")}
+            return {path: [{k: v for k, v in i.items() if k not in menu.write_only} for i in menu.items]
+                    for path, menu in self.menus.items() if not path.startswith("/system/resource")}
+
+    def policies(self, name: str, password: str) -> set[str] | None:
+        """The policies of the /user `name` when `password` is its password, else None."""
+        with self.lock:
+            user = next((u for u in self.menus["/user"].items if u.get("name") == name and u.get("disabled") != "true"),
+                        None)
+            if user is None or user.get("password", "") != password:
+                return None
+            group = next((g for g in self.menus["/user/group"].items if g.get("name") == user.get("group")), None)
+            return {p for p in (group or {}).get("policy", "").split(",") if p and not p.startswith("!")}
 
 
 # ---------------------------------------------------------------- route feed from BIRD
@@ -1006,6 +1059,7 @@ class Session:
         self.sock = sock
         self.reader = WireReader(sock.recv)
         self.user: str | None = None
+        self.policies: set[str] = set()
 
     def send(self, *words: str) -> None:
         self.sock.sendall(encode_sentence(words))
@@ -1023,6 +1077,8 @@ class Session:
             pass
 
     def handle(self, sentence: list[str]) -> None:
+        with self.state.lock:
+            self.state.sentences.append([w if not w.startswith("=password=") else "=password=" for w in sentence])
         command, rest = sentence[0], sentence[1:]
         attrs: dict[str, str] = {}
         api: dict[str, str] = {}
@@ -1052,6 +1108,10 @@ class Session:
             self.send("!done", *tag)
             return
         try:
+            verb = command.rpartition("/")[2]
+            if verb not in ("print", "get") and ("write" not in self.policies
+                                                 or (command.startswith("/user/") and "policy" not in self.policies)):
+                raise ApiTrap("not enough permissions (9)", category=5)
             rows, done = self.state.execute(command, attrs, queries, api)
         except ApiTrap as trap:
             category = [f"=category={trap.category}"] if trap.category is not None else []
@@ -1070,8 +1130,15 @@ class Session:
 
     def _login(self, attrs: dict[str, str], tag: list[str]) -> None:
         name, password = attrs.get("name"), attrs.get("password")
-        if name is not None and password is not None and self.users.get(name) == password:
-            self.user = name
+        # the users the simulator was started with are in the group "full"; others are /user items
+        policies = (set(POLICIES) if name is not None and password is not None and self.users.get(name) == password
+                    else self.state.policies(name or "", password or "") if password is not None else None)
+        if policies is not None and "api" not in policies:
+            self.send("!trap", "=message=not enough permissions (9)", *tag)
+            self.send("!done", *tag)
+            return
+        if name is not None and policies is not None:
+            self.user, self.policies = name, policies
             self.send("!done", *tag)
             return
         self.send("!trap", "=message=invalid user name or password (6)", *tag)
@@ -1087,6 +1154,7 @@ class RouterOsSim:
         self.users = users if users is not None else {"admin": ""}
         self.state_file = state_file
         self.state = RouterOsState(version, identity, on_change=self._write_state if state_file else None)
+        self._sessions: set[socket.socket] = set()  # closed by stop(), as a reboot drops them
         context: ssl.SSLContext | None = None
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -1101,7 +1169,11 @@ class RouterOsSim:
                         sock = context.wrap_socket(sock, server_side=True)
                     except (ssl.SSLError, OSError):
                         return
-                Session(sim.state, sim.users, sock).serve()
+                sim._sessions.add(sock)
+                try:
+                    Session(sim.state, sim.users, sock).serve()
+                finally:
+                    sim._sessions.discard(sock)
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -1133,6 +1205,9 @@ class RouterOsSim:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        for sock in list(self._sessions):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(5)
 

@@ -144,6 +144,7 @@ class BlackholeManager:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._checker: threading.Thread | None = None
+        self._verify_lock = threading.Lock()  # one router read at a time (one API connection)
         self.events = events
         self.notifier = notifier
         # Dry run stores nothing, yet must honour the caps: what it would hold, in memory.
@@ -331,8 +332,8 @@ class BlackholeManager:
             if now >= self._next_reconcile:
                 self._next_reconcile = now + self._reconcile_interval
                 self.reconcile()
-            self.check(now)
             self._update_gauges()
+        self.check(now)  # outside the lock: it reads the router without holding announcements up
 
     def expire(self, now: float | None = None) -> list[Blackhole]:
         """Withdraw every blackhole whose expiry has passed; the ones this call withdrew.
@@ -394,13 +395,11 @@ class BlackholeManager:
             self._confirm([b for b in self.state.active() if b.announced and (recheck or b.confirmed_at is None)],
                           now)
             self._tell_unconfirmed(now)
-            if self.verifier is not None:
-                reread = now >= self._next_router_read
-                confirmed = [b for b in self.state.active()
-                             if b.announced and b.confirmed_at is not None and (reread or b.verified_at is None)]
-                if confirmed and self._verify(confirmed, now) and reread:
-                    self._next_router_read = now + self._verify_interval
             self._update_gauges()
+        if self.verifier is not None:
+            reread = now >= self._next_router_read
+            if self._verify(lambda b: reread or b.verified_at is None, now) and reread:
+                self._next_router_read = now + self._verify_interval
 
     def _unproven(self) -> bool:
         """Some active route is not yet confirmed (or verified, with a router to ask)."""
@@ -424,10 +423,10 @@ class BlackholeManager:
                         now = self._clock()
                         self._confirm([b for b in self.state.active() if b.announced and b.confirmed_at is None],
                                       now)
-                        if self.verifier is not None:
-                            self._verify([b for b in self.state.active() if b.announced
-                                          and b.confirmed_at is not None and b.verified_at is None], now)
                         self._update_gauges()
+                    if self.verifier is not None:
+                        self._verify(lambda b: b.verified_at is None, now)
+                    with self._lock:
                         if not self._unproven():
                             break
                 except Exception:  # a bug here must not end the checks; the tick goes on anyway
@@ -480,18 +479,33 @@ class BlackholeManager:
                 self._log("unconfirmed", bh.prefix, bh.next_hop, bh.communities, bh.source, bh.rule, None,
                           bh.expires_at, reason=f"not confirmed after {now - since:.0f} s: {why}")
 
-    def _verify(self, rows: list[Blackhole], now: float) -> bool:
-        """Read the router's table for `rows`; False when it could not be read."""
-        if not rows:
-            return True
+    def _verify(self, wanted: Callable[[Blackhole], bool], now: float) -> bool:
+        """Read the router's table for the confirmed blackholes `wanted` selects; False
+        when it could not be read.  The router is read without the manager's lock (a
+        router that does not answer costs its timeout, and announcements must not wait
+        for it); the answer is applied to the rows as they are then."""
         if self.verifier is None:
             return False
-        try:
-            held = self.verifier.holds([(b.prefix, b.next_hop) for b in rows])
-        except Exception as err:  # any failure of the router's API: keep the last word, try again later
-            self._router_errors.inc()
-            log.warning("verify on the router: %s", err)
-            return False
+        with self._verify_lock:
+            with self._lock:
+                rows = [b for b in self.state.active() if b.announced and b.confirmed_at is not None and wanted(b)]
+            if not rows:
+                return True
+            try:
+                held = self.verifier.holds([(b.prefix, b.next_hop) for b in rows])
+            except Exception as err:  # any failure of the router's API: keep the last word, try again later
+                self._router_errors.inc()
+                log.warning("verify on the router: %s", err)
+                return False
+            with self._lock:
+                current = {b.id: b for b in self.state.active()}
+                self._apply_verdicts([current[b.id] for b in rows if b.id in current
+                                      and current[b.id].confirmed_at is not None
+                                      and current[b.id].next_hop == b.next_hop], held, now)
+                self._update_gauges()
+        return True
+
+    def _apply_verdicts(self, rows: list[Blackhole], held: set[str], now: float) -> None:
         for bh in rows:
             if bh.prefix in held and bh.verified_at is None:
                 self.state.update(bh.id, verified_at=now)
@@ -502,7 +516,6 @@ class BlackholeManager:
                 self._lost.labels("verified").inc()
                 self._log("lost", bh.prefix, bh.next_hop, bh.communities, bh.source, bh.rule, None, bh.expires_at,
                           reason="no longer active in the router's route table")
-        return True
 
     # ----------------------------------------------------------------- internals
 
