@@ -1,8 +1,9 @@
-"""Fixtures more than one test module uses."""
+"""Fixtures more than one test module uses, and the one list of slow tests."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support import FlowenricherProcess
@@ -18,3 +19,52 @@ def collectors() -> Iterator[list[FlowenricherProcess]]:
     finally:
         for process in started:
             process.stop()
+
+
+# Slow tests are marked here and nowhere else, so `make test-fast` (pytest -m "not slow")
+# leaves out exactly these and a new slow test needs one line here, not a decorator.
+# A key is a test module, or one test of it as "module::test".
+SLOW: dict[str, str] = {
+    "test_molecule": "ansible-lint, ansible-playbook on the example inventory, and the Molecule VM "
+                     "(systemd-nspawn) converged twice",
+    "test_routeros_sim::test_community_routeros_converges_idempotently_and_respects_restrict":
+        "ansible's community.routeros modules converging the RouterOS simulator twice",
+    "test_e2e_service": "the whole service end to end: collector, store, detection and lookup",
+    "test_e2e_attacks": "network namespaces with softflowd, GoBGP, BIRD, nmap and hping3",
+    "test_anomaly_e2e": "network namespaces with softflowd and a minute-long nmap scan",
+    "test_e2e_softflowd": "network namespaces with softflowd exporting real traffic",
+    "test_enrich_ptr": "dnsmasq as the resolver, and waits for TTLs",
+    "test_api_browser": "chromium loading the API's pages",
+    "test_api_schemathesis::test_api_conforms_to_its_schema": "schemathesis requests against every route",
+    "test_decode_hostile::test_composed_exports_decode_within_their_columns": "400 composed hypothesis exports",
+    "test_decode_state::test_100k_exporters_keep_state_and_labels_bounded": "100k exporters through one decoder",
+}
+SLOW_FIXTURES: dict[str, str] = {
+    "bgp_lab": "gobgpd and BIRD started for the test",
+}
+
+
+def _missing_slow_entries(here: Path) -> list[str]:
+    """SLOW keys whose module file or test function no longer exists: renamed, the test
+    would run in the fast loop unnoticed."""
+    missing = []
+    for key in SLOW:
+        module, _, test = key.partition("::")
+        path = here / f"{module}.py"
+        if not path.is_file() or (test and f"def {test}(" not in path.read_text()):
+            missing.append(key)
+    return missing
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests SLOW names, and those using a SLOW_FIXTURES fixture, as slow."""
+    here = Path(__file__).parent
+    missing = _missing_slow_entries(here)
+    if missing:
+        raise pytest.UsageError(f"{here / 'conftest.py'}: SLOW names tests that do not exist: {', '.join(missing)}")
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        reason = SLOW.get(f"{item.path.stem}::{name}") or SLOW.get(item.path.stem) or next(
+            (SLOW_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in SLOW_FIXTURES), None)
+        if reason is not None:
+            item.add_marker(pytest.mark.slow(reason=reason))

@@ -40,8 +40,6 @@ from appliance.flowenricher.detect.anomaly import AnomalyModel
 from appliance.flowenricher.detect.features import FeatureWindows
 from appliance.flowenricher.generate.traffic import TrafficGenerator
 
-pytestmark = pytest.mark.slow
-
 WINDOW_S = 10
 T0 = 1_800_000_000
 

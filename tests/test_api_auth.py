@@ -163,7 +163,8 @@ def test_refuses_to_start_with_default_secrets_outside_dev_mode(tmp_path: Path) 
     create_app(deps)  # a token exists now
     create_app(_deps(tmp_path, {}))  # loopback without tokens is fine: nothing is exposed
 
-    remote = parse_config(yaml.safe_load("clickhouse: {host: ch.example.net}\n"
+    # Outside dev mode the config itself is refused (tests/data/config_corpus/config-default-secrets.yaml).
+    remote = parse_config(yaml.safe_load("clickhouse: {host: ch.example.net}\napi: {dev_mode: true}\n"
                                          "snmp: {targets: [{exporter: 192.0.2.10}, {exporter: 127.0.0.1}]}"))
     problems = insecure_defaults(remote, active_tokens=1)
     assert [p.split(": ")[1] for p in problems] == ["$.clickhouse.password", "$.snmp (target 0, 192.0.2.10)"]

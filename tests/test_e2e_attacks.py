@@ -59,8 +59,6 @@ from support.netns import TestNetwork, require_netns, sweep_stale
 
 from appliance.flowenricher.generate.scenarios import AttackTruth
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_RULES = REPO / "appliance" / "flowenricher" / "examples" / "detection.yml"
 

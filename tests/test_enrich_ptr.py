@@ -28,10 +28,7 @@ from appliance.flowenricher.enrich.base import AddressSet
 from appliance.flowenricher.enrich.ptr import PtrResolver, PtrResult, PtrStage, parse_nameserver
 from appliance.flowenricher.errors import ConfigError
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason())),
-]
+pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
 
 HOSTS = [f"198.51.100.{i}" for i in range(100, 140)]
 NAMES = {

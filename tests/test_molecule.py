@@ -137,7 +137,6 @@ def _scenario_unavailable() -> str | None:
     return None
 
 
-@pytest.mark.slow
 def test_molecule_scenario_converges_verifies_and_is_idempotent() -> None:
     reason = _scenario_unavailable()
     if reason:

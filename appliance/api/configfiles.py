@@ -1,11 +1,16 @@
 """Reading, validating and replacing config.yaml and detection.yml through the API.
 
-A replacement is validated by the same code as ``flowenricher validate`` (the JSON
-Schemas in ``schemas/`` plus config.py's checks), so a document the API accepts is one
-the service would start with.  Then it is written next to the file and renamed over
-it (readers never see half a file, a crash leaves the old or the new one), and the
-running service is told.  If the service refuses it, the previous file is put back:
-a failed replacement leaves both the running settings and the file as they were.
+A replacement is read and validated by the same code as ``flowenricher validate`` (the
+YAML loader with its size, depth and alias limits, the JSON Schemas in ``schemas/`` plus
+config.py's checks), so a document the API accepts is one the service would start with,
+and one it refuses is refused with the same words.  Then it is written next to the file
+and renamed over it (readers never see half a file, a crash leaves the old or the new
+one), the file it replaces is kept as ``<name>.previous``, and the running service is
+told.  If the service refuses it, both files are put back: a failed replacement leaves
+the running settings and the files as they were.
+
+A symlink is followed: the deployed ``/etc/flowenricher/config.yaml`` links into a
+directory the service may write (roles/flowenricher), and the file there is replaced.
 
 Bodies may be JSON (``application/json``) or YAML text (anything else).  YAML text is
 saved as sent, comments included; a JSON document is saved as YAML.  Secrets are shown
@@ -14,7 +19,6 @@ masked and a masked value sent back keeps the current secret (redact.py).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import stat
@@ -26,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from appliance.flowenricher.config import Settings, load_rules, parse_config, parse_rules, parse_yaml
+from appliance.flowenricher.config import Settings, load_rules, parse_config, parse_json, parse_rules, parse_yaml
 from appliance.flowenricher.errors import ConfigError
 
 from .errors import ApiError, Conflict, Invalid, Problem
@@ -61,17 +65,14 @@ def parse_body(body: bytes, content_type: str, source: str) -> Parsed:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
         raise Invalid(f"{source}: the body is not UTF-8",
-                      [Problem(path="$", reason=f"not UTF-8 (byte {err.start})")]) from err
+                      [Problem(path="$", reason=f"not UTF-8 text (byte {err.start})")]) from err
     media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/json" or media.endswith("+json"):
-        try:
-            return Parsed(json.loads(text), None)
-        except ValueError as err:
-            raise Invalid(f"{source}: the body is not JSON", [Problem(path="$", reason=str(err))]) from err
+    is_json = media == "application/json" or media.endswith("+json")
     try:
-        return Parsed(parse_yaml(text, source), text)
+        return Parsed(parse_json(text, source), None) if is_json else Parsed(parse_yaml(text, source), text)
     except ConfigError as err:
-        raise Invalid(f"{source}: the body is not valid YAML", problems_of(err, source)) from err
+        raise Invalid(f"{source}: the {'JSON' if is_json else 'YAML'} body cannot be read",
+                      problems_of(err, source)) from err
 
 
 def problems_of(err: ConfigError, source: str) -> list[Problem]:
@@ -103,16 +104,22 @@ def _split_location(text: str) -> tuple[str, str]:
     return "$", text
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one rename, keeping its permissions; durable on return."""
+def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Replace `path` with `text` in one rename; durable on return.
+
+    The file gets `mode`, else the mode of the file it replaces, else 0600: a config may
+    hold passwords, so the temporary file is never readable by more than the owner
+    before it has its final mode.
+    """
+    if mode is None:
+        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o600
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
+            os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -124,6 +131,11 @@ def write_atomic(path: Path, text: str) -> None:
         os.close(directory)
 
 
+def previous_file(path: Path) -> Path:
+    """Where the file a replacement through the API overwrote is kept (one generation)."""
+    return path.with_name(f"{path.name}.previous")
+
+
 class SettingsFiles:
     """The running config and rules, and the files they came from.  Thread-safe."""
 
@@ -133,7 +145,8 @@ class SettingsFiles:
         self.config_path = config_path
         self.rules_path = rules_path
         if rules is None:
-            rules = load_rules(rules_path) if rules_path is not None and rules_path.exists() else []
+            rules = (load_rules(rules_path, max_window_s=settings.detection.flow_cache_max_window_s)
+                     if rules_path is not None and rules_path.exists() else [])
         self.rules: Rules = rules
         self._apply_config = apply_config
         self._apply_rules = apply_rules
@@ -173,7 +186,9 @@ class SettingsFiles:
 
     def validate_rules(self, parsed: Parsed) -> Rules:
         try:
-            return parse_rules(parsed.document, "rules")
+            # Checked against the running config's window, as `run` and `validate --config` do.
+            return parse_rules(parsed.document, "rules",
+                               max_window_s=self.settings.detection.flow_cache_max_window_s)
         except ConfigError as err:
             raise Invalid("rules: the document does not validate", problems_of(err, "rules")) from err
 
@@ -205,22 +220,45 @@ class SettingsFiles:
 
     @staticmethod
     def _swap(path: Path, text: str, apply: Callable[[], None], what: str) -> None:
-        """Write `text` to `path`, then apply; put the old file back if applying fails."""
-        previous = path.read_text(encoding="utf-8") if path.exists() else None
+        """Keep the current file as ``<name>.previous``, write `text` to `path`, then apply;
+        put both files back if writing or applying fails.
+
+        The copy is written before the replacement, so at every moment the former text
+        is on disk under one of the two names.
+        """
+        path = path.resolve()  # a symlink's target is replaced, not the link (see the module docstring)
+        backup = previous_file(path)
+        written = False
         try:
-            write_atomic(path, text)
+            previous = path.read_text(encoding="utf-8") if path.exists() else None
+            older = backup.read_text(encoding="utf-8") if backup.exists() else None
+            mode = stat.S_IMODE(path.stat().st_mode) if previous is not None else None
         except OSError as err:
-            raise NotApplied(f"{what}: cannot write {path}: {err.strerror or err}; nothing changed") from err
+            raise NotApplied(f"{what}: cannot read {err.filename or path}: {err.strerror or err}; "
+                             "nothing changed") from err
         try:
+            if previous is not None:
+                write_atomic(backup, previous, mode)
+            write_atomic(path, text, mode)
+            written = True
             apply()
         except Exception as err:
-            if previous is None:
-                path.unlink(missing_ok=True)
-            else:
-                write_atomic(path, previous)
+            _put_back(path, previous, backup, older)
+            if not written and isinstance(err, OSError):
+                raise NotApplied(f"{what}: cannot write {err.filename or path}: {err.strerror or err}; "
+                                 "nothing changed") from err
             if isinstance(err, ConfigError):
                 raise Invalid(f"{what}: the service refused it; nothing changed", problems_of(err, what)) from err
             if isinstance(err, ApiError):  # e.g. 503: the collector (`flowenricher api`) is not running
                 raise
             log.exception("%s: applying the new %s failed; %s restored", what, what, path)
             raise NotApplied(f"{what}: the service could not apply it ({err}); nothing changed") from err
+
+
+def _put_back(path: Path, previous: str | None, backup: Path, older: str | None) -> None:
+    """Both files as they were before a replacement (None: there was no such file)."""
+    for target, text in ((path, previous), (backup, older)):
+        if text is None:
+            target.unlink(missing_ok=True)
+        elif not target.exists() or target.read_text(encoding="utf-8") != text:
+            write_atomic(target, text)

@@ -14,51 +14,48 @@ open beyond this machine with a default or no secret:
 - An SNMP target that is not on this machine uses the community ``public`` (the
   default): routers answering it tell anyone their interfaces and more.
 
-In dev mode the same findings are logged as warnings and the API starts.
+In dev mode the same findings are logged as warnings and the API starts.  The ClickHouse
+and SNMP findings depend on the config alone: config validation refuses them outside dev
+mode (default_secrets.py), so ``validate`` and the API's validate give the same verdict;
+only the token rule, which reads the token store, is left to the start.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 from appliance.flowenricher.config import Settings
+from appliance.flowenricher.default_secrets import (
+    DEFAULT_COMMUNITY,
+    clickhouse_password_problem,
+    is_loopback,
+    snmp_community_problem,
+)
 from appliance.flowenricher.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COMMUNITY = "public"
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses; names other than localhost are
-    assumed to be other machines."""
-    text = host.strip().strip("[]").lower()
-    if text == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(text).is_loopback
-    except ValueError:
-        return False
+__all__ = ["DEFAULT_COMMUNITY", "check_startup", "insecure_defaults", "is_loopback"]
 
 
 def insecure_defaults(settings: Settings, active_tokens: int, source: str = "config") -> list[str]:
-    """What in `settings` is open beyond this machine with a default or missing secret."""
+    """What in `settings` is open beyond this machine with a default or missing secret.
+
+    Config validation refuses the ClickHouse and SNMP findings outside dev mode
+    (default_secrets.py); the token rule needs the token store, so it is made here."""
     problems = []
     if not is_loopback(settings.api.host) and active_tokens == 0:
         problems.append(
             f"{source}: $.api.listen: the API listens on {settings.api.listen}, beyond this machine, and no API "
             "token exists; create one with `flowenricher token create --scope admin` or listen on 127.0.0.1")
     ch = settings.clickhouse
-    if ch.host is not None and not is_loopback(ch.host) and not ch.password:
-        problems.append(
-            f"{source}: $.clickhouse.password: empty while clickhouse.host {ch.host!r} is another machine; "
-            "give the ClickHouse user a password")
+    problem = clickhouse_password_problem(ch.host, ch.password)
+    if problem is not None:
+        problems.append(f"{source}: $.clickhouse.password: {problem}")
     for index, target in enumerate(settings.snmp.targets):
-        if target.version != "3" and target.community == DEFAULT_COMMUNITY and not is_loopback(target.host):
-            problems.append(
-                f"{source}: $.snmp (target {index}, {target.host}): the default community {DEFAULT_COMMUNITY!r} "
-                "for a router on the network; set the router's own read-only community")
+        problem = snmp_community_problem(target.host, target.version, target.community)
+        if problem is not None:
+            problems.append(f"{source}: $.snmp (target {index}, {target.host}): {problem}")
     return problems
 
 

@@ -71,7 +71,7 @@ def summarize(body: bytes, limit: int = 1000) -> str:
     text = body.decode("utf-8", errors="replace")
     try:
         text = json.dumps(redact(json.loads(text)), separators=(",", ":"), ensure_ascii=False)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to decode: kept as text
         text = _JSON_SECRET.sub(lambda m: f'{m[1]}"{MARKER}"', text)
         text = _YAML_SECRET.sub(lambda m: f"{m[1]}{MARKER}", text)
     if len(text) > limit:

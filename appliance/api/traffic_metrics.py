@@ -32,12 +32,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from appliance.flowenricher.batch import DictColumn, FlowBatch
-from appliance.flowenricher.columns import BY_NAME, DIRECTION_NAMES, Kind
+from appliance.flowenricher.columns import DIRECTION_NAMES
+from appliance.flowenricher.config import json_path
 from appliance.flowenricher.errors import ConfigError
+from appliance.flowenricher.traffic_labels import label_problems
 
 OTHER = "other"
 EMPTY = "unknown"
-_NOT_LABELS = frozenset({"bytes", "packets", "timestamp_start", "timestamp_end", "received_at"})
 
 I64 = npt.NDArray[np.int64]
 
@@ -110,23 +111,11 @@ class _LabelCodes:
         return str(value)
 
 
-def check_labels(labels: Sequence[str], max_series: int, where: str = "$.metrics.traffic") -> None:
-    """Raise ConfigError naming each label that cannot be one."""
-    problems = []
-    if max_series < 1:
-        problems.append(f"config: {where}.max_series: must be at least 1, got {max_series}")
-    for index, name in enumerate(labels):
-        column = BY_NAME.get(name)
-        if column is None or name in _NOT_LABELS or column.kind is Kind.UINT_LIST:
-            problems.append(f"config: {where}.labels[{index}]: {name!r} is not a flow column that can be a label")
-        elif column.kind is Kind.ADDR:
-            problems.append(f"config: {where}.labels[{index}]: {name!r} is an address: one series per address "
-                            "is what the cardinality cap exists to prevent (ask the API's top N instead)")
-        elif list(labels).index(name) != index:
-            problems.append(f"config: {where}.labels[{index}]: {name!r} is listed twice")
-    if labels and max_series >= 1 and (max_series + 1) ** len(labels) >= 2**62:
-        problems.append(f"config: {where}.labels: {len(labels)} labels with max_series {max_series} are too many "
-                        "combinations to count")
+def check_labels(labels: Sequence[str], max_series: int) -> None:
+    """Raise ConfigError naming each label that cannot be one (the rule config validation
+    applies too: traffic_labels.py)."""
+    problems = [f"config: {json_path(('metrics', 'traffic', *path))}: {message}"
+                for path, message in label_problems(labels, max_series)]
     if problems:
         raise ConfigError(problems)
 

@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,11 @@ log = logging.getLogger("flowenricher")
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 _DECODE_SLICE = 512  # datagrams decoded at a time by `decode`: measured fastest and smallest near here
+DESCRIPTION = """\
+Collect NetFlow v5/v9, IPFIX and sFlow, enrich the flows (AS, AS path, country, interface
+names, reverse DNS) and store them in ClickHouse; detect scans and floods and blackhole
+them over BGP.  Exit status: 0 done, 1 failed, 2 bad input (the message names the file
+and the place)."""
 
 
 def _add(parser: argparse.ArgumentParser, name: str, **kw: object) -> None:
@@ -34,7 +40,7 @@ def _add(parser: argparse.ArgumentParser, name: str, **kw: object) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowenricher", description=__doc__)
+    parser = argparse.ArgumentParser(prog="flowenricher", description=DESCRIPTION)
     parser.add_argument("--log-level", default=None, help="debug, info, warning, error (default: config's)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -117,6 +123,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console script.  A reader that goes away (`flowenricher decode x.pcap | head`)
+    ends any command quietly: exit 0, nothing on stderr, so scripts under `set -o pipefail`
+    go on.  The final flush is made here so that it is covered too; an error already
+    on its way out is left to show, not replaced by the flush's."""
+    try:
+        try:
+            code = _run_command(argv)
+        except SystemExit:  # argparse exits from inside parse_args after printing --help
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise
+        # Python flushes stdout again at exit: point it at /dev/null so that flush succeeds.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe nobody reads any more (poll reports POLLERR on its write
+    end), so a BrokenPipeError from a socket is not mistaken for the reader leaving."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level or "info")
     try:
@@ -141,16 +180,20 @@ def _settings(path: str | None):  # type: ignore[no-untyped-def]
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .config import load_config, load_rules
+    from .config import Settings, checked_at_start, load_config, load_rules
 
     if not args.config and not args.rules:
         print("flowenricher validate: give --config and/or --rules", file=sys.stderr)
         return EXIT_BAD_INPUT
     problems: list[str] = []
-    max_window_s = None
+    # Without --config, `run --rules` would take the default config's window: check against it.
+    max_window_s: float | None = Settings.default().detection.flow_cache_max_window_s
+    notes: list[str] = []
     if args.config:
         try:
-            max_window_s = load_config(args.config).detection.flow_cache_max_window_s
+            settings = load_config(args.config)
+            max_window_s = settings.detection.flow_cache_max_window_s
+            notes = checked_at_start(settings)
         except ConfigError as err:
             problems.extend(err.problems)
     if args.rules:
@@ -162,6 +205,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     if not problems:
         print("valid:", ", ".join(p for p in (args.config, args.rules) if p))
+        for note in notes:
+            print(f"checked when run starts, not here: {args.config}: {note}")
     return EXIT_BAD_INPUT if problems else EXIT_OK
 
 
@@ -172,6 +217,7 @@ def _rules_path(args: argparse.Namespace, cfg: Settings) -> Path | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_rules
     from .service import run_service
     from .wiring import runtime_factory, service_settings
 
@@ -182,6 +228,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if rules_path is not None and not rules_path.exists():
         print(f"rules file {rules_path} does not exist", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if rules_path is not None:  # refused here, as `validate` refuses it, before anything starts
+        load_rules(rules_path, max_window_s=cfg.detection.flow_cache_max_window_s)
     return run_service(service_settings(cfg), runtime_factory(cfg, rules_path, Path(args.config) if args.config else None))
 
 
@@ -205,8 +253,8 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    """Captures are read and decoded a slice at a time, so memory stays flat on any size;
-    a broken pipe (`decode big.pcap | head`) ends quietly."""
+    """Captures are read and decoded a slice at a time, so memory stays flat on any size
+    and `decode big.pcap | head` stops early (main() ends it quietly)."""
     from .decode.dispatch import FlowDecoder
     from .pcap import read_udp
     from .report import RowPrinter, print_summary
@@ -231,9 +279,6 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         out.flush()
         print(f"flowenricher decode: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except BrokenPipeError:
-        # The reader went away: stop, and keep Python from failing again on the final flush.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
     return EXIT_OK
 
 

@@ -42,12 +42,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 import yaml
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 from yaml.constructor import ConstructorError
-from yaml.nodes import MappingNode, ScalarNode
+from yaml.error import Mark
+from yaml.events import AliasEvent, CollectionStartEvent, NodeEvent
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .collector.receiver import exporter_key
 from .common import bgp_values
+from .default_secrets import clickhouse_password_problem, is_loopback, snmp_community_problem
+from .enrich.snmp_credentials import credential_problems
 from .errors import ConfigError
 from .storage.schema import flow_partition_column
+from .traffic_labels import label_problems
 
 __all__ = [
     "CONFIG_SCHEMA",
@@ -76,6 +81,7 @@ __all__ = [
     "parse_actions",
     "parse_config",
     "parse_duration",
+    "parse_json",
     "parse_rules",
     "parse_yaml",
     "schema_path",
@@ -290,6 +296,14 @@ def parse_duration(value: str | int | float) -> float:
     return total
 
 
+def seconds_or_none(value: object) -> float | None:
+    """`value` as seconds, or None when it is not a duration (the schema reports that)."""
+    try:
+        return parse_duration(value) if isinstance(value, str | int | float) else None
+    except ValueError:
+        return None
+
+
 def _split_list(value: str | Iterable[str]) -> tuple[str, ...]:
     """Items of a comma-separated string (the original's format) or of a list."""
     items = value.split(",") if isinstance(value, str) else value
@@ -314,12 +328,93 @@ _FLOAT_TAG = "tag:yaml.org,2002:float"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
 
+# Limits of a config or rules document, from a file or an API body.  A real one has tens
+# of kilobytes, a few thousand values and a handful of levels; a read-only API token may
+# send documents to the validate calls, so what the loader and the checks after it spend
+# on one document must be bounded by these, not by what the document expands to.
+MAX_DOCUMENT_BYTES = 256 * 1024
+MAX_DOCUMENT_VALUES = 50_000
+"""Keys, items and scalars, an alias counted as the whole of what it stands for."""
+MAX_DOCUMENT_DEPTH = 32
+"""Mappings and sequences nested in one another, aliases expanded."""
+
+
+class _OverLimit(Exception):
+    """A document passed one of the MAX_DOCUMENT limits at `mark` (the loader's own
+    error, so that it is not reported as a YAML syntax error)."""
+
+    def __init__(self, mark: object, reason: str) -> None:
+        super().__init__(reason)
+        self.mark = mark
+        self.reason = reason
+
+
 class _Loader(yaml.SafeLoader):
-    """A safe loader with YAML 1.2 numbers, string keys and duplicate-key detection."""
+    """A safe loader with YAML 1.2 numbers, string keys, duplicate-key detection and
+    bounded aliases.
+
+    Aliases are kept, bounded rather than refused: the schema gives top-level ``x-`` keys
+    to operators for anchors, and configs use them.  PyYAML builds an aliased value once
+    and shares it, but every later step (``<<`` merges, which copy the merged pairs, the
+    schema checks, defaults, error messages) walks the value as often as it is aliased,
+    so nine aliases in each of seven levels cost 9**7 of everything.  The composer
+    therefore counts each node's size with its aliases expanded (an alias adds the size
+    of its anchor) and stops at MAX_DOCUMENT_VALUES or MAX_DOCUMENT_DEPTH while reading,
+    before anything is expanded; an alias inside its own anchor (a cycle) is refused.
+    """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.duplicates: list[tuple[str, int, int]] = []  # key, line, first line
+        self._values = 0  # composed so far, aliases expanded
+        self._depth = 0  # collections open around the node being composed
+        self._sizes: dict[Node, tuple[int, int]] = {}  # complete node -> (values, height)
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        event = self._next_event()
+        if isinstance(event, AliasEvent):
+            anchor = event.anchor
+            target = self.anchors.get(anchor)
+            if target is not None:  # else PyYAML's own "undefined alias" error
+                if target not in self._sizes:
+                    raise _OverLimit(event.start_mark, f"alias *{anchor} is inside its own anchor &{anchor} "
+                                                       "(a document without end)")
+                values, height = self._sizes[target]
+                self._count(values, self._depth + height, event.start_mark,
+                            f"alias *{anchor} (of {values} values)")
+            return super().compose_node(parent, index)
+        collection = isinstance(event, CollectionStartEvent)
+        self._count(1, self._depth + collection, event.start_mark, "this value")
+        before = self._values
+        self._depth += collection
+        node = super().compose_node(parent, index)
+        self._depth -= collection
+        if node is not None:
+            height = collection + max((self._sizes[child][1] for child in _children(node)), default=0)
+            self._sizes[node] = (self._values - before + 1, height)
+        return node
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # The scanner looks ahead up to 1024 characters for a key at every open `[` or `{`,
+        # one search per open level: a thousand `[` cost a fifth of a second before the
+        # composer sees the first one.  So flow nesting is stopped where it is read.
+        if self.flow_level >= MAX_DOCUMENT_DEPTH:
+            raise _OverLimit(self.get_mark(), f"this value nests the document more than {MAX_DOCUMENT_DEPTH} levels deep")
+        super().fetch_flow_collection_start(TokenClass)
+
+    def _next_event(self) -> NodeEvent:
+        """The event of the node about to be composed (the stubs leave peek_event untyped)."""
+        event: NodeEvent = self.peek_event()  # type: ignore[no-untyped-call]
+        return event
+
+    def _count(self, values: int, depth: int, mark: object, what: str) -> None:
+        self._values += values
+        if depth > MAX_DOCUMENT_DEPTH:
+            raise _OverLimit(mark, f"{what} nests the document more than {MAX_DOCUMENT_DEPTH} levels deep"
+                                   + (" with its aliases expanded" if what.startswith("alias") else ""))
+        if self._values > MAX_DOCUMENT_VALUES:
+            raise _OverLimit(mark, f"{what} makes the document larger than {MAX_DOCUMENT_VALUES} values "
+                                   "(keys, items and scalars, each alias counted as a copy of its anchor)")
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         first_line: dict[str, int] = {}
@@ -346,6 +441,16 @@ class _Loader(yaml.SafeLoader):
         return mapping
 
 
+def _children(node: Node) -> Iterable[Node]:
+    """The nodes directly inside a composed `node` (keys and values of a mapping)."""
+    if isinstance(node, MappingNode):
+        for key, value in node.value:
+            yield key
+            yield value
+    elif not isinstance(node, ScalarNode):
+        yield from node.value
+
+
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT_TAG, _FLOAT_TAG, _TIMESTAMP_TAG)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -369,11 +474,19 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str, source: str) -> object:
-    """The YAML document in `text`; a syntax error or duplicate key raises ConfigError
-    naming `source` and the line."""
+    """The YAML document in `text`; a syntax error, a duplicate key or a document past the
+    MAX_DOCUMENT limits raises ConfigError naming `source` and the line.
+
+    Every entry point reads YAML here (files through _read_yaml_file, API bodies), so a
+    document is refused, and worded, the same way by all of them."""
+    _check_size(len(text.encode("utf-8")), source)
     loader = _Loader(text)
     try:
         document = loader.get_single_data()
+    except _OverLimit as err:
+        raise ConfigError([f"{source}: {_where(err.mark)}: {err.reason}"]) from None
+    except RecursionError:  # not reached within MAX_DOCUMENT_DEPTH; kept as a clear error regardless
+        raise ConfigError([f"{source}: $: the document nests more than {MAX_DOCUMENT_DEPTH} levels deep"]) from None
     except yaml.MarkedYAMLError as err:
         raise ConfigError([_yaml_problem(source, err)]) from err
     except yaml.YAMLError as err:
@@ -388,10 +501,52 @@ def parse_yaml(text: str, source: str) -> object:
     return document
 
 
+def parse_json(text: str, source: str) -> object:
+    """The JSON document in `text`, held to the same MAX_DOCUMENT limits as YAML (JSON has
+    no aliases, but its size and depth still bound what the checks after it spend).
+    ConfigError names `source` and, for a limit, the JSON path where it was passed."""
+    _check_size(len(text.encode("utf-8")), source)
+    try:
+        document: object = json.loads(text)
+    except RecursionError:
+        raise ConfigError([f"{source}: $: the document nests more than {MAX_DOCUMENT_DEPTH} levels deep"]) from None
+    except ValueError as err:
+        raise ConfigError([f"{source}: $: not JSON: {err}"]) from err
+    values = 0
+    stack: list[tuple[object, tuple[JsonPathElement, ...], int]] = [(document, (), 0)]
+    while stack:  # a loop, not recursion: the depth is what is being checked
+        value, path, depth = stack.pop()
+        values += 1
+        if isinstance(value, dict | list):
+            depth += 1
+            if depth > MAX_DOCUMENT_DEPTH:
+                raise ConfigError([f"{source}: {json_path(path)}: this value nests the document more than "
+                                   f"{MAX_DOCUMENT_DEPTH} levels deep"])
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            values += len(value) if isinstance(value, dict) else 0  # the keys
+            stack.extend((item, (*path, key), depth) for key, item in items)
+        if values > MAX_DOCUMENT_VALUES:
+            raise ConfigError([f"{source}: {json_path(path)}: this value makes the document larger than "
+                               f"{MAX_DOCUMENT_VALUES} values (keys, items and scalars)"])
+    return document
+
+
+def _check_size(size: int, source: str) -> None:
+    if size > MAX_DOCUMENT_BYTES:
+        raise ConfigError([f"{source}: $: {size} bytes, more than the {MAX_DOCUMENT_BYTES} bytes a config or "
+                           "rules document may have"])
+
+
+def _where(mark: object) -> str:
+    """``line L, column C`` of a mark of the (pure-Python) loader, 1-based."""
+    if isinstance(mark, Mark):
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+    return "somewhere"
+
+
 def _yaml_problem(source: str, err: yaml.MarkedYAMLError) -> str:
     mark = err.problem_mark or err.context_mark
-    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
-    text = f"{source}: {where}: YAML syntax error: {err.problem or err.context}"
+    text = f"{source}: {_where(mark)}: YAML syntax error: {err.problem or err.context}"
     if err.problem and err.context and err.context_mark is not None:
         text += f" ({err.context} started on line {err.context_mark.line + 1})"
     return text
@@ -400,13 +555,18 @@ def _yaml_problem(source: str, err: yaml.MarkedYAMLError) -> str:
 def _read_yaml_file(path: str | os.PathLike[str]) -> object:
     name = os.fspath(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:  # no more than the limit is read, whatever the file's size
+            data = handle.read(MAX_DOCUMENT_BYTES + 1)
+            size = os.fstat(handle.fileno()).st_size if len(data) > MAX_DOCUMENT_BYTES else len(data)
     except FileNotFoundError:
         raise ConfigError([f"{name}: file not found"]) from None
-    except UnicodeDecodeError as err:
-        raise ConfigError([f"{name}: not UTF-8 text (byte {err.start})"]) from err
     except OSError as err:
         raise ConfigError([f"{name}: cannot be read: {err.strerror or err}"]) from err
+    _check_size(max(size, len(data)), name)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{name}: $: not UTF-8 text (byte {err.start})"]) from err
     return parse_yaml(text, name)
 
 
@@ -910,6 +1070,30 @@ def parse_config(document: object, source: str = "config") -> Settings:
     return _parse_config(document, source, None)
 
 
+def checked_at_start(settings: Settings) -> list[str]:
+    """What `settings` asks of this machine, which only `run` can check when it starts
+    (``flowenricher validate`` says so rather than pretend it checked them)."""
+    notes = []
+    if "geoip" in settings.enrich:
+        for key in ("asn_db", "city_db"):
+            db = getattr(settings.geoip, key)
+            if db is not None:
+                notes.append(f"$.geoip.{key}: {str(db)!r} is opened and checked as a MaxMind database")
+    if "snmp" in settings.enrich:
+        for target in settings.snmp.targets:
+            try:
+                ipaddress.ip_address(target.exporter)
+            except ValueError:
+                notes.append(f"$.snmp.target: the host name {target.exporter!r} is resolved to the exporter's "
+                             "address")
+    if "ptr" in settings.enrich and settings.dns.nameserver is None:
+        notes.append("$.dns.nameserver: not set: the system's resolver (/etc/resolv.conf) must be configured")
+    if settings.api.enabled and not is_loopback(settings.api.host) and not settings.api.dev_mode:
+        notes.append(f"$.api.listen: {settings.api.listen} is beyond this machine: the API refuses to start "
+                     "until an API token exists (`flowenricher token create`)")
+    return notes
+
+
 def _parse_config(document: object, source: str, path: Path | None) -> Settings:
     raw = {} if document is None else document
     problems = _schema_problems(CONFIG_SCHEMA, raw)
@@ -989,10 +1173,10 @@ def _config_checks(raw: Mapping[str, Any]) -> list[_Problem]:
                                                       "(flows are received over UDP on collectors.listeners)"))
 
     anomaly = _mapping(raw, "anomaly")
-    window = _seconds(anomaly.get("window", 60))
+    window = seconds_or_none(anomaly.get("window", 60))
     if window is not None and (window < 1 or window != int(window)):
         problems.append(_Problem(("anomaly", "window"), "must be whole seconds, at least 1s"))
-    interval = _seconds(anomaly.get("train_interval", 600))
+    interval = seconds_or_none(anomaly.get("train_interval", 600))
     if interval is not None and interval < 60:
         problems.append(_Problem(("anomaly", "train_interval"), "must be at least 1m (each training reads the "
                                                                 "whole baseline)"))
@@ -1013,7 +1197,115 @@ def _config_checks(raw: Mapping[str, Any]) -> list[_Problem]:
         if session.get("asn") is None and session.get("local_asn") is None:
             problems.append(_Problem(("bgp", "bgp_listener"),
                                      "'asn' or 'local_asn' is required (this side's AS number)"))
+    problems += _traffic_label_checks(_mapping(raw, "metrics", "traffic"))
+    problems += _webhook_checks(_mapping(raw, "detection"))
+    problems += _dns_checks(_mapping(raw, "dns"))
+    dev_mode = _mapping(raw, "api").get("dev_mode") is True
+    problems += _snmp_checks(_mapping(raw, "snmp"), dev_mode)
+    clickhouse = _mapping(raw, "clickhouse")
+    host, password = clickhouse.get("host"), clickhouse.get("password", "")
+    problem = (clickhouse_password_problem(host, password)
+               if not dev_mode and isinstance(host, str | None) and isinstance(password, str) else None)
+    if problem is not None:
+        problems.append(_Problem(("clickhouse", "password"), f"{problem}{_DEV_MODE}"))
     problems += _blackhole_checks(_mapping(raw, "blackhole"))
+    return problems
+
+
+def _default(*keys: str) -> Any:
+    """The schema's default of the setting at `keys` (``"dns", "max_ttl"``)."""
+    node: Mapping[str, Any] = load_schema(CONFIG_SCHEMA)
+    for key in keys:
+        node = node["properties"][key]
+    return node.get("default")
+
+
+def _traffic_label_checks(traffic: Mapping[str, Any]) -> list[_Problem]:
+    """The labels of the Prometheus traffic counters (traffic_labels.py holds the rule)."""
+    labels = traffic.get("labels", [])
+    max_series = traffic.get("max_series", _default("metrics", "traffic", "max_series"))
+    if not isinstance(labels, list):
+        return []  # the schema reports it
+    valid_cap = isinstance(max_series, int) and not isinstance(max_series, bool) and max_series >= 1
+    return [_Problem(("metrics", "traffic", *path), message)
+            for path, message in label_problems(labels, max_series if valid_cap else None)]
+
+
+def _webhook_checks(detection: Mapping[str, Any]) -> list[_Problem]:
+    """Where detections are POSTed: a URL the notifier can send to (detect/actions.py's rule)."""
+    from .detect.actions import url_problem  # detect/ imports this module: imported late
+
+    urls: list[tuple[tuple[JsonPathElement, ...], object]] = [(("detection", "slack_webhook"),
+                                                              detection.get("slack_webhook"))]
+    hooks = detection.get("webhooks")
+    urls += [(("detection", "webhooks", index), url) for index, url in enumerate(hooks if isinstance(hooks, list) else [])]
+    problems = []
+    for path, url in urls:
+        # A URL without http(s):// is the schema's to report; this is the rest of the rule.
+        problem = url_problem(url) if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+        if problem is not None:
+            problems.append(_Problem(path, problem))
+    return problems
+
+
+def _dns_checks(dns: Mapping[str, Any]) -> list[_Problem]:
+    """The answer cache's TTL bounds must leave room between them."""
+    low = seconds_or_none(dns.get("min_ttl", _default("dns", "min_ttl")))
+    high = seconds_or_none(dns.get("max_ttl", _default("dns", "max_ttl")))
+    if low is not None and high is not None and low > high:
+        key = "min_ttl" if "min_ttl" in dns else "max_ttl"
+        return [_Problem(("dns", key), f"min_ttl ({low:g}s) is longer than max_ttl ({high:g}s)")]
+    return []
+
+
+_SNMP_CREDENTIALS = ("version", "community", "user", "auth_protocol", "auth_key", "priv_protocol", "priv_key")
+
+
+_DEV_MODE = " (api.dev_mode: true allows it with a warning; never in production)"
+
+
+def _snmp_checks(snmp: Mapping[str, Any], dev_mode: bool) -> list[_Problem]:
+    """Each agent's credentials (snmp.target with the block's, each of snmp.targets with
+    its own over the block's) by the rule enrich/snmp.py polls with, and outside dev mode
+    no default community for an agent on the network (default_secrets.py); an exporter
+    listed twice; a poll interval of 0.  A snmp.target that is a host name is resolved
+    at start."""
+    problems: list[_Problem] = []
+    block = {key: snmp.get(key, _default("snmp", key)) for key in _SNMP_CREDENTIALS}
+    agents: list[tuple[tuple[JsonPathElement, ...], object, object, dict[str, Any]]] = []
+    if snmp.get("enabled") is True and snmp.get("target"):
+        agents.append((("snmp",), snmp.get("target"), snmp.get("target"), {}))
+    targets = snmp.get("targets")
+    for index, entry in enumerate(targets if isinstance(targets, list) else []):
+        if isinstance(entry, Mapping):
+            own = {key: value for key, value in entry.items() if key in _SNMP_CREDENTIALS and value is not None}
+            exporter = entry.get("exporter")
+            agents.append((("snmp", "targets", index), exporter, entry.get("host") or exporter, own))
+    seen: dict[str, tuple[JsonPathElement, ...]] = {}
+    for where, exporter, host, own in agents:
+        merged = {**block, **own}
+        if not all(isinstance(merged[key], str | None) for key in _SNMP_CREDENTIALS):
+            continue  # the schema reports the type
+        texts = {key: str(merged[key] or "") for key in _SNMP_CREDENTIALS}
+        found = credential_problems(**texts)
+        open_community = snmp_community_problem(str(host), texts["version"], texts["community"])
+        if open_community is not None and not dev_mode:
+            found.append(("community", f"{open_community}{_DEV_MODE}"))
+        for key, reason in found:
+            if where == ("snmp",) or key in own:
+                problems.append(_Problem((*where, key), reason))
+            else:
+                problems.append(_Problem(where, f"{key} (from snmp.{key}): {reason}"))
+        try:
+            address = str(ipaddress.ip_address(str(exporter)))
+        except ValueError:
+            continue  # a host name (resolved at start) or a bad address (the schema reports it)
+        first = seen.setdefault(address, where)
+        if first != where:
+            problems.append(_Problem((*where, "exporter") if where != ("snmp",) else (*where, "target"),
+                                     f"exporter {address} is already polled by {json_path(first)}"))
+    if seconds_or_none(snmp.get("interval", _default("snmp", "interval"))) == 0:
+        problems.append(_Problem(("snmp", "interval"), "must be longer than 0"))
     return problems
 
 
@@ -1295,7 +1587,9 @@ def parse_rules(document: object, source: str = "rules", *, max_window_s: float 
     raw = [] if document is None else document
     problems = _schema_problems(RULES_SCHEMA, raw)
     rules, prefix = (raw, ()) if isinstance(raw, list) else (_mapping_list(raw, "rules"), ("rules",))
-    problems += _rules_checks(rules, prefix, max_window_s)
+    from .detect.rule_checks import rules_problems  # detect/ imports this module: imported late
+
+    problems += [_Problem(path, message) for path, message in rules_problems(rules, prefix, max_window_s)]
     _raise_if_problems(source, raw, [_name_the_rule(problem, rules, prefix) for problem in problems])
     root = load_schema(RULES_SCHEMA)
     rule_schema = root["$defs"]["rule"]
@@ -1320,136 +1614,3 @@ def _name_the_rule(problem: _Problem, rules: list[Any], prefix: tuple[JsonPathEl
     if not isinstance(name, str) or not name or path[len(prefix) + 1:] == ("name",):
         return problem
     return _Problem(path, f"rule {name!r}: {problem.message}")
-
-
-# The thresholds a rule can set; one of them must be, or every flow would match.
-_THRESHOLDS = ("min_flows", "min_packets", "min_bytes", "min_pps", "min_bps", "min_syn_ratio",
-               "unique_dst_ips", "unique_dst_ports", "unique_src_ips")
-_BLACKHOLE_KEYS = ("blackhole_count", "blackhole_next_hop", "blackhole_communities", "blackhole_time")
-_TCP_PROTOS = (6, "tcp", "any")
-_ACTIONS = {"alert", "blackhole", "clickhouse", "slack", "webhook"}
-
-
-def _rules_checks(rules: list[Any], prefix: tuple[JsonPathElement, ...], max_window_s: float | None) -> list[_Problem]:
-    problems: list[_Problem] = []
-    names: dict[str, int] = {}
-    for index, rule in enumerate(rules):
-        if not isinstance(rule, dict):
-            continue
-        name = rule.get("name")
-        if isinstance(name, str):
-            first = names.setdefault(name, index)
-            if first != index:
-                where = json_path((*prefix, first))
-                problems.append(_Problem((*prefix, index, "name"),
-                                         f"{name!r} is already the name of {where}"))
-        problems += [_Problem((*prefix, index, *path), message)
-                     for path, message in _rule_contradictions(rule, max_window_s)]
-    return problems
-
-
-def _number(rule: Mapping[str, Any], key: str) -> float:
-    """A numeric setting of `rule`, 0 when absent or of the wrong type (the schema reports that)."""
-    value = rule.get(key, 0)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
-
-
-def _seconds(value: object) -> float | None:
-    try:
-        return parse_duration(value) if isinstance(value, str | int | float) else None
-    except ValueError:
-        return None  # the schema reports the syntax
-
-
-def _rule_contradictions(rule: Mapping[str, Any], max_window_s: float | None,
-                         ) -> list[tuple[tuple[JsonPathElement, ...], str]]:
-    """Settings of one rule that cannot all hold, or that say something the rule will not
-    do; defensive about types, which the schema reports on its own."""
-    found: list[tuple[tuple[JsonPathElement, ...], str]] = []
-    key = rule.get("key", "src")
-
-    window = _seconds(rule.get("time_window"))
-    if window is not None and window <= 0:
-        found.append((("time_window",), "must be longer than 0"))
-    elif window is not None and max_window_s is not None and window > max_window_s:
-        found.append((("time_window",), f"{rule['time_window']!r} is longer than detection.flow_cache_max_window "
-                                        f"({max_window_s:g}s): the engine keeps no state that old"))
-
-    ml_score = rule.get("min_ml_score")
-    if ml_score is not None and rule.get("min_anomaly_score") is not None:
-        found.append((("min_anomaly_score",), "is the former name of min_ml_score, which is set too: keep "
-                                              "only min_ml_score"))
-    ml_score = rule.get("min_anomaly_score") if ml_score is None else ml_score
-    if not any(_number(rule, name) > 0 for name in _THRESHOLDS) and ml_score is None:
-        found.append(((), "sets no threshold (a min_* or unique_* key): every key would match"))
-
-    # Counts that a grouping pins to one.
-    if key == "src" and _number(rule, "unique_src_ips") > 1:
-        found.append((("unique_src_ips",), "with key: src each key is one source; use key: dst to count "
-                                           "the sources of a flood"))
-    if key == "dst" and _number(rule, "unique_dst_ips") > 1:
-        found.append((("unique_dst_ips",), "with key: dst each key is one destination; use key: src to count "
-                                           "the hosts a source reaches"))
-    if key == "dst" and rule.get("same_dst_ip") is True:
-        found.append((("same_dst_ip",), "key: dst already counts per destination address"))
-    elif rule.get("same_dst_ip") is True and _number(rule, "unique_dst_ips") > 1:
-        found.append((("unique_dst_ips",), "same_dst_ip counts one destination address per key, so more "
-                                           "than 1 is never reached"))
-    if rule.get("same_dst_port") is True and _number(rule, "unique_dst_ports") > 1:
-        found.append((("unique_dst_ports",), "same_dst_port counts one destination port per key, so more "
-                                             "than 1 is never reached"))
-    ports = rule.get("dst_ports")
-    if isinstance(ports, list) and ports and _number(rule, "unique_dst_ports") > len(ports):
-        found.append((("unique_dst_ports",), f"dst_ports lists {len(ports)} port(s), so "
-                                             f"{rule['unique_dst_ports']} distinct ports are never reached"))
-
-    proto = rule.get("proto", "any")
-    proto = proto.lower() if isinstance(proto, str) else proto
-    for flag_key in ("tcp_flags", "min_syn_ratio"):
-        if rule.get(flag_key) not in (None, 0) and proto not in _TCP_PROTOS:
-            found.append(((flag_key,), f"only TCP flows carry flags, and proto is {rule.get('proto')!r}"))
-
-    found += _prefix_contradictions(rule)
-
-    actions = rule.get("action")
-    named = parse_actions(actions) if isinstance(actions, str | list) and all(
-        isinstance(item, str) for item in actions) else ()
-    if named and set(named) <= _ACTIONS:  # an unknown action is reported by the schema alone
-        blackhole = "blackhole" in named
-        defaults = load_schema(RULES_SCHEMA)["$defs"]["rule"]["properties"]
-        if not blackhole:
-            for name in _BLACKHOLE_KEYS:
-                if name in rule and rule[name] != defaults[name]["default"]:
-                    found.append(((name,), "is set, but action has no blackhole (add blackhole to action, "
-                                           "or remove it)"))
-        else:
-            if _number(rule, "blackhole_count") < 1:
-                found.append((("blackhole_count",), "the blackhole action needs blackhole_count of at least 1 "
-                                                    "(the flows a key must hold to be blackholed)"))
-            if _seconds(rule.get("blackhole_time", 0)) == 0:
-                found.append((("blackhole_time",), "the blackhole action needs blackhole_time (for instance "
-                                                   "3600): an automatic blackhole must expire"))
-    return found
-
-
-def _prefix_contradictions(rule: Mapping[str, Any]) -> list[tuple[tuple[JsonPathElement, ...], str]]:
-    """Include prefixes that an exclude prefix swallows whole: the rule would see nothing there."""
-    def networks(name: str) -> list[tuple[int, IPNetwork]]:
-        items = rule.get(name)
-        out = []
-        for position, text in enumerate(items if isinstance(items, list) else []):
-            try:
-                out.append((position, ipaddress.ip_network(text)))
-            except (TypeError, ValueError):
-                continue  # the schema reports it
-        return out
-
-    found: list[tuple[tuple[JsonPathElement, ...], str]] = []
-    excludes = networks("exclude_prefixes")
-    for position, net in networks("include_prefixes"):
-        for other_position, other in excludes:
-            if net.version == other.version and net.subnet_of(other):  # type: ignore[arg-type]
-                found.append((("include_prefixes", position),
-                              f"{net} lies inside exclude_prefixes[{other_position}] ({other}): never matched"))
-                break
-    return found

@@ -88,7 +88,8 @@ def score(body: ScoreRequest, ctx: Context, _: Reader) -> ScoreResponse:
 
 @router.post("/score", response_model=ScoreResponse)
 def score_root(body: ScoreRequest, ctx: Context, _: Reader) -> ScoreResponse:
-    """The original design's scoring microservice call (same body and answer as /api/v1/anomaly/score)."""
+    """The scoring microservice's call, at the root for clients written for it (same body and answer as
+    /api/v1/anomaly/score)."""
     return _score(ctx, body)
 
 

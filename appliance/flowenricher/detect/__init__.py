@@ -1,7 +1,8 @@
 """The detection engine: rules over sliding windows of the enriched flows, and the
 actions of their detections (detections.log, ClickHouse, Slack, webhooks, blackholes).
 
-`rules` types the validated rules, `window` holds one rule's sliding-window state,
+`rules` types the validated rules (`rule_checks` refuses rules that contradict
+themselves), `window` holds one rule's sliding-window state,
 `engine` runs the rules over batches, `actions` and `outbox` deliver detections,
 `watcher` reloads the rules file.
 """

@@ -216,12 +216,24 @@ def _post_json(url: str, body: Mapping[str, Any], headers: Mapping[str, str], ti
         raise
 
 
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot receive detections, or None; config validation applies it too."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as err:
+        return f"{url!r} is not a URL: {err}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{url!r} is not an http(s) URL with a host"
+    return None
+
+
 def _where(url: str) -> str:
     """Scheme and host of `url`: enough to tell endpoints apart in logs, without the secret
     path of a Slack webhook."""
+    problem = url_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{url!r} is not an http(s) URL")
     return f"{parts.scheme}://{parts.hostname}"
 
 

@@ -60,6 +60,7 @@ from ..batch import DictColumn, FlowBatch, str_to_addr
 from ..config import SnmpSettings
 from ..errors import ConfigError, FlowEnricherError
 from .base import AddressSet
+from .snmp_credentials import credential_problems
 
 log = logging.getLogger(__name__)
 
@@ -147,31 +148,9 @@ class SnmpTarget:
             out.append(f"timeout_s: {self.timeout_s} must be > 0")
         if self.retries < 0:
             out.append(f"retries: {self.retries} must be >= 0")
-        if self.version == "2c":
-            if not self.community:
-                out.append("community: empty (SNMP v2c needs one)")
-        elif self.version == "3":
-            out.extend(self._v3_problems())
-        else:
-            out.append(f"version: {self.version!r} is not '2c' or '3'")
-        return out
-
-    def _v3_problems(self) -> list[str]:
-        out: list[str] = []
-        if not self.user:
-            out.append("user: empty (SNMP v3 needs a user name)")
-        auth, priv = self.auth_protocol.lower(), self.priv_protocol.lower()
-        if auth not in AUTH_PROTOCOLS:
-            out.append(f"auth_protocol: {self.auth_protocol!r} is not one of {', '.join(AUTH_PROTOCOLS)}")
-        if priv not in PRIV_PROTOCOLS:
-            out.append(f"priv_protocol: {self.priv_protocol!r} is not one of {', '.join(PRIV_PROTOCOLS)}")
-        # RFC 3414 section 11.2: pass phrases shorter than 8 characters are refused by agents.
-        if auth != "none" and len(self.auth_key) < 8:
-            out.append("auth_key: shorter than 8 characters")
-        if priv != "none" and len(self.priv_key) < 8:
-            out.append("priv_key: shorter than 8 characters")
-        if auth == "none" and priv != "none":
-            out.append("priv_protocol: privacy needs authentication (auth_protocol is none)")
+        out += [f"{key}: {reason}" for key, reason in credential_problems(
+            self.version, self.community, self.user, self.auth_protocol, self.auth_key, self.priv_protocol,
+            self.priv_key, auth_protocols=AUTH_PROTOCOLS, priv_protocols=PRIV_PROTOCOLS)]
         return out
 
     def auth_data(self) -> CommunityData | UsmUserData:
