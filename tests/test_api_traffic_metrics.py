@@ -10,10 +10,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support import sample_batch
 
-from appliance.api import TrafficMetrics
 from appliance.flowenricher.batch import DictColumn, FlowBatch
 from appliance.flowenricher.columns import DIRECTION_NAMES
 from appliance.flowenricher.errors import ConfigError
+from appliance.flowenricher.traffic_metrics import TrafficMetrics
 
 LABELS = ["src_host_country", "proto", "flow_direction"]
 

@@ -1,14 +1,15 @@
 """The control plane: the FastAPI application with the original blackhole calls, the
-versioned API, tokens and audit, the status page, and Prometheus traffic counters.
+versioned API, tokens and audit, and the status page.
 
 ``create_app(ApiDeps(...))`` builds the application (app.py); ``tokens`` holds what
-``flowenricher token`` does; ``TrafficMetrics`` counts traffic by configured labels.
+``flowenricher token`` does.  The Prometheus traffic counters are the collector's
+(appliance/flowenricher/traffic_metrics.py): the core package imports nothing of this one
+but its composition root (wiring.py, cli.py) to serve it.
 """
 
 from __future__ import annotations
 
 from .app import create_app
 from .deps import ApiDeps
-from .traffic_metrics import TrafficMetrics
 
-__all__ = ["ApiDeps", "TrafficMetrics", "create_app"]
+__all__ = ["ApiDeps", "create_app"]

@@ -1,7 +1,7 @@
 """Which flow columns may label the Prometheus traffic counters (``metrics.traffic``).
 
 Defined here, in the core package, so the config's validation (``flowenricher
-validate``, the API, ``run``) and the counters themselves (appliance/api/traffic_metrics.py)
+validate``, the API, ``run``) and the counters themselves (traffic_metrics.py)
 apply the same rule with the same words.
 """
 

@@ -119,7 +119,7 @@ def runtime_factory(cfg: Settings, rules_path: Path | None = None, config_path: 
             engine = (_add_detection(runtime, cfg, rules_path, registry, query, anomaly)
                       if rules_path is not None else None)
             if cfg.metrics.traffic_labels:
-                from appliance.api.traffic_metrics import TrafficMetrics
+                from .traffic_metrics import TrafficMetrics
 
                 runtime.consumers.append(TrafficMetrics(list(cfg.metrics.traffic_labels),
                                                         cfg.metrics.traffic_max_series, registry))

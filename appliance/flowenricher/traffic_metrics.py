@@ -31,11 +31,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from appliance.flowenricher.batch import DictColumn, FlowBatch
-from appliance.flowenricher.columns import DIRECTION_NAMES
-from appliance.flowenricher.config import json_path
-from appliance.flowenricher.errors import ConfigError
-from appliance.flowenricher.traffic_labels import label_problems
+from .batch import DictColumn, FlowBatch
+from .columns import DIRECTION_NAMES
+from .config import json_path
+from .errors import ConfigError
+from .traffic_labels import label_problems
 
 OTHER = "other"
 EMPTY = "unknown"
