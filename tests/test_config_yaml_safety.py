@@ -33,7 +33,11 @@ YAML = {"Content-Type": "application/yaml"}
 JSON = {"Content-Type": "application/json"}
 EXIT_BAD_INPUT = 2
 MAX_SECONDS = 0.1  # per refused request
-MAX_GROWTH_KB = 4096  # of VmRSS and VmHWM over all the refused documents
+# Of VmRSS and VmHWM over all the refused documents.  Unbounded, one 481-byte merge bomb
+# alone raised VmHWM by 74 MB; inside the whole suite's pytest process (about 800 MB, its
+# allocator's arenas and the captured logs of 96 requests) the bounded run grew 5.6 MB
+# once (CI, 2026-12-04) and under 2 MB alone: 16 MB tells the two apart with room.
+MAX_GROWTH_KB = 16 * 1024
 
 
 def _aliases(level: int, width: int) -> str:
