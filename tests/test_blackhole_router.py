@@ -37,7 +37,7 @@ def settings(server: RouterOsSim, **kw: object) -> RouterApiSettings:
     values: dict[str, object] = {"host": server.host, "port": server.port, "username": READER, "password": PASSWORD,
                                  "timeout_s": 2.0}
     values.update(kw)
-    return RouterApiSettings(**values)  # type: ignore[arg-type]
+    return RouterApiSettings(**values)
 
 
 def admin(server: RouterOsSim, **kw: object) -> librouteros.Api:

@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 
 from .batch import DictColumn, FlowBatch
 from .columns import DIRECTION_NAMES
-from .config import json_path
+from .documents import json_path
 from .errors import ConfigError
 from .traffic_labels import label_problems
 

@@ -21,7 +21,7 @@ from librouteros.protocol import encode_sentence
 from librouteros.query import Key
 
 from ..common.bgp_values import next_hop_for, parse_prefix
-from ..config import RouterApiSettings
+from .settings import RouterApiSettings
 
 log = logging.getLogger(__name__)
 

@@ -4,25 +4,60 @@ actions of their detections (detections.log, ClickHouse, Slack, webhooks, blackh
 `rules` types the validated rules (`rule_checks` refuses rules that contradict
 themselves), `window` holds one rule's sliding-window state,
 `engine` runs the rules over batches, `actions` and `outbox` deliver detections,
-`watcher` reloads the rules file.
+`watcher` reloads the rules file.  The names below are loaded on first use, so that reading
+the package's settings (settings.py, which config.py composes) does not import the
+engine and its actions.
 """
 
-from .actions import (
-    AlertLog,
-    BlackholeAction,
-    BlackholeSink,
-    ClickHouseDetections,
-    SlackNotifier,
-    WebhookNotifier,
-    build_actions,
-    detections_ddl,
-    insert_detections_sql,
-)
-from .detection import Detection
-from .engine import Action, AnomalyScorer, DetectionEngine
-from .outbox import DeliveryMetrics
-from .rules import Rule, load_rule_set, parse_rule_set
-from .watcher import RulesWatcher
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .actions import (
+        AlertLog,
+        BlackholeAction,
+        BlackholeSink,
+        ClickHouseDetections,
+        SlackNotifier,
+        WebhookNotifier,
+        build_actions,
+        detections_ddl,
+        insert_detections_sql,
+    )
+    from .detection import Detection
+    from .engine import Action, AnomalyScorer, DetectionEngine
+    from .outbox import DeliveryMetrics
+    from .rules import Rule, load_rule_set, parse_rule_set
+    from .watcher import RulesWatcher
+
+_MODULE_OF = {
+    "AlertLog": "actions",
+    "BlackholeAction": "actions",
+    "BlackholeSink": "actions",
+    "ClickHouseDetections": "actions",
+    "SlackNotifier": "actions",
+    "WebhookNotifier": "actions",
+    "build_actions": "actions",
+    "detections_ddl": "actions",
+    "insert_detections_sql": "actions",
+    "Detection": "detection",
+    "Action": "engine",
+    "AnomalyScorer": "engine",
+    "DetectionEngine": "engine",
+    "DeliveryMetrics": "outbox",
+    "Rule": "rules",
+    "load_rule_set": "rules",
+    "parse_rule_set": "rules",
+    "RulesWatcher": "watcher",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
 
 __all__ = [
     "Action",

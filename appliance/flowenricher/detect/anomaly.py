@@ -40,11 +40,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sklearn.ensemble import IsolationForest
 
 from ..batch import FlowBatch, addr_to_str, str_to_addr
-from ..config import AnomalySettings
 from ..enrich.base import addr_halves
 from ..errors import FlowEnricherError
 from .detection import Detection
 from .features import FEATURE_NAMES, FeatureWindows, WindowFeatures
+from .settings import AnomalySettings
 
 __all__ = ["ANOMALY_SCORES_TABLE", "MODEL_FORMAT", "AnomalyModel", "AnomalyScoring", "ModelError",
            "ScoringUnavailable", "anomaly_scores_ddl", "insert_scores_sql", "transform"]

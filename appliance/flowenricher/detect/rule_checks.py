@@ -11,15 +11,14 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import (
-    RULES_SCHEMA,
-    IPNetwork,
-    JsonPathElement,
-    json_path,
-    load_schema,
-    parse_actions,
-    seconds_or_none,
-)
+from ..common.settings_base import IPNetwork, seconds_or_none, split_list
+from ..documents import RULES_SCHEMA, JsonPathElement, json_path, load_schema
+
+
+def parse_actions(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """A rule's actions, from ``"alert,blackhole"`` or ``["alert", "blackhole"]``, in order."""
+    return tuple(dict.fromkeys(split_list(value)))
+
 
 # A problem: its path (relative to what the function was given) and the reason.
 Found = tuple[tuple[JsonPathElement, ...], str]

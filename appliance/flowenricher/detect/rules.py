@@ -15,7 +15,8 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from ..columns import DIRECTION_NAMES
-from ..config import load_rules, parse_actions, parse_duration, parse_rules
+from ..common.settings_base import parse_duration
+from .rules_file import load_rules, parse_actions, parse_rules
 
 __all__ = ["PROTOCOLS", "Rule", "load_rule_set", "parse_rule_set"]
 

@@ -38,7 +38,7 @@ from .base import AddressSet, Index, StringTable, public_mask, spread_strings
 if TYPE_CHECKING:
     from maxminddb.types import Record
 
-    from ..config import GeoIpSettings
+    from .settings import GeoIpSettings
 
 try:
     from maxminddb.extension import Reader as _CReader

@@ -35,9 +35,9 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..batch import U8, DictColumn, FlowBatch, addr_is_v4, addr_to_str, str_to_addr
-from ..config import DnsSettings
 from ..errors import ConfigError
 from .base import AddressSet, public_mask, spread_strings
+from .settings import DnsSettings
 
 log = logging.getLogger(__name__)
 

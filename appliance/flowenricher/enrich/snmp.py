@@ -57,9 +57,9 @@ from pysnmp.hlapi.v3arch.asyncio import (  # type: ignore[import-untyped]
 from pysnmp.proto.errind import RequestTimedOut  # type: ignore[import-untyped]
 
 from ..batch import DictColumn, FlowBatch, str_to_addr
-from ..config import SnmpSettings
 from ..errors import ConfigError, FlowEnricherError
 from .base import AddressSet
+from .settings import SnmpSettings
 from .snmp_credentials import credential_problems
 
 log = logging.getLogger(__name__)

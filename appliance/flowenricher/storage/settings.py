@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from pydantic import Field, field_validator, model_validator
+
+from ..common.settings_base import FilePath, Identifier, Port, Section
 from ..errors import ConfigError
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -84,3 +90,97 @@ class StoreSettings:
     def spool_path(self) -> str:
         """The spool directory: ``spool_dir``, else ``<path>/spool``."""
         return self.spool_dir if self.spool_dir is not None else os.path.join(self.path, "spool")
+
+
+# --------------------------------------------------------------------------- config blocks
+# The blocks of config.yaml the store is built from (``clickhouse``, ``storage``,
+# ``insert``); wiring.store_settings() combines them into StoreSettings.
+
+
+class ClickHouseSettings(Section):
+    """Flow store. Without `host` the store is embedded (chDB in `storage.path`); with a
+    host, flowenricher talks to that ClickHouse server over HTTP. Database and table name
+    the store in both modes."""
+
+    host: str | None = Field(None, description="ClickHouse server host name or address. Absent, null or empty: the "
+                             "embedded store. The original's \"localhost\" means a server on this machine, as it did "
+                             "there.")
+    port: Port = Field(8123, description="ClickHouse HTTP(S) port of the server.")
+    user: str = Field("default", description="ClickHouse user on the server.")
+    password: str = Field("", repr=False, description="Password of `user` on the server; never logged.")
+    database: Identifier = Field("flowenricher", description="Database holding the flow table and ptr_cache (the "
+                                 "original used pmacct).")
+    table: Identifier = Field("flows", description="Flow table name.")
+    secure: bool = Field(False, description="Use HTTPS to the server.")
+
+    @field_validator("host")
+    @classmethod
+    def _empty_is_embedded(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def embedded(self) -> bool:
+        """True when no server is configured: chDB in `storage.path`."""
+        return self.host is None
+
+
+class StorageSettings(Section):
+    """Local data: the embedded store, its retention and partitioning (also used for the
+    server's tables), and the spool that keeps batches the store could not take."""
+
+    path: FilePath = Field(Path("./data"), description="Data directory of the embedded store (chDB); one process owns "
+                           "it at a time.")
+    ttl_days: int = Field(90, ge=0, description="Days flows are kept (TTL on timestamp_start); the original kept three "
+                          "months. 0 keeps them forever.")
+    partition_by: str = Field(DEFAULT_PARTITION_BY, min_length=1, description=(
+        "PARTITION BY expression of the flow table: f(column), f a day-or-coarser date function such as toYYYYMMDD or "
+        "toYYYYMM of a DateTime flow column (inserts are split by day to stay within the store's partitions per "
+        "insert; validation names the functions accepted). Daily partitions make TTL drops cheap."))
+    spool_dir: FilePath | None = Field(None, description="Where batches wait while the store is unavailable; null: "
+                                       "<path>/spool.")
+    spool_max_bytes: int = Field(1 << 30, ge=0, description="Spool size limit in bytes; the oldest batches are dropped "
+                                 "(and counted) beyond it so the disk never fills.")
+    spool_max_age_s: int = Field(24 * 3600, ge=0, description="Seconds a spooled batch is kept before it is dropped "
+                                 "(and counted).")
+    state_db_url: str | None = Field(None, min_length=1, alias="state_db", description=(
+        "SQLAlchemy URL of the state database (active blackholes, API tokens, audit). Null: SQLite file state.db in "
+        "storage.path."))
+
+    @model_validator(mode="after")
+    def _derived(self) -> StorageSettings:
+        if self.spool_dir is None:
+            self.derive(spool_dir=self.path / "spool")
+        return self
+
+    @property
+    def state_db(self) -> str:
+        """The state database's SQLAlchemy URL: as given, else SQLite in `path`."""
+        return self.state_db_url or f"sqlite:///{os.path.abspath(os.path.join(self.path, 'state.db'))}"
+
+
+class InsertSettings(Section):
+    """Batching of inserts into the store. Large batches are what ClickHouse is fast at;
+    the flush interval bounds the delay when traffic is low."""
+
+    batch_size: int = Field(250_000, ge=1, description="Flows per insert (a batch is written when it is full or the "
+                            "interval passes). The original's 200 is honoured as given, though far below what the "
+                            "store handles well.")
+    flush_interval_ms: int = Field(1000, ge=1, description="Most milliseconds a flow waits in a batch before it is "
+                                   "written.")
+
+    @property
+    def flush_interval_s(self) -> float:
+        return self.flush_interval_ms / 1000.0
+
+
+def storage_problems(storage: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """The partition expression the store can bound (the same check it makes when it starts)."""
+    partition_by = storage.get("partition_by")
+    if isinstance(partition_by, str):
+        from .schema import flow_partition_column  # schema reads StoreSettings: imported late
+
+        try:
+            flow_partition_column(partition_by)
+        except ValueError as err:
+            return [(("partition_by",), str(err))]
+    return []
