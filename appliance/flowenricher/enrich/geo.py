@@ -32,6 +32,7 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..batch import FlowBatch
+from ..common.addresses import plain_address, stored_bytes
 from ..errors import ConfigError
 from .base import AddressSet, Index, StringTable, public_mask, spread_strings
 
@@ -523,10 +524,8 @@ class GeoStage:
             addr = ipaddress.ip_address(ip.strip())
         except ValueError as err:
             raise ValueError(f"lookup: {ip!r} is not an IPv4 or IPv6 address") from err
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        raw = (bytes(10) + b"\xff\xff" + addr.packed) if addr.version == 4 else addr.packed
-        public = bool(public_mask(np.frombuffer(raw, np.uint8).reshape(1, 16))[0])
+        addr = plain_address(addr)
+        public = bool(public_mask(np.frombuffer(stored_bytes(addr), np.uint8).reshape(1, 16))[0])
         out: dict[str, object] = {"ip": str(addr), "public": public, "asn": 0, "as_name": "", "asn_network": "",
                                   "country": "", "city": "", "geo_network": ""}
         if not public:
