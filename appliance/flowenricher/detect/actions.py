@@ -30,9 +30,10 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from ..common.addresses import stored_text
+from ..common.ratelimit import RateLimitedLog
 from .detection import Detection
 from .engine import Action
-from .outbox import DeliveryMetrics, LimitedLog, Outbox, PermanentError
+from .outbox import DeliveryMetrics, Outbox, PermanentError
 from .rules import Rule
 
 __all__ = [
@@ -71,7 +72,7 @@ class AlertLog:
         self._metrics = metrics
         self._samples = samples
         self._lock = threading.Lock()
-        self._warn = LimitedLog(log)
+        self._warn = RateLimitedLog(log, 60.0)
 
     def handle(self, rule: Rule, detection: Detection) -> None:
         line = json.dumps(detection.to_dict(self._samples), separators=(",", ":"), ensure_ascii=False)

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..batch import FlowBatch
 from ..common.addresses import plain_address, stored_bytes
+from ..common.ratelimit import RateLimitedLog
 from ..errors import ConfigError
 from .base import AddressSet, Index, StringTable, public_mask, spread_strings
 
@@ -310,7 +311,7 @@ class GeoStage:
         self._last_check = time.monotonic()
         self._reload_lock = threading.Lock()
         self._failed: dict[Role, Signature] = {}
-        self._last_log: dict[str, float] = {}
+        self._log = RateLimitedLog(log, _LOG_EVERY_S)  # by what failed: walk or lookup, per database
         self.asn_names: dict[int, str] = {}
         self._closing = threading.Event()
         self._names_walk: threading.Thread | None = None
@@ -418,8 +419,8 @@ class GeoStage:
                     return
         except (maxminddb.InvalidDatabaseError, ValueError) as err:
             self._metrics.errors.labels(db.role).inc()
-            self._log_limited(f"walk:{db.role}", "geoip: %s: corrupt record after %d records while naming ASes: %s",
-                              db.setting, seen, err)
+            self._log.error("geoip: %s: corrupt record after %d records while naming ASes: %s",
+                            db.setting, seen, err, key=f"walk:{db.role}")
 
     def wait_for_names(self, timeout: float | None = None) -> bool:
         """Wait until asn_names holds the whole ASN database; False on timeout."""
@@ -460,7 +461,7 @@ class GeoStage:
             return db.reader.get(ip)
         except (maxminddb.InvalidDatabaseError, ValueError) as err:
             self._metrics.errors.labels(db.role).inc()
-            self._log_limited(f"lookup:{db.role}", "geoip: %s: lookup of %s failed: %s", db.setting, ip, err)
+            self._log.error("geoip: %s: lookup of %s failed: %s", db.setting, ip, err, key=f"lookup:{db.role}")
             return None
 
     def _answer_ids(self, addrs: AddressSet, cache: _AnswerCache) -> npt.NDArray[np.intp]:
@@ -553,12 +554,6 @@ class GeoStage:
         if errors:
             out["errors"] = errors
         return out
-
-    def _log_limited(self, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last_log.get(key, -_LOG_EVERY_S) >= _LOG_EVERY_S:
-            self._last_log[key] = now
-            log.error(msg, *args)
 
     def close(self) -> None:
         self._closing.set()
