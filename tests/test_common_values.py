@@ -156,6 +156,28 @@ def test_plain_text_leaves_text_that_is_no_address_unchanged(text: str) -> None:
     assert plain_text(text) == text
 
 
+def _address_like_text() -> st.SearchStrategy[str]:
+    """Text made of what addresses are made of, near the mapped form: mostly not
+    addresses, some of them mapped ones (with leading zeros, short groups, bad octets)."""
+    octet = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["01", "00", "007", "", "1e2"]))
+    dotted = st.lists(octet, min_size=3, max_size=5).map(".".join)
+    head = st.sampled_from(["::ffff:", "::FFFF:", "0:0:0:0:0:ffff:", "::0:ffff:", "::fffe:", "::", ":ffff:", "ffff::",
+                            "::ffff::", "0::ffff:", ""])
+    hexy = st.text(alphabet="0123456789abcdefABCDEF:.", max_size=30)
+    return st.one_of(st.tuples(head, dotted).map("".join), st.tuples(head, hexy).map("".join), hexy)
+
+
+@given(_address_like_text())
+def test_plain_text_agrees_with_ipaddress_on_address_like_text(text: str) -> None:
+    try:
+        parsed = ipaddress.ip_address(text)
+    except ValueError:
+        assert plain_text(text) == text
+        return
+    mapped = parsed.ipv4_mapped if isinstance(parsed, ipaddress.IPv6Address) else None
+    assert plain_text(text) == (text if mapped is None else str(mapped))
+
+
 @given(st.lists(ANY, max_size=40))
 def test_rows_of_many_addresses(addresses: list[Address]) -> None:
     rows = np.frombuffer(b"".join(stored_bytes(a) for a in addresses), np.uint8).reshape(-1, 16)

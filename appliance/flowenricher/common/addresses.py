@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +40,8 @@ V4_MAPPED_ROW: U8 = np.frombuffer(V4_MAPPED, dtype=np.uint8)
 V4_MAPPED_ROW.flags.writeable = False
 
 _MAPPED_TEXT = "::ffff:"  # how Python and ClickHouse both spell the prefix of a mapped address
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255 without leading zeros, as ipaddress reads
+_KERNEL_MAPPED = re.compile(rf"::ffff:({_OCTET}(?:\.{_OCTET}){{3}})")  # how inet_ntop writes a mapped address
 
 
 def _address(value: IPAddress | str) -> IPAddress:
@@ -90,11 +93,16 @@ def plain_text(address: str) -> str:
     and the hex form ``::ffff:c000:201``.  Any other text, an address or not, comes back
     unchanged.
 
-    The collector calls this for every datagram: text without a colon (IPv4, or no
-    address at all) costs one scan, and the answers for the rest are cached (bounded),
-    since a collector hears few exporters over and over.
+    The collector calls this for every datagram, so what a socket gives costs no parse:
+    the kernel's spelling of a mapped address is checked by one regular expression, and
+    text that cannot be mapped (no colon; or neither a dot nor an ``ffff`` group, which
+    every spelling of a mapped address has) is returned at once.  Other spellings are
+    parsed, and the answers cached (bounded).
     """
-    if ":" not in address:
+    kernel = _KERNEL_MAPPED.fullmatch(address)
+    if kernel is not None:
+        return kernel.group(1)
+    if ":" not in address or ("." not in address and "ffff" not in address.lower()):
         return address
     return _plain_text_of_v6(address)
 
