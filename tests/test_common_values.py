@@ -5,7 +5,8 @@ Addresses: every helper is checked against :mod:`ipaddress` on generated IPv4, I
 IPv4-mapped and IPv4-compatible addresses and on the spellings of a mapped address a
 socket, an operator or another tool may produce; the SQL display expression runs on the
 real ClickHouse engine (chDB) and must show each stored address as the Python side
-reads it back.  Rate limiting runs on a fake clock, and from many threads at once.
+reads it back.  Rate limiting runs on a fake clock, and from many threads at once; the
+decoder's drop log shows that a caller's keys (exporter, reason) reach it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from appliance.flowenricher.common.addresses import (
     v4_rows,
 )
 from appliance.flowenricher.common.ratelimit import RateLimitedLog, Throttle
+from appliance.flowenricher.decode.stats import DecodeStats
 
 _chdb_query: Callable[[str, str], Any] = chdb.query  # untyped in chDB
 
@@ -399,3 +401,23 @@ def test_an_exception_is_logged_with_its_traceback_once(logger: logging.Logger,
     assert [r.getMessage() for r in records] == ["stage failed: stage bug"]
     assert records[0].levelno == logging.ERROR
     assert records[0].exc_info is not None and records[0].exc_info[0] is RuntimeError
+
+
+def test_decoder_drops_are_told_once_per_exporter_and_reason(caplog: pytest.LogCaptureFixture) -> None:
+    stats = DecodeStats(log_interval_s=3600.0)
+    with caplog.at_level(logging.WARNING, logger="appliance.flowenricher.decode.stats"):
+        for _ in range(3):
+            stats.drop("192.0.2.1", "template_missing")
+            stats.drop("192.0.2.1", "hold_overflow")
+            stats.drop("192.0.2.2", "template_missing")
+    told = [r.getMessage() for r in caplog.records if r.name == "appliance.flowenricher.decode.stats"]
+    assert told == ["exporter 192.0.2.1: dropped (template_missing); 1 so far",
+                    "exporter 192.0.2.1: dropped (hold_overflow); 1 so far",
+                    "exporter 192.0.2.2: dropped (template_missing); 1 so far"]
+    assert stats.dropped["192.0.2.1"]["template_missing"] == 3
+    debug = DecodeStats(log_interval_s=0.0)  # collectors.debug: every drop is told
+    with caplog.at_level(logging.WARNING, logger="appliance.flowenricher.decode.stats"):
+        caplog.clear()
+        for _ in range(3):
+            debug.drop("192.0.2.1", "template_missing")
+    assert len([r for r in caplog.records if r.name == "appliance.flowenricher.decode.stats"]) == 3
