@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -34,6 +33,8 @@ from sqlalchemy import Float, Integer, String, Text, delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from appliance.flowenricher.common.ratelimit import RateLimitedLog
 
 from .errors import Unauthorized
 from .redact import summarize
@@ -177,8 +178,7 @@ class AuditLog:
         self._clock = clock
         self._errors = Counter("flowenricher_api_audit_errors", "Audit rows that could not be written",
                                registry=registry)
-        self._last_error_log = 0.0
-        self._lock = threading.Lock()
+        self._error_log = RateLimitedLog(log, 60.0)
 
     def record(self, principal: Principal | None, client: str, method: str, path: str, body: str,
                status: int) -> None:
@@ -194,11 +194,7 @@ class AuditLog:
                     session.execute(delete(AuditRow).where(AuditRow.id <= row.id - self._max_rows))
         except Exception as err:  # the audit must never break the call it records
             self._errors.inc()
-            with self._lock:
-                now = time.monotonic()
-                if now - self._last_error_log >= 60:
-                    self._last_error_log = now
-                    log.error("audit: cannot record %s %s (status %d): %s", method, path, status, err)
+            self._error_log.error("audit: cannot record %s %s (status %d): %s", method, path, status, err)
 
     def recent(self, limit: int = 100) -> list[AuditEntry]:
         with self._sessions() as session:

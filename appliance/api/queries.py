@@ -14,11 +14,11 @@ otherwise it reads the flows.  Ranges are half-open: ``from <= t < to``.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
 from appliance.flowenricher.columns import ALIASES, BY_NAME, DIRECTION_NAMES, Kind
+from appliance.flowenricher.common.addresses import display_sql, stored_text
 from appliance.flowenricher.storage.schema import ROLLUP_DIMENSIONS, ROLLUPS, Rollup
 
 Metric = Literal["bytes", "packets", "flows"]
@@ -58,13 +58,7 @@ def address_literal(text: str) -> str:
 
     Raises ValueError for anything that is not an IP address.
     """
-    ip = ipaddress.ip_address(text.strip())
-    mapped = f"::ffff:{ip}" if ip.version == 4 else str(ip)
-    return f"toIPv6({quote(mapped)})"
-
-
-def _address_text(column: str) -> str:
-    return f"replaceRegexpOne(IPv6NumToString({column}), '^::ffff:', '')"
+    return f"toIPv6({quote(stored_text(text))})"
 
 
 def stored_column(name: str) -> str:
@@ -84,7 +78,7 @@ def render_sql(name: str, ref: str) -> str:
     or IPv6, directions by name, everything else as written."""
     column = BY_NAME[stored_column(name)]
     if column.kind is Kind.ADDR:
-        return _address_text(ref)
+        return display_sql(ref)
     if name == "flow_direction":
         names = ", ".join(quote(n) for n in DIRECTION_NAMES)
         return f"if({ref} < {len(DIRECTION_NAMES)}, [{names}][{ref} + 1], toString({ref}))"
@@ -238,7 +232,7 @@ _FLOWS_SOURCE = Source("", "flows", "timestamp_start", "count()")
 
 def exporters_sql(tables: Tables, filters: Filters) -> str:
     """Per exporter: flows, bytes, packets, first and last flow, protocols, sampling rates."""
-    exporter = _address_text("exporter_address")
+    exporter = display_sql("exporter_address")
     return (
         f"SELECT {exporter} AS exporter, {_metrics_sql(_FLOWS_SOURCE)},"
         " toUnixTimestamp(min(timestamp_start)) AS first_seen, toUnixTimestamp(max(received_at)) AS last_seen,"
@@ -250,7 +244,7 @@ def exporters_sql(tables: Tables, filters: Filters) -> str:
 
 def interfaces_sql(tables: Tables, filters: Filters, limit: int = 10_000) -> str:
     """(exporter, ifindex, name) of every interface seen in flows, in or out."""
-    exporter = _address_text("exporter_address")
+    exporter = display_sql("exporter_address")
     where = filters.where("timestamp_start")
     sides = [
         f"SELECT {exporter} AS exporter, {side}_interface AS ifindex, anyLast(toString({side}_interface_name)) AS name"
@@ -300,7 +294,7 @@ def detections_sql(tables: Tables, columns: dict[str, str], filters: Filters, ru
         elif "key" in columns:
             parts.append(f"toString(key) = {quote(key)}")
     addresses = [name for name, kind in columns.items() if kind in ("IPv6", "Nullable(IPv6)")]
-    replace = f" REPLACE ({', '.join(f'{_address_text(c)} AS {c}' for c in addresses)})" if addresses else ""
+    replace = f" REPLACE ({', '.join(f'{display_sql(c)} AS {c}' for c in addresses)})" if addresses else ""
     inner = (f"SELECT * FROM {tables.detections} WHERE {' AND '.join(parts)} ORDER BY {time_column} DESC"
              f" LIMIT {int(limit)}")
     return (f"SELECT *{replace} FROM ({inner}) ORDER BY {time_column} DESC"

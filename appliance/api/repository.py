@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
+
+from appliance.flowenricher.common.ratelimit import RateLimitedLog
 
 from . import queries
 from .errors import Unavailable
@@ -36,8 +36,7 @@ class FlowRepository:
         self.tables = tables
         self._errors = Counter("flowenricher_api_store_errors", "API queries the flow store failed to answer",
                                registry=registry)
-        self._last_log = -60.0
-        self._lock = threading.Lock()
+        self._failure_log = RateLimitedLog(log, 60.0)
 
     def rows(self, sql: str) -> list[dict[str, Any]]:
         """The result rows of `sql`; Unavailable (503) when the store cannot answer."""
@@ -47,7 +46,7 @@ class FlowRepository:
             raw = self._query(sql, "JSONEachRow")
         except Exception as err:  # an outside source: whatever it raises, the API answers 503
             self._errors.inc()
-            self._log_limited(err)
+            self._failure_log.error("api: flow store query failed: %s", err)
             raise Unavailable("the flow store did not answer; see the service log") from err
         return [json.loads(line) for line in raw.splitlines() if line.strip()]
 
@@ -101,14 +100,6 @@ class FlowRepository:
                 with contextlib.suppress(ValueError):  # the sample flows, stored as JSON text
                     row["samples"] = json.loads(samples)
         return rows
-
-    def _log_limited(self, err: Exception) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._last_log < 60:
-                return
-            self._last_log = now
-        log.error("api: flow store query failed: %s", err)
 
 
 def _metrics(row: dict[str, Any], **extra: Any) -> dict[str, Any]:

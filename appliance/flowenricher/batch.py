@@ -7,7 +7,6 @@ is done by numpy, never by a Python loop per record.  A column missing from a ba
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,11 +15,10 @@ import numpy as np
 import numpy.typing as npt
 
 from .columns import BY_NAME, COLUMNS, Kind
+from .common.addresses import row_text, rows_are_v4, stored_bytes, v4_rows
 
 U8 = npt.NDArray[np.uint8]
 UIntArray = npt.NDArray[np.unsignedinteger[Any]]
-
-_V4_PREFIX = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
 
 
 @dataclass
@@ -96,32 +94,11 @@ def default_column(name: str, n: int) -> ColumnData:
     return ListColumn.empty(n)
 
 
-def ipv4_to_addr(v4: npt.NDArray[np.uint32]) -> U8:
-    """IPv4 addresses (host-order uint32) to (n, 16) IPv4-mapped IPv6 bytes."""
-    out = np.empty((len(v4), 16), dtype=np.uint8)
-    out[:, :12] = _V4_PREFIX
-    out[:, 12:] = v4.astype(">u4").view(np.uint8).reshape(-1, 4)
-    return out
-
-
-def addr_is_v4(addr: U8) -> npt.NDArray[np.bool_]:
-    result: npt.NDArray[np.bool_] = np.all(addr[:, :12] == _V4_PREFIX, axis=1)
-    return result
-
-
-def addr_to_str(row: U8) -> str:
-    """One (16,) address row as text: dotted quad for IPv4-mapped, else IPv6."""
-    raw = bytes(row)
-    if raw[:12] == _V4_PREFIX.tobytes():
-        return str(ipaddress.IPv4Address(raw[12:]))
-    return str(ipaddress.IPv6Address(raw))
-
-
-def str_to_addr(text: str) -> bytes:
-    ip = ipaddress.ip_address(text)
-    if ip.version == 4:
-        return _V4_PREFIX.tobytes() + ip.packed
-    return ip.packed
+# The batch's names for the address helpers (one definition: common/addresses.py).
+ipv4_to_addr = v4_rows
+addr_is_v4 = rows_are_v4
+addr_to_str = row_text
+str_to_addr = stored_bytes
 
 
 class FlowBatch:

@@ -14,6 +14,8 @@ from enum import Enum
 
 import numpy as np
 
+from .common.addresses import display_sql
+
 
 class Kind(Enum):
     """How a column is carried in a :class:`~appliance.flowenricher.batch.FlowBatch`."""
@@ -136,10 +138,9 @@ TUNNEL_OF: dict[str, str] = {"src_addr": "tunnel_src_addr", "dst_addr": "tunnel_
 
 # Columns that keep the original `pmacct.flows` names and types readable.  Each is an
 # ALIAS, so it costs nothing on disk.  `ip_protocol` was a second copy of the protocol.
-_V4_OR_V6 = "replaceRegexpOne(IPv6NumToString({0}), '^::ffff:', '')"
 ALIASES: dict[str, tuple[str, str]] = {
-    "src_host": ("String", _V4_OR_V6.format("src_addr")),
-    "dst_host": ("String", _V4_OR_V6.format("dst_addr")),
+    "src_host": ("String", display_sql("src_addr")),
+    "dst_host": ("String", display_sql("dst_addr")),
     "as_path": ("Array(String)", "arrayMap(x -> toString(x), dst_as_path)"),
     "ip_protocol": ("UInt8", "proto"),
     "ingested_at": ("DateTime", "received_at"),

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .common.addresses import stored_bytes
 from .enrich.networks import NetworksStage
 
 BgpLookup = Callable[[str], dict[str, Any] | None]
@@ -37,8 +38,7 @@ class Lookup:
         except ValueError:
             raise ValueError(f"lookup: {ip!r} is not an IPv4 or IPv6 address") from None
         text = str(addr)
-        mapped = addr.packed if addr.version == 6 else bytes(10) + b"\xff\xff" + addr.packed
-        row = np.frombuffer(mapped, dtype=np.uint8).reshape(1, 16)
+        row = np.frombuffer(stored_bytes(addr), dtype=np.uint8).reshape(1, 16)
         out: dict[str, Any] = {"ip": text, "version": addr.version, "mine": bool(self.networks.inside(row)[0])}
         net = self.networks.network_of(text)
         out["network"] = {"name": net.name, "customer": net.customer} if net else None

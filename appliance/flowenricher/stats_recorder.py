@@ -14,7 +14,6 @@ that is away delays them and never holds up the service's loop.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -25,6 +24,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from .batch import addr_to_str
+from .common.addresses import stored_text
 from .detect.outbox import DeliveryMetrics, Outbox
 from .storage.schema import COLLECTOR_STATS_TABLE, EXPORTER_INTERFACES_TABLE, sql_string
 
@@ -93,10 +93,9 @@ class Row:
 def _v6(exporter: str) -> str:
     """The exporter label as the text of an IPv6 column value ('::' when it is not an address)."""
     try:
-        addr = ipaddress.ip_address(exporter.strip("[]"))
+        return stored_text(exporter.strip("[]"))
     except ValueError:
         return GLOBAL
-    return f"::ffff:{addr}" if addr.version == 4 else str(addr)
 
 
 class StatsRecorder:

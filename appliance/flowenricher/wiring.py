@@ -12,15 +12,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from prometheus_client import CollectorRegistry
 
-from .batch import addr_to_str
 from .blackhole.manager import BlackholeManager, Defaults
 from .blackhole.safety import SafetyPolicy, SafetySettings
 from .blackhole.state import StateDB
 from .collector.receiver import Listener
 from .collector.worker import DECODER_STATE_DIR, WorkerSettings
+from .common.addresses import row_text
+from .common.bgp_values import community_text
 from .config import Settings
 from .decode.netflow import ExporterQuirks
 from .detect.engine import DetectionEngine
@@ -161,8 +161,8 @@ def bgp_lookup(view: Callable[[], RibView]) -> Callable[[str], dict[str, Any] | 
         a = route.attributes
         return {
             "prefix": str(route.prefix), "as_path": list(a.as_path), "origin_as": a.origin_as,
-            "neighbor_as": a.neighbor_as, "next_hop": addr_to_str(np.frombuffer(a.next_hop, np.uint8)),
-            "local_pref": a.local_pref, "communities": [f"{c >> 16}:{c & 0xFFFF}" for c in a.communities],
+            "neighbor_as": a.neighbor_as, "next_hop": row_text(a.next_hop),
+            "local_pref": a.local_pref, "communities": [community_text(c) for c in a.communities],
         }
 
     return lookup

@@ -37,6 +37,7 @@ import time
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from ..common.ratelimit import RateLimitedLog
 from ..enrich.rib import RibState, RibView, RouteBuilder
 from .client import GoBgpClient, GoBgpError, WatchStream
 
@@ -69,7 +70,7 @@ class RibMirror:
         self._stream: WatchStream | None = None
         self._down_since: float | None = time.monotonic()  # not synchronised yet
         self._had_table = False
-        self._last_log = -_LOG_EVERY_S
+        self._lost_log = RateLimitedLog(log, _LOG_EVERY_S)
         self.last_load_s = 0.0
         self.last_load_method = ""
         self._disconnects = Counter("flowenricher_rib_disconnects", "Losses of the GoBGP best-path stream",
@@ -224,11 +225,8 @@ class RibMirror:
             self._disconnects.inc()
         else:
             self._failures.inc()
-        now = time.monotonic()
-        if now - self._last_log >= _LOG_EVERY_S:
-            self._last_log = now
-            state = "keeping the last table" if self._had_table else "no table yet"
-            log.warning("RIB mirror: %s (%s; retrying)", err, state)
+        state = "keeping the last table" if self._had_table else "no table yet"
+        self._lost_log.warning("RIB mirror: %s (%s; retrying)", err, state)
 
     def _cancel_stream(self) -> None:
         with self._stream_lock:

@@ -21,13 +21,13 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..common.addresses import V4_MAPPED as V4_MAPPED
 from ..common.bgp_values import community_text as community_text
 from ..common.bgp_values import standard_community
 
 V4 = 4
 V6 = 6
 KEY_LEN = 18
-V4_MAPPED = bytes(10) + b"\xff\xff"
 
 AS_SET, AS_SEQUENCE, AS_CONFED_SEQUENCE, AS_CONFED_SET = 1, 2, 3, 4
 """AS path segment types (RFC 4271 §4.3, RFC 5065 §3)."""

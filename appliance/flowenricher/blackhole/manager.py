@@ -45,6 +45,7 @@ from ..common.bgp_values import (
     parse_communities,
     parse_next_hop,
 )
+from ..common.ratelimit import Throttle
 from .safety import CapReached, Pool, Refused, SafetyPolicy, parse_prefix
 from .state import Blackhole, BlackholeRow, StateDB
 
@@ -149,7 +150,7 @@ class BlackholeManager:
         self.notifier = notifier
         # Dry run stores nothing, yet must honour the caps: what it would hold, in memory.
         self._dry: dict[str, tuple[float | None, Pool]] = {}
-        self._cap_noticed: dict[str, float] = {}
+        self._cap_notices = Throttle(60.0, clock=clock)  # per pool
         self.announcer = announcer
         self.policy = policy
         self.defaults = defaults
@@ -554,8 +555,7 @@ class BlackholeManager:
 
     def _cap_notice(self, pool: str, prefix: str, source: str, rule: str, reason: str, now: float) -> None:
         """Cap reached: told once a minute per pool, not once per refused request."""
-        if now - self._cap_noticed.get(pool, float("-inf")) >= 60:
-            self._cap_noticed[pool] = now
+        if self._cap_notices.allow(pool, now) is not None:
             self._notify("cap", prefix, source, rule, reason)
 
     def _notify(self, action: str, prefix: str, source: str, rule: str, reason: str) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common.addresses import plain_address, unmapped_network
 from ..errors import FlowEnricherError
 
 
@@ -151,9 +152,9 @@ class ExporterFilter:
 
     def __init__(self, prefixes: Iterable[str]) -> None:
         networks = [ipaddress.ip_network(prefix, strict=False) for prefix in prefixes]
-        # Sources are normalised to plain IPv4 (normalise_exporter), so a network written
+        # Sources are normalised to plain IPv4 (addresses.plain_text), so a network written
         # in the IPv4-mapped form (::ffff:192.0.2.0/120) also admits its IPv4 equivalent.
-        self.networks = tuple(networks + [m for m in map(_unmapped, networks) if m is not None])
+        self.networks = tuple(networks + [m for m in map(unmapped_network, networks) if m is not None])
         self._verdicts: dict[str, bool] = {}
 
     def allows(self, exporter: str) -> bool:
@@ -172,13 +173,6 @@ class ExporterFilter:
         return verdict
 
 
-def _unmapped(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ipaddress.IPv4Network | None:
-    """The IPv4 network an IPv4-mapped IPv6 network (within ::ffff:0:0/96) stands for."""
-    if network.version != 6 or network.prefixlen < 96 or network.network_address.ipv4_mapped is None:
-        return None
-    return ipaddress.IPv4Network((network.network_address.ipv4_mapped, network.prefixlen - 96))
-
-
 def _set_receive_buffer(sock: socket.socket, size: int) -> None:
     """Ask for `size` bytes; as root SO_RCVBUFFORCE passes net.core.rmem_max."""
     try:
@@ -189,19 +183,9 @@ def _set_receive_buffer(sock: socket.socket, size: int) -> None:
 
 def exporter_key(address: str) -> str:
     """An exporter address as the collector names its sources: an IPv4-mapped IPv6
-    address is the IPv4 exporter it stands for (normalise_exporter, its fast form on
-    every datagram)."""
-    parsed = ipaddress.ip_address(address)
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
-        return str(parsed.ipv4_mapped)
-    return str(parsed)
-
-
-def normalise_exporter(address: str) -> str:
-    """'::ffff:192.0.2.1' (a v4 exporter on a dual-stack socket) -> '192.0.2.1'."""
-    if address.startswith("::ffff:") and "." in address:
-        return address[7:]
-    return address
+    address is the IPv4 exporter it stands for (addresses.plain_text is its fast form on
+    every datagram).  Raises ValueError for text that is not an address."""
+    return str(plain_address(address))
 
 
 def kernel_drops(ports: set[int]) -> dict[int, int]:

@@ -35,12 +35,13 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
+from ..common.addresses import plain_text
 from ..decode.dispatch import Datagram, FlowDecoder, load_state, save_state
 from ..decode.netflow import MAX_CLOCK_SKEW_S, ExporterQuirks
 from ..decode.stats import DATAGRAMS, MAX_EXPORTERS, OPTIONS_RECORDS, TEMPLATE_WITHDRAWALS, TEMPLATES, DecodeStats
 from ..decode.templates import MAX_TEMPLATES
 from ..logs import configure_logging
-from .receiver import BindError, ExporterFilter, Listener, normalise_exporter, open_socket
+from .receiver import BindError, ExporterFilter, Listener, open_socket
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ class Worker:
                 data, addr = recv(65535)
             except (BlockingIOError, InterruptedError):
                 return
-            exporter = normalise_exporter(addr[0])
+            exporter = plain_text(addr[0])
             if admit is not None and not admit(exporter):
                 self.stats.count(UNLISTED, DATAGRAMS)
                 self.stats.drop(UNLISTED, NOT_ALLOWED,

@@ -28,14 +28,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from ..common.addresses import V4_MAPPED, V4_MAPPED_ROW
+
 # What the one-packet parsers return, one plain tuple per packet:
 # (ip_version, src_addr, dst_addr, proto, tos, tcpflags, src_port, dst_port,
 #  icmp_type, icmp_code), addresses as 16 bytes (IPv4 as ::ffff:a.b.c.d).
 L3Fields = tuple[int, bytes, bytes, int, int, int, int, int, int, int]
 # (src_mac, dst_mac, vlan, l3); MACs as 48-bit numbers, vlan 0 when untagged.
 EthernetFields = tuple[int, int, int, L3Fields | None]
-
-V4_MAPPED = bytes(10) + b"\xff\xff"
 
 # Where a packet copy starts.
 LINK_ETHERNET = 1  # at the Ethernet header (sFlow header protocol 1, IPFIX IE 315 and IE 104)
@@ -388,7 +388,6 @@ def read_l3(buf: bytes, off: int, layout: HeaderLayout) -> L3Fields | None:
 # ------------------------------------------------------------ many packets (IPFIX)
 
 U8 = npt.NDArray[np.uint8]
-_V4_PREFIX = np.frombuffer(V4_MAPPED, dtype=np.uint8)
 # Distinct layouts walked per call before the rest is walked frame by frame: frames
 # crafted to differ in every test would otherwise cost one pass over all frames each.
 MAX_LAYOUTS = 64
@@ -492,8 +491,8 @@ def _store(out: HeaderColumns, frames: U8, rows: npt.NDArray[np.intp], layout: H
     out.ip_version[rows] = layout.ip_version
     out.proto[rows] = frames[rows, layout.proto]
     if layout.ip_version == 4:
-        out.src_addr[rows, :12] = _V4_PREFIX
-        out.dst_addr[rows, :12] = _V4_PREFIX
+        out.src_addr[rows, :12] = V4_MAPPED_ROW
+        out.dst_addr[rows, :12] = V4_MAPPED_ROW
         out.src_addr[rows, 12:] = frames[rows, ip + 12 : ip + 16]
         out.dst_addr[rows, 12:] = frames[rows, ip + 16 : ip + 20]
         out.tos[rows] = frames[rows, ip + 1]

@@ -23,9 +23,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..batch import ColumnData, DictColumn, FlowBatch, str_to_addr
+from ..common.addresses import V4_MAPPED
 from ..errors import DecodeError
 from .netflow import MAX_SAMPLING_RATE
-from .packet_headers import V4_MAPPED, L3Fields, parse_ethernet, parse_ipv4, parse_ipv6
+from .packet_headers import L3Fields, parse_ethernet, parse_ipv4, parse_ipv6
 from .sequence import MAX_GAP_DATAGRAMS, RESET, SequenceTracker
 from .stats import (
     COUNTER_SAMPLES,

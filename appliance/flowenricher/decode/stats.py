@@ -7,8 +7,9 @@ these counters.  Plain dicts keep the hot path cheap; they are read on scrape.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter, defaultdict
+
+from ..common.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,8 @@ class DecodeStats:
         self.counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.dropped: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.max_exporters = max_exporters
-        self._log_interval = log_interval_s
-        self._last_log: dict[tuple[str, str], float] = {}
+        # One key per (exporter label, reason): labels are bounded, reasons a fixed set.
+        self._log = RateLimitedLog(log, log_interval_s, max_keys=64 * (max_exporters + 1))
         self._labels: set[str] = set()
         self._folded: set[str] = set()  # exporters seen beyond the bound (bounded too)
 
@@ -86,25 +87,15 @@ class DecodeStats:
         """Count `n` lost items for `reason`; log at most once per interval per reason."""
         exporter = self.label(exporter)
         self.dropped[exporter][reason] += n
-        if self._may_log(exporter, reason):
-            log.warning("exporter %s: dropped (%s)%s; %d so far", exporter, reason,
-                        f": {detail}" if detail else "", self.dropped[exporter][reason])
+        self._log.warning("exporter %s: dropped (%s)%s; %d so far", exporter, reason,
+                          f": {detail}" if detail else "", self.dropped[exporter][reason], key=(exporter, reason))
 
     def note(self, exporter: str, name: str, n: int = 1, detail: str = "") -> None:
         """Count `n` items survived under `name` (not lost), logged like drops."""
         exporter = self.label(exporter)
         self.counts[exporter][name] += n
-        if self._may_log(exporter, name):
-            log.warning("exporter %s: %s%s; %d so far", exporter, name,
-                        f": {detail}" if detail else "", self.counts[exporter][name])
-
-    def _may_log(self, exporter: str, reason: str) -> bool:
-        key = (exporter, reason)
-        now = time.monotonic()
-        if now - self._last_log.get(key, -1e9) < self._log_interval:
-            return False
-        self._last_log[key] = now
-        return True
+        self._log.warning("exporter %s: %s%s; %d so far", exporter, name,
+                          f": {detail}" if detail else "", self.counts[exporter][name], key=(exporter, name))
 
     def total(self, name: str) -> int:
         return sum(c[name] for c in self.counts.values())

@@ -29,9 +29,11 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from ..common.addresses import stored_text
+from ..common.ratelimit import RateLimitedLog
 from .detection import Detection
 from .engine import Action
-from .outbox import DeliveryMetrics, LimitedLog, Outbox, PermanentError
+from .outbox import DeliveryMetrics, Outbox, PermanentError
 from .rules import Rule
 
 __all__ = [
@@ -70,7 +72,7 @@ class AlertLog:
         self._metrics = metrics
         self._samples = samples
         self._lock = threading.Lock()
-        self._warn = LimitedLog(log)
+        self._warn = RateLimitedLog(log, 60.0)
 
     def handle(self, rule: Rule, detection: Detection) -> None:
         line = json.dumps(detection.to_dict(self._samples), separators=(",", ":"), ensure_ascii=False)
@@ -148,11 +150,9 @@ def _literal(value: object) -> str:
     return f"'{text}'"
 
 
-def _v6(address: str | None) -> str | None:
-    """IPv4 text as its IPv4-mapped IPv6 form (what an IPv6 column holds)."""
-    if address is None or ":" in address:
-        return address
-    return f"::ffff:{address}"
+def _stored(address: str | None) -> str | None:
+    """An address as the text of its IPv6 column (IPv4 mapped), NULL kept."""
+    return None if address is None else stored_text(address)
 
 
 def insert_detections_sql(database: str, detections: Sequence[Detection], samples: int = 5) -> str:
@@ -160,7 +160,7 @@ def insert_detections_sql(database: str, detections: Sequence[Detection], sample
     rows = []
     for d in detections:
         values: list[object] = [
-            round(d.detected_at, 3), d.rule, d.key, _v6(d.address), _v6(d.dst_addr), d.dst_port, d.window_s,
+            round(d.detected_at, 3), d.rule, d.key, _stored(d.address), _stored(d.dst_addr), d.dst_port, d.window_s,
             d.flows, d.packets, d.bytes, d.pps, d.bps, d.syn_ratio, d.unique_dst_ips, d.unique_dst_ports,
             d.unique_src_ips, int(d.first_seen), int(d.last_seen), d.anomaly_score, list(d.actions), d.blackhole,
             json.dumps(list(d.samples[:samples]), separators=(",", ":")),

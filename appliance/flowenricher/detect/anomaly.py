@@ -39,7 +39,8 @@ import sklearn
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sklearn.ensemble import IsolationForest
 
-from ..batch import FlowBatch, addr_to_str, str_to_addr
+from ..batch import FlowBatch, str_to_addr
+from ..common.addresses import stored_text
 from ..enrich.base import addr_halves
 from ..errors import FlowEnricherError
 from .detection import Detection
@@ -264,19 +265,14 @@ def anomaly_scores_ddl(database: str, ttl_days: int | None = None) -> str:
     )
 
 
-def _v6_text(row: npt.NDArray[np.uint8]) -> str:
-    text = addr_to_str(row)
-    return text if ":" in text else f"::ffff:{text}"
-
-
 def insert_scores_sql(database: str, window: WindowFeatures, scores: F64, rows: npt.NDArray[np.intp]) -> str:
     """One INSERT of the scores of `rows` of `window`."""
     names = window.names
     lines = []
     for i in rows.tolist():
         features = ",".join(f"'{name}':{float(value):.6g}" for name, value in zip(names, window.vectors[i], strict=True))
-        lines.append(f"({int(window.start)},{int(window.window_s)},'{_v6_text(window.sources[i])}',"
-                     f"{float(scores[i]):.6g},'{_v6_text(window.exporters[i])}',{{{features}}})")
+        lines.append(f"({int(window.start)},{int(window.window_s)},'{stored_text(bytes(window.sources[i]))}',"
+                     f"{float(scores[i]):.6g},'{stored_text(bytes(window.exporters[i]))}',{{{features}}})")
     return (f"INSERT INTO {database}.{ANOMALY_SCORES_TABLE} (ts, window_s, src_addr, score, exporter_address, "
             f"features) VALUES\n" + ",\n".join(lines))
 

@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..batch import FlowBatch, addr_to_str, default_column
 from ..columns import BY_NAME, Kind
+from ..common.addresses import V4_MAPPED
 from ..enrich.base import addr_halves
 from ..enrich.networks import PrefixMatcher
 from .detection import Detection
@@ -55,8 +56,10 @@ SAMPLE_COLUMNS = (
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
-_V4_HIGH = np.uint64(0)
-_V4_MARK = np.uint64(0xFFFF)
+# The IPv4-mapped prefix split as addr_halves splits an address: the high half, and
+# the 32 bits above the IPv4 address in the low half.
+_V4_HIGH = np.uint64(int.from_bytes(V4_MAPPED[:8], "big"))
+_V4_MARK = np.uint64(int.from_bytes(V4_MAPPED[8:], "big"))
 _LOW32 = np.uint64(0xFFFFFFFF)
 
 

@@ -16,6 +16,8 @@ from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
+from ..common.ratelimit import RateLimitedLog
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -40,26 +42,6 @@ class DeliveryMetrics:
                                "refused (a permanent error), shutdown", ["action", "reason"], registry=registry)
 
 
-class LimitedLog:
-    """One warning per `every_s` for a recurring failure, with the count of those skipped."""
-
-    def __init__(self, logger: logging.Logger, every_s: float = _LOG_EVERY_S) -> None:
-        self._log = logger
-        self._every_s = every_s
-        self._next_at = 0.0
-        self._skipped = 0
-        self._lock = threading.Lock()
-
-    def warning(self, message: str, *args: object) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now < self._next_at:
-                self._skipped += 1
-                return
-            skipped, self._skipped, self._next_at = self._skipped, 0, now + self._every_s
-        self._log.warning(message + " (%d similar since the last report)", *args, skipped)
-
-
 class Outbox(Generic[T]):
     """Items delivered in order by a background thread, in groups of up to `batch_size`.
 
@@ -82,7 +64,7 @@ class Outbox(Generic[T]):
         self._max_backoff_s = max_backoff_s
         self._queue: queue.Queue[T] = queue.Queue(capacity)
         self._stop = threading.Event()
-        self._warn = LimitedLog(log)
+        self._warn = RateLimitedLog(log, _LOG_EVERY_S)
         self._thread = threading.Thread(target=self._run, name=f"detect-{label}", daemon=True)
         self._thread.start()
 

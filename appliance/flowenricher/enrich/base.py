@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..batch import U8, DictColumn, FlowBatch, addr_is_v4
+from ..common.addresses import row_text, stored_int
 
 Index = npt.NDArray[np.intp]
 
@@ -69,16 +70,7 @@ class AddressSet:
     def texts(self, idx: Iterable[int] | None = None) -> list[str]:
         """Addresses as text (IPv4 dotted); for the lookups that take strings."""
         rows = self.addrs if idx is None else self.addrs[np.fromiter(idx, np.intp)]
-        out = []
-        for raw in (bytes(r) for r in rows):
-            if raw[:12] == _V4_MAPPED:
-                out.append(str(ipaddress.IPv4Address(raw[12:])))
-            else:
-                out.append(str(ipaddress.IPv6Address(raw)))
-        return out
-
-
-_V4_MAPPED = bytes(10) + b"\xff\xff"
+        return [row_text(r) for r in rows]
 
 
 class Stage(Protocol):
@@ -156,11 +148,7 @@ def _bogon_ranges() -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], npt
     lo_hi, lo_lo, hi_hi, hi_lo = [], [], [], []
     for text in _BOGONS:
         net = ipaddress.ip_network(text)
-        if net.version == 4:
-            first = int(ipaddress.IPv6Address(_V4_MAPPED + net.network_address.packed))
-            last = int(ipaddress.IPv6Address(_V4_MAPPED + net.broadcast_address.packed))
-        else:
-            first, last = int(net.network_address), int(net.broadcast_address)
+        first, last = stored_int(net.network_address), stored_int(net.broadcast_address)
         lo_hi.append(first >> 64)
         lo_lo.append(first & (2**64 - 1))
         hi_hi.append(last >> 64)

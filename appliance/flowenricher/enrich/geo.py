@@ -32,6 +32,8 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..batch import FlowBatch
+from ..common.addresses import plain_address, stored_bytes
+from ..common.ratelimit import RateLimitedLog
 from ..errors import ConfigError
 from .base import AddressSet, Index, StringTable, public_mask, spread_strings
 
@@ -309,7 +311,7 @@ class GeoStage:
         self._last_check = time.monotonic()
         self._reload_lock = threading.Lock()
         self._failed: dict[Role, Signature] = {}
-        self._last_log: dict[str, float] = {}
+        self._log = RateLimitedLog(log, _LOG_EVERY_S)  # by what failed: walk or lookup, per database
         self.asn_names: dict[int, str] = {}
         self._closing = threading.Event()
         self._names_walk: threading.Thread | None = None
@@ -417,8 +419,8 @@ class GeoStage:
                     return
         except (maxminddb.InvalidDatabaseError, ValueError) as err:
             self._metrics.errors.labels(db.role).inc()
-            self._log_limited(f"walk:{db.role}", "geoip: %s: corrupt record after %d records while naming ASes: %s",
-                              db.setting, seen, err)
+            self._log.error("geoip: %s: corrupt record after %d records while naming ASes: %s",
+                            db.setting, seen, err, key=f"walk:{db.role}")
 
     def wait_for_names(self, timeout: float | None = None) -> bool:
         """Wait until asn_names holds the whole ASN database; False on timeout."""
@@ -459,7 +461,7 @@ class GeoStage:
             return db.reader.get(ip)
         except (maxminddb.InvalidDatabaseError, ValueError) as err:
             self._metrics.errors.labels(db.role).inc()
-            self._log_limited(f"lookup:{db.role}", "geoip: %s: lookup of %s failed: %s", db.setting, ip, err)
+            self._log.error("geoip: %s: lookup of %s failed: %s", db.setting, ip, err, key=f"lookup:{db.role}")
             return None
 
     def _answer_ids(self, addrs: AddressSet, cache: _AnswerCache) -> npt.NDArray[np.intp]:
@@ -523,10 +525,8 @@ class GeoStage:
             addr = ipaddress.ip_address(ip.strip())
         except ValueError as err:
             raise ValueError(f"lookup: {ip!r} is not an IPv4 or IPv6 address") from err
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        raw = (bytes(10) + b"\xff\xff" + addr.packed) if addr.version == 4 else addr.packed
-        public = bool(public_mask(np.frombuffer(raw, np.uint8).reshape(1, 16))[0])
+        addr = plain_address(addr)
+        public = bool(public_mask(np.frombuffer(stored_bytes(addr), np.uint8).reshape(1, 16))[0])
         out: dict[str, object] = {"ip": str(addr), "public": public, "asn": 0, "as_name": "", "asn_network": "",
                                   "country": "", "city": "", "geo_network": ""}
         if not public:
@@ -554,12 +554,6 @@ class GeoStage:
         if errors:
             out["errors"] = errors
         return out
-
-    def _log_limited(self, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last_log.get(key, -_LOG_EVERY_S) >= _LOG_EVERY_S:
-            self._last_log[key] = now
-            log.error(msg, *args)
 
     def close(self) -> None:
         self._closing.set()

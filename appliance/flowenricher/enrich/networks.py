@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..batch import U8, FlowBatch
+from ..common.addresses import stored_int
 from .base import AddressSet, addr_halves, spread_strings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -28,10 +29,7 @@ _CHUNK = 4096  # addresses compared at once: bounds the (chunk x prefixes) tempo
 
 def _range128(net: IPNetwork) -> tuple[int, int]:
     """The first and last address of `net` in the IPv4-mapped IPv6 space of batch columns."""
-    if net.version == 4:
-        base = 0xFFFF << 32
-        return base | int(net.network_address), base | int(net.broadcast_address)
-    return int(net.network_address), int(net.broadcast_address)
+    return stored_int(net.network_address), stored_int(net.broadcast_address)
 
 
 class PrefixMatcher:

@@ -21,6 +21,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..batch import FlowBatch
+from ..common.ratelimit import RateLimitedLog
 from .base import AddressSet, Stage, spread_strings
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class Enricher:
                                   buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self._flows = Counter("flowenricher_enriched_flows", "Flows that went through enrichment",
                               registry=registry)
-        self._last_error_log = 0.0
+        self._error_log = RateLimitedLog(log, 10.0)
 
     @property
     def names(self) -> list[str]:
@@ -69,10 +70,8 @@ class Enricher:
                 stage.enrich(batch, addrs)
             except Exception as err:  # a stage bug must not lose the batch
                 self._errors.labels(stage.name).inc()
-                now = time.monotonic()
-                if now - self._last_error_log > 10:
-                    self._last_error_log = now
-                    log.exception("enrichment stage %s failed on a batch of %d flows: %s", stage.name, batch.n, err)
+                self._error_log.exception("enrichment stage %s failed on a batch of %d flows: %s",
+                                          stage.name, batch.n, err)
             self._seconds.labels(stage.name).observe(time.perf_counter() - started)
             if i == self._name_after and self._as_name is not None:
                 self._name_ases(batch, addrs)

@@ -35,6 +35,7 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..batch import U8, DictColumn, FlowBatch, addr_is_v4, addr_to_str, str_to_addr
+from ..common.ratelimit import RateLimitedLog
 from ..errors import ConfigError
 from .base import AddressSet, public_mask, spread_strings
 from .settings import DnsSettings
@@ -155,24 +156,6 @@ class _TokenBucket:
             await asyncio.sleep(-self._tokens / self._rate)
 
 
-class _LimitedLog:
-    """One warning per `every_s` for a recurring failure, with the count since the last."""
-
-    def __init__(self, every_s: float = _LOG_EVERY_S) -> None:
-        self._every_s = every_s
-        self._next_at = 0.0
-        self._suppressed = 0
-
-    def warning(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now < self._next_at:
-            self._suppressed += 1
-            return
-        log.warning(message + " (%d similar since the last report)", *args, self._suppressed)
-        self._suppressed = 0
-        self._next_at = now + self._every_s
-
-
 _Entry = tuple[str, float]  # (name, "" when negative; monotonic expiry)
 
 # Each failure's counter, and whether it says only that the resolver is unwell (True: a
@@ -265,8 +248,8 @@ class PtrResolver:
         self._inflight = 0
         self._peak_inflight = 0
         self._results: list[PtrResult] = []
-        self._failure_log = _LimitedLog()
-        self._sink_log = _LimitedLog()
+        self._failure_log = RateLimitedLog(log, _LOG_EVERY_S)
+        self._sink_log = RateLimitedLog(log, _LOG_EVERY_S)
 
         self._metrics = _Metrics(registry)
         self._metrics.cache_entries.set_function(lambda: len(self._cache))

@@ -57,6 +57,7 @@ from pysnmp.hlapi.v3arch.asyncio import (  # type: ignore[import-untyped]
 from pysnmp.proto.errind import RequestTimedOut  # type: ignore[import-untyped]
 
 from ..batch import DictColumn, FlowBatch, str_to_addr
+from ..common.ratelimit import Throttle
 from ..errors import ConfigError, FlowEnricherError
 from .base import AddressSet
 from .settings import SnmpSettings
@@ -261,8 +262,6 @@ class _TargetState:
     target: SnmpTarget
     label: str
     health: _Health = field(default_factory=_Health)
-    failures_since_log: int = 0  # the rest is the polling thread's own
-    next_log_at: float = 0.0
 
 
 class _Metrics:
@@ -298,6 +297,7 @@ class SnmpPoller:
         if not 1 <= max_repetitions <= 1000:
             problems.append(f"snmp max_repetitions: {max_repetitions} is not in 1..1000")
         self._states: dict[bytes, _TargetState] = {}
+        self._failure_log = Throttle(_LOG_EVERY_S)  # per exporter label, counting the walks not told
         for target in targets:
             key = exporter_key(target.exporter)
             if key in self._states:
@@ -441,8 +441,7 @@ class SnmpPoller:
             log.info("SNMP: %d interfaces of exporter %s from %s:%d", len(interfaces), state.label,
                      state.target.host, state.target.port)
         state.health = _Health(walks_ok=before.walks_ok + 1, last_ok=now, last_error=before.last_error)
-        state.failures_since_log = 0
-        state.next_log_at = 0.0
+        self._failure_log.reset(state.label)
         self._metrics.walks.labels(state.label, "ok").inc()
         self._metrics.interfaces.labels(state.label).set(len(interfaces))
         self._metrics.retry.labels(state.label).set(0)
@@ -456,16 +455,13 @@ class SnmpPoller:
         failures = state.health.failures + 1
         retry_in = min(self._backoff_max_s, self._backoff_initial_s * 2 ** (failures - 1))
         state.health = dataclasses.replace(state.health, failures=failures, retry_in=retry_in, last_error=message)
-        state.failures_since_log += 1
         self._metrics.walks.labels(state.label, result).inc()
         self._metrics.retry.labels(state.label).set(retry_in)
-        now = time.monotonic()
-        if now >= state.next_log_at:
+        held_back = self._failure_log.allow(state.label)
+        if held_back is not None:
             log.warning("SNMP walk of %s:%d for exporter %s failed (%s; %d failures since last report), "
                         "next try in %.1f s", state.target.host, state.target.port, state.label, message,
-                        state.failures_since_log, retry_in)
-            state.failures_since_log = 0
-            state.next_log_at = now + _LOG_EVERY_S
+                        held_back + 1, retry_in)
 
 
 async def walk_interfaces(engine: SnmpEngine, target: SnmpTarget, max_repetitions: int = 25) -> dict[int, InterfaceInfo]:

@@ -17,13 +17,13 @@ import numpy as np
 import numpy.typing as npt
 
 from ..batch import FlowBatch, addr_to_str
+from ..common.addresses import V4_MAPPED_ROW, stored_bytes
+from ..common.addresses import v4_rows as v4_rows
 
 U8 = npt.NDArray[np.uint8]
 U16 = npt.NDArray[np.uint16]
 U32 = npt.NDArray[np.uint32]
 U64 = npt.NDArray[np.uint64]
-
-V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
 
 # Direction codes of the `flow_direction` column (columns.DIRECTION_NAMES).
 INBOUND, OUTBOUND = 1, 2
@@ -74,7 +74,7 @@ class Flows:
         for name, dt in dtypes.items():
             if dt == "addr":
                 arr = np.zeros((n, 16), dtype=np.uint8)
-                arr[:, :12] = V4_MAPPED
+                arr[:, :12] = V4_MAPPED_ROW
                 kw[name] = arr
             else:
                 kw[name] = np.zeros(n, dtype=dt)
@@ -133,23 +133,10 @@ _FIELD_DTYPES: dict[str, Any] = {
 }
 
 
-def v4_rows(values: U32) -> U8:
-    """Host-order IPv4 addresses as (n, 16) IPv4-mapped rows."""
-    out = np.empty((len(values), 16), dtype=np.uint8)
-    out[:, :12] = V4_MAPPED
-    out[:, 12:] = values.astype(">u4").view(np.uint8).reshape(-1, 4)
-    return out
-
-
 def text_rows(addresses: Sequence[str]) -> U8:
     """Addresses given as text (IPv4 or IPv6) as (n, 16) rows."""
-    raw = b"".join(_packed(a) for a in addresses)
+    raw = b"".join(stored_bytes(a) for a in addresses)
     return np.frombuffer(raw, dtype=np.uint8).reshape(-1, 16).copy()
-
-
-def _packed(text: str) -> bytes:
-    ip = ipaddress.ip_address(text)
-    return (V4_MAPPED.tobytes() + ip.packed) if ip.version == 4 else ip.packed
 
 
 def rows_to_text(rows: U8) -> list[str]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from ..common.addresses import stored_bytes
 from .flows import INBOUND, OUTBOUND, U8, U32, Flows, random_in_prefix, v4_rows
 from .scenarios import SCENARIOS, Attack, AttackTruth
 
@@ -279,7 +280,7 @@ class TrafficModel:
                       uplink: npt.NDArray[np.intp], version: int) -> _HostPool:
         ups = self.profile.uplinks
         hops = [u.next_hop_v4 if version == 4 else u.next_hop_v6 for u in ups]
-        hop_rows = np.stack([np.frombuffer(_addr_bytes(h), np.uint8) for h in hops])
+        hop_rows = np.stack([np.frombuffer(stored_bytes(h), np.uint8) for h in hops])
         ifindex = np.array([u.ifindex for u in ups], dtype=np.uint32)
         return _HostPool(addr, mask, ifindex[uplink],
                          _zipf_cdf(rng, len(addr), self.profile.zipf_exponent), hop_rows[uplink])
@@ -387,11 +388,6 @@ class TrafficModel:
         f.post_nat_src_port[pick] = rng.integers(1024, 65535, len(pick)).astype(np.uint16)
         f.src_addr[pick] = v4_rows(lan_hosts.astype(np.uint32))
         f.src_mask[pick] = self._nat_net.prefixlen
-
-
-def _addr_bytes(text: str) -> bytes:
-    ip = ipaddress.ip_address(text)
-    return (b"\x00" * 10 + b"\xff\xff" + ip.packed) if ip.version == 4 else ip.packed
 
 
 def _zero_rows(n: int, v6: npt.NDArray[np.bool_]) -> U8:
