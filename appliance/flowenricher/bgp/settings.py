@@ -42,7 +42,8 @@ class BgpListenerSettings(Section):
 
     @model_validator(mode="after")
     def _fallbacks(self) -> BgpListenerSettings:
-        self.derive(router_id=self.router_id or self.listen_ip,
+        fallback = self.listen_ip if self.listen_ip and ipaddress.ip_address(self.listen_ip).version == 4 else None
+        self.derive(router_id=self.router_id or fallback,
                     local_asn=self.local_asn if self.local_asn is not None else self.asn)
         return self
 
