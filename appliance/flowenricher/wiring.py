@@ -42,14 +42,7 @@ log = logging.getLogger(__name__)
 
 
 def store_settings(cfg: Settings) -> StoreSettings:
-    ch, st = cfg.clickhouse, cfg.storage
-    return StoreSettings(
-        host=ch.host, port=ch.port, user=ch.user, password=ch.password, secure=ch.secure,
-        database=ch.database, table=ch.table, path=str(st.path), ttl_days=st.ttl_days,
-        partition_by=st.partition_by, batch_size=cfg.insert.batch_size,
-        flush_interval_ms=cfg.insert.flush_interval_ms, spool_dir=str(st.spool_dir),
-        spool_max_bytes=st.spool_max_bytes, spool_max_age_s=int(st.spool_max_age_s),
-    )
+    return StoreSettings.from_config(cfg.clickhouse, cfg.storage, cfg.insert)
 
 
 def service_settings(cfg: Settings) -> ServiceSettings:

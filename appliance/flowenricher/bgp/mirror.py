@@ -40,8 +40,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from ..common.ratelimit import RateLimitedLog
 from ..enrich.rib import RibState, RibView, RouteBuilder
 from .client import GoBgpClient, GoBgpError, WatchStream
+from .settings import GoBgpSettings
 
 log = logging.getLogger(__name__)
+_GOBGP = GoBgpSettings()  # the gobgp block's defaults, for a mirror built without a config
 
 _LOG_EVERY_S = 60.0
 _FIRST_BACKOFF_S = 0.5
@@ -54,9 +56,10 @@ class RibMirror:
     what enrichment reads (see :class:`~..enrich.rib.RibView`).
     """
 
-    def __init__(self, target: str, registry: CollectorRegistry | None = None, *, stale_after_s: float = 3600.0,
-                 max_backoff_s: float = 30.0, merge_rows: int = 50_000, timeout_s: float = 5.0,
-                 dump_limit: int = 100_000) -> None:
+    def __init__(self, target: str, registry: CollectorRegistry | None = None, *,
+                 stale_after_s: float = _GOBGP.stale_after_s, max_backoff_s: float = 30.0, merge_rows: int = 50_000,
+                 timeout_s: float = 5.0,
+                 dump_limit: int = _GOBGP.dump_limit) -> None:
         self.target = target
         self.dump_limit = dump_limit
         self.stale_after_s = stale_after_s

@@ -23,8 +23,10 @@ from ..common.settings_base import (
     Port,
     Section,
     field_default,
-    parse_duration,
 )
+from ..decode.netflow import HOLD_MAX_AGE_S, HOLD_MAX_SETS, MAX_CLOCK_SKEW_S
+from ..decode.stats import MAX_EXPORTERS
+from ..decode.templates import MAX_TEMPLATES
 from .receiver import exporter_key
 
 ListenerProtocol = Literal["netflow", "sflow"]
@@ -69,9 +71,9 @@ class TemplateHoldSettings(Section):
     once the template comes (routers send templates only every few minutes, e.g. after a
     collector restart)."""
 
-    max_sets: int = Field(10000, ge=0, description="Most data sets held at once over all exporters; the oldest is "
+    max_sets: int = Field(HOLD_MAX_SETS, ge=0, description="Most data sets held at once over all exporters; the oldest is "
                           "dropped beyond it (counted as hold_overflow). 0 disables holding.")
-    max_age_s: float = Field(60, ge=0, description="Seconds a held data set waits for its template before it is "
+    max_age_s: float = Field(HOLD_MAX_AGE_S, ge=0, description="Seconds a held data set waits for its template before it is "
                              "dropped (counted as template_missing).")
 
 
@@ -144,14 +146,14 @@ class CollectorSettings(Section):
         "2001:db8::/64). Datagrams from any other source are dropped before decoding and counted under the exporter "
         "label \"unlisted\", reason exporter_not_allowed (the source is named in a rate-limited log line). Empty: "
         "every source is accepted, and the service warns at start when it listens on a wildcard address."))
-    max_templates: int = Field(65536, ge=1, description="NetFlow v9/IPFIX templates kept per worker over all exporters; "
-                               "beyond it the least recently used is evicted (counted as templates_evicted). Bounds the "
-                               "memory a flood of template definitions can take.")
-    max_exporters: int = Field(10000, ge=1, description="Exporters counted under their own address in the decoder "
+    max_templates: int = Field(MAX_TEMPLATES, ge=1, description=(
+        "NetFlow v9/IPFIX templates kept per worker over all exporters; beyond it the least recently used is evicted "
+        "(counted as templates_evicted). Bounds the memory a flood of template definitions can take."))
+    max_exporters: int = Field(MAX_EXPORTERS, ge=1, description="Exporters counted under their own address in the decoder "
                                "metrics (and the API's exporter counters); the counts of any further exporter are summed "
                                "under the label \"other\", so sources spoofed by the thousand cannot grow /metrics "
                                "without bound.")
-    max_clock_skew_s: Duration = Field(parse_duration("2h"), alias="max_clock_skew", description=(
+    max_clock_skew_s: Duration = Field(float(MAX_CLOCK_SKEW_S), alias="max_clock_skew", description=(
         "How far a flow's start or end time may lie from the time it was received before it is considered implausible "
         "(a router clock in 1970, a broken uptime): such flows get the reception time and are counted as "
         "time_implausible. Go duration syntax (2h, 30m) or whole seconds; 0 disables the check."))

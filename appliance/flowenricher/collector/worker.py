@@ -37,7 +37,7 @@ from typing import Any
 
 from ..common.addresses import plain_text
 from ..decode.dispatch import Datagram, FlowDecoder, load_state, save_state
-from ..decode.netflow import MAX_CLOCK_SKEW_S, ExporterQuirks
+from ..decode.netflow import HOLD_MAX_AGE_S, HOLD_MAX_SETS, MAX_CLOCK_SKEW_S, ExporterQuirks
 from ..decode.stats import DATAGRAMS, MAX_EXPORTERS, OPTIONS_RECORDS, TEMPLATE_WITHDRAWALS, TEMPLATES, DecodeStats
 from ..decode.templates import MAX_TEMPLATES
 from ..logs import configure_logging
@@ -65,8 +65,8 @@ class WorkerSettings:
     listeners: tuple[Listener, ...]
     receive_buffer_bytes: int = 32 << 20
     quirks: Mapping[str, ExporterQuirks] = field(default_factory=dict)
-    hold_max_sets: int = 10_000
-    hold_max_age_s: float = 60.0
+    hold_max_sets: int = HOLD_MAX_SETS
+    hold_max_age_s: float = HOLD_MAX_AGE_S
     max_templates: int = MAX_TEMPLATES
     max_exporters: int = MAX_EXPORTERS
     max_clock_skew_s: float = MAX_CLOCK_SKEW_S

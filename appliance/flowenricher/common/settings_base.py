@@ -227,8 +227,8 @@ class Section(BaseModel):
 
 
 def field_default(model: type[BaseModel], key: str) -> Any:
-    """The default of the field whose YAML key (or name) is `key`, as written in the file's
-    syntax (``"5m"``, not 300.0): what the checks of raw documents compare against."""
+    """The default of the field whose YAML key (or name) is `key` (durations in seconds):
+    what the checks of raw documents fall back on for a key the document leaves out."""
     for name, info in model.model_fields.items():
         if key in (name, info.alias):
             return info.get_default(call_default_factory=True)

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from ..batch import FlowBatch
-from .netflow import MAX_CLOCK_SKEW_S, MAX_STATE, DecoderStateError, ExporterQuirks, NetFlowDecoder
+from .netflow import (
+    HOLD_MAX_AGE_S,
+    HOLD_MAX_SETS,
+    MAX_CLOCK_SKEW_S,
+    MAX_STATE,
+    DecoderStateError,
+    ExporterQuirks,
+    NetFlowDecoder,
+)
 from .sflow import SFlowDecoder
 from .stats import DATAGRAMS, DECODE_ERROR, MAX_EXPORTERS, OTHER, DecodeStats
 from .templates import MAX_TEMPLATES
@@ -30,7 +38,7 @@ class FlowDecoder:
 
     def __init__(self, stats: DecodeStats | None = None,
                  quirks: Mapping[str, ExporterQuirks] | None = None,
-                 hold_max_sets: int = 10_000, hold_max_age_s: float = 60.0, *,
+                 hold_max_sets: int = HOLD_MAX_SETS, hold_max_age_s: float = HOLD_MAX_AGE_S, *,
                  max_templates: int = MAX_TEMPLATES, max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
                  max_exporters: int = MAX_EXPORTERS, max_state: int = MAX_STATE) -> None:
         self.stats = stats if stats is not None else DecodeStats(max_exporters=max_exporters)

@@ -122,6 +122,10 @@ MAX_SAMPLING_RATE = 1 << 24
 # (Cisco's maximum is 60 minutes) plus our own holding of early data sets, yet it catches
 # every clock error we know of: uptime wraps (49.7 days), clocks left in 1970, wrong dates.
 MAX_CLOCK_SKEW_S = 7200
+HOLD_MAX_SETS = 10_000
+"""Data sets held for a late template, at most, over all exporters (collectors.template_hold)."""
+HOLD_MAX_AGE_S = 60.0
+"""Seconds a held data set waits for its template."""
 # Bounds of the per-exporter state other than templates (sampling rates, boot times,
 # sequence streams: entries per exporter and domain; interface names: names in all).
 MAX_STATE = 65_536
@@ -143,7 +147,7 @@ class NetFlowDecoder:
     """Decodes NetFlow v5/v9 and IPFIX datagrams into FlowBatches, keeping exporter state."""
 
     def __init__(self, stats: DecodeStats, quirks: Mapping[str, ExporterQuirks] | None = None,
-                 hold_max_sets: int = 10_000, hold_max_age_s: float = 60.0, *,
+                 hold_max_sets: int = HOLD_MAX_SETS, hold_max_age_s: float = HOLD_MAX_AGE_S, *,
                  max_templates: int = MAX_TEMPLATES, max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
                  max_state: int = MAX_STATE, max_interface_names: int = MAX_INTERFACE_NAMES) -> None:
         if max_clock_skew_s < 0:

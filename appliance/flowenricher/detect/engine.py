@@ -39,11 +39,13 @@ from ..enrich.base import addr_halves
 from ..enrich.networks import PrefixMatcher
 from .detection import Detection
 from .rules import Rule
+from .settings import DetectionSettings
 from .window import BYTES, END, PACKETS, ROW_COLUMNS, START, SYN_ONLY, TIME, Candidates, Rows, RuleWindow
 
 __all__ = ["SAMPLE_COLUMNS", "Action", "AnomalyScorer", "DetectionEngine", "DetectionListener"]
 
 log = logging.getLogger(__name__)
+_DETECTION = DetectionSettings()  # the detection block's defaults, for an engine built without a config
 
 SYN, ACK = 0x02, 0x10
 
@@ -252,7 +254,7 @@ class DetectionEngine:
     """
 
     def __init__(self, rules: Sequence[Rule], actions: Sequence[Action] = (),
-                 registry: CollectorRegistry | None = None, *, max_keys_per_rule: int = 100_000,
+                 registry: CollectorRegistry | None = None, *, max_keys_per_rule: int = _DETECTION.max_keys_per_rule,
                  scorer: AnomalyScorer | None = None, samples_per_detection: int = 5,
                  max_detections_per_evaluation: int = 100, listeners: Sequence[DetectionListener] = ()) -> None:
         if max_keys_per_rule < 1:

@@ -36,11 +36,11 @@ from ..common.addresses import plain_address, stored_bytes
 from ..common.ratelimit import RateLimitedLog
 from ..errors import ConfigError
 from .base import AddressSet, Index, StringTable, public_mask, spread_strings
+from .settings import GeoIpSettings
 
 if TYPE_CHECKING:
     from maxminddb.types import Record
 
-    from .settings import GeoIpSettings
 
 try:
     from maxminddb.extension import Reader as _CReader
@@ -48,6 +48,7 @@ except ImportError:  # pragma: no cover - the wheel ships the extension; a sourc
     _CReader = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
+_GEOIP = GeoIpSettings()  # the geoip block's defaults, for a stage built without a config
 
 Role = Literal["asn", "city"]
 # (asn, organisation, ISO country code, English city name) of one address.
@@ -298,7 +299,7 @@ class GeoStage:
     name = "geoip"
     writes_as_numbers = True  # the pipeline names src_as/dst_as after this stage (see enrich/pipeline.py)
 
-    def __init__(self, asn_db: Path | None, city_db: Path | None, *, cache_size: int = 262144,
+    def __init__(self, asn_db: Path | None, city_db: Path | None, *, cache_size: int = _GEOIP.cache_size,
                  reload_interval_s: float = 60.0, registry: CollectorRegistry | None = None,
                  check_records: int = 1000) -> None:
         if cache_size < 0:

@@ -41,6 +41,7 @@ from .base import AddressSet, public_mask, spread_strings
 from .settings import DnsSettings
 
 log = logging.getLogger(__name__)
+_DNS = DnsSettings()  # the dns block's defaults, for a resolver built without a config
 
 _LOG_EVERY_S = 60.0
 
@@ -194,10 +195,11 @@ class PtrResolver:
     The constructor only validates; :meth:`start` starts the thread, :meth:`close` ends it.
     """
 
-    def __init__(self, nameserver: str | None = None, *, port: int = 53, timeout_s: float = 2.0,
-                 max_inflight: int = 64, rate_per_s: float = 200.0, burst: int | None = None,
-                 queue_max: int = 10000, cache_size: int = 262144, min_ttl_s: float = 300.0,
-                 max_ttl_s: float = 86400.0, negative_ttl_s: float = 3600.0, private: bool = True,
+    def __init__(self, nameserver: str | None = None, *, port: int = _DNS.port, timeout_s: float = _DNS.timeout_s,
+                 max_inflight: int = _DNS.max_inflight, rate_per_s: float = _DNS.rate_per_s, burst: int | None = None,
+                 queue_max: int = _DNS.backlog, cache_size: int = _DNS.cache_size, min_ttl_s: float = _DNS.min_ttl_s,
+                 max_ttl_s: float = _DNS.max_ttl_s, negative_ttl_s: float = _DNS.negative_ttl_s,
+                 private: bool = _DNS.private,
                  sink: PtrSink | None = None, sink_interval_s: float = 1.0,
                  registry: CollectorRegistry | None = None) -> None:
         problems = []
