@@ -21,7 +21,7 @@ from appliance.flowenricher.detect.outbox import DeliveryMetrics
 from appliance.flowenricher.storage import StoreSettings, open_store
 from appliance.flowenricher.storage.base import FlowStore
 
-SAFE = SafetySettings(never=networks(["84.54.49.1"]), own=networks(["84.54.49.0/24"]), max_active=5,
+SAFE = SafetySettings(never=networks(["84.54.49.1"]), own=networks(["84.54.49.0/24"]), max_active=5, repeat_factor=1,
                       max_per_minute=100)
 T0 = 1_800_000_000.0
 

@@ -17,6 +17,7 @@ from typing import Literal
 
 from ..common.bgp_values import BgpValueError, IPNetwork
 from ..common.bgp_values import parse_prefix as parse_bgp_prefix
+from .settings import BlackholeSettings
 
 
 class Refused(Exception):
@@ -31,6 +32,9 @@ class CapReached(Refused):
 Pool = Literal["source", "victim"]
 
 
+_BLACKHOLE = BlackholeSettings()
+
+
 @dataclass(frozen=True)
 class SafetySettings:
     """Limits on what may be announced.
@@ -43,26 +47,28 @@ class SafetySettings:
     which is what remotely triggered blackholing is for.
     """
 
-    min_v4_len: int = 32
-    min_v6_len: int = 128
+    # The defaults are the blackhole block's: a policy built by code without a config
+    # enforces what an empty config file does.
+    min_v4_len: int = _BLACKHOLE.min_prefix_length_v4
+    min_v6_len: int = _BLACKHOLE.min_prefix_length_v6
     never: tuple[IPNetwork, ...] = ()
     own: tuple[IPNetwork, ...] = ()
-    max_active: int = 100
-    max_per_minute: int = 10
-    dry_run: bool = False
+    max_active: int = _BLACKHOLE.max_active
+    max_per_minute: int = _BLACKHOLE.max_per_minute
+    dry_run: bool = _BLACKHOLE.dry_run
     extra: dict[str, str] = field(default_factory=dict)
-    max_active_sources: int | None = None
+    max_active_sources: int | None = _BLACKHOLE.max_active_sources
     """Cap of source bans (attackers, outside `own`); None: `max_active`, the old single cap."""
-    max_active_victims: int | None = None
+    max_active_victims: int | None = _BLACKHOLE.max_active_victims
     """Cap of victim blackholes (inside `own`), a pool of its own so that bans never
     starve a victim's RTBH; None: `max_active`."""
     never_until: tuple[tuple[IPNetwork, float], ...] = ()
     """Never-blackhole entries that lapse at a time (epoch seconds)."""
-    max_duration_s: float | None = None
+    max_duration_s: float | None = _BLACKHOLE.max_duration_s
     """Longest blackhole a request may ask for; source bans without an expiry get it."""
-    repeat_factor: float = 1.0
+    repeat_factor: float = _BLACKHOLE.repeat_factor
     """A source banned again within `repeat_window_s` gets its ban times this, per earlier ban."""
-    repeat_window_s: float = 0.0
+    repeat_window_s: float = _BLACKHOLE.repeat_window_s
 
     def cap(self, pool: Pool) -> int:
         limit = self.max_active_victims if pool == "victim" else self.max_active_sources
