@@ -28,9 +28,9 @@ from support.recording_gobgp import RecordingGoBGP
 from appliance.flowenricher.blackhole.manager import BlackholeManager, Defaults
 from appliance.flowenricher.blackhole.safety import SafetyPolicy
 from appliance.flowenricher.blackhole.state import StateDB
-from appliance.flowenricher.collector_api import OPERATIONS, Collector
+from appliance.flowenricher.collector_api import OPERATIONS, REQUIRED, Collector
 from appliance.flowenricher.collector_local import LocalCollector
-from appliance.flowenricher.control import ControlServer, SocketCollector
+from appliance.flowenricher.control import ControlServer, SocketCollector, call
 from appliance.flowenricher.errors import FlowEnricherError
 from appliance.flowenricher.service import Runtime
 
@@ -234,7 +234,7 @@ def test_operations_table_is_the_protocol() -> None:
     assert sorted(op.method for op in OPERATIONS.values()) == sorted(methods)
     for op in OPERATIONS.values():
         table = [(p.name, p.default) for p in op.params]
-        declared = [(name, None if default is inspect.Parameter.empty else default)
+        declared = [(name, REQUIRED if default is inspect.Parameter.empty else default)
                     for name, default in _parameters(methods[op.method])]
         assert table == declared, op.name
 
@@ -372,3 +372,13 @@ def test_errors_cross_the_socket_as_raised(both: tuple[Collector, Collector, Rec
             collector.blackhole_history(0)
         with pytest.raises(FlowEnricherError, match=r"reads its rules from .*, not /elsewhere/detection\.yml"):
             collector.reload_rules("/elsewhere/detection.yml")
+
+
+def test_a_request_without_a_required_field_is_a_bad_request(
+        both: tuple[Collector, Collector, RecordingGoBGP], short_dir: Path) -> None:
+    """On the wire (where a client other than SocketCollector may leave a field out)."""
+    with pytest.raises(ValueError, match="blackhole-announce: prefix is required"):
+        call(str(short_dir), "blackhole-announce", 10.0, next_hop="192.0.2.1")
+    with pytest.raises(ValueError, match="anomaly-score: vectors is required"):
+        call(str(short_dir), "anomaly-score", 10.0)
+    assert both[2].ever == []

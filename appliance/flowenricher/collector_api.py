@@ -99,14 +99,19 @@ def blackhole_from(data: Mapping[str, Any]) -> Blackhole:
     return Blackhole(**values)
 
 
+REQUIRED: Any = object()
+"""A :class:`Param`'s default when the request must give it (the method has no default)."""
+
+
 @dataclass(frozen=True)
 class Param:
     """One argument of an operation: the JSON field it travels in (the method's parameter
-    of the same name), how the server reads it, and its value when the request omits it."""
+    of the same name), how the server reads it, and its value when the request omits it
+    or sends null."""
 
     name: str
     read: Callable[[Any], Any]
-    default: Any = None
+    default: Any = REQUIRED
 
 
 @dataclass(frozen=True)
@@ -174,9 +179,9 @@ def _interfaces_from(answer: Mapping[str, Any]) -> dict[str, dict[int, str]] | N
 
 OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("blackhole-announce", "blackhole_announce",
-              (Param("prefix", str), Param("next_hop", _text), Param("communities", _texts),
-               Param("duration_s", _optional_float), Param("source", str, "api"), Param("rule", str, ""),
-               Param("evidence", _object), Param("role", str, "manual")),
+              (Param("prefix", str), Param("next_hop", _text, None), Param("communities", _texts, None),
+               Param("duration_s", _optional_float, None), Param("source", str, "api"), Param("rule", str, ""),
+               Param("evidence", _object, None), Param("role", str, "manual")),
               dump=lambda a: {"blackhole": blackhole_dict(a.blackhole), "dry_run": a.dry_run},
               load=lambda j: Announced(blackhole_from(j["blackhole"]), bool(j.get("dry_run", False)))),
     Operation("blackhole-withdraw", "blackhole_withdraw", (Param("prefix", str), Param("reason", str, "api")),
@@ -189,10 +194,10 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
               dump=lambda c: {k: dict(v) for k, v in c.items()},
               load=lambda j: {str(k): {str(n): int(x) for n, x in v.items()} for k, v in j.items()}),
     Operation("interface-names", "interface_names", dump=_interfaces, load=_interfaces_from),
-    Operation("apply-config", "apply_config", (Param("path", _text),),
+    Operation("apply-config", "apply_config", (Param("path", _text, None),),
               dump=lambda later: {"applied": True, "at_next_start": list(later)},
               load=lambda j: [str(k) for k in j.get("at_next_start") or ()]),
-    Operation("reload-rules", "reload_rules", (Param("path", _text),),
+    Operation("reload-rules", "reload_rules", (Param("path", _text, None),),
               dump=lambda n: {"accepted": True, "rules": n}, load=lambda j: int(j["rules"])),
     Operation("metrics", "metrics", dump=lambda text: {"text": text}, load=lambda j: str(j["text"])),
     Operation("status", "status"),
@@ -207,5 +212,14 @@ that the table and the protocol list the same methods with the same parameters).
 
 
 def arguments(op: Operation, request: Mapping[str, Any]) -> dict[str, Any]:
-    """The method's keyword arguments from a request's fields (the server's side)."""
-    return {p.name: p.read(request[p.name]) if request.get(p.name) is not None else p.default for p in op.params}
+    """The method's keyword arguments from a request's fields (the server's side);
+    ValueError (a bad request) when one it needs is missing."""
+    values = {}
+    for p in op.params:
+        if request.get(p.name) is not None:
+            values[p.name] = p.read(request[p.name])
+        elif p.default is REQUIRED:
+            raise ValueError(f"{op.name}: {p.name} is required")
+        else:
+            values[p.name] = p.default
+    return values

@@ -8,9 +8,9 @@ other processes ask it here.  The socket is a Unix socket inside the data direct
 line, ``{"sql": ..., "format": ...}``, ``{"lookup": ip}`` or ``{"op": NAME, ...}`` for
 the operations of collector_api.OPERATIONS, which the server dispatches to its
 collector_api.Collector and :class:`SocketCollector` is generated from.  The answer is
-one status byte and a payload: 0 ok (the query's bytes; JSON otherwise), 1 failure (text), 2 refused by the
-blackhole safety policy (text, the policy's sentence), 3 an invalid config or rules
-file (JSON list of problem lines), 4 a bad request (text).
+one status byte and a payload: 0 ok (the query's bytes; JSON otherwise), 1 failure
+(text), 2 refused by the blackhole safety policy (text, the policy's sentence), 3 an
+invalid config or rules file (JSON list of problem lines), 4 a bad request (text).
 """
 
 from __future__ import annotations
