@@ -176,7 +176,7 @@ def collector_config(mode: str, where: Path, port: int, metrics_port: int, api_p
 
 
 def write_prefix_file(routes: Sequence[StaticRoute], path: Path) -> Path:
-    """The table as a bgp.prefix_file (enrich/prefix_file.py's format)."""
+    """The table as a bgp.prefix_file (bgp/prefix_file.py's format)."""
     entries = []
     for r in routes:
         entry: dict[str, object] = {"prefix": r.prefix, "as_path": list(r.as_path),

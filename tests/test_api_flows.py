@@ -19,8 +19,10 @@ from support.api import HOUR, ApiEnv, flow_store, make_env
 
 from appliance.api.queries import quote
 from appliance.flowenricher.batch import FlowBatch, addr_to_str
+from appliance.flowenricher.collector_local import LocalCollector
 from appliance.flowenricher.detect.actions import detections_ddl
 from appliance.flowenricher.errors import StoreError
+from appliance.flowenricher.service import Runtime
 from appliance.flowenricher.storage.base import FlowStore
 
 START = int(time.time()) // HOUR * HOUR - 3 * HOUR
@@ -164,9 +166,9 @@ def test_bad_queries_are_422(env: ApiEnv, params: dict[str, Any], path: str) -> 
 
 
 def test_exporters(tmp_path: Path, store: FlowStore, batch: FlowBatch) -> None:
-    env = make_env(tmp_path, store, clock=lambda: float(END),
-                   interfaces=lambda: {"10.0.0.1": {1: "uplink-cogent"}},
-                   exporter_counters=lambda: {"10.0.0.1": {"datagrams": 42, "templates": 3}})
+    parts = Runtime(interfaces=lambda: {"10.0.0.1": {1: "uplink-cogent"}},
+                    exporter_counters=lambda: {"10.0.0.1": {"datagrams": 42, "templates": 3}})
+    env = make_env(tmp_path, store, clock=lambda: float(END), collector=LocalCollector(parts))
     body = _get(env, "/api/v1/exporters", **{"from": START, "to": END})
     rows = {e["exporter"]: e for e in body["exporters"]}
     assert set(rows) == {"10.0.0.1", "10.0.0.2"}

@@ -19,7 +19,7 @@ from support.bgp_lab import BgpLab, bgp_lab_fixture, wait_until
 from appliance.api import ApiDeps, create_app
 from appliance.api.server import ApiServer
 from appliance.api.tokens import create_token
-from appliance.flowenricher.bgp.announcer import GoBgpAnnouncer
+from appliance.flowenricher.blackhole.announcer import GoBgpAnnouncer
 from appliance.flowenricher.blackhole.manager import BlackholeManager, Defaults
 from appliance.flowenricher.blackhole.safety import SafetyPolicy
 from appliance.flowenricher.blackhole.state import StateDB

@@ -37,14 +37,15 @@ from support.recording_gobgp import RecordingGoBGP
 
 from appliance.api import create_app
 from appliance.api.errors import Unavailable
-from appliance.api.remote import Collector, RemoteApi, remote_deps
+from appliance.api.remote import RemoteApi, RemoteCollector, remote_deps
 from appliance.api.tokens import create_token
 from appliance.flowenricher import control
 from appliance.flowenricher.blackhole.manager import BlackholeManager, Defaults
 from appliance.flowenricher.blackhole.safety import Refused, SafetyPolicy
 from appliance.flowenricher.blackhole.state import StateDB
+from appliance.flowenricher.collector_local import LocalCollector
 from appliance.flowenricher.config import load_config
-from appliance.flowenricher.control import CollectorUnavailable, ControlServer, collector_requests
+from appliance.flowenricher.control import CollectorUnavailable, ControlServer
 from appliance.flowenricher.detect.features import FEATURE_NAMES
 from appliance.flowenricher.detect.rules import load_rule_set
 from appliance.flowenricher.errors import ConfigError, StoreError
@@ -136,7 +137,7 @@ def collector_side(short_dir: Path) -> Iterator[CollectorSide]:
             raise ValueError(f"{ip!r} is not an IP address")
         return {"ip": ip, "mine": ip.startswith("84.54.49.")}
 
-    server = ControlServer(str(short_dir), query, lookup, collector_requests(runtime, registry))
+    server = ControlServer(str(short_dir), query, lookup, LocalCollector(runtime, registry))
     server.start()
     try:
         yield CollectorSide(short_dir, manager, gobgp, runtime, server)
@@ -229,11 +230,11 @@ def test_bad_requests_and_failures_are_answered(collector_side: CollectorSide, c
 def test_no_collector_is_unavailable_and_logged_once(short_dir: Path, caplog: Any) -> None:
     with pytest.raises(CollectorUnavailable, match=r"no collector answers on .*flowenricher\.sock"):
         control.call(str(short_dir), "status")
-    collector = Collector(str(short_dir))
+    collector = RemoteCollector(str(short_dir))
     with caplog.at_level(logging.INFO, logger="appliance.api.remote"):
         for _ in range(3):
             with pytest.raises(Unavailable):
-                collector.call("blackhole-active")
+                collector.operations().blackhole_active()
     assert caplog.text.count("no collector answers") == 1
 
 
@@ -380,7 +381,7 @@ def test_server_mode_queries_the_server_without_the_collector(short_dir: Path) -
 
 
 def test_api_command_refuses_when_the_collector_serves_the_api(short_dir: Path, capsys: Any) -> None:
-    from appliance.flowenricher.cli import main
+    from appliance.cli import main
 
     config = _config(short_dir)  # api.enabled defaults to true
     assert main(["api", "--config", str(config)]) == 2

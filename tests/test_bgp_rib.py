@@ -18,6 +18,7 @@ from support.bgp_lab import BIRD_V4, BIRD_V6, BgpLab, StaticRoute, bgp_lab_fixtu
 
 from appliance.flowenricher.bgp.client import GoBgpClient
 from appliance.flowenricher.bgp.mirror import RibMirror
+from appliance.flowenricher.bgp.rib import RibState, RibView
 from appliance.flowenricher.bgp.route import (
     AS_CONFED_SEQUENCE,
     AS_SEQUENCE,
@@ -29,7 +30,6 @@ from appliance.flowenricher.bgp.route import (
     key_to_network,
     parse_community,
 )
-from appliance.flowenricher.enrich.rib import RibState, RibView
 
 # Routes of the lab: an upstream (64500) and the ASes behind it.
 ROUTES = [

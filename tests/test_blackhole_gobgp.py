@@ -21,10 +21,10 @@ from prometheus_client import CollectorRegistry
 from support.bgp_lab import BIRD_V4, GOBGPD, BgpLab, bgp_lab_fixture, wait_until
 from support.recording_gobgp import RecordingGoBGP
 
-from appliance.flowenricher.bgp.announcer import GoBgpAnnouncer
 from appliance.flowenricher.bgp.client import GoBgpClient, GoBgpError, _path, rpc_error
 from appliance.flowenricher.bgp.stubs import attribute_pb2 as attrs_pb
 from appliance.flowenricher.bgp.stubs import gobgp_pb2 as api
+from appliance.flowenricher.blackhole.announcer import GoBgpAnnouncer
 from appliance.flowenricher.blackhole.manager import AnnounceRefused, BlackholeManager, Defaults
 from appliance.flowenricher.blackhole.safety import Refused, SafetyPolicy, SafetySettings, networks
 from appliance.flowenricher.blackhole.state import StateDB

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from support.bgp_lab import BgpLab, bgp_lab_fixture, wait_until
 from support.recording_gobgp import RecordingGoBGP
 
-from appliance.flowenricher.bgp.announcer import GoBgpAnnouncer
+from appliance.flowenricher.blackhole.announcer import GoBgpAnnouncer
 from appliance.flowenricher.blackhole.manager import BlackholeManager, Defaults
 from appliance.flowenricher.blackhole.safety import CapReached, Refused, SafetyPolicy, SafetySettings, networks
 from appliance.flowenricher.blackhole.state import StateDB

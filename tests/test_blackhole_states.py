@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from support.bgp_lab import BgpLab, bgp_lab_fixture
 
-from appliance.flowenricher.bgp.announcer import GoBgpAnnouncer
+from appliance.flowenricher.blackhole.announcer import GoBgpAnnouncer
 from appliance.flowenricher.blackhole.manager import AnnounceError, BlackholeManager, Defaults
 from appliance.flowenricher.blackhole.safety import Refused, SafetyPolicy, SafetySettings, networks
 from appliance.flowenricher.blackhole.state import IN_GOBGP, StateDB

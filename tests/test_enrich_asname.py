@@ -13,11 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from appliance.flowenricher.batch import FlowBatch, str_to_addr
+from appliance.flowenricher.bgp.prefix_file import PrefixFileRib
 from appliance.flowenricher.enrich.base import AddressSet
 from appliance.flowenricher.enrich.bgp import BgpStage
 from appliance.flowenricher.enrich.geo import GeoStage
 from appliance.flowenricher.enrich.pipeline import AS_NAME_COLUMNS, Enricher
-from appliance.flowenricher.enrich.prefix_file import PrefixFileRib
 
 DATA = Path(__file__).parent / "data" / "geoip"
 ASN_DB = DATA / "GeoLite2-ASN-Test.mmdb"

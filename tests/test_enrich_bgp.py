@@ -18,11 +18,11 @@ from support.bgp_lab import BIRD_V4, BIRD_V6, BgpLab, StaticRoute, bgp_lab_fixtu
 from appliance.flowenricher.batch import FlowBatch, ListColumn, addr_to_str, str_to_addr
 from appliance.flowenricher.bgp.client import GoBgpClient
 from appliance.flowenricher.bgp.mirror import RibMirror
+from appliance.flowenricher.bgp.prefix_file import PrefixFileError, PrefixFileRib, load_prefix_file
+from appliance.flowenricher.bgp.rib import RibState
 from appliance.flowenricher.bgp.route import parse_community
 from appliance.flowenricher.enrich.base import AddressSet
 from appliance.flowenricher.enrich.bgp import BgpStage
-from appliance.flowenricher.enrich.prefix_file import PrefixFileError, PrefixFileRib, load_prefix_file
-from appliance.flowenricher.enrich.rib import RibState
 
 GEOIP_AS = 4242  # what a GeoIP stage put in src_as/dst_as before BGP runs
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from support.api import make_env
 
-from appliance.flowenricher.cli import build_parser
+from appliance.cli import build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -148,7 +148,7 @@ def test_messages_the_code_prints_or_logs() -> None:
 
 @pytest.mark.parametrize("path", example_files(), ids=lambda path: str(path.relative_to(REPO)))
 def test_examples_name_no_source_file(path: Path) -> None:
-    """An example config explains a key in its own words; "see enrich/prefix_file.py"
+    """An example config explains a key in its own words; "see bgp/prefix_file.py"
     sends a user who installed a package into its source."""
     lines = [f"{path.relative_to(REPO)}:{number}: {text.strip()}"
              for number, text in enumerate(path.read_text().splitlines(), 1)

@@ -3,8 +3,9 @@ versioned API, tokens and audit, and the status page.
 
 ``create_app(ApiDeps(...))`` builds the application (app.py); ``tokens`` holds what
 ``flowenricher token`` does.  The Prometheus traffic counters are the collector's
-(appliance/flowenricher/traffic_metrics.py): the core package imports nothing of this one
-but its composition root (wiring.py, cli.py) to serve it.
+(appliance/flowenricher/traffic_metrics.py): the core package imports nothing of this
+one; appliance/cli.py, above both, serves it (inprocess.py inside `run`, remote.py as
+`flowenricher api`).
 """
 
 from __future__ import annotations

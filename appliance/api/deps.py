@@ -22,6 +22,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 
+from appliance.flowenricher.collector_api import Collector
 from appliance.flowenricher.columns import DIRECTION_NAMES
 from appliance.flowenricher.config import Settings
 
@@ -59,10 +60,6 @@ LookupFn = Callable[[str], Mapping[str, Any]]
 """What ``flowenricher lookup IP`` prints, as a mapping; raises ValueError for a bad address."""
 DetectionsFn = Callable[[Filters, str | None, str | None, int], list[dict[str, Any]]]
 """Detections in a time range, by rule and key, newest first, at most `limit`."""
-InterfacesFn = Callable[[], Mapping[str, Mapping[int, str]]]
-"""Interface names per exporter address (SNMP): ifindex -> name."""
-ExporterCountersFn = Callable[[], Mapping[str, Mapping[str, int]]]
-"""Decoder counters per exporter address (datagrams, templates seen, drops ...)."""
 
 
 @dataclass
@@ -70,7 +67,9 @@ class ApiDeps:
     """Everything the API reads from or acts on.  Optional parts answer 503 when absent.
 
     `query` runs SQL on the flow store (``FlowStore.query`` or the service's locked
-    wrapper); `detections` defaults to the store's ``detections`` table.  `config_path`
+    wrapper); `detections` defaults to the store's ``detections`` table.  `collector` is
+    the running collector's operations (collector_api.Collector: in this process or over
+    its control socket); routes that need the collector call it.  `config_path`
     and `rules_path` are the files a replacement is saved to; `rules` are the rules
     running now (read from `rules_path` when None).  `apply_config` and `apply_rules`
     hand a validated replacement to the running collector; raising ConfigError from
@@ -86,14 +85,31 @@ class ApiDeps:
     rules: Rules | None = None
     lookup: LookupFn | None = None
     detections: DetectionsFn | None = None
-    interfaces: InterfacesFn | None = None
-    exporter_counters: ExporterCountersFn | None = None
+    collector: Collector | None = None
     apply_config: ApplyConfig | None = None
     apply_rules: ApplyRules | None = None
     dev_mode: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY
     clock: Callable[[], float] = time.time
     anomaly: AnomalyService | None = None  # anomaly scoring, when enabled (routes/anomaly.py)
+
+
+def applied_by(collector: Collector, config_path: Path | None, rules_path: Path | None,
+               on_config: Callable[[Settings, list[str]], None] | None = None) -> tuple[ApplyConfig, ApplyRules]:
+    """ApiDeps' `apply_config` and `apply_rules` when the collector applies replacements:
+    it re-reads the file the API has just saved (the path is sent so that it refuses one
+    it does not read), with the checks a file read at start gets.  `on_config` hears of
+    each applied config and the keys that wait for the collector's next start."""
+
+    def apply_config(new: Settings) -> None:
+        later = collector.apply_config(str(config_path.resolve()) if config_path else None)
+        if on_config is not None:
+            on_config(new, later)
+
+    def apply_rules(_rules: Rules) -> None:
+        collector.reload_rules(str(rules_path.resolve()) if rules_path else None)
+
+    return apply_config, apply_rules
 
 
 @dataclass

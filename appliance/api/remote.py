@@ -3,9 +3,10 @@
 The collector (``flowenricher run``) stays the one owner of announcements (DESIGN §1:
 detection-triggered blackholes must work while the API is down) and of the embedded
 store (chDB admits one process per data directory).  This module builds the same
-:class:`~.deps.ApiDeps` as the in-process mode, with the collector's parts reached
-through its control socket (appliance/flowenricher/control.py): the blackhole manager,
-the lookup, decoder counters and interface names, live config and rules reloads, and
+:class:`~.deps.ApiDeps` as the in-process mode (inprocess.py), with the collector's
+operations (appliance/flowenricher/collector_api.py) over its control socket
+(control.SocketCollector): the blackhole manager, decoder counters and interface names,
+live config and rules reloads, metrics and anomaly scoring; and the socket's lookup and
 flow queries in the embedded mode.  With a ClickHouse server the API queries it directly.
 Tokens and the audit log are in the state DB, which this process opens too (SQLite in
 WAL mode with a busy timeout, so both processes write safely).
@@ -33,11 +34,12 @@ from prometheus_client.registry import Collector as PrometheusCollector
 from appliance.flowenricher import control
 from appliance.flowenricher.blackhole.safety import SafetyPolicy
 from appliance.flowenricher.blackhole.state import Blackhole, StateDB
+from appliance.flowenricher.collector_api import Collector
 from appliance.flowenricher.config import Settings
-from appliance.flowenricher.control import CollectorUnavailable, blackhole_from
+from appliance.flowenricher.control import CollectorUnavailable, SocketCollector
 from appliance.flowenricher.errors import StoreError
 
-from .deps import ApiDeps
+from .deps import ApiDeps, applied_by
 from .errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -50,31 +52,18 @@ QUERY_TIMEOUT_S = 300.0
 """How long a flow query through the collector may take (as `flowenricher sql`)."""
 
 
-class Collector:
-    """The running collector as the API process sees it: one request per call on its
-    control socket.  An outage is logged when it starts and when it ends, never per call."""
+class RemoteCollector(SocketCollector):
+    """The running collector as the API process sees it: its operations over the control
+    socket (use :meth:`operations`), and the flow queries and lookups it answers there.
+    No collector answering is a 503 (Unavailable), logged when the outage starts and when
+    it ends, never per call."""
 
     def __init__(self, data_dir: str, timeout_s: float = ANSWER_TIMEOUT_S,
                  query_timeout_s: float = QUERY_TIMEOUT_S) -> None:
-        self.data_dir = data_dir
-        self.timeout_s = timeout_s
+        super().__init__(data_dir, timeout_s)
         self.query_timeout_s = query_timeout_s
         self._lock = threading.Lock()
         self._down: bool | None = None  # None: not asked yet
-
-    @property
-    def where(self) -> str:
-        return str(control.socket_path(self.data_dir))
-
-    def call(self, op: str, **fields: Any) -> Any:
-        """The collector's answer to `op`; Unavailable (503) when no collector answers.
-        Refused, ConfigError and ValueError come through as the collector raised them."""
-        try:
-            answer = control.call(self.data_dir, op, self.timeout_s, **fields)
-        except CollectorUnavailable as err:
-            raise self._unavailable(err) from err
-        self._answered()
-        return answer
 
     def query(self, sql: str, fmt: str) -> bytes:
         """A flow query run by the collector (the embedded store lives in its process)."""
@@ -90,18 +79,18 @@ class Collector:
             if result is None:
                 raise CollectorUnavailable(f"no collector answers on {self.where}")
         except CollectorUnavailable as err:
-            raise self._unavailable(err) from err
-        self._answered()
+            raise self.unavailable(err) from err
+        self.answered()
         return result
 
-    def _unavailable(self, err: CollectorUnavailable) -> Unavailable:
+    def unavailable(self, err: CollectorUnavailable) -> Unavailable:
         with self._lock:
             was_down, self._down = self._down, True
         if not was_down:
             log.warning("collector: %s; what needs it answers 503 until it does", err)
         return Unavailable("the collector (flowenricher run) is not answering; see the API's log")
 
-    def _answered(self) -> None:
+    def answered(self) -> None:
         with self._lock:
             was_down, self._down = self._down, False
         if was_down:
@@ -121,7 +110,7 @@ class CollectorMetrics(PrometheusCollector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            text = self.collector.call("metrics")["text"]
+            text = self.collector.metrics()
         except Unavailable:
             return
         yield from text_string_to_metric_families(text)
@@ -136,8 +125,7 @@ class CollectorState(StateDB):
         self.collector = collector
 
     def history(self, limit: int = 100) -> list[Blackhole]:
-        answer = self.collector.call("blackhole-history", limit=limit)
-        return [blackhole_from(row) for row in answer["blackholes"]]
+        return self.collector.blackhole_history(limit)
 
 
 class RemoteBlackholes:
@@ -158,21 +146,18 @@ class RemoteBlackholes:
     def announce(self, prefix: str, next_hop: str | None = None, communities: Sequence[str] | None = None,
                  duration_s: float | None = None, source: str = "api", rule: str = "",
                  evidence: dict[str, Any] | None = None, role: str = "manual") -> Blackhole:
-        answer = self.collector.call("blackhole-announce", prefix=prefix, next_hop=next_hop,
-                                     communities=list(communities) if communities is not None else None,
-                                     duration_s=duration_s, source=source, rule=rule, evidence=evidence, role=role)
-        dry_run = bool(answer.get("dry_run", False))
-        if dry_run != self.policy.settings.dry_run:
-            self.policy = SafetyPolicy(dataclasses.replace(self.policy.settings, dry_run=dry_run))
-        return blackhole_from(answer["blackhole"])
+        answer = self.collector.blackhole_announce(prefix, next_hop,
+                                                   list(communities) if communities is not None else None,
+                                                   duration_s, source, rule, evidence, role)
+        if answer.dry_run != self.policy.settings.dry_run:
+            self.policy = SafetyPolicy(dataclasses.replace(self.policy.settings, dry_run=answer.dry_run))
+        return answer.blackhole
 
     def withdraw(self, prefix: str, reason: str = "api") -> Blackhole | None:
-        answer = self.collector.call("blackhole-withdraw", prefix=prefix, reason=reason)
-        row = answer.get("blackhole")
-        return blackhole_from(row) if row is not None else None
+        return self.collector.blackhole_withdraw(prefix, reason)
 
     def active(self) -> list[Blackhole]:
-        return [blackhole_from(row) for row in self.collector.call("blackhole-active")["blackholes"]]
+        return self.collector.blackhole_active()
 
 
 class _RemoteModel:
@@ -185,9 +170,9 @@ class _RemoteModel:
         self.trained_at = 0.0
 
     def score(self, vectors: Any) -> Any:
-        answer = _anomaly_call(self._collector, "anomaly-score", vectors=[[float(x) for x in v] for v in vectors])
-        self.threshold, self.trained_at = float(answer["threshold"]), float(answer["trained_at"])
-        return np.asarray(answer["scores"], dtype=np.float64)
+        answer = _anomaly_call(lambda: self._collector.anomaly_score([[float(x) for x in v] for v in vectors]))
+        self.threshold, self.trained_at = answer.threshold, answer.trained_at
+        return np.asarray(answer.scores, dtype=np.float64)
 
 
 class RemoteAnomaly:
@@ -206,14 +191,14 @@ class RemoteAnomaly:
         return found
 
     def status(self) -> dict[str, Any]:
-        answer: dict[str, Any] = _anomaly_call(self._collector, "anomaly-status")
-        return answer
+        return _anomaly_call(self._collector.anomaly_status)
 
 
-def _anomaly_call(collector: Collector, op: str, **fields: Any) -> Any:
-    """`op` on the collector; its refusal (scoring off, no model yet) is a 503 as in-process."""
+def _anomaly_call(ask: Callable[[], T]) -> T:
+    """An anomaly operation on the collector; its refusal (scoring off, no model yet) is a
+    503 as in-process."""
     try:
-        return collector.call(op, **fields)
+        return ask()
     except StoreError as err:
         raise Unavailable(str(err)) from err
 
@@ -223,7 +208,7 @@ class RemoteApi:
     """The API process's parts: the ApiDeps for create_app, and what to close at exit."""
 
     deps: ApiDeps
-    collector: Collector
+    collector: RemoteCollector
     closers: list[Callable[[], None]]
 
     def close(self) -> None:
@@ -235,16 +220,17 @@ class RemoteApi:
 
 
 def remote_deps(cfg: Settings, config_path: Path | None, rules_path: Path | None,
-                registry: CollectorRegistry | None = None, collector: Collector | None = None) -> RemoteApi:
+                registry: CollectorRegistry | None = None, collector: RemoteCollector | None = None) -> RemoteApi:
     """ApiDeps over the collector that runs with `cfg`'s data directory (its control
     socket is ``<storage.path>/flowenricher.sock``)."""
     from appliance.flowenricher.wiring import safety_settings, store_settings
 
-    collector = collector or Collector(str(cfg.storage.path))
+    collector = collector or RemoteCollector(str(cfg.storage.path))
+    operations = collector.operations()
     Path(cfg.storage.path).mkdir(parents=True, exist_ok=True)
-    state = CollectorState(cfg.storage.state_db, collector)
+    state = CollectorState(cfg.storage.state_db, operations)
     closers: list[Callable[[], None]] = [state.close]
-    blackholes = RemoteBlackholes(collector, state, SafetyPolicy(safety_settings(cfg)))
+    blackholes = RemoteBlackholes(operations, state, SafetyPolicy(safety_settings(cfg)))
     store = store_settings(cfg)
     query: Callable[[str, str], bytes]
     if store.embedded:
@@ -256,46 +242,35 @@ def remote_deps(cfg: Settings, config_path: Path | None, rules_path: Path | None
         closers.append(server.close)
         query = server.query
 
-    def exporter_counters() -> dict[str, dict[str, int]]:
-        answer: dict[str, dict[str, int]] = collector.call("exporter-counters")
-        return answer
+    def config_applied(new: Settings, later: list[str]) -> None:
+        blackholes.policy = SafetyPolicy(safety_settings(new))  # the collector's, as it now is
+        if later:
+            log.warning("config saved; %s take effect at the collector's next start", ", ".join(later))
 
-    def interfaces() -> dict[str, dict[int, str]]:
-        names = collector.call("interface-names")["interfaces"] or {}
-        return {exporter: {int(index): str(name) for index, name in table.items()} for exporter, table in names.items()}
-
-    def apply_config(new: Settings) -> None:
-        answer = collector.call("apply-config", path=str(config_path.resolve()) if config_path else None)
-        blackholes.policy = SafetyPolicy(safety_settings(new))
-        if answer.get("at_next_start"):
-            log.warning("config saved; %s take effect at the collector's next start",
-                        ", ".join(answer["at_next_start"]))
-
-    def apply_rules(_rules: list[dict[str, Any]]) -> None:
-        collector.call("reload-rules", path=str(rules_path.resolve()) if rules_path else None)
+    apply_config, apply_rules = applied_by(operations, config_path, rules_path, config_applied)
 
     registry = registry or CollectorRegistry()
-    registry.register(CollectorMetrics(collector))
+    registry.register(CollectorMetrics(operations))
     deps = ApiDeps(
-        settings=cfg, blackholes=blackholes, registry=registry, query=query,
-        config_path=config_path, rules_path=rules_path, lookup=collector.lookup, interfaces=interfaces,
-        exporter_counters=exporter_counters, apply_config=apply_config, apply_rules=apply_rules,
-        dev_mode=cfg.api.dev_mode, max_body_bytes=cfg.api.max_body_bytes, anomaly=RemoteAnomaly(collector),
+        settings=cfg, blackholes=blackholes, registry=registry, query=query, config_path=config_path,
+        rules_path=rules_path, lookup=collector.lookup, collector=operations, apply_config=apply_config,
+        apply_rules=apply_rules, dev_mode=cfg.api.dev_mode, max_body_bytes=cfg.api.max_body_bytes,
+        anomaly=RemoteAnomaly(operations),
     )
     return RemoteApi(deps, collector, closers)
 
 
-def check_collector(collector: Collector, config_path: Path | None, rules_path: Path | None) -> bool:
+def check_collector(collector: RemoteCollector, config_path: Path | None, rules_path: Path | None) -> bool:
     """Ask the collector once at start; warn when it runs with other files than this API
     (replacements would be saved where it does not read them, and it refuses them).
     False when no collector answers (logged; the API starts anyway)."""
     try:
-        status = collector.call("status")
+        status = collector.operations().status()
     except Unavailable:
         return False
     for what, mine in (("config", config_path), ("rules", rules_path)):
         theirs = status.get(what)
-        if (mine is None) != (theirs is None) or (mine is not None and Path(theirs).resolve() != mine.resolve()):
+        if (mine is None) != (theirs is None) or (mine is not None and Path(str(theirs)).resolve() != mine.resolve()):
             log.warning("collector (pid %s) runs with %s %s, this API with %s: replacing it through the API "
                         "will be refused", status.get("pid"), what, theirs, mine)
     log.info("collector: pid %s answers on %s", status.get("pid"), collector.where)

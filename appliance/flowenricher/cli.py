@@ -1,7 +1,11 @@
-"""The `flowenricher` command line (DESIGN §2): run, api, decode, replay, generate, validate, sql, lookup, token, blackhole.
+"""The core's commands of the `flowenricher` command line (DESIGN §2): run, decode, replay,
+generate, validate, sql, lookup, spool, blackhole.
 
 Each subcommand is a thin shell over a module that owns the work; this file only parses
-arguments, wires settings and maps errors to exit codes (2: bad input, 1: failure).
+arguments, wires settings and maps errors to exit codes (2: bad input, 1: failure).  The
+control plane's commands (`api`, `token`) and the API inside `run` come from above the
+core, as an :class:`Extension` (appliance/cli.py, the console script): the core never
+imports the API.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import logging
 import os
 import select
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +26,13 @@ from .errors import CaptureError, ConfigError, FlowEnricherError
 from .logs import configure_logging
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from .config import Settings
+    from .wiring import RuntimeExtension
+
+    Subcommands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+    """Where an Extension adds its subcommands (build_parser's ``add_subparsers``)."""
 
 log = logging.getLogger("flowenricher")
 
@@ -34,23 +45,34 @@ them over BGP.  Exit status: 0 done, 1 failed, 2 bad input (the message names th
 and the place)."""
 
 
-def _add(parser: argparse.ArgumentParser, name: str, **kw: object) -> None:
+Command = Callable[[argparse.Namespace], int]
+"""A subcommand's handler: the parsed arguments -> the exit status."""
+
+
+@dataclass(frozen=True)
+class Extension:
+    """What a package above the core adds to `flowenricher`: subcommands (each parser
+    sets ``handler``, a :data:`Command`, with ``set_defaults``) and parts of the running
+    collector (wiring.RuntimeExtension, called by `run`)."""
+
+    add_commands: Callable[[Subcommands], None]
+    runtime: tuple[RuntimeExtension, ...] = ()
+
+
+def add_option(parser: argparse.ArgumentParser, name: str, **kw: object) -> None:
     """An option spelled both ways: `-config` like the original Go tool, and `--config`."""
     parser.add_argument(f"-{name}", f"--{name}", dest=name.replace("-", "_"), **kw)  # type: ignore[arg-type]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extension: Extension | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowenricher", description=DESCRIPTION)
+    parser.set_defaults(runtime_extensions=extension.runtime if extension is not None else ())
     parser.add_argument("--log-level", default=None, help="debug, info, warning, error (default: config's)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="receive, decode and store flows until stopped")
-    _add(run, "config", default=None, help="config.yaml (default: built-in embedded defaults)")
-    _add(run, "rules", default=None, help="detection.yml (default: detection.rules_config)")
-
-    api = sub.add_parser("api", help="serve the control plane (API) on api.listen beside a running `run`")
-    _add(api, "config", default=None, help="config.yaml: the collector's (default: built-in embedded defaults)")
-    _add(api, "rules", default=None, help="detection.yml: the collector's (default: detection.rules_config)")
+    add_option(run, "config", default=None, help="config.yaml (default: built-in embedded defaults)")
+    add_option(run, "rules", default=None, help="detection.yml (default: detection.rules_config)")
 
     dec = sub.add_parser("decode", help="decode captures offline")
     dec.add_argument("files", nargs="+", help="pcap or pcapng files; templates carry across files in this order")
@@ -74,34 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=1)
 
     val = sub.add_parser("validate", help="validate config and rules against the JSON Schemas")
-    _add(val, "config", default=None)
-    _add(val, "rules", default=None)
+    add_option(val, "config", default=None)
+    add_option(val, "rules", default=None)
 
     sql = sub.add_parser("sql", help="run a query on the configured store")
     sql.add_argument("query")
-    _add(sql, "config", default=None)
+    add_option(sql, "config", default=None)
     sql.add_argument("--format", choices=("tsv", "json"), default="tsv")
-
-    tok = sub.add_parser("token", help="API tokens: create (printed once), revoke, list")
-    tok_sub = tok.add_subparsers(dest="token_command", required=True)
-    tok_create = tok_sub.add_parser("create", help="print a new API token")
-    tok_create.add_argument("--scope", choices=("admin", "read"), required=True)
-    tok_create.add_argument("--name", default=None, help="a label for the audit log (default: generated)")
-    _add(tok_create, "config", default=None)
-    tok_revoke = tok_sub.add_parser("revoke", help="revoke tokens by id or name")
-    tok_revoke.add_argument("token", help="id or name")
-    _add(tok_revoke, "config", default=None)
-    tok_list = tok_sub.add_parser("list", help="list tokens (never their secrets)")
-    _add(tok_list, "config", default=None)
 
     spool = sub.add_parser("spool", help="the store's spool: list blocks waiting or rejected, requeue rejected ones")
     spool_sub = spool.add_subparsers(dest="spool_command", required=True)
     spool_list = spool_sub.add_parser("list", help="queued and rejected blocks: rows, age, size, reason")
-    _add(spool_list, "config", default=None)
+    add_option(spool_list, "config", default=None)
     spool_requeue = spool_sub.add_parser(
         "requeue", help="put rejected blocks back in the queue (once their cause is fixed); safe while running"
     )
-    _add(spool_requeue, "config", default=None)
+    add_option(spool_requeue, "config", default=None)
     which = spool_requeue.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="every rejected block")
     which.add_argument("names", nargs="*", default=[], help="file names as `spool list` shows them")
@@ -110,26 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
                                           "also while `run` is down: the systemd timer runs it every minute)")
     bh_sub = bh.add_subparsers(dest="blackhole_command", required=True)
     bh_list = bh_sub.add_parser("list", help="active blackholes (and recent failures): a table or JSON")
-    _add(bh_list, "config", default=None)
+    add_option(bh_list, "config", default=None)
     bh_list.add_argument("--format", choices=("text", "json"), default="text")
     bh_expire = bh_sub.add_parser("expire", help="withdraw expired blackholes from GoBGP, once even beside `run`")
-    _add(bh_expire, "config", default=None)
+    add_option(bh_expire, "config", default=None)
 
     look = sub.add_parser("lookup", help="prefix, origin AS and org, AS path, next hop, country/city, PTR of an IP")
     look.add_argument("ip")
-    _add(look, "config", default=None)
+    add_option(look, "config", default=None)
     look.add_argument("--format", choices=("text", "json"), default="text")
+    if extension is not None:
+        extension.add_commands(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The console script.  A reader that goes away (`flowenricher decode x.pcap | head`)
-    ends any command quietly: exit 0, nothing on stderr, so scripts under `set -o pipefail`
-    go on.  The final flush is made here so that it is covered too; an error already
-    on its way out is left to show, not replaced by the flush's."""
+def main(argv: Sequence[str] | None = None, extension: Extension | None = None) -> int:
+    """The command line, with `extension`'s commands (appliance/cli.py).  A reader that
+    goes away (`flowenricher decode x.pcap | head`) ends any command quietly: exit 0,
+    nothing on stderr, so scripts under `set -o pipefail` go on.  The final flush is made
+    here so that it is covered too; an error already on its way out is left to show, not
+    replaced by the flush's."""
     try:
         try:
-            code = _run_command(argv)
+            code = _run_command(argv, extension)
         except SystemExit:  # argparse exits from inside parse_args after printing --help
             sys.stdout.flush()
             raise
@@ -155,12 +168,12 @@ def _stdout_reader_gone() -> bool:
     return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
-def _run_command(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+def _run_command(argv: Sequence[str] | None, extension: Extension | None) -> int:
+    args = build_parser(extension).parse_args(argv)
     configure_logging(args.log_level or "info")
     try:
-        handler = globals()[f"_cmd_{args.command}"]
-        code: int = handler(args)
+        handler: Command = getattr(args, "handler", None) or globals()[f"_cmd_{args.command}"]
+        code = handler(args)
         return code
     except ConfigError as err:
         for line in err.problems:
@@ -173,7 +186,8 @@ def _run_command(argv: Sequence[str] | None) -> int:
         return EXIT_FAILED
 
 
-def _settings(path: str | None):  # type: ignore[no-untyped-def]
+def load_settings(path: str | None) -> Settings:
+    """The config file's settings, else the built-in defaults."""
     from .config import Settings, load_config
 
     return load_config(path) if path else Settings.default()
@@ -210,7 +224,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if problems else EXIT_OK
 
 
-def _rules_path(args: argparse.Namespace, cfg: Settings) -> Path | None:
+def rules_path_of(args: argparse.Namespace, cfg: Settings) -> Path | None:
     """--rules, else the config's detection.rules_config when detection is enabled."""
     rules_path = args.rules or (cfg.detection.rules_path if cfg.detection.enabled else None)
     return Path(rules_path) if rules_path is not None else None
@@ -221,35 +235,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .service import run_service
     from .wiring import runtime_factory, service_settings
 
-    cfg = _settings(args.config)
+    cfg = load_settings(args.config)
     if args.log_level is None:
         logging.getLogger().setLevel(cfg.log_level.upper())
-    rules_path = _rules_path(args, cfg)
+    rules_path = rules_path_of(args, cfg)
     if rules_path is not None and not rules_path.exists():
         print(f"rules file {rules_path} does not exist", file=sys.stderr)
         return EXIT_BAD_INPUT
     if rules_path is not None:  # refused here, as `validate` refuses it, before anything starts
         load_rules(rules_path, max_window_s=cfg.detection.flow_cache_max_window_s)
-    return run_service(service_settings(cfg), runtime_factory(cfg, rules_path, Path(args.config) if args.config else None))
-
-
-def _cmd_api(args: argparse.Namespace) -> int:
-    """The API as its own process: it reaches the collector through its control socket
-    and starts even when none runs yet (what needs the collector answers 503 meanwhile)."""
-    from appliance.api.remote import serve_api
-
-    cfg = _settings(args.config)
-    if args.log_level is None:
-        logging.getLogger().setLevel(cfg.log_level.upper())
-    if cfg.api.enabled:  # else the collector would find api.listen taken and fail to start
-        print(f"{args.config or 'the default config'}: $.api.enabled: true, so `flowenricher run` serves the API "
-              "itself on api.listen; set api.enabled: false to run the API as its own service", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    rules_path = _rules_path(args, cfg)
-    if rules_path is not None and not rules_path.exists():
-        print(f"rules file {rules_path} does not exist", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return serve_api(cfg, Path(args.config) if args.config else None, rules_path)
+    factory = runtime_factory(cfg, rules_path, Path(args.config) if args.config else None, args.runtime_extensions)
+    return run_service(service_settings(cfg), factory)
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
@@ -308,7 +304,7 @@ def _cmd_sql(args: argparse.Namespace) -> int:
     from .storage import open_store
     from .wiring import store_settings
 
-    cfg = _settings(args.config)
+    cfg = load_settings(args.config)
     store_cfg = store_settings(cfg)
     fmt = "JSONEachRow" if args.format == "json" else "TSVWithNames"
     result = query_running(store_cfg.path, args.query, fmt) if store_cfg.embedded else None
@@ -329,7 +325,7 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
     from .lookup import render
     from .wiring import standalone_lookup
 
-    cfg = _settings(args.config)
+    cfg = load_settings(args.config)
     try:
         info = lookup_running(str(cfg.storage.path), args.ip)
         if info is None:
@@ -348,7 +344,7 @@ def _cmd_spool(args: argparse.Namespace) -> int:
     from .storage.spool import list_files, requeue
     from .wiring import store_settings
 
-    directory = store_settings(_settings(args.config)).spool_path
+    directory = store_settings(load_settings(args.config)).spool_path
     if args.spool_command == "requeue":
         moved = requeue(directory, None if args.all else args.names)
         print(f"requeued {len(moved)} blocks into {directory}" + "".join(f"\n  {n}" for n in moved))
@@ -374,7 +370,7 @@ def _cmd_blackhole(args: argparse.Namespace) -> int:
 
     from .blackhole.state import StateDB, recent_failures
 
-    cfg = _settings(args.config)
+    cfg = load_settings(args.config)
     Path(cfg.storage.path).mkdir(parents=True, exist_ok=True)
     state = StateDB(cfg.storage.state_db)
     try:
@@ -394,7 +390,7 @@ def _cmd_blackhole(args: argparse.Namespace) -> int:
                 print(f"{b.prefix:43}  {b.state:9}  {left:>10}  {b.source:6}  {b.rule[:20]:20}  "
                       f"{b.failed_reason or b.next_hop + ' ' + ','.join(b.communities)}")
             return EXIT_OK
-        from .bgp.announcer import GoBgpAnnouncer
+        from .blackhole.announcer import GoBgpAnnouncer
         from .wiring import blackhole_manager
 
         announcer = GoBgpAnnouncer(cfg.bgp.gobgp.api)
@@ -414,34 +410,6 @@ def _cmd_blackhole(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         state.close()
-
-
-def _cmd_token(args: argparse.Namespace) -> int:
-    from appliance.api.tokens import TokenError, create_token, list_tokens, revoke_token
-
-    from .blackhole.state import StateDB
-
-    cfg = _settings(args.config)
-    Path(cfg.storage.path).mkdir(parents=True, exist_ok=True)
-    state = StateDB(cfg.storage.state_db)
-    try:
-        if args.token_command == "create":
-            issued = create_token(state.engine, args.scope, args.name)
-            print(issued.token)
-            print(f"token {issued.id} ({issued.name}, scope {issued.scope}) created; it is shown only now",
-                  file=sys.stderr)
-        elif args.token_command == "revoke":
-            revoked = revoke_token(state.engine, args.token)
-            print(f"revoked: {', '.join(str(i) for i in revoked)}")
-        else:
-            for info in list_tokens(state.engine):
-                print(info)
-    except TokenError as err:
-        print(err, file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        state.close()
-    return EXIT_OK
 
 
 if __name__ == "__main__":

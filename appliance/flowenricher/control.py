@@ -6,32 +6,28 @@ manager is the one owner of announcements (DESIGN §1), so both stay in the coll
 other processes ask it here.  The socket is a Unix socket inside the data directory
 (reachable only by users who can reach the data).  One request per connection: a JSON
 line, ``{"sql": ..., "format": ...}``, ``{"lookup": ip}`` or ``{"op": NAME, ...}`` for
-the requests in :func:`collector_requests`.  The answer is one status byte and a
-payload: 0 ok (the query's bytes; JSON otherwise), 1 failure (text), 2 refused by the
-blackhole safety policy (text, the policy's sentence), 3 an invalid config or rules
-file (JSON list of problem lines), 4 a bad request (text).
+the operations of collector_api.OPERATIONS, which the server dispatches to its
+collector_api.Collector and :class:`SocketCollector` is generated from.  The answer is
+one status byte and a payload: 0 ok (the query's bytes; JSON otherwise), 1 failure
+(text), 2 refused by the blackhole safety policy (text, the policy's sentence), 3 an
+invalid config or rules file (JSON list of problem lines), 4 a bad request (text).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import socket
 import socketserver
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, cast
 
 from .blackhole.safety import Refused
+from .collector_api import OPERATIONS, Collector, Operation, arguments
 from .errors import ConfigError, FlowEnricherError, StoreError
-
-if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
-    from .blackhole.state import Blackhole
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +39,6 @@ OK, FAILED, REFUSED, INVALID, BAD_REQUEST = 0, 1, 2, 3, 4
 
 QueryFn = Callable[[str, str], bytes]
 LookupFn = Callable[[str], dict[str, Any]]
-RequestHandler = Callable[[dict[str, Any]], Any]
-"""One ``op``: the request's fields -> a JSON-serialisable answer.  Raises Refused,
-ConfigError, ValueError (bad request) or FlowEnricherError; the client raises the same."""
 
 
 class CollectorUnavailable(FlowEnricherError):
@@ -84,12 +77,14 @@ class _Handler(socketserver.StreamRequestHandler):
         if not isinstance(request, dict):
             raise ValueError("a request is a JSON object")
         if "op" in request:
-            op = str(request["op"])
-            handler = self.server.requests.get(op)
-            if handler is None:
-                known = ", ".join(sorted(self.server.requests)) or "none"
-                raise ValueError(f"this collector does not answer {op!r} (it answers: {known})")
-            return json.dumps(handler(request), default=str).encode()
+            name = str(request["op"])
+            collector = self.server.collector
+            op = OPERATIONS.get(name)
+            if op is None or collector is None:
+                known = ", ".join(sorted(OPERATIONS)) if collector is not None else "none"
+                raise ValueError(f"this collector does not answer {name!r} (it answers: {known})")
+            result = getattr(collector, op.method)(**arguments(op, request))
+            return json.dumps(op.dump(result), default=str).encode()
         if "lookup" in request:
             if self.server.lookup_fn is None:
                 raise ValueError("this service does no lookups")
@@ -98,13 +93,13 @@ class _Handler(socketserver.StreamRequestHandler):
 
 
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """Serves queries on `<data dir>/flowenricher.sock` in a background thread;
-    `requests` are the ``op`` requests it answers besides ``sql`` and ``lookup``."""
+    """Serves queries on `<data dir>/flowenricher.sock` in a background thread; the
+    ``op`` requests are `collector`'s operations (none without one)."""
 
     daemon_threads = True
 
     def __init__(self, data_dir: str, query_fn: QueryFn, lookup_fn: LookupFn | None = None,
-                 requests: Mapping[str, RequestHandler] | None = None) -> None:
+                 collector: Collector | None = None) -> None:
         path = socket_path(data_dir)
         if path.exists():
             path.unlink()  # left by a process that died; the store lock proved we own the dir
@@ -112,7 +107,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         os.chmod(path, 0o600)
         self.query_fn = query_fn
         self.lookup_fn = lookup_fn
-        self.requests: Mapping[str, RequestHandler] = dict(requests or {})
+        self.collector = collector
         self._thread = threading.Thread(target=self.serve_forever, name="control", daemon=True)
 
     def start(self) -> None:
@@ -124,193 +119,6 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         path = Path(str(self.server_address))
         if path.exists():
             path.unlink()
-
-
-# --------------------------------------------------------------------------- the collector's side
-
-
-class CollectorParts(Protocol):
-    """What the requests act on (service.Runtime has these); None: not running here."""
-
-    @property
-    def blackholes(self) -> object | None: ...
-
-    @property
-    def exporter_counters(self) -> Callable[[], Mapping[str, Mapping[str, int]]] | None: ...
-
-    @property
-    def interfaces(self) -> Callable[[], Mapping[str, Mapping[int, str]]] | None: ...
-
-    @property
-    def anomaly(self) -> Any:
-        """The anomaly scoring (detect/anomaly.AnomalyScoring) when ``anomaly.enabled``."""
-
-    @property
-    def reload_config(self) -> Callable[[], list[str]] | None:
-        """Re-read the config file and apply what can change live; the keys that wait
-        for a restart.  Raises ConfigError (nothing applied) when the file is invalid."""
-
-    @property
-    def reload_rules(self) -> Callable[[], int] | None:
-        """Re-read the rules file into the detection engine; the number of rules.
-        Raises ConfigError (the running rules stay) when the file is invalid."""
-
-    @property
-    def config_path(self) -> Path | None:
-        """The config file the collector started with (None: built-in defaults)."""
-
-    @property
-    def rules_path(self) -> Path | None:
-        """The rules file the detection engine reads (None: no detection)."""
-
-
-def blackhole_dict(bh: Blackhole) -> dict[str, Any]:
-    """A blackhole as it crosses the socket (JSON); :func:`blackhole_from` reads it back."""
-    return dataclasses.asdict(bh)
-
-
-def blackhole_from(data: Mapping[str, Any]) -> Blackhole:
-    """The Blackhole of :func:`blackhole_dict`'s JSON (communities back to a tuple)."""
-    from .blackhole.state import Blackhole
-
-    fields = {f.name for f in dataclasses.fields(Blackhole)}
-    values = {k: v for k, v in data.items() if k in fields}
-    values["communities"] = tuple(values.get("communities") or ())
-    return Blackhole(**values)
-
-
-def collector_requests(parts: CollectorParts, registry: CollectorRegistry | None = None) -> dict[str, RequestHandler]:
-    """The ``op`` requests of a collector: its blackhole manager, decoder counters,
-    interface names, live reloads of its config and rules files, and its Prometheus
-    metrics (`registry`).  A request for a part this collector does not run answers a
-    failure that says so."""
-    from prometheus_client import generate_latest
-
-    from .blackhole.manager import BlackholeManager
-    from .blackhole.state import Blackhole, BlackholeRow
-
-    def manager() -> BlackholeManager:
-        if not isinstance(parts.blackholes, BlackholeManager):
-            raise FlowEnricherError("this collector runs no blackhole manager")
-        return parts.blackholes
-
-    def announce(req: dict[str, Any]) -> dict[str, Any]:
-        bh = manager()
-        duration = req.get("duration_s")
-        row = bh.announce(str(req["prefix"]), _text(req.get("next_hop")), _texts(req.get("communities")),
-                          float(duration) if duration is not None else None, source=str(req.get("source", "api")),
-                          rule=str(req.get("rule", "")), evidence=_object(req.get("evidence")),
-                          role=str(req.get("role", "manual")))
-        return {"blackhole": blackhole_dict(row), "dry_run": bh.policy.settings.dry_run}
-
-    def withdraw(req: dict[str, Any]) -> dict[str, Any]:
-        bh = manager()
-        row = bh.withdraw(str(req["prefix"]), reason=str(req.get("reason", "api"))[:64])
-        if row is not None:  # the row as withdrawn, with its withdrawal time
-            with bh.state.session() as session:
-                stored = session.get(BlackholeRow, row.id)
-                row = Blackhole.of(stored) if stored is not None else row
-        return {"blackhole": blackhole_dict(row) if row is not None else None}
-
-    def active(_: dict[str, Any]) -> dict[str, Any]:
-        return {"blackholes": [blackhole_dict(b) for b in manager().active()]}
-
-    def history(req: dict[str, Any]) -> dict[str, Any]:
-        limit = int(req.get("limit", 100))
-        if limit < 1:
-            raise ValueError(f"limit {limit}: must be at least 1")
-        return {"blackholes": [blackhole_dict(b) for b in manager().state.history(limit)]}
-
-    def counters(_: dict[str, Any]) -> dict[str, dict[str, int]]:
-        read = parts.exporter_counters
-        return {k: dict(v) for k, v in read().items()} if read is not None else {}
-
-    def interfaces(_: dict[str, Any]) -> dict[str, Any]:
-        read = parts.interfaces
-        names = {k: {str(i): n for i, n in v.items()} for k, v in read().items()} if read is not None else None
-        return {"interfaces": names}
-
-    def apply_config(req: dict[str, Any]) -> dict[str, Any]:
-        _same_file(parts.config_path, req.get("path"), "config", "--config")
-        if parts.reload_config is None:
-            raise FlowEnricherError("this collector cannot apply a config live")
-        return {"applied": True, "at_next_start": parts.reload_config()}
-
-    def reload_rules(req: dict[str, Any]) -> dict[str, Any]:
-        _same_file(parts.rules_path, req.get("path"), "rules", "--rules")
-        if parts.reload_rules is None:
-            raise FlowEnricherError("this collector runs no detection engine")
-        return {"accepted": True, "rules": parts.reload_rules()}
-
-    def metrics(_: dict[str, Any]) -> dict[str, str]:
-        if registry is None:
-            raise FlowEnricherError("this collector keeps no metrics registry")
-        return {"text": generate_latest(registry).decode()}
-
-    def scoring() -> Any:
-        if parts.anomaly is None:
-            raise FlowEnricherError("anomaly scoring is not enabled")
-        return parts.anomaly
-
-    def anomaly_score(req: dict[str, Any]) -> dict[str, Any]:
-        model = scoring().model
-        if model is None:
-            raise FlowEnricherError("no anomaly model is loaded yet (the baseline has not trained one)")
-        vectors = req.get("vectors")
-        if not isinstance(vectors, list):
-            raise ValueError("vectors: expected a list of vectors")
-        scores = model.score(vectors).tolist() if vectors else []
-        return {"scores": scores, "threshold": model.threshold, "trained_at": model.trained_at}
-
-    def anomaly_status(_: dict[str, Any]) -> dict[str, Any]:
-        answer: dict[str, Any] = scoring().status()
-        return answer
-
-    def status(_: dict[str, Any]) -> dict[str, Any]:
-        return {"pid": os.getpid(), "config": str(parts.config_path) if parts.config_path else None,
-                "rules": str(parts.rules_path) if parts.rules_path else None}
-
-    return {
-        "blackhole-announce": announce, "blackhole-withdraw": withdraw, "blackhole-active": active,
-        "blackhole-history": history, "exporter-counters": counters, "interface-names": interfaces,
-        "apply-config": apply_config, "reload-rules": reload_rules, "metrics": metrics, "status": status,
-        "anomaly-score": anomaly_score, "anomaly-status": anomaly_status,
-    }
-
-
-def _same_file(mine: Path | None, theirs: object, what: str, flag: str) -> None:
-    """Refuse to reload when the caller wrote another file than the one this collector
-    reads: the change would be saved where nothing reads it."""
-    if mine is None:
-        raise FlowEnricherError(f"this collector runs without a {what} file ({flag}); nothing to reload")
-    if theirs is None:
-        return
-    try:
-        same = os.path.samefile(mine, str(theirs))
-    except OSError:
-        same = os.path.abspath(mine) == os.path.abspath(str(theirs))
-    if not same:
-        raise FlowEnricherError(f"this collector reads its {what} from {mine}, not {theirs}")
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)
-
-
-def _texts(value: object) -> list[str] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list):
-        raise ValueError(f"communities: expected a list, got {type(value).__name__}")
-    return [str(v) for v in value]
-
-
-def _object(value: object) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ValueError(f"evidence: expected an object, got {type(value).__name__}")
-    return value
 
 
 # --------------------------------------------------------------------------- clients
@@ -329,6 +137,67 @@ def lookup_running(data_dir: str, ip: str, timeout: float = 30.0) -> dict[str, A
 def query_running(data_dir: str, sql: str, fmt: str, timeout: float = 300.0) -> bytes | None:
     """Ask the running service; None when no service listens in `data_dir`."""
     return _ask(data_dir, {"sql": sql, "format": fmt}, timeout)
+
+
+class SocketCollector:
+    """collector_api.Collector over the control socket of the collector in `data_dir`:
+    one request per call, each operation's method generated from its OPERATIONS entry
+    (so use it through :meth:`operations`, typed as the protocol).
+
+    Raises CollectorUnavailable when no collector answers, as :meth:`unavailable` makes
+    it; a subclass turns it into its own error (the API's 503) and hears of answers
+    through :meth:`answered`.
+    """
+
+    def __init__(self, data_dir: str, timeout_s: float = 30.0) -> None:
+        self.data_dir = data_dir
+        self.timeout_s = timeout_s
+
+    @property
+    def where(self) -> str:
+        return str(socket_path(self.data_dir))
+
+    def operations(self) -> Collector:
+        """This client as the protocol it implements (its methods are set from OPERATIONS,
+        which a type checker cannot see)."""
+        return cast(Collector, self)
+
+    def perform(self, op: Operation, fields: dict[str, Any]) -> Any:
+        """`op` with its arguments by parameter name; the answer as the method returns it."""
+        try:
+            answer = call(self.data_dir, op.name, self.timeout_s, **fields)
+        except CollectorUnavailable as err:
+            raise self.unavailable(err) from err
+        except Exception:
+            self.answered()
+            raise
+        self.answered()
+        return op.load(answer)
+
+    def unavailable(self, err: CollectorUnavailable) -> Exception:
+        """What a call raises when no collector answers."""
+        return err
+
+    def answered(self) -> None:
+        """Called after each answer (an error the collector raised is an answer too)."""
+
+
+def _client_method(op: Operation) -> Callable[..., Any]:
+    names = [p.name for p in op.params]
+
+    def method(self: SocketCollector, *args: Any, **kwargs: Any) -> Any:
+        if len(args) > len(names) or set(kwargs) - set(names):
+            raise TypeError(f"{op.method}() takes {', '.join(names) or 'no arguments'}")
+        fields = dict(zip(names, args, strict=False)) | kwargs
+        return self.perform(op, fields)
+
+    method.__name__ = method.__qualname__ = op.method
+    method.__doc__ = f"The collector's {op.name!r} over the control socket."
+    return method
+
+
+for _op in OPERATIONS.values():
+    setattr(SocketCollector, _op.method, _client_method(_op))
 
 
 def call(data_dir: str, op: str, timeout: float = 30.0, **fields: Any) -> Any:

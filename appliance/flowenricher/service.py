@@ -37,7 +37,8 @@ from prometheus_client import CollectorRegistry
 from .batch import FlowBatch
 from .collector.receiver import claim_port, kernel_drops, refuse_shared_port
 from .collector.worker import DONE, FAILED, FLOWS, READY, STATS, WorkerSettings, run_worker
-from .control import ControlServer, LookupFn, collector_requests
+from .collector_local import LocalCollector
+from .control import ControlServer, LookupFn
 from .detect.actions import BlackholeSink
 from .enrich.pipeline import Enricher
 from .errors import FlowEnricherError, StoreError
@@ -96,7 +97,7 @@ class Runtime:
     closers: list[Callable[[], None]] = field(default_factory=list)
     lookup: LookupFn | None = None  # `flowenricher lookup` through the control socket
     blackholes: BlackholeSink | None = None  # the blackhole manager, when BGP mitigation is on
-    # What the control socket also answers, for the API in its own process (control.collector_requests):
+    # What the collector's operations act on (collector_local.LocalCollector), for the API:
     exporter_counters: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
     interfaces: Callable[[], Mapping[str, Mapping[int, str]]] | None = None  # SNMP names per exporter
     reload_config: Callable[[], list[str]] | None = None  # re-read and apply the config file live
@@ -194,7 +195,7 @@ class CollectorService:
             handoffs.append(HandOff("consumers", consume, max(cfg.store.batch_size, 1), registry=self.registry).start())
         # Always on: `sql` needs it in the embedded mode, `lookup` in both.
         os.makedirs(cfg.store.path, exist_ok=True)
-        control = ControlServer(cfg.store.path, locked.query, runtime.lookup, collector_requests(runtime, self.registry))
+        control = ControlServer(cfg.store.path, locked.query, runtime.lookup, LocalCollector(runtime, self.registry))
         control.start()
 
         ctx = mp.get_context("spawn")

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
+from .bgp.rib import RibView
 from .blackhole.manager import BlackholeManager, Defaults
 from .blackhole.safety import SafetyPolicy, SafetySettings
 from .blackhole.state import StateDB
@@ -23,13 +24,11 @@ from .common.addresses import row_text
 from .common.bgp_values import community_text
 from .config import Settings
 from .decode.netflow import ExporterQuirks
-from .detect.engine import DetectionEngine
 from .enrich.base import Stage
 from .enrich.bgp import BgpStage
 from .enrich.networks import NetworkInfo, NetworksStage
 from .enrich.pipeline import Enricher
 from .enrich.ptr import PtrResult, PtrSink
-from .enrich.rib import RibView
 from .errors import ConfigError
 from .lookup import Lookup
 from .service import QueryFn, Runtime, RuntimeFactory, ServiceSettings
@@ -37,6 +36,7 @@ from .storage.settings import StoreSettings
 
 if TYPE_CHECKING:
     from .detect.anomaly import AnomalyScoring
+    from .detect.engine import DetectionEngine
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,16 @@ def service_settings(cfg: Settings) -> ServiceSettings:
                            metrics_listen=cfg.metrics.listen)
 
 
-def runtime_factory(cfg: Settings, rules_path: Path | None = None, config_path: Path | None = None) -> RuntimeFactory:
-    """The enrichment pipeline the config asks for (``enrich:`` and the blocks it names).
+RuntimeExtension = Callable[[Runtime, Settings, CollectorRegistry, QueryFn], None]
+"""A part that a package above the core adds to the running collector once the core's
+parts are built (the API inside `flowenricher run`: appliance/api/inprocess.py); it
+appends what it must close to ``runtime.closers``."""
+
+
+def runtime_factory(cfg: Settings, rules_path: Path | None = None, config_path: Path | None = None,
+                    extensions: Sequence[RuntimeExtension] = ()) -> RuntimeFactory:
+    """The enrichment pipeline the config asks for (``enrich:`` and the blocks it names),
+    the collector's other parts, then `extensions`.
 
     Direction and networks need no outside source and always run; the others follow
     the ``enrich`` switch, in the order enrich/pipeline.py explains.
@@ -109,16 +117,16 @@ def runtime_factory(cfg: Settings, rules_path: Path | None = None, config_path: 
             _add_stats_recorder(runtime, cfg, registry, query, poller)
             _add_blackholes(runtime, cfg, registry, query)
             anomaly = _add_anomaly(runtime, cfg, registry, query) if cfg.anomaly.enabled else None
-            engine = (_add_detection(runtime, cfg, rules_path, registry, query, anomaly)
-                      if rules_path is not None else None)
+            if rules_path is not None:
+                _add_detection(runtime, cfg, rules_path, registry, query, anomaly)
             if cfg.metrics.traffic_labels:
                 from .traffic_metrics import TrafficMetrics
 
                 runtime.consumers.append(TrafficMetrics(list(cfg.metrics.traffic_labels),
                                                         cfg.metrics.traffic_max_series, registry))
             _add_control(runtime, cfg, registry, poller)
-            if cfg.api.enabled:
-                _add_api(runtime, cfg, registry, query, rules_path, engine, config_path, anomaly)
+            for extend in extensions:
+                extend(runtime, cfg, registry, query)
         except BaseException:
             runtime.close()
             raise
@@ -131,8 +139,8 @@ def _bgp_stage(cfg: Settings, registry: CollectorRegistry | None) -> BgpStage:
     """BGP columns from the JSON prefix table when one is configured, else from the
     mirror of GoBGP's RIB (started now; it loads in the background and reconnects)."""
     from .bgp.mirror import RibMirror
+    from .bgp.prefix_file import PrefixFileRib
     from .enrich.bgp import BgpStage
-    from .enrich.prefix_file import PrefixFileRib
 
     source: PrefixFileRib | RibMirror
     if cfg.bgp.prefix_file is not None:
@@ -226,7 +234,7 @@ def _add_blackholes(runtime: Runtime, cfg: Settings, registry: CollectorRegistry
     announcement (GoBGP's adj-RIB-out, and the router's table when ``router_api`` is
     set); every action also goes to the blackhole_events table (the security
     dashboard's source)."""
-    from .bgp.announcer import GoBgpAnnouncer
+    from .blackhole.announcer import GoBgpAnnouncer
     from .blackhole.events import BlackholeEvents
 
     bh = cfg.blackhole
@@ -270,8 +278,8 @@ def apply_live_config(runtime: Runtime, cfg: Settings, new: Settings) -> list[st
 
 
 def _add_control(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, poller: Any) -> None:
-    """What the control socket answers for the API in its own process (`flowenricher
-    api`): decoder counters, interface names, and re-reading the config file."""
+    """What the collector's operations (collector_local.LocalCollector) read besides its
+    parts: decoder counters, interface names, and re-reading the config file."""
     from .config import load_config
     from .stats_recorder import exporter_counters, interface_names, snmp_interfaces
 
@@ -293,41 +301,6 @@ def _add_control(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, p
 def _renamed(problem: str, path: Path, source: str) -> str:
     prefix = f"{path}: "
     return f"{source}: {problem[len(prefix):]}" if problem.startswith(prefix) else problem
-
-
-def _add_api(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, query: QueryFn, rules_path: Path | None,
-             engine: DetectionEngine | None, config_path: Path | None, anomaly: AnomalyScoring | None = None) -> None:
-    """The control plane inside this process (uvicorn in a thread) on api.listen; decoder
-    counters per exporter and SNMP interface names as _add_control set them up."""
-    from appliance.api import ApiDeps, create_app
-    from appliance.api.server import ApiServer
-
-    assert isinstance(runtime.blackholes, BlackholeManager)
-    manager = runtime.blackholes
-
-    def apply_rules(rules: list[dict[str, Any]]) -> None:
-        if engine is not None:
-            from .config import parse_rules
-            from .detect.rules import Rule
-
-            # The schema alone does not know detection.flow_cache_max_window: check it as a
-            # rules file loaded at start is checked (ConfigError: a 422, nothing replaced).
-            parse_rules(rules, "rules", max_window_s=cfg.detection.flow_cache_max_window_s)
-            engine.reload([Rule.from_validated(r) for r in rules])
-
-    def apply_config(new: Settings) -> None:
-        apply_live_config(runtime, cfg, new)
-
-    lookup = runtime.lookup
-    app = create_app(ApiDeps(
-        settings=cfg, blackholes=manager, registry=registry, query=query, config_path=config_path,
-        rules_path=rules_path, lookup=lookup, apply_config=apply_config, apply_rules=apply_rules,
-        dev_mode=cfg.api.dev_mode, max_body_bytes=cfg.api.max_body_bytes, anomaly=anomaly,
-        exporter_counters=runtime.exporter_counters, interfaces=runtime.interfaces,
-    ))
-    server = ApiServer(app, cfg.api.host, cfg.api.port)
-    server.start()
-    runtime.closers.append(server.stop)
 
 
 def _add_anomaly(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, query: QueryFn) -> AnomalyScoring:

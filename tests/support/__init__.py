@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import subprocess
@@ -69,12 +68,10 @@ def sample_batch(n: int, seed: int = 0, start: int | None = None) -> FlowBatch:
 
 
 def flowenricher_argv() -> list[str]:
-    """The installed console script of this interpreter's environment, else the module."""
-    script = Path(sys.executable).with_name("flowenricher")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("flowenricher")
-    return [found] if found else [sys.executable, "-m", "appliance.flowenricher.cli"]
+    """The `flowenricher` command as this checkout defines it (the console script's module,
+    appliance/cli.py, run by this interpreter): an installed script may be of another
+    checkout or of an older entry point."""
+    return [sys.executable, "-m", "appliance.cli"]
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:

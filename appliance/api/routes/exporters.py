@@ -21,8 +21,9 @@ def exporters(ctx: Context, _: Reader, filters: FlowFilters) -> ExportersRespons
     protocols and sampling rates seen; interface names (SNMP where configured, else from
     flows); decoder counters since the service started."""
     seen = ctx.flows.interfaces(filters)
-    snmp = ctx.deps.interfaces() if ctx.deps.interfaces else {}
-    counters = ctx.deps.exporter_counters() if ctx.deps.exporter_counters else {}
+    collector = ctx.deps.collector
+    snmp = (collector.interface_names() or {}) if collector is not None else {}
+    counters = collector.exporter_counters() if collector is not None else {}
     out = []
     for row in ctx.flows.exporters(filters):
         address = row["exporter"]

@@ -1,6 +1,6 @@
 """A live copy of GoBGP's best paths (IPv4 and IPv6 unicast) for enrichment: one background
 thread holds GoBGP's best-path watch, loads the whole table and applies every later
-change to a :class:`~..enrich.rib.RibState`.
+change to a :class:`~.rib.RibState`.
 
 The whole table comes from the watch's init dump when GoBGP holds at most
 ``dump_limit`` prefixes (fast: one message), else from ListPath with the watch opened
@@ -38,8 +38,8 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..common.ratelimit import RateLimitedLog
-from ..enrich.rib import RibState, RibView, RouteBuilder
 from .client import GoBgpClient, GoBgpError, WatchStream
+from .rib import RibState, RibView, RouteBuilder
 from .settings import GoBgpSettings
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class RibMirror:
     """Mirrors GoBGP's RIB at `target` (``host:port`` or ``unix:///path``).
 
     Nothing happens until :meth:`start`; :meth:`stop` ends the thread.  :meth:`view` is
-    what enrichment reads (see :class:`~..enrich.rib.RibView`).
+    what enrichment reads (see :class:`~.rib.RibView`).
     """
 
     def __init__(self, target: str, registry: CollectorRegistry | None = None, *,

@@ -69,7 +69,7 @@ class AnnounceRefused(AnnounceError):
 
 
 class Announcer(Protocol):
-    """Where blackhole routes go (GoBGP's gRPC API in production; see bgp/announcer.py)."""
+    """Where blackhole routes go (GoBGP's gRPC API in production; see blackhole/announcer.py)."""
 
     def announce(self, prefix: str, next_hop: str, communities: Sequence[str]) -> None: ...
 

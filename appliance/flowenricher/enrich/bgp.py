@@ -43,8 +43,8 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter
 
 from ..batch import FlowBatch, ListColumn
+from ..bgp.rib import RibView, Rows
 from .base import AddressSet
-from .rib import RibView, Rows
 
 
 class RouteSource(Protocol):

@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..batch import U8, ListColumn, addr_is_v4, str_to_addr
-from ..bgp.route import KEY_LEN, V4, IPNetwork, RouteAttributes, key_to_network
+from .route import KEY_LEN, V4, IPNetwork, RouteAttributes, key_to_network
 
 KEY = np.dtype(f"S{KEY_LEN}")
 Rows = npt.NDArray[np.int64]

@@ -34,9 +34,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from ..bgp.route import RouteAttributes, address_bytes, flatten_as_path, parse_community, prefix_key
 from ..errors import FlowEnricherError
 from .rib import RibState, RibView, RouteBuilder
+from .route import RouteAttributes, address_bytes, flatten_as_path, parse_community, prefix_key
 
 log = logging.getLogger(__name__)
 

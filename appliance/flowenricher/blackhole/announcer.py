@@ -4,7 +4,7 @@ GoBGP originates each blackhole from its global RIB (AddPath) and advertises it 
 router; the router discards traffic to the next hop.  A failure is either a refusal
 (AnnounceRefused: a value that cannot be announced, or GoBGP's own refusal: the manager
 marks the blackhole failed at once) or GoBGP being unreachable (AnnounceError: retried);
-the gRPC status tells them apart (client.TRANSIENT_CODES).  ``announced`` lists the paths
+the gRPC status tells them apart (bgp/client.TRANSIENT_CODES).  ``announced`` lists the paths
 GoBGP originated itself (no neighbour), which is what reconciliation compares with the
 state DB after either side restarted.  ``confirmed`` asks GoBGP's adj-RIB-out, peer by
 peer, whether a route is sent to every Established router peer of its address family:
@@ -20,11 +20,11 @@ from typing import Any, cast
 
 import grpc
 
-from ..blackhole.manager import AnnounceError, AnnounceRefused
+from ..bgp.client import CHANNEL_OPTIONS, GoBgpClient, GoBgpError
+from ..bgp.stubs import gobgp_pb2 as api
+from ..bgp.stubs import gobgp_pb2_grpc as api_grpc
 from ..common.bgp_values import BgpValueError
-from .client import CHANNEL_OPTIONS, GoBgpClient, GoBgpError
-from .stubs import gobgp_pb2 as api
-from .stubs import gobgp_pb2_grpc as api_grpc
+from .manager import AnnounceError, AnnounceRefused
 
 _LOCAL_NEIGHBOR = {"", "<nil>", "0.0.0.0", "::"}
 
