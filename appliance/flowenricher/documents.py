@@ -370,22 +370,24 @@ def parse_json(text: str, source: str) -> object:
         raise ConfigError([f"{source}: $: the document nests more than {MAX_DOCUMENT_DEPTH} levels deep"]) from None
     except ValueError as err:
         raise ConfigError([f"{source}: $: not JSON: {err}"]) from err
-    values = 0
-    stack: list[tuple[object, tuple[JsonPathElement, ...], int]] = [(document, (), 0)]
-    while stack:  # a loop, not recursion: the depth is what is being checked
+    values = 1
+    # A loop, not recursion: the depth is what is being checked.  Only containers are
+    # walked (with their path); the scalars in one are counted at once, so a document of
+    # 50,000 numbers costs one len() rather than 50,000 steps.
+    stack: list[tuple[dict[Any, Any] | list[Any], tuple[JsonPathElement, ...], int]] = []
+    if isinstance(document, dict | list):
+        stack.append((document, (), 1))
+    while stack:
         value, path, depth = stack.pop()
-        values += 1
-        if isinstance(value, dict | list):
-            depth += 1
-            if depth > MAX_DOCUMENT_DEPTH:
-                raise ConfigError([f"{source}: {json_path(path)}: this value nests the document more than "
-                                   f"{MAX_DOCUMENT_DEPTH} levels deep"])
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            values += len(value) if isinstance(value, dict) else 0  # the keys
-            stack.extend((item, (*path, key), depth) for key, item in items)
+        if depth > MAX_DOCUMENT_DEPTH:
+            raise ConfigError([f"{source}: {json_path(path)}: this value nests the document more than "
+                               f"{MAX_DOCUMENT_DEPTH} levels deep"])
+        values += 2 * len(value) if isinstance(value, dict) else len(value)  # keys too
         if values > MAX_DOCUMENT_VALUES:
             raise ConfigError([f"{source}: {json_path(path)}: this value makes the document larger than "
                                f"{MAX_DOCUMENT_VALUES} values (keys, items and scalars)"])
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        stack.extend((item, (*path, key), depth + 1) for key, item in items if isinstance(item, dict | list))
     return document
 
 
