@@ -23,7 +23,7 @@ from .flows import INBOUND, OUTBOUND, Flows, v4_rows
 from .scenarios import (
     Attack,
     AttackTruth,
-    HorizontalScan,
+    SlowScan,
     _finish_ports,
     _inside_v4_values,
     _v4_text,
@@ -149,7 +149,7 @@ class BenignMix(Attack):
         return _finish_ports(f)
 
 
-class LowAndSlowScan(HorizontalScan):
+class LowAndSlowScan(SlowScan):
     """A horizontal scan at 0.1 probes/s (6 hosts a minute, 60 in ten): under the shipped
     scan rules (50 hosts a minute; 100 in ten minutes), which only the score can catch."""
 
@@ -157,13 +157,7 @@ class LowAndSlowScan(HorizontalScan):
 
     def __init__(self, model: TrafficModel, rng: np.random.Generator, port: int = 5900,
                  rate_per_s: float = 0.1) -> None:
-        super().__init__(model, rng, port=port, share=0.0, rate_per_s=rate_per_s)
-
-    @property
-    def truth(self) -> AttackTruth:
-        base = super().truth
-        return AttackTruth(self.kind, base.label, base.proto, base.attackers, base.victims, base.dst_ports,
-                           {**base.params, "rate_per_s": self.rate_per_s})
+        super().__init__(model, rng, port=port, rate_per_s=rate_per_s)
 
 
 def _one_mix(spec: MixSpec) -> Callable[[TrafficModel, np.random.Generator], list[Attack]]:
