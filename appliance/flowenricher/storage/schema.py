@@ -1,10 +1,15 @@
 """The ClickHouse schema of the flow store and its versioned, idempotent migrations.
 
-Every statement is derived from :data:`~appliance.flowenricher.columns.COLUMNS` and
-:data:`~appliance.flowenricher.columns.ALIASES`; the same SQL runs on chDB and on a
-ClickHouse server.  :func:`migrate` applies the numbered migrations not yet recorded in
-``schema_migrations`` and then adds any column of ``COLUMNS`` (or alias) the flows table
-lacks, so a column added to ``columns.py`` reaches existing installations by itself.
+The flows table and its rollups are derived from :data:`~appliance.flowenricher.columns.COLUMNS`
+and :data:`~appliance.flowenricher.columns.ALIASES`, every other table from its description in
+storage/tables.py; this module adds only what the migrations decide (which version creates
+what, how long each table keeps its rows).  The same SQL runs on chDB and on a ClickHouse
+server.  A migration that already ran is never run again, so its statements may be
+rebuilt from the descriptions only while they make the same table (tests/test_tables.py
+compares each with the DDL text the migration used to have).  :func:`migrate` applies
+the numbered migrations not yet recorded in ``schema_migrations`` and then adds any
+column of ``COLUMNS`` (or alias) the flows table lacks, so a column added to
+``columns.py`` reaches existing installations by itself.
 """
 
 from __future__ import annotations
@@ -15,8 +20,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..columns import ALIASES, BY_NAME, COLUMNS, TUNNEL_OF, Column
+from ..common.sql import string
 from ..errors import ConfigError
 from .settings import StoreSettings
+from .tables import (
+    ANOMALY_SCORES,
+    BLACKHOLE_EVENTS,
+    COLLECTOR_STATS,
+    DETECTIONS,
+    EXPORTER_INTERFACES,
+    PTR_CACHE,
+)
+from .tables import MIGRATIONS as MIGRATIONS_LOG
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +69,6 @@ them is acknowledged and not stored twice.  The writer retries the block that fa
 before anything newer, so the window needs to cover only the parts of one retried block
 plus what other writers inserted meanwhile; the hashes kept cost a few tens of kB."""
 
-MIGRATIONS_TABLE = "schema_migrations"
-PTR_CACHE_TABLE = "ptr_cache"
 
 
 @dataclass(frozen=True)
@@ -130,11 +143,6 @@ class Migration:
     statements: Callable[[StoreSettings], list[str]]
 
 
-def sql_string(text: str) -> str:
-    """`text` as a ClickHouse string literal (quotes and backslashes escaped)."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def column_ddl(col: Column) -> str:
     codec = f" CODEC({col.codec})" if col.codec else ""
     return f"{col.name} {col.ch_type}{codec}"
@@ -159,17 +167,8 @@ def create_flows(s: StoreSettings) -> str:
 
 
 def create_ptr_cache(s: StoreSettings) -> str:
-    """The original flowenricher's PTR cache, same columns and sort key.
-
-    ReplacingMergeTree(updated_at) instead of MergeTree: a refreshed name replaces the
-    old row on merge instead of piling up; every original query still reads it.
-    """
-    return (
-        f"CREATE TABLE IF NOT EXISTS {s.database}.{PTR_CACHE_TABLE} (\n"
-        "  ip String, ptr String, updated_at DateTime DEFAULT now(),\n"
-        "  asn UInt32 DEFAULT 0, asn_name String DEFAULT '', country String DEFAULT ''\n"
-        ") ENGINE = ReplacingMergeTree(updated_at) ORDER BY ip SETTINGS index_granularity = 8192"
-    )
+    """The original flowenricher's PTR cache (tables.PTR_CACHE)."""
+    return PTR_CACHE.create_sql(s.database)
 
 
 def rollup_table(s: StoreSettings, r: Rollup) -> str:
@@ -213,70 +212,25 @@ def _initial(s: StoreSettings) -> list[str]:
 
 
 def _detections(s: StoreSettings) -> list[str]:
-    from ..detect.actions import detections_ddl
-
-    return [detections_ddl(s.database, s.ttl_days or None)]
+    return [DETECTIONS.create_sql(s.database, s.ttl_days)]
 
 
 def _anomaly_scores(s: StoreSettings) -> list[str]:
-    from ..detect.anomaly import anomaly_scores_ddl
-
-    return [anomaly_scores_ddl(s.database, s.ttl_days or None)]
-
-
-BLACKHOLE_EVENTS_TABLE = "blackhole_events"
-COLLECTOR_STATS_TABLE = "collector_stats"
-EXPORTER_INTERFACES_TABLE = "exporter_interfaces"
+    return [ANOMALY_SCORES.create_sql(s.database, s.ttl_days)]
 
 
 def _blackhole_events(s: StoreSettings) -> list[str]:
-    """Every announcement, withdrawal, expiry and refusal of the blackhole manager.
-
-    The state DB (SQLite) stays the one owner of the active set; this table is its
-    history in the store Grafana reads, so the security dashboard needs nothing else.
-    Kept as long as the 1h rollup (an audit trail of a few rows a day costs nothing).
-    """
-    return [
-        f"CREATE TABLE IF NOT EXISTS {s.database}.{BLACKHOLE_EVENTS_TABLE} (\n"
-        "  ts DateTime64(3) CODEC(Delta, ZSTD(1)),\n"
-        "  action LowCardinality(String),\n"
-        "  prefix String,\n"
-        "  next_hop String,\n"
-        "  communities Array(String),\n"
-        "  rule String,\n"
-        "  reason String,\n"
-        "  expires_at Nullable(DateTime),\n"
-        "  dry_run UInt8,\n"
-        "  source LowCardinality(String)\n"
-        ")\nENGINE = MergeTree\nPARTITION BY toYYYYMM(ts)\nORDER BY (ts, prefix)"
-        + ttl_clause("toDateTime(ts)", s.ttl_days * ROLLUPS[-1].ttl_factor)
-    ]
+    """The blackhole manager's history (tables.BLACKHOLE_EVENTS), kept as long as the 1h
+    rollup: an audit trail of a few rows a day costs nothing."""
+    return [BLACKHOLE_EVENTS.create_sql(s.database, s.ttl_days * ROLLUPS[-1].ttl_factor)]
 
 
 def _collector_stats(s: StoreSettings) -> list[str]:
-    """The collector's own counters, snapshotted by stats_recorder, and the exporters'
-    interface table from SNMP (names and speeds, for utilisation), so the health and
-    interfaces dashboards work with only ClickHouse (no Prometheus).
-
-    ``exporter_interfaces`` is a ReplacingMergeTree on ``ts``: each snapshot replaces
-    the previous row of an interface on merge; readers use ``argMax(..., ts)``.
-    """
+    """The collector's own counters, kept as long as the 5m rollup, and the exporters'
+    interface table (tables.COLLECTOR_STATS, tables.EXPORTER_INTERFACES)."""
     return [
-        f"CREATE TABLE IF NOT EXISTS {s.database}.{COLLECTOR_STATS_TABLE} (\n"
-        "  ts DateTime CODEC(DoubleDelta, ZSTD(1)),\n"
-        "  exporter_address IPv6,\n"
-        "  metric LowCardinality(String),\n"
-        "  value Float64 CODEC(Gorilla, ZSTD(1))\n"
-        ")\nENGINE = MergeTree\nPARTITION BY toYYYYMM(ts)\nORDER BY (metric, exporter_address, ts)"
-        + ttl_clause("ts", s.ttl_days * ROLLUPS[1].ttl_factor),
-        f"CREATE TABLE IF NOT EXISTS {s.database}.{EXPORTER_INTERFACES_TABLE} (\n"
-        "  ts DateTime,\n"
-        "  exporter_address IPv6,\n"
-        "  ifindex UInt32,\n"
-        "  name String,\n"
-        "  alias String,\n"
-        "  speed_bps UInt64\n"
-        ")\nENGINE = ReplacingMergeTree(ts)\nORDER BY (exporter_address, ifindex)",
+        COLLECTOR_STATS.create_sql(s.database, s.ttl_days * ROLLUPS[1].ttl_factor),
+        EXPORTER_INTERFACES.create_sql(s.database),
     ]
 
 
@@ -369,12 +323,7 @@ def partition_columns(s: StoreSettings) -> tuple[str, ...]:
 
 
 def create_migrations_table(s: StoreSettings) -> list[str]:
-    return [
-        f"CREATE DATABASE IF NOT EXISTS {s.database}",
-        f"CREATE TABLE IF NOT EXISTS {s.database}.{MIGRATIONS_TABLE} (\n"
-        "  version UInt32, description String, applied_at DateTime DEFAULT now()\n"
-        ") ENGINE = MergeTree ORDER BY version",
-    ]
+    return [f"CREATE DATABASE IF NOT EXISTS {s.database}", MIGRATIONS_LOG.create_sql(s.database)]
 
 
 def missing_columns(s: StoreSettings, existing: Sequence[str]) -> list[str]:
@@ -407,7 +356,7 @@ def migrate(s: StoreSettings, execute: Execute, query: Query) -> list[int]:
     """
     for sql in create_migrations_table(s):
         execute(sql)
-    done = {int(row[0]) for row in query(f"SELECT DISTINCT version FROM {s.database}.{MIGRATIONS_TABLE}")}
+    done = {int(row[0]) for row in query(f"SELECT DISTINCT version FROM {MIGRATIONS_LOG.qualified(s.database)}")}
     applied = []
     for m in MIGRATIONS:
         if m.version in done:
@@ -415,14 +364,12 @@ def migrate(s: StoreSettings, execute: Execute, query: Query) -> list[int]:
         log.info("schema: applying migration %d (%s) to %s", m.version, m.description, s.database)
         for sql in m.statements(s):
             execute(sql)
-        text = m.description.replace("\\", "\\\\").replace("'", "\\'")
-        table = f"{s.database}.{MIGRATIONS_TABLE}"
-        execute(f"INSERT INTO {table} (version, description) VALUES ({m.version}, '{text}')")
+        execute(MIGRATIONS_LOG.insert_sql(s.database, [{"version": m.version, "description": m.description}]))
         applied.append(m.version)
     existing = [
         row[0]
         for row in query(
-            f"SELECT name FROM system.columns WHERE database = '{s.database}' AND table = '{s.table}'"
+            f"SELECT name FROM system.columns WHERE database = {string(s.database)} AND table = {string(s.table)}"
         )
     ]
     for sql in missing_columns(s, existing):
