@@ -54,8 +54,8 @@ def test_every_code_point_below_256_as_text(store: EmbeddedStore) -> None:
     assert _hexes(store, [sql.string(t) for t in texts]) == [t.encode().hex().upper() for t in texts]
 
 
-def test_nul_never_reaches_the_statement_raw() -> None:
-    """chDB takes the statement as a C string: a raw NUL would end it."""
+def test_no_control_byte_reaches_the_statement_raw() -> None:
+    """A statement is logged and passed on as text: no raw NUL, newline or escape in it."""
     assert "\0" not in sql.string("a\0b") and "\0" not in sql.string(b"\0")
     assert all(ord(c) >= 0x20 and c != "\x7f" for c in sql.string("".join(map(chr, range(0x80)))))
 

@@ -4,9 +4,11 @@ Every statement the appliance builds as text (INSERT ... VALUES of the side tabl
 filters, settings) renders values through here, so one escaping rule holds everywhere:
 
 * a string literal escapes the backslash and the quote, and writes every control byte
-  (0x00-0x1F, 0x7F) as ``\\xHH``, which ClickHouse's lexer reads back as that byte.  NUL
-  in particular must not appear raw: chDB takes the statement as a C string and would
-  end it there.  Other text stays as it is (UTF-8), so statements stay readable;
+  (0x00-0x1F, 0x7F) as ``\\xHH``, which ClickHouse's lexer reads back as that byte.  The
+  engine would read most of them raw too; escaped, a statement never carries a raw NUL,
+  newline or terminal escape into anything that shows or passes it on as text (a log
+  line, a C string, a terminal).  Other text stays as it is (UTF-8), so statements stay
+  readable;
 * ``bytes`` are a String of exactly those bytes (non-ASCII ones as ``\\xHH`` too);
 * a ``str`` holding the surrogates of Python's ``surrogateescape`` (U+DC80-U+DCFF, what
   ``os.fsdecode`` makes of undecodable bytes) stands for the bytes they escape, so a
@@ -47,6 +49,8 @@ def string(value: str | bytes | bytearray | memoryview) -> str:
     if isinstance(value, bytes | bytearray | memoryview):
         return "'" + "".join(_BYTE_TEXT[b] for b in bytes(value)) + "'"
     text = value.translate(_TEXT_TABLE)
+    if text.isascii():
+        return "'" + text + "'"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
@@ -57,16 +61,13 @@ def string(value: str | bytes | bytearray | memoryview) -> str:
 def number(value: float | numbers.Real) -> str:
     """An integer exactly; a float with every digit, NaN and the infinities as ClickHouse
     names them (numpy scalars too: they are what the flow arrays hold)."""
+    if isinstance(value, float):  # the common case first: repr spells nan, inf, -inf as ClickHouse does
+        return repr(value)
     if isinstance(value, bool):
         return boolean(value)
     if isinstance(value, numbers.Integral):
         return _integer(int(value))
-    real = float(value)
-    if math.isnan(real):
-        return "nan"
-    if math.isinf(real):
-        return "inf" if real > 0 else "-inf"
-    return repr(real)
+    return repr(float(value))
 
 
 _WIDE_INTEGERS = (("Int128", -(2**127), 2**127), ("UInt128", 0, 2**128), ("Int256", -(2**255), 2**255),

@@ -16,6 +16,7 @@ value (IPv4 mapped, as the flows table stores them).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import numbers
 import re
@@ -86,7 +87,8 @@ def renderer(ch_type: str) -> Render:
         return lambda v: "[" + ", ".join(item(x) for x in _not_null(v)) + "]"
     if head == "Map":
         key_type, value_type = _split_arguments(args)
-        key, value = renderer(key_type), renderer(value_type)
+        # Keys repeat from row to row (feature names): each is escaped once.
+        key, value = functools.lru_cache(maxsize=4096)(renderer(key_type)), renderer(value_type)
         return lambda v: "{" + ", ".join(f"{key(k)}: {value(x)}" for k, x in _not_null(v).items()) + "}"
     if ch_type == "String":
         return _text
@@ -102,7 +104,7 @@ def renderer(ch_type: str) -> Render:
     if _INTEGER.fullmatch(ch_type):
         return _integer
     if ch_type in ("Float32", "Float64"):
-        return lambda v: sql.number(float(_not_null(v)))
+        return lambda v: sql.number(float(_not_null(v)))  # float(): a numpy or integer value is a float here too
     raise ValueError(f"no renderer for ClickHouse type {ch_type!r}")
 
 
