@@ -19,10 +19,12 @@ import pytest
 from appliance.flowenricher.blackhole.events import BlackholeEvent, insert_events_sql
 from appliance.flowenricher.detect.actions import insert_detections_sql
 from appliance.flowenricher.detect.detection import Detection
+from appliance.flowenricher.enrich.ptr import PtrResult
 from appliance.flowenricher.storage import schema
 from appliance.flowenricher.storage.embedded import EmbeddedStore
 from appliance.flowenricher.storage.settings import StoreSettings
-from appliance.flowenricher.storage.tables import BY_TABLE, TABLES, Table, _split_arguments
+from appliance.flowenricher.storage.tables import BY_TABLE, TABLES, Table, type_parts
+from appliance.flowenricher.wiring import ptr_cache_sink
 
 AWKWARD_TEXT = "it's \\ a \0 NUL,\n\t\r\x1b\x7f ünï €😀 '\\'' \\x41 \\N {x:String}"
 
@@ -48,13 +50,8 @@ def _rows(store: EmbeddedStore, sql: str) -> list[list[str]]:
 # tells every byte apart, `_expect` what that text must be for a Python value.
 
 
-def _parts(ch_type: str) -> tuple[str, list[str]]:
-    head, _, rest = ch_type.partition("(")
-    return head, _split_arguments(rest[:-1]) if rest else []
-
-
 def _value(ch_type: str, awkward: bool) -> Any:
-    head, args = _parts(ch_type)
+    head, args = type_parts(ch_type)
     if head == "Nullable":
         return _value(args[0], True) if awkward else None
     if head == "LowCardinality":
@@ -82,7 +79,7 @@ def _value(ch_type: str, awkward: bool) -> Any:
 
 
 def _read(ch_type: str, ref: str) -> str:
-    head, args = _parts(ch_type)
+    head, args = type_parts(ch_type)
     if head == "Nullable":
         return f"if(isNull({ref}), 'NULL', {_read(args[0], f'assumeNotNull({ref})')})"
     if head == "LowCardinality":
@@ -104,7 +101,7 @@ def _read(ch_type: str, ref: str) -> str:
 
 
 def _expect(ch_type: str, value: Any) -> str:
-    head, args = _parts(ch_type)
+    head, args = type_parts(ch_type)
     if head == "Nullable":
         return "NULL" if value is None else _expect(args[0], value)
     if head == "LowCardinality":
@@ -220,6 +217,24 @@ def test_the_writers_statements_round_trip(store: EmbeddedStore) -> None:
         store.query("DROP DATABASE writers", "TSV")
 
 
+def test_the_ptr_sink_round_trips(store: EmbeddedStore) -> None:
+    """The resolver's sink (wiring.ptr_cache_sink) writes names as the description renders them."""
+    settings = StoreSettings(path="unused", database="ptr_writer")
+    store.query("CREATE DATABASE IF NOT EXISTS ptr_writer", "TSV")
+    store.query(BY_TABLE["ptr_cache"].create_sql("ptr_writer"), "TSV")
+    try:
+        sink = ptr_cache_sink(settings, store.query)
+        sink([PtrResult("2001:db8::1", AWKWARD_TEXT, 1_733_380_000, 2**32 - 1, AWKWARD_TEXT, "GR"),
+              PtrResult("192.0.2.1", "gw.example.", 1_733_380_001)])
+        read = _read_back(store, BY_TABLE["ptr_cache"], "ptr_writer")
+        assert read == sorted([[_expect("String", "2001:db8::1"), _expect("String", AWKWARD_TEXT), "1733380000",
+                                "4294967295", _expect("String", AWKWARD_TEXT), _expect("String", "GR")],
+                               [_expect("String", "192.0.2.1"), _expect("String", "gw.example."), "1733380001", "0",
+                                "", ""]])
+    finally:
+        store.query("DROP DATABASE ptr_writer", "TSV")
+
+
 # --------------------------------------------------------------------------- the migrations
 
 
@@ -236,8 +251,11 @@ def _table_facts(store: EmbeddedStore, database: str, table: str) -> list[list[s
 def test_migrated_schema_has_exactly_the_described_columns(store: EmbeddedStore) -> None:
     try:
         settings = StoreSettings(path="unused", database="migrated", ttl_days=30)
-        applied = schema.migrate(settings, lambda sql: store.query(sql, "TSV") and None,
-                                 lambda sql: _rows(store, sql))
+
+        def execute(sql: str) -> None:
+            store.query(sql, "TSV")
+
+        applied = schema.migrate(settings, execute, lambda sql: _rows(store, sql))
         assert applied == [m.version for m in schema.MIGRATIONS]
         have = {r[0] for r in _rows(store, "SELECT name FROM system.tables WHERE database = 'migrated'")}
         assert {t.name for t in TABLES} <= have

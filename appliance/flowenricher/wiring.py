@@ -398,9 +398,7 @@ def ptr_cache_sink(store: StoreSettings, query: QueryFn) -> PtrSink:
     def sink(results: list[PtrResult]) -> None:
         if not results:
             return
-        rows = [{"ip": r.ip, "ptr": r.ptr, "updated_at": int(r.updated_at), "asn": int(r.asn), "asn_name": r.asn_name,
-                 "country": r.country} for r in results]
-        query(PTR_CACHE.insert_sql(store.database, rows), "TSV")
+        query(PTR_CACHE.insert_sql(store.database, [r.row() for r in results]), "TSV")
 
     return sink
 

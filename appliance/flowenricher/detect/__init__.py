@@ -15,7 +15,6 @@ from .actions import (
     SlackNotifier,
     WebhookNotifier,
     build_actions,
-    detections_ddl,
     insert_detections_sql,
 )
 from .detection import Detection
@@ -39,7 +38,6 @@ __all__ = [
     "SlackNotifier",
     "WebhookNotifier",
     "build_actions",
-    "detections_ddl",
     "insert_detections_sql",
     "load_rule_set",
     "parse_rule_set",

@@ -45,7 +45,6 @@ __all__ = [
     "WebhookNotifier",
     "build_actions",
     "detection_row",
-    "detections_ddl",
     "insert_detections_sql",
 ]
 
@@ -91,14 +90,6 @@ class AlertLog:
 
 
 # --------------------------------------------------------------------------- clickhouse
-
-DETECTIONS_TABLE = DETECTIONS.name
-
-
-def detections_ddl(database: str, ttl_days: int | None = None) -> str:
-    """CREATE TABLE of the detections table in `database` (storage/tables.py describes it)."""
-    return DETECTIONS.create_sql(database, ttl_days or 0)
-
 
 def detection_row(d: Detection, samples: int = 5) -> dict[str, object]:
     """`d` as a row of the detections table (column name -> value; the table's renderers

@@ -47,15 +47,14 @@ from ..storage.tables import ANOMALY_SCORES
 from .detection import Detection
 from .features import FEATURE_NAMES, FeatureWindows, WindowFeatures
 
-__all__ = ["ANOMALY_SCORES_TABLE", "MODEL_FORMAT", "AnomalyModel", "AnomalyScoring", "ModelError",
-           "ScoringUnavailable", "anomaly_scores_ddl", "insert_scores_sql", "transform"]
+__all__ = ["MODEL_FORMAT", "AnomalyModel", "AnomalyScoring", "ModelError",
+           "ScoringUnavailable", "insert_scores_sql", "transform"]
 
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = 1
 """Version of the saved model's layout; a file of another version is refused."""
 
-ANOMALY_SCORES_TABLE = ANOMALY_SCORES.name
 _INSERT_ROWS = 20_000  # rows per INSERT statement
 
 F64 = npt.NDArray[np.float64]
@@ -248,11 +247,6 @@ class AnomalyModel:
 
 
 # --------------------------------------------------------------------------- storage
-
-
-def anomaly_scores_ddl(database: str, ttl_days: int | None = None) -> str:
-    """CREATE TABLE of the scores of every scored source-window (storage/tables.py describes it)."""
-    return ANOMALY_SCORES.create_sql(database, ttl_days or 0)
 
 
 def insert_scores_sql(database: str, window: WindowFeatures, scores: F64, rows: npt.NDArray[np.intp]) -> str:

@@ -29,8 +29,13 @@ from ..common import sql
 Render = Callable[[Any], str]
 
 
-def _split_arguments(text: str) -> list[str]:
-    """Top-level comma-separated parts of a type's arguments (``String, Float32``)."""
+def type_parts(ch_type: str) -> tuple[str, list[str]]:
+    """A ClickHouse type's name and its top-level arguments:
+    ``Map(String, Array(UInt32))`` -> ``("Map", ["String", "Array(UInt32)"])``."""
+    head, _, rest = ch_type.partition("(")
+    if not rest:
+        return head, []
+    text = rest.removesuffix(")")
     parts, depth, start = [], 0, 0
     for i, char in enumerate(text):
         depth += (char == "(") - (char == ")")
@@ -38,7 +43,7 @@ def _split_arguments(text: str) -> list[str]:
             parts.append(text[start:i].strip())
             start = i + 1
     parts.append(text[start:].strip())
-    return parts
+    return head, parts
 
 
 def _address(value: Any) -> str:
@@ -75,18 +80,17 @@ def renderer(ch_type: str) -> Render:
     ValueError at import for a type with no renderer: a description may only use types
     whose values the writers know how to give.
     """
-    head, _, rest = ch_type.partition("(")
-    args = rest[:-1] if rest.endswith(")") else ""
+    head, args = type_parts(ch_type)
     if head == "Nullable":
-        inner = renderer(args)
+        inner = renderer(args[0])
         return lambda v: "NULL" if v is None else inner(v)
     if head == "LowCardinality":
-        return renderer(args)
+        return renderer(args[0])
     if head == "Array":
-        item = renderer(args)
+        item = renderer(args[0])
         return lambda v: "[" + ", ".join(item(x) for x in _not_null(v)) + "]"
     if head == "Map":
-        key_type, value_type = _split_arguments(args)
+        key_type, value_type = args
         # Keys repeat from row to row (feature names): each is escaped once.
         key, value = functools.lru_cache(maxsize=4096)(renderer(key_type)), renderer(value_type)
         return lambda v: "{" + ", ".join(f"{key(k)}: {value(x)}" for k, x in _not_null(v).items()) + "}"
@@ -99,7 +103,7 @@ def renderer(ch_type: str) -> Render:
     if ch_type == "DateTime":
         return lambda v: sql.unix_seconds(_not_null(v))
     if head == "DateTime64":
-        scale = int(_split_arguments(args)[0])
+        scale = int(args[0])
         return lambda v: sql.unix_seconds(_not_null(v), scale)
     if _INTEGER.fullmatch(ch_type):
         return _integer
