@@ -1,7 +1,8 @@
 """The ClickHouse schema of the flow store and its versioned, idempotent migrations.
 
-The flows table and its rollups are derived from :data:`~appliance.flowenricher.columns.COLUMNS`
-and :data:`~appliance.flowenricher.columns.ALIASES`, every other table from its description in
+The flows table is derived from :data:`~appliance.flowenricher.columns.COLUMNS` and
+:data:`~appliance.flowenricher.columns.ALIASES`, its rollups from :data:`ROLLUPS` and those
+columns (:func:`rollup_description`), every other table from its description in
 storage/tables.py; this module adds only what the migrations decide (which version creates
 what, how long each table keeps its rows).  The same SQL runs on chDB and on a ClickHouse
 server.  A migration that already ran is never run again, so its statements may be
@@ -30,6 +31,8 @@ from .tables import (
     DETECTIONS,
     EXPORTER_INTERFACES,
     PTR_CACHE,
+    Table,
+    TableColumn,
 )
 from .tables import MIGRATIONS as MIGRATIONS_LOG
 
@@ -172,22 +175,40 @@ def create_ptr_cache(s: StoreSettings) -> str:
 
 
 def rollup_table(s: StoreSettings, r: Rollup) -> str:
-    return f"{s.database}.{s.table}_{r.suffix}"
+    return rollup_description(s, r).qualified(s.database)
+
+
+_ROLLUP_KEYS = ", ".join([*ROLLUP_DIMENSIONS, "service_port"])
+
+
+def rollup_description(s: StoreSettings, r: Rollup) -> Table:
+    """Rollup `r`'s table, described like the other tables (storage/tables.py): its
+    dimensions are flow columns with the types and codecs of columns.py, so it is made
+    here from ROLLUPS and COLUMNS rather than listed again; its name follows the flows
+    table's (``<table>_<suffix>``)."""
+    return Table(
+        f"{s.table}_{r.suffix}",
+        f"Flows summed per {r.bucket}(timestamp) and dimension, fed by a materialized view.",
+        (
+            TableColumn("timestamp", "DateTime", "DoubleDelta, ZSTD(1)"),
+            *(TableColumn(c.name, c.ch_type, c.codec) for c in (BY_NAME[d] for d in ROLLUP_DIMENSIONS)),
+            TableColumn("service_port", "UInt16"),
+            *(TableColumn(m, "UInt64") for m, _ in ROLLUP_METRICS),
+        ),
+        engine=f"SummingMergeTree(({', '.join(m for m, _ in ROLLUP_METRICS)}))",
+        partition_by=r.partition,
+        order_by=f"(timestamp, {_ROLLUP_KEYS})",
+        ttl_from="timestamp",
+        time_column="timestamp",
+    )
 
 
 def create_rollup(s: StoreSettings, index: int) -> list[str]:
     """The SummingMergeTree of rollup ``ROLLUPS[index]`` and the view that feeds it."""
     r = ROLLUPS[index]
-    dims = [column_ddl(BY_NAME[d]) for d in ROLLUP_DIMENSIONS]
     table = rollup_table(s, r)
-    keys = ", ".join([*ROLLUP_DIMENSIONS, "service_port"])
-    table_sql = (
-        f"CREATE TABLE IF NOT EXISTS {table} (\n  timestamp DateTime CODEC(DoubleDelta, ZSTD(1)),\n  "
-        + ",\n  ".join([*dims, "service_port UInt16", *(f"{m} UInt64" for m, _ in ROLLUP_METRICS)])
-        + f"\n)\nENGINE = SummingMergeTree(({', '.join(m for m, _ in ROLLUP_METRICS)}))"
-        + f"\nPARTITION BY {r.partition}\nORDER BY (timestamp, {keys})"
-        + ttl_clause("timestamp", s.ttl_days * r.ttl_factor)
-    )
+    keys = _ROLLUP_KEYS
+    table_sql = rollup_description(s, r).create_sql(s.database, s.ttl_days * r.ttl_factor)
     if index == 0:
         source, time_col = s.qualified_table, ROLLUP_TIME_SOURCE
         columns = [*ROLLUP_DIMENSIONS, f"{SERVICE_PORT} AS service_port"]

@@ -1,4 +1,4 @@
-"""The one description of every table in the store besides the flows (columns.py) and their rollups.
+"""The one description of every table in the store besides the flows (columns.py).
 
 Each :class:`Table` says its name, its columns (name, ClickHouse type, codec, default)
 and its engine, sort key, partitioning and retention column.  From it come the CREATE
@@ -12,6 +12,10 @@ A Python value becomes SQL by its column's type (:func:`renderer`), through
 common/sql.py: strings escaped, ``None`` as NULL where the column is Nullable (and a
 TypeError where it is not), times as unix seconds, addresses as the text of their IPv6
 value (IPv4 mapped, as the flows table stores them).
+
+The rollups are :class:`Table` values too, but made by storage/schema.py's
+``rollup_description`` from ROLLUPS and the flow columns they keep, since their
+dimensions are columns.py's and their names follow the configured flows table.
 """
 
 from __future__ import annotations
