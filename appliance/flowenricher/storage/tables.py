@@ -64,6 +64,8 @@ def _text(value: Any) -> str:
 
 
 def _integer(value: Any) -> str:
+    """The digits alone: in VALUES the column's type reads them, so even a 128-bit value
+    needs none of sql.number's wide-integer conversions (those are for expressions)."""
     if not isinstance(value, numbers.Integral):
         raise TypeError(f"an integer column needs an integer, not {type(value).__name__}")
     return str(int(value))
