@@ -28,7 +28,7 @@ from appliance.flowenricher.storage.tables import BY_TABLE, TABLES, Table, type_
 from appliance.flowenricher.wiring import ptr_cache_sink
 
 DEFAULT = StoreSettings(path="unused")
-DESCRIBED = (*TABLES, *(schema.rollup_description(DEFAULT, r) for r in schema.ROLLUPS))
+DESCRIBED = (*TABLES, *(schema.rollup_description(DEFAULT.table, r) for r in schema.ROLLUPS))
 """The side tables and the rollups of the default flows table."""
 
 AWKWARD_TEXT = "it's \\ a \0 NUL,\n\t\r\x1b\x7f ünï €😀 '\\'' \\x41 \\N {x:String}"
@@ -267,7 +267,7 @@ def test_migrated_schema_has_exactly_the_described_columns(store: EmbeddedStore)
         applied = schema.migrate(settings, execute, lambda sql: _rows(store, sql))
         assert applied == [m.version for m in schema.MIGRATIONS]
         have = {r[0] for r in _rows(store, "SELECT name FROM system.tables WHERE database = 'migrated'")}
-        described = [*TABLES, *(schema.rollup_description(settings, r) for r in schema.ROLLUPS)]
+        described = [*TABLES, *(schema.rollup_description(settings.table, r) for r in schema.ROLLUPS)]
         assert {t.name for t in described} <= have
         for table in described:
             columns = _columns(store, "migrated", table.name)

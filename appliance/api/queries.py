@@ -21,7 +21,7 @@ from typing import Literal
 
 from appliance.flowenricher.columns import ALIASES, BY_NAME, DIRECTION_NAMES, Kind
 from appliance.flowenricher.common.sql import string as quote
-from appliance.flowenricher.storage.schema import ROLLUP_DIMENSIONS, ROLLUPS, Rollup
+from appliance.flowenricher.storage.schema import ROLLUP_DIMENSIONS, ROLLUPS, Rollup, rollup_description
 from appliance.flowenricher.storage.tables import DETECTIONS, Table
 
 Metric = Literal["bytes", "packets", "flows"]
@@ -99,8 +99,8 @@ class Tables:
     def flows(self) -> str:
         return f"{self.database}.{self.table}"
 
-    def rollup(self, r: Rollup) -> str:
-        return f"{self.database}.{self.table}_{r.suffix}"
+    def rollup(self, r: Rollup) -> Table:
+        return rollup_description(self.table, r)
 
     @property
     def detections(self) -> str:
@@ -151,7 +151,8 @@ def pick_source(tables: Tables, columns: set[str], filters: Filters, step: int |
             size = ROLLUP_STEPS[rollup.suffix]
             aligned = filters.start % size == 0 and filters.end % size == 0
             if aligned and (step is None or step % size == 0):
-                return Source(tables.rollup(rollup), rollup.suffix, "timestamp", "sum(flows)")
+                table = tables.rollup(rollup)
+                return Source(table.qualified(tables.database), rollup.suffix, table.time_column, "sum(flows)")
     return Source(tables.flows, "flows", "timestamp_start", "count()")
 
 

@@ -175,19 +175,19 @@ def create_ptr_cache(s: StoreSettings) -> str:
 
 
 def rollup_table(s: StoreSettings, r: Rollup) -> str:
-    return rollup_description(s, r).qualified(s.database)
+    return rollup_description(s.table, r).qualified(s.database)
 
 
 _ROLLUP_KEYS = ", ".join([*ROLLUP_DIMENSIONS, "service_port"])
 
 
-def rollup_description(s: StoreSettings, r: Rollup) -> Table:
+def rollup_description(flows_table: str, r: Rollup) -> Table:
     """Rollup `r`'s table, described like the other tables (storage/tables.py): its
     dimensions are flow columns with the types and codecs of columns.py, so it is made
     here from ROLLUPS and COLUMNS rather than listed again; its name follows the flows
-    table's (``<table>_<suffix>``)."""
+    table's (``<flows_table>_<suffix>``)."""
     return Table(
-        f"{s.table}_{r.suffix}",
+        f"{flows_table}_{r.suffix}",
         f"Flows summed per {r.bucket}(timestamp) and dimension, fed by a materialized view.",
         (
             TableColumn("timestamp", "DateTime", "DoubleDelta, ZSTD(1)"),
@@ -208,7 +208,7 @@ def create_rollup(s: StoreSettings, index: int) -> list[str]:
     r = ROLLUPS[index]
     table = rollup_table(s, r)
     keys = _ROLLUP_KEYS
-    table_sql = rollup_description(s, r).create_sql(s.database, s.ttl_days * r.ttl_factor)
+    table_sql = rollup_description(s.table, r).create_sql(s.database, s.ttl_days * r.ttl_factor)
     if index == 0:
         source, time_col = s.qualified_table, ROLLUP_TIME_SOURCE
         columns = [*ROLLUP_DIMENSIONS, f"{SERVICE_PORT} AS service_port"]
