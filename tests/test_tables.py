@@ -8,6 +8,7 @@ created by an older version has those, and a migration that already ran never ru
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import re
 import struct
@@ -207,14 +208,15 @@ def test_the_writers_statements_round_trip(store: EmbeddedStore) -> None:
                       dst_addr="2001:db8::9", samples=({"note": AWKWARD_TEXT},))
         store.query(insert_detections_sql("writers", [d]), "TSV")
         [row] = _read_back(store, detections, "writers")
-        assert dict(zip(detections.names, row, strict=True)) | {"samples": ""} == {
+        assert dict(zip(detections.names, row, strict=True)) == {
             "detected_at": "1733380000250", "rule": _expect("String", AWKWARD_TEXT), "key": _expect("String", "dst"),
             "address": "::ffff:192.0.2.7", "dst_addr": "2001:db8::9", "dst_port": "NULL",
             "window_s": _expect("Float32", 10.0), "flows": "1", "packets": "2", "bytes": "3",
             "pps": _expect("Float64", 0.1), "bps": _expect("Float64", math.inf), "syn_ratio": _expect("Float32", 0.5),
             "unique_dst_ips": "NULL", "unique_dst_ports": "NULL", "unique_src_ips": "NULL",
             "first_seen": "1733379990", "last_seen": "1733380000", "anomaly_score": "NULL",
-            "actions": _expect("Array(String)", ["alert", AWKWARD_TEXT]), "blackhole": "true", "samples": ""}
+            "actions": _expect("Array(String)", ["alert", AWKWARD_TEXT]), "blackhole": "true",
+            "samples": _expect("String", json.dumps([{"note": AWKWARD_TEXT}], separators=(",", ":")))}
         event = BlackholeEvent(1_733_380_000.5, "announce", "192.0.2.7/32", "192.0.2.1", ("65535:666",), AWKWARD_TEXT,
                                AWKWARD_TEXT, None, True, "detection")
         store.query(insert_events_sql("writers", [event]), "TSV")
