@@ -31,13 +31,13 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from appliance.api import ApiDeps, create_app
-from appliance.api.queries import quote
 from appliance.api.server import ApiServer
 from appliance.api.tokens import create_token
 from appliance.flowenricher.batch import DictColumn, FlowBatch, ipv4_to_addr
 from appliance.flowenricher.blackhole.manager import BlackholeManager
 from appliance.flowenricher.blackhole.safety import SafetyPolicy, SafetySettings
 from appliance.flowenricher.blackhole.state import StateDB
+from appliance.flowenricher.common.sql import string as quote
 from appliance.flowenricher.config import parse_config
 from appliance.flowenricher.generate.traffic import TrafficGenerator
 from appliance.flowenricher.storage import StoreSettings, open_store

@@ -17,13 +17,12 @@ import pytest
 from support import sample_batch
 from support.api import HOUR, ApiEnv, flow_store, make_env
 
-from appliance.api.queries import quote
 from appliance.flowenricher.batch import FlowBatch, addr_to_str
 from appliance.flowenricher.collector_local import LocalCollector
-from appliance.flowenricher.detect.actions import detections_ddl
 from appliance.flowenricher.errors import StoreError
 from appliance.flowenricher.service import Runtime
 from appliance.flowenricher.storage.base import FlowStore
+from appliance.flowenricher.storage.tables import DETECTIONS
 
 START = int(time.time()) // HOUR * HOUR - 3 * HOUR
 END = START + 2 * HOUR
@@ -184,14 +183,11 @@ def test_exporters(tmp_path: Path, store: FlowStore, batch: FlowBatch) -> None:
 
 def test_detections_filters_and_missing_table(env: ApiEnv, store: FlowStore) -> None:
     assert _get(env, "/api/v1/detections") == {"detections": []}  # no table yet
-    store.query(detections_ddl("flowenricher"), "TSV")  # the detection engine's own table
+    store.query(DETECTIONS.create_sql("flowenricher"), "TSV")  # the detection engine's own table
     try:
         rows = [(END - 600, "syn_flood", "dst", "84.54.49.7", 5000), (END - 300, "it's a scan", "src", "2001:db8::1", 80),
                 (END - 60, "syn_flood", "dst", "84.54.49.8", 7000), (START - 7200, "syn_flood", "dst", "84.54.49.7", 1)]
-        values = ", ".join(f"({t}, {quote(r)}, {quote(k)}, toIPv6({quote(a if ':' in a else '::ffff:' + a)}), {f},"
-                           f" {quote(json.dumps([{'dst_port': 443}]))})" for t, r, k, a, f in rows)
-        store.query(f"INSERT INTO flowenricher.detections (detected_at, rule, key, address, flows, samples)"
-                    f" VALUES {values}", "TSV")
+        store.query(DETECTIONS.insert_sql("flowenricher", [_detection(*row) for row in rows]), "TSV")
         latest = _get(env, "/api/v1/detections")["detections"]
         assert [d["address"] for d in latest] == ["84.54.49.8", "2001:db8::1", "84.54.49.7"]
         assert latest[0]["detected_at"].endswith("Z") and latest[0]["samples"] == [{"dst_port": 443}]
@@ -204,6 +200,15 @@ def test_detections_filters_and_missing_table(env: ApiEnv, store: FlowStore) -> 
         assert _get(env, "/api/v1/detections", limit=1)["detections"][0]["address"] == "84.54.49.8"
     finally:
         store.query("DROP TABLE flowenricher.detections", "TSV")
+
+
+def _detection(at: int, rule: str, key: str, address: str, flows: int) -> dict[str, Any]:
+    """A detections row as the description takes it: every column given, so a renamed one fails here."""
+    return {"detected_at": at, "rule": rule, "key": key, "address": address, "dst_addr": None, "dst_port": None,
+            "window_s": 10.0, "flows": flows, "packets": 0, "bytes": 0, "pps": 0.0, "bps": 0.0, "syn_ratio": 0.0,
+            "unique_dst_ips": None, "unique_dst_ports": None, "unique_src_ips": None, "first_seen": at - 10,
+            "last_seen": at, "anomaly_score": None, "actions": ["alert"], "blackhole": False,
+            "samples": json.dumps([{"dst_port": 443}])}
 
 
 def test_lookup(tmp_path: Path) -> None:

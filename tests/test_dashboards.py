@@ -37,7 +37,14 @@ from appliance.flowenricher.blackhole.events import BlackholeEvents
 from appliance.flowenricher.generate.traffic import TrafficGenerator
 from appliance.flowenricher.storage import StoreSettings, open_store
 from appliance.flowenricher.storage.base import FlowStore
-from appliance.flowenricher.storage.schema import sql_string
+from appliance.flowenricher.storage.tables import (
+    ANOMALY_SCORES,
+    COLLECTOR_STATS,
+    DETECTIONS,
+    EXPORTER_INTERFACES,
+    PTR_CACHE,
+    Table,
+)
 
 ROLE = Path(__file__).resolve().parents[1] / "roles" / "grafana"
 DASHBOARDS = ROLE / "files" / "dashboards"
@@ -58,11 +65,6 @@ COUNTRIES = ["US", "DE", "FR", "NL", "GB", "RU", "CN", "BR", "GR"]
 CITIES = {"US": "Ashburn", "DE": "Frankfurt", "FR": "Paris", "NL": "Amsterdam", "GB": "London", "RU": "Moscow",
           "CN": "Beijing", "BR": "Sao Paulo", "GR": "Athens"}
 UPLINKS = {1: (174, "COGENT-174"), 2: (6939, "HURRICANE"), 3: (8866, "GRIX")}  # ifIndex -> neighbour AS
-ANOMALY_SCORES_DDL = """CREATE TABLE IF NOT EXISTS flowenricher.anomaly_scores (
-  ts DateTime, window_s UInt32, src_addr IPv6, score Float32, exporter_address IPv6,
-  features Map(String, Float32)
-) ENGINE = MergeTree ORDER BY (ts, src_addr)"""
-"""The shape migration 3 (anomaly detection) creates; made here when that migration is absent."""
 
 
 # --------------------------------------------------------------------------- loading
@@ -340,26 +342,19 @@ def _side_tables(store: FlowStore, rng: np.random.Generator) -> dict[str, Any]:
     victim = _q(store, "SELECT dst_host FROM flowenricher.flows WHERE flow_direction = 1 "
                        "GROUP BY dst_host ORDER BY sum(bytes) DESC LIMIT 1")[0][0]
     scanners = [row[0] for row in top]
-    ptr_rows = ", ".join(f"({sql_string(ip)}, {sql_string(f'host{i}.example.net')}, now(), 0, '', '')"
-                         for i, ip in enumerate([*scanners, victim]))
-    store.query(f"INSERT INTO flowenricher.ptr_cache (ip, ptr, updated_at, asn, asn_name, country) VALUES {ptr_rows}",
-                "TSV")
-    have = {row[0] for row in _q(store, "SELECT name FROM system.tables WHERE database = 'flowenricher'")}
-    if "anomaly_scores" not in have:
-        store.query(ANOMALY_SCORES_DDL, "TSV")
-    scores = ", ".join(
-        f"(toDateTime({NOW - k * 300}), 60, toIPv6({sql_string(ip)}), {float(rng.random()):.3f}, "
-        f"toIPv6('{EXPORTERS[0]}'), map('unique_dst_ips', {k + 1}.0, 'syn_ratio', 0.5))"
-        for k in range(24) for ip in scanners[:3])
-    store.query("INSERT INTO flowenricher.anomaly_scores (ts, window_s, src_addr, score, exporter_address, features) "
-                f"VALUES {scores}", "TSV")
-    detections = ", ".join(
-        f"({NOW - k * 900}, 'slow_horizontal_scan', 'src', toIPv6({sql_string(_v6(ip))}), NULL, 22, 60, 80, 80, "
-        f"4800, 1.3, 640.0, 1.0, 55, 1, NULL, {NOW - k * 900 - 60}, {NOW - k * 900}, 0.7, ['alert','blackhole'], "
-        "true, '[]')" for k, ip in enumerate(scanners[:3]))
-    store.query("INSERT INTO flowenricher.detections (detected_at, rule, key, address, dst_addr, dst_port, window_s, "
-                "flows, packets, bytes, pps, bps, syn_ratio, unique_dst_ips, unique_dst_ports, unique_src_ips, "
-                "first_seen, last_seen, anomaly_score, actions, blackhole, samples) VALUES " + detections, "TSV")
+    _insert(store, PTR_CACHE, [{"ip": ip, "ptr": f"host{i}.example.net", "updated_at": NOW, "asn": 0, "asn_name": "",
+                                "country": ""} for i, ip in enumerate([*scanners, victim])])
+    _insert(store, ANOMALY_SCORES, [
+        {"ts": NOW - k * 300, "window_s": 60, "src_addr": ip, "score": round(float(rng.random()), 3),
+         "exporter_address": EXPORTERS[0], "features": {"unique_dst_ips": k + 1.0, "syn_ratio": 0.5}}
+        for k in range(24) for ip in scanners[:3]])
+    _insert(store, DETECTIONS, [
+        {"detected_at": NOW - k * 900, "rule": "slow_horizontal_scan", "key": "src", "address": ip, "dst_addr": None,
+         "dst_port": 22, "window_s": 60, "flows": 80, "packets": 80, "bytes": 4800, "pps": 1.3, "bps": 640.0,
+         "syn_ratio": 1.0, "unique_dst_ips": 55, "unique_dst_ports": 1, "unique_src_ips": None,
+         "first_seen": NOW - k * 900 - 60, "last_seen": NOW - k * 900, "anomaly_score": 0.7,
+         "actions": ["alert", "blackhole"], "blackhole": True, "samples": "[]"}
+        for k, ip in enumerate(scanners[:3])])
     times = iter(range(NOW - 1800, NOW, 60))  # one event a minute: their order is the table's
     events = BlackholeEvents(lambda sql: store.query(sql, "TSV"), "flowenricher", clock=lambda: float(next(times)))
     events.record("announce", f"{scanners[0]}/32", "192.0.2.1", ["65535:666"], source="rule",
@@ -372,27 +367,25 @@ def _side_tables(store: FlowStore, rng: np.random.Generator) -> dict[str, Any]:
                   reason="shorter than /32")
     assert events.flush(10)
     events.close()
-    stats = ", ".join(
-        f"(toDateTime({NOW - k * 10}), toIPv6('{e}'), '{m}', {v})"
-        for k in range(6 * 360) for e in EXPORTERS
-        for m, v in (("records", 900 + k % 7), ("datagrams", 30), ("dropped.template_missing", k % 3)))
-    gauges = ", ".join(
-        f"(toDateTime({NOW - k * 10}), toIPv6('::'), '{m}', {v})" for k in range(6 * 360)
-        for m, v in (("kernel_drops", 0), ("store_rows_dropped", 0), ("rows_inserted", 1800), ("rows_spooled", 0),
-                     ("insert_seconds_avg", 0.02), ("insert_seconds_last", 0.03), ("spool_bytes", 0),
-                     ("queue_depth", 1)))
-    store.query(f"INSERT INTO flowenricher.collector_stats (ts, exporter_address, metric, value) VALUES {stats}, {gauges}",
-                "TSV")
+    stats = [{"ts": NOW - k * 10, "exporter_address": e, "metric": m, "value": v}
+             for k in range(6 * 360) for e in EXPORTERS
+             for m, v in (("records", 900 + k % 7), ("datagrams", 30), ("dropped.template_missing", k % 3))]
+    gauges = [{"ts": NOW - k * 10, "exporter_address": "::", "metric": m, "value": v} for k in range(6 * 360)
+              for m, v in (("kernel_drops", 0), ("store_rows_dropped", 0), ("rows_inserted", 1800), ("rows_spooled", 0),
+                           ("insert_seconds_avg", 0.02), ("insert_seconds_last", 0.03), ("spool_bytes", 0),
+                           ("queue_depth", 1))]
+    _insert(store, COLLECTOR_STATS, stats + gauges)
     speeds = {1: 1_000_000_000, 2: 1_000_000_000, 3: 10_000_000_000, 10: 10_000_000_000}
-    interfaces = ", ".join(f"(now(), toIPv6('{e}'), {i}, 'snmp-if{i}', 'uplink', {s})"
-                           for e in EXPORTERS for i, s in speeds.items())
-    store.query("INSERT INTO flowenricher.exporter_interfaces (ts, exporter_address, ifindex, name, alias, speed_bps) "
-                f"VALUES {interfaces}", "TSV")
+    _insert(store, EXPORTER_INTERFACES, [
+        {"ts": NOW, "exporter_address": e, "ifindex": i, "name": f"snmp-if{i}", "alias": "uplink", "speed_bps": s}
+        for e in EXPORTERS for i, s in speeds.items()])
     return {"scanners": scanners, "victim": victim}
 
 
-def _v6(ip: str) -> str:
-    return ip if ":" in ip else f"::ffff:{ip}"
+def _insert(store: FlowStore, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Rows written the way the appliance's writers write them: through the table's
+    description (storage/tables.py), every column named, so a renamed column fails here."""
+    store.query(table.insert_sql("flowenricher", rows), "TSV")
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,13 @@ from appliance.flowenricher.detect import (
     SlackNotifier,
     WebhookNotifier,
     build_actions,
-    detections_ddl,
     insert_detections_sql,
     parse_rule_set,
 )
 from appliance.flowenricher.generate.flows import Flows, text_rows
 from appliance.flowenricher.storage import open_store
 from appliance.flowenricher.storage.settings import StoreSettings
+from appliance.flowenricher.storage.tables import DETECTIONS
 
 T0 = 1_800_000_000
 
@@ -218,8 +218,8 @@ def test_detections_table_in_the_embedded_store(tmp_path: Path) -> None:
     store = open_store(StoreSettings(path=str(tmp_path / "data")))
     try:
         store.migrate()
-        store.query(detections_ddl("flowenricher", ttl_days=90), "TSV")
-        store.query(detections_ddl("flowenricher"), "TSV")  # idempotent, as a migration must be
+        store.query(DETECTIONS.create_sql("flowenricher", ttl_days=90), "TSV")
+        store.query(DETECTIONS.create_sql("flowenricher"), "TSV")  # idempotent, as a migration must be
         registry = CollectorRegistry()
         table = ClickHouseDetections(lambda sql: store.query(sql, "TSV"), "flowenricher", DeliveryMetrics(registry))
         detections([table], "alert,clickhouse", ("203.0.113.7", "2001:db8::66"))

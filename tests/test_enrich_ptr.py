@@ -27,6 +27,7 @@ from appliance.flowenricher.config import DnsSettings
 from appliance.flowenricher.enrich.base import AddressSet
 from appliance.flowenricher.enrich.ptr import PtrResolver, PtrResult, PtrStage, parse_nameserver
 from appliance.flowenricher.errors import ConfigError
+from appliance.flowenricher.storage.tables import PTR_CACHE
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
 
@@ -168,11 +169,13 @@ def test_names_reach_later_batches_the_sink_and_lookup(server: DnsServer) -> Non
         rows = {r.ip: r.row() for r in results}
         now = time.time()
         assert all(now - 60 <= r.updated_at <= now for r in results)
-        assert rows["198.51.100.1"][:2] + rows["198.51.100.1"][3:] == (
-            "198.51.100.1", "web1.example.test", 64501, "Web One", "FR")  # a source: src_* columns
-        assert rows["1.2.3.4"][3:] == (64503, "Public Net", "US")  # only a destination: dst_* columns
-        assert rows["2001:db8::1"][:2] == ("2001:db8::1", "v6host.example.test")
-        assert PtrResult.COLUMNS == ("ip", "ptr", "updated_at", "asn", "asn_name", "country")
+        assert {k: v for k, v in rows["198.51.100.1"].items() if k != "updated_at"} == {
+            "ip": "198.51.100.1", "ptr": "web1.example.test", "asn": 64501, "asn_name": "Web One",
+            "country": "FR"}  # a source: src_* columns
+        assert (rows["1.2.3.4"]["asn"], rows["1.2.3.4"]["asn_name"], rows["1.2.3.4"]["country"]) == (
+            64503, "Public Net", "US")  # only a destination: dst_* columns
+        assert (rows["2001:db8::1"]["ip"], rows["2001:db8::1"]["ptr"]) == ("2001:db8::1", "v6host.example.test")
+        assert set(rows["2001:db8::1"]) == set(PTR_CACHE.names)  # every column of the table, by its name
 
         queries = count(registry, "queries")
         assert resolver.lookup("2001:db8::1") == "v6host.example.test"  # from the cache

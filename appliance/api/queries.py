@@ -1,6 +1,7 @@
 """SQL for the API's flow questions: top N, time series, exporters, detections.
 
-Nothing a client sends is spliced into SQL as text except through :func:`quote`:
+Nothing a client sends is spliced into SQL as text except through :func:`quote`
+(common/sql.py's string literal):
 dimensions come from :data:`TOP_DIMENSIONS` (names of columns.py, checked at import),
 times and limits are integers, addresses are parsed before they are rendered.
 
@@ -19,7 +20,9 @@ from typing import Literal
 
 from appliance.flowenricher.columns import ALIASES, BY_NAME, DIRECTION_NAMES, Kind
 from appliance.flowenricher.common.addresses import display_sql, stored_text
-from appliance.flowenricher.storage.schema import ROLLUP_DIMENSIONS, ROLLUPS, Rollup
+from appliance.flowenricher.common.sql import string as quote
+from appliance.flowenricher.storage.schema import ROLLUP_DIMENSIONS, ROLLUPS, Rollup, rollup_description
+from appliance.flowenricher.storage.tables import DETECTIONS, Table
 
 Metric = Literal["bytes", "packets", "flows"]
 METRICS: tuple[Metric, ...] = ("bytes", "packets", "flows")
@@ -45,12 +48,6 @@ MAX_POINTS = 10_000
 """Most buckets one series query may ask for."""
 _AUTO_STEPS = (60, 300, 900, 1800, 3600, 7200, 21600, 43200, 86400, 7 * 86400)
 _AUTO_POINTS = 720
-
-
-def quote(text: str) -> str:
-    """A ClickHouse string literal holding exactly `text`."""
-    escaped = text.replace("\\", "\\\\").replace("'", "\\'").replace("\0", "\\0")
-    return f"'{escaped}'"
 
 
 def address_literal(text: str) -> str:
@@ -96,12 +93,12 @@ class Tables:
     def flows(self) -> str:
         return f"{self.database}.{self.table}"
 
-    def rollup(self, r: Rollup) -> str:
-        return f"{self.database}.{self.table}_{r.suffix}"
+    def rollup(self, r: Rollup) -> Table:
+        return rollup_description(self.table, r)
 
     @property
     def detections(self) -> str:
-        return f"{self.database}.detections"
+        return DETECTIONS.qualified(self.database)
 
 
 @dataclass(frozen=True)
@@ -148,7 +145,8 @@ def pick_source(tables: Tables, columns: set[str], filters: Filters, step: int |
             size = ROLLUP_STEPS[rollup.suffix]
             aligned = filters.start % size == 0 and filters.end % size == 0
             if aligned and (step is None or step % size == 0):
-                return Source(tables.rollup(rollup), rollup.suffix, "timestamp", "sum(flows)")
+                table = tables.rollup(rollup)
+                return Source(table.qualified(tables.database), rollup.suffix, table.time_column, "sum(flows)")
     return Source(tables.flows, "flows", "timestamp_start", "count()")
 
 
@@ -257,45 +255,36 @@ def interfaces_sql(tables: Tables, filters: Filters, limit: int = 10_000) -> str
     )
 
 
-def table_columns_sql(database: str, table: str) -> str:
-    return (
-        f"SELECT name, type FROM system.columns WHERE database = {quote(database)} AND table = {quote(table)}"
-        " ORDER BY position"
-    )
+def table_exists_sql(database: str, table: Table) -> str:
+    """One row when `table` exists in `database` (the API may start before the collector
+    has run the migrations that create it)."""
+    return (f"SELECT 1 AS present FROM system.tables WHERE database = {quote(database)}"
+            f" AND name = {quote(table.name)}")
 
 
-DETECTION_TIME_COLUMNS = ("detected_at", "time", "timestamp", "first_seen")
-"""The detections table's time column: the first of these it has.  The table belongs to
-the detection engine (detect/actions.py: ``detected_at``, ``rule``, ``key`` = src or dst,
-``address`` = the key's value); the API adapts to the columns it finds."""
+_ADDRESS_TYPES = ("IPv6", "Nullable(IPv6)")
 
 
-def detections_sql(tables: Tables, columns: dict[str, str], filters: Filters, rule: str | None,
-                   key: str | None, limit: int) -> str | None:
-    """Recent detections, newest first; None when the table lacks a time column.
+def detections_sql(tables: Tables, filters: Filters, rule: str | None, key: str | None, limit: int) -> str:
+    """Recent detections, newest first, every column of tables.DETECTIONS.
 
     `key` is the address a rule counted per (matched against ``address``) or, when it is
     not an address, the ``key`` column's text.  IPv6 columns come back as text, IPv4
     dotted, like the flow queries' keys.
     """
-    time_column = next((c for c in DETECTION_TIME_COLUMNS if c in columns), None)
-    if time_column is None:
-        return None
+    time_column = DETECTIONS.time_column
     parts = [f"{time_column} >= toDateTime({int(filters.start)})", f"{time_column} < toDateTime({int(filters.end)})"]
-    if rule is not None and "rule" in columns:
+    if rule is not None:
         parts.append(f"rule = {quote(rule)}")
     if key is not None:
         try:
-            literal = address_literal(key) if "address" in columns else None
+            parts.append(f"address = {address_literal(key)}")
         except ValueError:
-            literal = None
-        if literal is not None:
-            parts.append(f"address = {literal}")
-        elif "key" in columns:
             parts.append(f"toString(key) = {quote(key)}")
-    addresses = [name for name, kind in columns.items() if kind in ("IPv6", "Nullable(IPv6)")]
-    replace = f" REPLACE ({', '.join(f'{display_sql(c)} AS {c}' for c in addresses)})" if addresses else ""
-    inner = (f"SELECT * FROM {tables.detections} WHERE {' AND '.join(parts)} ORDER BY {time_column} DESC"
+    names = ", ".join(DETECTIONS.names)
+    shown = ", ".join(f"{display_sql(c.name)} AS {c.name}" if c.ch_type in _ADDRESS_TYPES else c.name
+                      for c in DETECTIONS.columns)
+    inner = (f"SELECT {names} FROM {tables.detections} WHERE {' AND '.join(parts)} ORDER BY {time_column} DESC"
              f" LIMIT {int(limit)}")
-    return (f"SELECT *{replace} FROM ({inner}) ORDER BY {time_column} DESC"
+    return (f"SELECT {shown} FROM ({inner}) ORDER BY {time_column} DESC"
             " SETTINGS date_time_output_format = 'iso'")

@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from appliance.flowenricher.common.ratelimit import RateLimitedLog
+from appliance.flowenricher.storage.tables import DETECTIONS
 
 from . import queries
 from .errors import Unavailable
@@ -88,12 +89,9 @@ class FlowRepository:
 
     def detections(self, filters: Filters, rule: str | None, key: str | None, limit: int) -> list[dict[str, Any]]:
         """Rows of the detections table, newest first; none when the table does not exist."""
-        columns = {r["name"]: r["type"] for r in
-                   self.rows(queries.table_columns_sql(self.tables.database, "detections"))}
-        if not columns:
+        if not self.rows(queries.table_exists_sql(self.tables.database, DETECTIONS)):
             return []
-        sql = queries.detections_sql(self.tables, columns, filters, rule, key, limit)
-        rows = self.rows(sql) if sql else []
+        rows = self.rows(queries.detections_sql(self.tables, filters, rule, key, limit))
         for row in rows:
             samples = row.get("samples")
             if isinstance(samples, str) and samples.startswith("["):

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from .batch import addr_to_str
 from .common.addresses import stored_text
 from .detect.outbox import DeliveryMetrics, Outbox
-from .storage.schema import COLLECTOR_STATS_TABLE, EXPORTER_INTERFACES_TABLE, sql_string
+from .storage.tables import COLLECTOR_STATS, EXPORTER_INTERFACES
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +189,8 @@ class StatsRecorder:
         return value - before if value >= before else value
 
     def _insert_sql(self, rows: Iterable[Row]) -> str:
-        values = ",\n".join(f"(toDateTime({r.ts}), toIPv6({sql_string(r.exporter)}), {sql_string(r.metric)}, "
-                            f"{float(r.value)!r})" for r in rows)
-        return (f"INSERT INTO {self.database}.{COLLECTOR_STATS_TABLE} (ts, exporter_address, metric, value) VALUES\n"
-                + values)
+        return COLLECTOR_STATS.insert_sql(self.database, [
+            {"ts": r.ts, "exporter_address": r.exporter, "metric": r.metric, "value": r.value} for r in rows])
 
     def _record_interfaces(self, now: float) -> None:
         assert self._interfaces is not None
@@ -207,11 +205,9 @@ class StatsRecorder:
         changed = {e: t for e, t in tables.items() if t and (due or self._written_interfaces.get(e) != t)}
         if not changed:
             return
-        values = ",\n".join(
-            f"(toDateTime({int(now)}), toIPv6({sql_string(e)}), {i}, {sql_string(name)}, {sql_string(alias)}, {speed})"
-            for e, table in sorted(changed.items()) for i, (name, alias, speed) in sorted(table.items()))
-        self._outbox.put(f"INSERT INTO {self.database}.{EXPORTER_INTERFACES_TABLE} "
-                         f"(ts, exporter_address, ifindex, name, alias, speed_bps) VALUES\n{values}")
+        self._outbox.put(EXPORTER_INTERFACES.insert_sql(self.database, [
+            {"ts": int(now), "exporter_address": e, "ifindex": i, "name": name, "alias": alias, "speed_bps": speed}
+            for e, table in sorted(changed.items()) for i, (name, alias, speed) in sorted(table.items())]))
         self._written_interfaces.update(changed)
         if due:
             self._interfaces_at = now

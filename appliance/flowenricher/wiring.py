@@ -359,19 +359,12 @@ def _add_detection(runtime: Runtime, cfg: Settings, rules_path: Path, registry: 
 def ptr_cache_sink(store: StoreSettings, query: QueryFn) -> PtrSink:
     """Writes names the resolver found into ``ptr_cache`` (the original's table, which
     dashboards and the API join on).  A failure raises into the resolver, which counts it."""
-    from .storage.schema import PTR_CACHE_TABLE, sql_string
-
-    table = f"{store.database}.{PTR_CACHE_TABLE}"
+    from .storage.tables import PTR_CACHE
 
     def sink(results: list[PtrResult]) -> None:
         if not results:
             return
-        rows = ",".join(
-            f"({sql_string(r.ip)},{sql_string(r.ptr)},toDateTime({int(r.updated_at)}),{int(r.asn)},"
-            f"{sql_string(r.asn_name)},{sql_string(r.country)})"
-            for r in results
-        )
-        query(f"INSERT INTO {table} (ip, ptr, updated_at, asn, asn_name, country) VALUES {rows}", "TSV")
+        query(PTR_CACHE.insert_sql(store.database, [r.row() for r in results]), "TSV")
 
     return sink
 

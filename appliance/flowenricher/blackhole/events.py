@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..detect.outbox import DeliveryMetrics, Outbox
-from ..storage.schema import BLACKHOLE_EVENTS_TABLE
+from ..storage.tables import BLACKHOLE_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,6 @@ in the router's table; unconfirmed: not confirmed within blackhole.confirm_timeo
 a confirmation or verification no longer holds (the reason says which)."""
 SOURCES = ("detection", "api")
 _SOURCE_NAMES = {"api": "api", "detection": "detection", "rule": "detection"}  # the state DB says "rule"
-_COLUMNS = ("ts", "action", "prefix", "next_hop", "communities", "rule", "reason", "expires_at", "dry_run", "source")
 
 
 @dataclass(frozen=True)
@@ -42,22 +41,17 @@ class BlackholeEvent:
     dry_run: bool
     source: str
 
-    def values_sql(self) -> str:
-        expires = "NULL" if self.expires_at is None else f"toDateTime({int(self.expires_at)})"
-        communities = "[" + ", ".join(_string(c) for c in self.communities) + "]"
-        return (f"(fromUnixTimestamp64Milli({round(self.ts * 1000)}), {_string(self.action)}, {_string(self.prefix)}, "
-                f"{_string(self.next_hop)}, {communities}, {_string(self.rule)}, {_string(self.reason)}, {expires}, "
-                f"{int(self.dry_run)}, {_string(self.source)})")
-
-
-def _string(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    def row(self) -> dict[str, object]:
+        """The event as a row of the table (storage/tables.py: BLACKHOLE_EVENTS)."""
+        return {"ts": self.ts, "action": self.action, "prefix": self.prefix, "next_hop": self.next_hop,
+                "communities": list(self.communities), "rule": self.rule, "reason": self.reason,
+                "expires_at": None if self.expires_at is None else int(self.expires_at), "dry_run": int(self.dry_run),
+                "source": self.source}
 
 
 def insert_events_sql(database: str, events: Sequence[BlackholeEvent]) -> str:
     """One INSERT ... VALUES statement for `events`."""
-    return (f"INSERT INTO {database}.{BLACKHOLE_EVENTS_TABLE} ({', '.join(_COLUMNS)}) VALUES\n"
-            + ",\n".join(e.values_sql() for e in events))
+    return BLACKHOLE_EVENTS.insert_sql(database, [e.row() for e in events])
 
 
 class BlackholeEvents:

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
         SlackNotifier,
         WebhookNotifier,
         build_actions,
-        detections_ddl,
         insert_detections_sql,
     )
     from .detection import Detection
@@ -38,7 +37,6 @@ _MODULE_OF = {
     "SlackNotifier": "actions",
     "WebhookNotifier": "actions",
     "build_actions": "actions",
-    "detections_ddl": "actions",
     "insert_detections_sql": "actions",
     "Detection": "detection",
     "Action": "engine",
@@ -74,7 +72,6 @@ __all__ = [
     "SlackNotifier",
     "WebhookNotifier",
     "build_actions",
-    "detections_ddl",
     "insert_detections_sql",
     "load_rule_set",
     "parse_rule_set",

@@ -29,8 +29,8 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from ..common.addresses import stored_text
 from ..common.ratelimit import RateLimitedLog
+from ..storage.tables import DETECTIONS
 from .detection import Detection
 from .engine import Action
 from .outbox import DeliveryMetrics, Outbox, PermanentError
@@ -45,7 +45,7 @@ __all__ = [
     "SlackNotifier",
     "WebhookNotifier",
     "build_actions",
-    "detections_ddl",
+    "detection_row",
     "insert_detections_sql",
 ]
 
@@ -92,82 +92,23 @@ class AlertLog:
 
 # --------------------------------------------------------------------------- clickhouse
 
-DETECTIONS_TABLE = "detections"
-
-_DETECTION_COLUMNS = (
-    "detected_at", "rule", "key", "address", "dst_addr", "dst_port", "window_s", "flows", "packets", "bytes", "pps",
-    "bps", "syn_ratio", "unique_dst_ips", "unique_dst_ports", "unique_src_ips", "first_seen", "last_seen",
-    "anomaly_score", "actions", "blackhole", "samples",
-)
-
-
-def detections_ddl(database: str, ttl_days: int | None = None) -> str:
-    """CREATE TABLE of the detections table in `database` (a migration of the store).
-
-    Addresses are IPv6 (IPv4 mapped), as in the flows table; columns that only some
-    rules fill are Nullable; `samples` is the sample flows as a JSON array.
-    """
-    ttl = f"\nTTL toDateTime(detected_at) + toIntervalDay({int(ttl_days)})" if ttl_days else ""
-    return (
-        f"CREATE TABLE IF NOT EXISTS {database}.{DETECTIONS_TABLE} (\n"
-        "  detected_at DateTime64(3) CODEC(Delta, ZSTD(1)),\n"
-        "  rule LowCardinality(String),\n"
-        "  key LowCardinality(String),\n"
-        "  address IPv6,\n"
-        "  dst_addr Nullable(IPv6),\n"
-        "  dst_port Nullable(UInt16),\n"
-        "  window_s Float32,\n"
-        "  flows UInt64,\n"
-        "  packets UInt64,\n"
-        "  bytes UInt64,\n"
-        "  pps Float64,\n"
-        "  bps Float64,\n"
-        "  syn_ratio Float32,\n"
-        "  unique_dst_ips Nullable(UInt32),\n"
-        "  unique_dst_ports Nullable(UInt32),\n"
-        "  unique_src_ips Nullable(UInt32),\n"
-        "  first_seen DateTime,\n"
-        "  last_seen DateTime,\n"
-        "  anomaly_score Nullable(Float32),\n"
-        "  actions Array(LowCardinality(String)),\n"
-        "  blackhole Bool,\n"
-        "  samples String CODEC(ZSTD(3))\n"
-        ")\nENGINE = MergeTree\nPARTITION BY toYYYYMM(detected_at)\nORDER BY (rule, detected_at)" + ttl
-    )
-
-
-def _literal(value: object) -> str:
-    """A ClickHouse SQL literal for a Python value (strings escaped as ClickHouse reads them)."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_literal(item) for item in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{text}'"
-
-
-def _stored(address: str | None) -> str | None:
-    """An address as the text of its IPv6 column (IPv4 mapped), NULL kept."""
-    return None if address is None else stored_text(address)
+def detection_row(d: Detection, samples: int = 5) -> dict[str, object]:
+    """`d` as a row of the detections table (column name -> value; the table's renderers
+    write addresses in their stored form)."""
+    return {
+        "detected_at": d.detected_at, "rule": d.rule, "key": d.key, "address": d.address,
+        "dst_addr": d.dst_addr, "dst_port": d.dst_port, "window_s": d.window_s, "flows": d.flows,
+        "packets": d.packets, "bytes": d.bytes, "pps": d.pps, "bps": d.bps, "syn_ratio": d.syn_ratio,
+        "unique_dst_ips": d.unique_dst_ips, "unique_dst_ports": d.unique_dst_ports,
+        "unique_src_ips": d.unique_src_ips, "first_seen": int(d.first_seen), "last_seen": int(d.last_seen),
+        "anomaly_score": d.anomaly_score, "actions": list(d.actions), "blackhole": d.blackhole,
+        "samples": json.dumps(list(d.samples[:samples]), separators=(",", ":")),
+    }
 
 
 def insert_detections_sql(database: str, detections: Sequence[Detection], samples: int = 5) -> str:
     """One INSERT ... VALUES statement for `detections`."""
-    rows = []
-    for d in detections:
-        values: list[object] = [
-            round(d.detected_at, 3), d.rule, d.key, _stored(d.address), _stored(d.dst_addr), d.dst_port, d.window_s,
-            d.flows, d.packets, d.bytes, d.pps, d.bps, d.syn_ratio, d.unique_dst_ips, d.unique_dst_ports,
-            d.unique_src_ips, int(d.first_seen), int(d.last_seen), d.anomaly_score, list(d.actions), d.blackhole,
-            json.dumps(list(d.samples[:samples]), separators=(",", ":")),
-        ]
-        rows.append("(" + ", ".join(_literal(v) for v in values) + ")")
-    return (f"INSERT INTO {database}.{DETECTIONS_TABLE} ({', '.join(_DETECTION_COLUMNS)}) VALUES\n"
-            + ",\n".join(rows))
+    return DETECTIONS.insert_sql(database, [detection_row(d, samples) for d in detections])
 
 
 class ClickHouseDetections:

@@ -40,22 +40,21 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sklearn.ensemble import IsolationForest
 
 from ..batch import FlowBatch, str_to_addr
-from ..common.addresses import stored_text
 from ..enrich.base import addr_halves
 from ..errors import FlowEnricherError
+from ..storage.tables import ANOMALY_SCORES
 from .detection import Detection
 from .features import FEATURE_NAMES, FeatureWindows, WindowFeatures
 from .settings import AnomalySettings
 
-__all__ = ["ANOMALY_SCORES_TABLE", "MODEL_FORMAT", "AnomalyModel", "AnomalyScoring", "ModelError",
-           "ScoringUnavailable", "anomaly_scores_ddl", "insert_scores_sql", "transform"]
+__all__ = ["MODEL_FORMAT", "AnomalyModel", "AnomalyScoring", "ModelError",
+           "ScoringUnavailable", "insert_scores_sql", "transform"]
 
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = 1
 """Version of the saved model's layout; a file of another version is refused."""
 
-ANOMALY_SCORES_TABLE = "anomaly_scores"
 _INSERT_ROWS = 20_000  # rows per INSERT statement
 
 F64 = npt.NDArray[np.float64]
@@ -250,31 +249,15 @@ class AnomalyModel:
 # --------------------------------------------------------------------------- storage
 
 
-def anomaly_scores_ddl(database: str, ttl_days: int | None = None) -> str:
-    """CREATE TABLE of the scores of every scored source-window (migration 3)."""
-    ttl = f"\nTTL ts + toIntervalDay({int(ttl_days)})" if ttl_days else ""
-    return (
-        f"CREATE TABLE IF NOT EXISTS {database}.{ANOMALY_SCORES_TABLE} (\n"
-        "  ts DateTime CODEC(DoubleDelta, ZSTD(1)),\n"
-        "  window_s UInt32,\n"
-        "  src_addr IPv6,\n"
-        "  score Float32,\n"
-        "  exporter_address IPv6,\n"
-        "  features Map(String, Float32)\n"
-        ")\nENGINE = MergeTree\nPARTITION BY toYYYYMMDD(ts)\nORDER BY (ts, src_addr)" + ttl
-    )
-
-
 def insert_scores_sql(database: str, window: WindowFeatures, scores: F64, rows: npt.NDArray[np.intp]) -> str:
-    """One INSERT of the scores of `rows` of `window`."""
+    """One INSERT of the scores of `rows` of `window` (addresses as their 16 stored bytes)."""
     names = window.names
-    lines = []
-    for i in rows.tolist():
-        features = ",".join(f"'{name}':{float(value):.6g}" for name, value in zip(names, window.vectors[i], strict=True))
-        lines.append(f"({int(window.start)},{int(window.window_s)},'{stored_text(bytes(window.sources[i]))}',"
-                     f"{float(scores[i]):.6g},'{stored_text(bytes(window.exporters[i]))}',{{{features}}})")
-    return (f"INSERT INTO {database}.{ANOMALY_SCORES_TABLE} (ts, window_s, src_addr, score, exporter_address, "
-            f"features) VALUES\n" + ",\n".join(lines))
+    return ANOMALY_SCORES.insert_sql(database, [
+        {"ts": int(window.start), "window_s": int(window.window_s), "src_addr": window.sources[i].tobytes(),
+         "score": float(scores[i]), "exporter_address": window.exporters[i].tobytes(),
+         "features": dict(zip(names, window.vectors[i].tolist(), strict=True))}
+        for i in rows.tolist()
+    ])
 
 
 # --------------------------------------------------------------------------- the running part

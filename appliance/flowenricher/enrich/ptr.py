@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, cast
 
 import dns.asyncresolver
 import dns.exception
@@ -62,9 +62,7 @@ class AddressInfo:
 
 @dataclass(frozen=True, slots=True)
 class PtrResult:
-    """One newly resolved name: a row of the ClickHouse ``ptr_cache`` table."""
-
-    COLUMNS: ClassVar[tuple[str, ...]] = ("ip", "ptr", "updated_at", "asn", "asn_name", "country")
+    """One newly resolved name: a row of the ClickHouse ``ptr_cache`` table (storage/tables.py)."""
 
     ip: str  # IPv4 dotted or IPv6 text, as ``src_host``/``dst_host`` render it
     ptr: str  # the name, without the final dot
@@ -73,9 +71,10 @@ class PtrResult:
     asn_name: str = ""
     country: str = ""
 
-    def row(self) -> tuple[str, str, int, int, str, str]:
-        """The values in :attr:`COLUMNS` order."""
-        return (self.ip, self.ptr, self.updated_at, self.asn, self.asn_name, self.country)
+    def row(self) -> dict[str, object]:
+        """The name as a row of ``ptr_cache``: column name -> value."""
+        return {"ip": self.ip, "ptr": self.ptr, "updated_at": int(self.updated_at), "asn": int(self.asn),
+                "asn_name": self.asn_name, "country": self.country}
 
 
 PtrSink = Callable[[list[PtrResult]], None]

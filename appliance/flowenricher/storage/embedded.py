@@ -36,9 +36,9 @@ from typing import Any
 
 import chdb
 
+from ..common.sql import string
 from ..errors import StoreError
 from .base import INSERT_SETTINGS, NativeBackend, new_token
-from .schema import sql_string
 from .settings import StoreSettings
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def insert_bytes(conn: Any, into: str, data: bytes, fmt: str, settings: dict[str
     try:
         with open(fd, "wb", closefd=False) as f:
             f.write(data)
-        clause = ", ".join(f"{k} = {v if isinstance(v, int) else sql_string(v)}" for k, v in settings.items())
+        clause = ", ".join(f"{k} = {v if isinstance(v, int) else string(v)}" for k, v in settings.items())
         clause = f" SETTINGS {clause}" if clause else ""
         return conn.query(f"{into} FROM INFILE '/proc/self/fd/{fd}'{clause} FORMAT {fmt}", "TSV")
     finally:

@@ -1,10 +1,16 @@
 """The ClickHouse schema of the flow store and its versioned, idempotent migrations.
 
-Every statement is derived from :data:`~appliance.flowenricher.columns.COLUMNS` and
-:data:`~appliance.flowenricher.columns.ALIASES`; the same SQL runs on chDB and on a
-ClickHouse server.  :func:`migrate` applies the numbered migrations not yet recorded in
-``schema_migrations`` and then adds any column of ``COLUMNS`` (or alias) the flows table
-lacks, so a column added to ``columns.py`` reaches existing installations by itself.
+The flows table is derived from :data:`~appliance.flowenricher.columns.COLUMNS` and
+:data:`~appliance.flowenricher.columns.ALIASES`, its rollups from :data:`ROLLUPS` and those
+columns (:func:`rollup_description`), every other table from its description in
+storage/tables.py; this module adds only what the migrations decide (which version creates
+what, how long each table keeps its rows).  The same SQL runs on chDB and on a ClickHouse
+server.  A migration that already ran is never run again, so its statements may be
+rebuilt from the descriptions only while they make the same table (tests/test_tables.py
+compares each with the DDL text the migration used to have).  :func:`migrate` applies
+the numbered migrations not yet recorded in ``schema_migrations`` and then adds any
+column of ``COLUMNS`` (or alias) the flows table lacks, so a column added to
+``columns.py`` reaches existing installations by itself.
 """
 
 from __future__ import annotations
@@ -15,8 +21,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..columns import ALIASES, BY_NAME, COLUMNS, TUNNEL_OF, Column
+from ..common.sql import string
 from ..errors import ConfigError
 from .settings import StoreSettings
+from .tables import (
+    ANOMALY_SCORES,
+    BLACKHOLE_EVENTS,
+    COLLECTOR_STATS,
+    DETECTIONS,
+    EXPORTER_INTERFACES,
+    PTR_CACHE,
+    Table,
+    TableColumn,
+)
+from .tables import MIGRATIONS as MIGRATIONS_LOG
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +72,6 @@ them is acknowledged and not stored twice.  The writer retries the block that fa
 before anything newer, so the window needs to cover only the parts of one retried block
 plus what other writers inserted meanwhile; the hashes kept cost a few tens of kB."""
 
-MIGRATIONS_TABLE = "schema_migrations"
-PTR_CACHE_TABLE = "ptr_cache"
 
 
 @dataclass(frozen=True)
@@ -130,11 +146,6 @@ class Migration:
     statements: Callable[[StoreSettings], list[str]]
 
 
-def sql_string(text: str) -> str:
-    """`text` as a ClickHouse string literal (quotes and backslashes escaped)."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def column_ddl(col: Column) -> str:
     codec = f" CODEC({col.codec})" if col.codec else ""
     return f"{col.name} {col.ch_type}{codec}"
@@ -159,36 +170,45 @@ def create_flows(s: StoreSettings) -> str:
 
 
 def create_ptr_cache(s: StoreSettings) -> str:
-    """The original flowenricher's PTR cache, same columns and sort key.
-
-    ReplacingMergeTree(updated_at) instead of MergeTree: a refreshed name replaces the
-    old row on merge instead of piling up; every original query still reads it.
-    """
-    return (
-        f"CREATE TABLE IF NOT EXISTS {s.database}.{PTR_CACHE_TABLE} (\n"
-        "  ip String, ptr String, updated_at DateTime DEFAULT now(),\n"
-        "  asn UInt32 DEFAULT 0, asn_name String DEFAULT '', country String DEFAULT ''\n"
-        ") ENGINE = ReplacingMergeTree(updated_at) ORDER BY ip SETTINGS index_granularity = 8192"
-    )
+    """The original flowenricher's PTR cache (tables.PTR_CACHE)."""
+    return PTR_CACHE.create_sql(s.database)
 
 
 def rollup_table(s: StoreSettings, r: Rollup) -> str:
-    return f"{s.database}.{s.table}_{r.suffix}"
+    return rollup_description(s.table, r).qualified(s.database)
+
+
+_ROLLUP_KEYS = ", ".join([*ROLLUP_DIMENSIONS, "service_port"])
+
+
+def rollup_description(flows_table: str, r: Rollup) -> Table:
+    """Rollup `r`'s table, described like the other tables (storage/tables.py): its
+    dimensions are flow columns with the types and codecs of columns.py, so it is made
+    here from ROLLUPS and COLUMNS rather than listed again; its name follows the flows
+    table's (``<flows_table>_<suffix>``)."""
+    return Table(
+        f"{flows_table}_{r.suffix}",
+        f"Flows summed per {r.bucket}(timestamp) and dimension, fed by a materialized view.",
+        (
+            TableColumn("timestamp", "DateTime", "DoubleDelta, ZSTD(1)"),
+            *(TableColumn(c.name, c.ch_type, c.codec) for c in (BY_NAME[d] for d in ROLLUP_DIMENSIONS)),
+            TableColumn("service_port", "UInt16"),
+            *(TableColumn(m, "UInt64") for m, _ in ROLLUP_METRICS),
+        ),
+        engine=f"SummingMergeTree(({', '.join(m for m, _ in ROLLUP_METRICS)}))",
+        partition_by=r.partition,
+        order_by=f"(timestamp, {_ROLLUP_KEYS})",
+        ttl_from="timestamp",
+        time_column="timestamp",
+    )
 
 
 def create_rollup(s: StoreSettings, index: int) -> list[str]:
     """The SummingMergeTree of rollup ``ROLLUPS[index]`` and the view that feeds it."""
     r = ROLLUPS[index]
-    dims = [column_ddl(BY_NAME[d]) for d in ROLLUP_DIMENSIONS]
     table = rollup_table(s, r)
-    keys = ", ".join([*ROLLUP_DIMENSIONS, "service_port"])
-    table_sql = (
-        f"CREATE TABLE IF NOT EXISTS {table} (\n  timestamp DateTime CODEC(DoubleDelta, ZSTD(1)),\n  "
-        + ",\n  ".join([*dims, "service_port UInt16", *(f"{m} UInt64" for m, _ in ROLLUP_METRICS)])
-        + f"\n)\nENGINE = SummingMergeTree(({', '.join(m for m, _ in ROLLUP_METRICS)}))"
-        + f"\nPARTITION BY {r.partition}\nORDER BY (timestamp, {keys})"
-        + ttl_clause("timestamp", s.ttl_days * r.ttl_factor)
-    )
+    keys = _ROLLUP_KEYS
+    table_sql = rollup_description(s.table, r).create_sql(s.database, s.ttl_days * r.ttl_factor)
     if index == 0:
         source, time_col = s.qualified_table, ROLLUP_TIME_SOURCE
         columns = [*ROLLUP_DIMENSIONS, f"{SERVICE_PORT} AS service_port"]
@@ -213,70 +233,25 @@ def _initial(s: StoreSettings) -> list[str]:
 
 
 def _detections(s: StoreSettings) -> list[str]:
-    from ..detect.actions import detections_ddl
-
-    return [detections_ddl(s.database, s.ttl_days or None)]
+    return [DETECTIONS.create_sql(s.database, s.ttl_days)]
 
 
 def _anomaly_scores(s: StoreSettings) -> list[str]:
-    from ..detect.anomaly import anomaly_scores_ddl
-
-    return [anomaly_scores_ddl(s.database, s.ttl_days or None)]
-
-
-BLACKHOLE_EVENTS_TABLE = "blackhole_events"
-COLLECTOR_STATS_TABLE = "collector_stats"
-EXPORTER_INTERFACES_TABLE = "exporter_interfaces"
+    return [ANOMALY_SCORES.create_sql(s.database, s.ttl_days)]
 
 
 def _blackhole_events(s: StoreSettings) -> list[str]:
-    """Every announcement, withdrawal, expiry and refusal of the blackhole manager.
-
-    The state DB (SQLite) stays the one owner of the active set; this table is its
-    history in the store Grafana reads, so the security dashboard needs nothing else.
-    Kept as long as the 1h rollup (an audit trail of a few rows a day costs nothing).
-    """
-    return [
-        f"CREATE TABLE IF NOT EXISTS {s.database}.{BLACKHOLE_EVENTS_TABLE} (\n"
-        "  ts DateTime64(3) CODEC(Delta, ZSTD(1)),\n"
-        "  action LowCardinality(String),\n"
-        "  prefix String,\n"
-        "  next_hop String,\n"
-        "  communities Array(String),\n"
-        "  rule String,\n"
-        "  reason String,\n"
-        "  expires_at Nullable(DateTime),\n"
-        "  dry_run UInt8,\n"
-        "  source LowCardinality(String)\n"
-        ")\nENGINE = MergeTree\nPARTITION BY toYYYYMM(ts)\nORDER BY (ts, prefix)"
-        + ttl_clause("toDateTime(ts)", s.ttl_days * ROLLUPS[-1].ttl_factor)
-    ]
+    """The blackhole manager's history (tables.BLACKHOLE_EVENTS), kept as long as the 1h
+    rollup: an audit trail of a few rows a day costs nothing."""
+    return [BLACKHOLE_EVENTS.create_sql(s.database, s.ttl_days * ROLLUPS[-1].ttl_factor)]
 
 
 def _collector_stats(s: StoreSettings) -> list[str]:
-    """The collector's own counters, snapshotted by stats_recorder, and the exporters'
-    interface table from SNMP (names and speeds, for utilisation), so the health and
-    interfaces dashboards work with only ClickHouse (no Prometheus).
-
-    ``exporter_interfaces`` is a ReplacingMergeTree on ``ts``: each snapshot replaces
-    the previous row of an interface on merge; readers use ``argMax(..., ts)``.
-    """
+    """The collector's own counters, kept as long as the 5m rollup, and the exporters'
+    interface table (tables.COLLECTOR_STATS, tables.EXPORTER_INTERFACES)."""
     return [
-        f"CREATE TABLE IF NOT EXISTS {s.database}.{COLLECTOR_STATS_TABLE} (\n"
-        "  ts DateTime CODEC(DoubleDelta, ZSTD(1)),\n"
-        "  exporter_address IPv6,\n"
-        "  metric LowCardinality(String),\n"
-        "  value Float64 CODEC(Gorilla, ZSTD(1))\n"
-        ")\nENGINE = MergeTree\nPARTITION BY toYYYYMM(ts)\nORDER BY (metric, exporter_address, ts)"
-        + ttl_clause("ts", s.ttl_days * ROLLUPS[1].ttl_factor),
-        f"CREATE TABLE IF NOT EXISTS {s.database}.{EXPORTER_INTERFACES_TABLE} (\n"
-        "  ts DateTime,\n"
-        "  exporter_address IPv6,\n"
-        "  ifindex UInt32,\n"
-        "  name String,\n"
-        "  alias String,\n"
-        "  speed_bps UInt64\n"
-        ")\nENGINE = ReplacingMergeTree(ts)\nORDER BY (exporter_address, ifindex)",
+        COLLECTOR_STATS.create_sql(s.database, s.ttl_days * ROLLUPS[1].ttl_factor),
+        EXPORTER_INTERFACES.create_sql(s.database),
     ]
 
 
@@ -369,12 +344,7 @@ def partition_columns(s: StoreSettings) -> tuple[str, ...]:
 
 
 def create_migrations_table(s: StoreSettings) -> list[str]:
-    return [
-        f"CREATE DATABASE IF NOT EXISTS {s.database}",
-        f"CREATE TABLE IF NOT EXISTS {s.database}.{MIGRATIONS_TABLE} (\n"
-        "  version UInt32, description String, applied_at DateTime DEFAULT now()\n"
-        ") ENGINE = MergeTree ORDER BY version",
-    ]
+    return [f"CREATE DATABASE IF NOT EXISTS {s.database}", MIGRATIONS_LOG.create_sql(s.database)]
 
 
 def missing_columns(s: StoreSettings, existing: Sequence[str]) -> list[str]:
@@ -407,7 +377,7 @@ def migrate(s: StoreSettings, execute: Execute, query: Query) -> list[int]:
     """
     for sql in create_migrations_table(s):
         execute(sql)
-    done = {int(row[0]) for row in query(f"SELECT DISTINCT version FROM {s.database}.{MIGRATIONS_TABLE}")}
+    done = {int(row[0]) for row in query(f"SELECT DISTINCT version FROM {MIGRATIONS_LOG.qualified(s.database)}")}
     applied = []
     for m in MIGRATIONS:
         if m.version in done:
@@ -415,14 +385,12 @@ def migrate(s: StoreSettings, execute: Execute, query: Query) -> list[int]:
         log.info("schema: applying migration %d (%s) to %s", m.version, m.description, s.database)
         for sql in m.statements(s):
             execute(sql)
-        text = m.description.replace("\\", "\\\\").replace("'", "\\'")
-        table = f"{s.database}.{MIGRATIONS_TABLE}"
-        execute(f"INSERT INTO {table} (version, description) VALUES ({m.version}, '{text}')")
+        execute(MIGRATIONS_LOG.insert_sql(s.database, [{"version": m.version, "description": m.description}]))
         applied.append(m.version)
     existing = [
         row[0]
         for row in query(
-            f"SELECT name FROM system.columns WHERE database = '{s.database}' AND table = '{s.table}'"
+            f"SELECT name FROM system.columns WHERE database = {string(s.database)} AND table = {string(s.table)}"
         )
     ]
     for sql in missing_columns(s, existing):
