@@ -71,7 +71,8 @@ def test_scopes(env: ApiEnv) -> None:
         assert response.json()["error"] == "forbidden"
     for path in READ_CALLS:
         assert env.client.get(path, headers=env.headers(env.reader)).status_code == 200, path
-    assert env.client.get("/health").status_code == 200  # no token needed
+    assert env.client.get("/health/live").status_code == 200  # no token needed
+    assert env.client.get("/health").status_code == 503  # nor here: not ready, this env has no flow store
     assert env.gobgp.held == {}
 
 

@@ -240,10 +240,13 @@ def test_store_down_is_503_counted_and_the_status_page_still_renders(tmp_path: P
     env = make_env(tmp_path, query=down)
     response = env.client.get("/api/v1/flows/top", params={"by": "proto"}, headers=env.headers())
     assert response.status_code == 503 and "connection closed" not in response.text
-    assert env.client.get("/health").json()["status"] == "degraded"
+    for path in ("/health", "/health/ready"):  # a probe reads the status code, not the body
+        health = env.client.get(path)
+        assert health.status_code == 503 and health.json()["status"] == "degraded" and health.json()["store"] is False
+    assert env.client.get("/health/live").status_code == 200  # the process itself is alive
     page = env.client.get("/", headers=env.headers())
     assert page.status_code == 200 and "top talkers: the flow store did not answer" in page.text
-    assert env.registry.get_sample_value("flowenricher_api_store_errors_total") == 4.0
+    assert env.registry.get_sample_value("flowenricher_api_store_errors_total") == 5.0
 
 
 def test_status_page(env: ApiEnv, batch: FlowBatch) -> None:

@@ -342,6 +342,7 @@ def test_rules_refused_by_the_collector_leave_the_file(collector_side: Collector
 def test_without_collector_503_and_files_unchanged(collector_side: CollectorSide, api_client: RemoteClient) -> None:
     client, token = api_client.client, api_client.token
     headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/health/ready").json()["collector"] is True
     collector_side.server.stop()
     for path in ("/blackholes", "/api/v1/blackholes", "/api/v1/blackholes/history", "/api/v1/lookup/1.1.1.1",
                  "/api/v1/flows/top?by=src_host", "/api/v1/exporters", "/"):
@@ -353,7 +354,9 @@ def test_without_collector_503_and_files_unchanged(collector_side: CollectorSide
                           headers={**headers, "Content-Type": "application/yaml"})
     assert replaced.status_code == 503
     assert rules_path.read_text() == RULES
-    assert client.get("/health").status_code == 200
+    health = client.get("/health/ready")
+    assert health.status_code == 503 and health.json()["collector"] is False, health.text
+    assert client.get("/health/live").status_code == 200
 
 
 def test_server_mode_queries_the_server_without_the_collector(short_dir: Path) -> None:
@@ -480,12 +483,15 @@ def test_api_process_beside_the_collector(appliance: dict[str, Any]) -> None:
     server = start("api", "api")
     server.wait_for(lambda: "API on http://" in server.output(), 60, "the API listening")
     assert httpx.get(f"{api}/blackholes", headers=headers).status_code == 503
-    assert httpx.get(f"{api}/health").status_code == 200
+    assert httpx.get(f"{api}/health").status_code == 503  # not ready: no collector answers
+    assert httpx.get(f"{api}/health/live").status_code == 200
     collector = start("run", "run")
     collector.wait_for(lambda: "listening:" in collector.output(), 90, "the collector listening")
     server.wait_for(lambda: httpx.get(f"{api}/blackholes", headers=headers).status_code == 200, 30,
                     "the API reaching the collector")
     assert "collector: answering again" in server.output()
+    ready = httpx.get(f"{api}/health/ready")
+    assert ready.status_code == 200 and ready.json() == {"status": "ok", "store": True, "collector": True}
 
     # The original calls; no GoBGP runs here, so the announcement is kept and retried:
     # requested, not in force (the original listing shows only what GoBGP took).

@@ -224,8 +224,14 @@ class Validated(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded"] = Field(description="ok: ready (HTTP 200); degraded: not ready (HTTP 503).")
     store: bool = Field(description="The flow store answers a query now.")
+    collector: bool | None = Field(None, description="The collector answers (its control socket, or this process); "
+                                                     "null: this API has no collector to ask.")
+
+
+class Liveness(BaseModel):
+    status: Literal["alive"]
 
 
 class AuditRecord(BaseModel):

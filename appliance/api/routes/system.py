@@ -3,24 +3,54 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from appliance.flowenricher.collector_api import Collector
+
 from ..deps import Admin, Context, Reader
 from ..errors import ERROR_RESPONSES
-from ..schemas import AuditRecord, Health
+from ..schemas import AuditRecord, Health, Liveness
 
 router = APIRouter(tags=["system"])
 
 
-@router.get("/health", response_model=Health)
-def health(ctx: Context) -> Health:
-    """Liveness for load balancers and systemd checks; no token needed, nothing revealed
-    beyond whether the store answers."""
+@router.get("/health/live", response_model=Liveness)
+def live() -> Liveness:
+    """Liveness: 200 while this process serves requests (a probe that restarts the
+    service on failure uses this one, so a store outage does not restart the API)."""
+    return Liveness(status="alive")
+
+
+_NOT_READY: dict[int | str, dict[str, Any]] = {503: {
+    "model": Health, "description": "Not ready: the store or the collector does not answer (the body says which)."}}
+
+
+@router.get("/health/ready", response_model=Health, responses=_NOT_READY)
+@router.get("/health", response_model=Health, responses=_NOT_READY)
+def ready(ctx: Context, response: Response) -> Health:
+    """Readiness for load balancers, systemd and Ansible checks: 200 when the flow store
+    answers a query and the collector answers on its control socket (or runs in this
+    process), 503 otherwise.  No token needed; nothing revealed beyond which part is down."""
     store = ctx.flows.ping()
-    return Health(status="ok" if store else "degraded", store=store)
+    collector = _collector_answers(ctx.deps.collector)
+    ok = store and collector is not False
+    if not ok:
+        response.status_code = 503
+    return Health(status="ok" if ok else "degraded", store=store, collector=collector)
+
+
+def _collector_answers(collector: Collector | None) -> bool | None:
+    """Whether the collector answers a status call; None when this API has none to ask."""
+    if collector is None:
+        return None
+    try:
+        collector.status()
+    except Exception:  # any failure to answer is "not ready", never a failed probe request
+        return False
+    return True
 
 
 @router.get("/metrics", responses={**ERROR_RESPONSES, 200: {
