@@ -21,6 +21,8 @@ from .errors import CaptureError, ConfigError, FlowEnricherError
 from .logs import configure_logging
 
 if TYPE_CHECKING:
+    from appliance.api.tokens import TokenInfo
+
     from .config import Settings
 
 log = logging.getLogger("flowenricher")
@@ -91,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     tok_revoke = tok_sub.add_parser("revoke", help="revoke tokens by id or name")
     tok_revoke.add_argument("token", help="id or name")
     _add(tok_revoke, "config", default=None)
-    tok_list = tok_sub.add_parser("list", help="list tokens (never their secrets)")
+    tok_list = tok_sub.add_parser("list", help="list tokens (never their secrets): a table, or JSON with --json")
     _add(tok_list, "config", default=None)
+    tok_list.add_argument("--json", action="store_true", help="a JSON array of {id, name, scope, created_at, "
+                          "revoked_at, active}, times as ISO 8601 UTC")
 
     spool = sub.add_parser("spool", help="the store's spool: list blocks waiting or rejected, requeue rejected ones")
     spool_sub = spool.add_subparsers(dest="spool_command", required=True)
@@ -373,9 +377,10 @@ def _cmd_blackhole(args: argparse.Namespace) -> int:
     import time
 
     from .blackhole.state import StateDB, recent_failures
+    from .common.private import private_dir
 
     cfg = _settings(args.config)
-    Path(cfg.storage.path).mkdir(parents=True, exist_ok=True)
+    private_dir(cfg.storage.path)
     state = StateDB(cfg.storage.state_db)
     try:
         if args.blackhole_command == "list":
@@ -420,9 +425,10 @@ def _cmd_token(args: argparse.Namespace) -> int:
     from appliance.api.tokens import TokenError, create_token, list_tokens, revoke_token
 
     from .blackhole.state import StateDB
+    from .common.private import private_dir
 
     cfg = _settings(args.config)
-    Path(cfg.storage.path).mkdir(parents=True, exist_ok=True)
+    private_dir(cfg.storage.path)
     state = StateDB(cfg.storage.state_db)
     try:
         if args.token_command == "create":
@@ -434,14 +440,34 @@ def _cmd_token(args: argparse.Namespace) -> int:
             revoked = revoke_token(state.engine, args.token)
             print(f"revoked: {', '.join(str(i) for i in revoked)}")
         else:
-            for info in list_tokens(state.engine):
-                print(info)
+            _print_tokens(list_tokens(state.engine), args.json)
     except TokenError as err:
         print(err, file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         state.close()
     return EXIT_OK
+
+
+def _print_tokens(tokens: Sequence[TokenInfo], as_json: bool) -> None:
+    """The tokens as a table for people or JSON for scripts (the api role reads it):
+    ids, names, scopes and times only; no secret is stored to print."""
+    import time
+
+    def when(at: float | None) -> str | None:
+        return None if at is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+    if as_json:
+        print(json.dumps([{"id": t.id, "name": t.name, "scope": t.scope, "created_at": when(t.created_at),
+                           "revoked_at": when(t.revoked_at), "active": t.revoked_at is None} for t in tokens],
+                         indent=2))
+        return
+    # A name is any 1 to 64 characters: escaped in the table so it cannot break a row.
+    names = [t.name if t.name.isprintable() else t.name.encode("unicode_escape").decode("ascii") for t in tokens]
+    width = max([len(name) for name in names] + [4])
+    print(f"{'ID':>5}  {'NAME':{width}}  {'SCOPE':5}  {'CREATED (UTC)':20}  REVOKED (UTC)")
+    for t, name in zip(tokens, names, strict=True):
+        print(f"{t.id:>5}  {name:{width}}  {t.scope:5}  {when(t.created_at):20}  {when(t.revoked_at) or '-'}")
 
 
 if __name__ == "__main__":

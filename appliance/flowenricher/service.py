@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry
 from .batch import FlowBatch
 from .collector.receiver import claim_port, kernel_drops, refuse_shared_port
 from .collector.worker import DONE, FAILED, FLOWS, READY, STATS, WorkerSettings, run_worker
+from .common.private import private_dir
 from .control import ControlServer, LookupFn, collector_requests
 from .detect.actions import BlackholeSink
 from .enrich.pipeline import Enricher
@@ -193,7 +194,7 @@ class CollectorService:
 
             handoffs.append(HandOff("consumers", consume, max(cfg.store.batch_size, 1), registry=self.registry).start())
         # Always on: `sql` needs it in the embedded mode, `lookup` in both.
-        os.makedirs(cfg.store.path, exist_ok=True)
+        private_dir(cfg.store.path)
         control = ControlServer(cfg.store.path, locked.query, runtime.lookup, collector_requests(runtime, self.registry))
         control.start()
 

@@ -44,6 +44,7 @@ from sklearn.ensemble import IsolationForest
 
 from ..batch import FlowBatch, str_to_addr
 from ..common.addresses import stored_text
+from ..common.private import private_dir
 from ..enrich.base import addr_halves
 from ..errors import FlowEnricherError
 from .detection import Detection
@@ -205,7 +206,7 @@ class AnomalyModel:
     def save(self, path: Path) -> None:
         """Write the model to `path` atomically (a temporary file in the same directory,
         then rename): a reader sees the old file or the new one, never half of one."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as out:
