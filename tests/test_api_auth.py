@@ -153,7 +153,7 @@ def _deps(tmp_path: Path, config: Mapping[str, object], dev_mode: bool = False) 
 
 
 def test_refuses_to_start_with_default_secrets_outside_dev_mode(tmp_path: Path) -> None:
-    exposed = {"api": {"listen": "0.0.0.0:9600"}}
+    exposed = {"api": {"listen": "0.0.0.0:9600", "allow_plain_http": True}}
     with pytest.raises(ConfigError) as err:
         create_app(_deps(tmp_path, exposed))
     assert err.value.problems[0].startswith("config: $.api.listen: ")

@@ -311,7 +311,7 @@ def serve_api(cfg: Settings, config_path: Path | None, rules_path: Path | None) 
     try:
         app = create_app(remote.deps)
         check_collector(remote.collector, config_path, rules_path)
-        server = ApiServer(app, cfg.api.host, cfg.api.port)
+        server = ApiServer(app, cfg.api.host, cfg.api.port, cfg.api.tls)
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:

@@ -222,12 +222,16 @@ def _rules_path(args: argparse.Namespace, cfg: Settings) -> Path | None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .config import load_rules
+    from .default_secrets import warn_in_dev_mode
     from .service import run_service
     from .wiring import runtime_factory, service_settings
 
     cfg = _settings(args.config)
     if args.log_level is None:
         logging.getLogger().setLevel(cfg.log_level.upper())
+    # Default secrets are refused (warned about in dev mode) whether this process serves
+    # the API or not: the API's own check only runs where the API does.
+    warn_in_dev_mode(cfg, args.config or "the default config")
     rules_path = _rules_path(args, cfg)
     if rules_path is not None and not rules_path.exists():
         print(f"rules file {rules_path} does not exist", file=sys.stderr)

@@ -43,11 +43,12 @@ from .common.settings_base import (
     Network,
     SchemaGenerator,
     Section,
+    field_default,
     formatted,
     parse_duration,
     split_host_port,
 )
-from .default_secrets import clickhouse_password_problem, is_loopback
+from .default_secrets import clickhouse_password_problem, is_loopback, plain_http_problem
 from .detect.settings import AnomalySettings, DetectionSettings, anomaly_problems, detection_problems
 from .documents import (
     CONFIG_SCHEMA,
@@ -65,7 +66,7 @@ from .documents import (
     schema_path,
     schema_problems,
 )
-from .endpoints import ApiSettings, MetricsSettings, metrics_problems
+from .endpoints import ApiSettings, MetricsSettings, api_problems, metrics_problems
 from .enrich.settings import (
     DEFAULT_ENRICHMENTS,
     DEV_MODE_HINT,
@@ -254,6 +255,7 @@ _BLOCK_CHECKS: tuple[tuple[str, Callable[[Mapping[str, Any]], list[tuple[tuple[s
     ("anomaly", anomaly_problems),
     ("bgp", bgp_problems),
     ("metrics", metrics_problems),
+    ("api", api_problems),
     ("detection", detection_problems),
     ("dns", dns_problems),
     ("blackhole", blackhole_problems),
@@ -278,6 +280,17 @@ def config_problems(raw: Mapping[str, Any]) -> list[Problem]:
                if not dev_mode and isinstance(host, str | None) and isinstance(password, str) else None)
     if problem is not None:
         problems.append(Problem(("clickhouse", "password"), f"{problem}{DEV_MODE_HINT}"))
+    api = _block(raw, "api")
+    listen = api.get("listen", field_default(ApiSettings, "listen"))
+    try:
+        host = split_host_port(listen)[0] if isinstance(listen, str) else None
+    except ValueError:
+        host = None  # the schema reports it
+    tls = api.get("tls_cert") is not None and api.get("tls_key") is not None
+    problem = (plain_http_problem(listen, host, tls, api.get("allow_plain_http") is True)
+               if not dev_mode and isinstance(listen, str) and host is not None else None)
+    if problem is not None:
+        problems.append(Problem(("api", "listen"), f"{problem}{DEV_MODE_HINT}"))
     return problems
 
 
@@ -339,9 +352,13 @@ def checked_at_start(settings: Settings) -> list[str]:
                              "address")
     if "ptr" in settings.enrich and settings.dns.nameserver is None:
         notes.append("$.dns.nameserver: not set: the system's resolver (/etc/resolv.conf) must be configured")
-    if settings.api.enabled and not is_loopback(settings.api.host) and not settings.api.dev_mode:
+    if not is_loopback(settings.api.host) and not settings.api.dev_mode:
+        # Whether `run` serves it or `flowenricher api` does (api.enabled: false).
         notes.append(f"$.api.listen: {settings.api.listen} is beyond this machine: the API refuses to start "
                      "until an API token exists (`flowenricher token create`)")
+    if settings.api.tls is not None:
+        notes.append(f"$.api.tls_cert: {str(settings.api.tls_cert)!r} and $.api.tls_key are read as PEM "
+                     "certificate and key when the API starts")
     return notes
 
 

@@ -1,13 +1,23 @@
 """Settings that leave something beyond this machine open with a default or no secret.
 
 Config validation refuses them outside dev mode (``api.dev_mode``), so ``validate``, the
-API and ``run`` give one verdict; in dev mode the API logs them as warnings when it
-starts (appliance/api/hardening.py, which adds the rule that needs the token store).
+API and ``run`` give one verdict whatever ``api.enabled`` says; in dev mode ``run`` logs
+them as warnings when it starts (:func:`warn_in_dev_mode`), and so does the API
+(appliance/api/hardening.py, which adds the rule that needs the token store).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_COMMUNITY = "public"
 
@@ -33,9 +43,50 @@ def clickhouse_password_problem(host: str | None, password: str) -> str | None:
     return None
 
 
+def plain_http_problem(listen: str, host: str, tls: bool, allow_plain_http: bool) -> str | None:
+    """Tokens would cross the network in clear: the API listens beyond this machine on
+    plain HTTP and the operator has not said a reverse proxy takes care of TLS."""
+    if not tls and not allow_plain_http and not is_loopback(host):
+        return (f"the API listens on {listen}, beyond this machine, on plain HTTP, so API tokens would cross the "
+                "network in clear; set api.tls_cert and api.tls_key, or listen on 127.0.0.1 behind a TLS reverse "
+                "proxy (api.allow_plain_http: true only if the proxy reaches another address over a trusted link)")
+    return None
+
+
 def snmp_community_problem(host: str, version: str, community: str) -> str | None:
     """Routers answering the default community tell anyone their interfaces and more."""
     if version != "3" and community == DEFAULT_COMMUNITY and not is_loopback(host):
         return (f"the default community {DEFAULT_COMMUNITY!r} for a router on the network ({host}); "
                 "set the router's own read-only community")
     return None
+
+
+def insecure_settings(settings: Settings) -> list[str]:
+    """Every finding above in `settings`, one line each (``$.key: reason``): the ones the
+    config alone decides, whichever process (``run``, ``api``) reads it."""
+    problems = []
+    api = settings.api
+    problem = plain_http_problem(api.listen, api.host, api.tls is not None, api.allow_plain_http)
+    if problem is not None:
+        problems.append(f"$.api.listen: {problem}")
+    ch = settings.clickhouse
+    problem = clickhouse_password_problem(ch.host, ch.password)
+    if problem is not None:
+        problems.append(f"$.clickhouse.password: {problem}")
+    for index, target in enumerate(settings.snmp.targets):
+        problem = snmp_community_problem(target.host, target.version, target.community)
+        if problem is not None:
+            problems.append(f"$.snmp (target {index}, {target.host}): {problem}")
+    return problems
+
+
+def warn_in_dev_mode(settings: Settings, source: str) -> None:
+    """What `run` does with the findings at start, API or not: warn in dev mode, refuse
+    otherwise (config validation refused them already; this keeps the refusal true for
+    settings made some other way)."""
+    problems = insecure_settings(settings)
+    if problems and not settings.api.dev_mode:
+        raise ConfigError([*(f"{source}: {line}" for line in problems),
+                           "(api.dev_mode: true allows these with a warning; never in production)"])
+    for line in problems:  # warnings, not problems of the file: not worded as the refusals are
+        log.warning("dev mode, would refuse to start: %s", line)

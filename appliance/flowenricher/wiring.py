@@ -332,7 +332,7 @@ def _add_api(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, query
         dev_mode=cfg.api.dev_mode, max_body_bytes=cfg.api.max_body_bytes, anomaly=anomaly,
         exporter_counters=runtime.exporter_counters, interfaces=runtime.interfaces,
     ))
-    server = ApiServer(app, cfg.api.host, cfg.api.port)
+    server = ApiServer(app, cfg.api.host, cfg.api.port, cfg.api.tls)
     server.start()
     runtime.closers.append(server.stop)
 
