@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector as PrometheusCollector
 from appliance.flowenricher import control
 from appliance.flowenricher.blackhole.safety import SafetyPolicy
 from appliance.flowenricher.blackhole.state import Blackhole, StateDB
+from appliance.flowenricher.common.private import private_dir
 from appliance.flowenricher.config import Settings
 from appliance.flowenricher.control import CollectorUnavailable, blackhole_from
 from appliance.flowenricher.errors import StoreError
@@ -241,7 +242,7 @@ def remote_deps(cfg: Settings, config_path: Path | None, rules_path: Path | None
     from appliance.flowenricher.wiring import safety_settings, store_settings
 
     collector = collector or Collector(str(cfg.storage.path))
-    Path(cfg.storage.path).mkdir(parents=True, exist_ok=True)
+    private_dir(cfg.storage.path)  # 0700 when new, as `run` makes it
     state = CollectorState(cfg.storage.state_db, collector)
     closers: list[Callable[[], None]] = [state.close]
     blackholes = RemoteBlackholes(collector, state, SafetyPolicy(safety_settings(cfg)))
