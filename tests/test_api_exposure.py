@@ -24,7 +24,7 @@ from support.api import SAFETY
 from support.recording_gobgp import RecordingGoBGP
 
 from appliance.api import ApiDeps, create_app
-from appliance.api.server import ApiServer
+from appliance.api.server import ApiServer, ApiServerError
 from appliance.flowenricher import cli, service
 from appliance.flowenricher.blackhole.manager import BlackholeManager
 from appliance.flowenricher.blackhole.safety import SafetyPolicy
@@ -88,6 +88,23 @@ def test_the_api_serves_https_with_the_configured_certificate(tmp_path: Path) ->
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=10)
     finally:
         server.stop()
+        manager.close()
+        state.close()
+
+
+def test_a_key_that_does_not_fit_is_named(tmp_path: Path) -> None:
+    _, cert, _ = _certificates(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, _, wrong_key = _certificates(other)
+    state = StateDB(f"sqlite:///{tmp_path}/state.db")
+    manager = BlackholeManager(state, RecordingGoBGP(), SafetyPolicy(SAFETY), None)
+    try:
+        app = create_app(ApiDeps(settings=parse_config({}), blackholes=manager, registry=CollectorRegistry()))
+        for key in (wrong_key, tmp_path / "missing.key"):
+            with pytest.raises(ApiServerError, match=f"api.tls_cert {cert} / api.tls_key {key}: "):
+                ApiServer(app, "127.0.0.1", 0, (cert, key))
+    finally:
         manager.close()
         state.close()
 
