@@ -70,8 +70,8 @@ class ApiSettings(_Listening, Section):
                              "loopback by default because it can announce routes.")
     enabled: bool = Field(True, description="Serve the control plane inside `flowenricher run`.")
     dev_mode: bool = Field(False, description=(
-        "Development mode: insecure settings (no token on a non-loopback address, empty ClickHouse password on a "
-        "remote server, SNMP community public) are warned about instead of refused."))
+        "Development mode: insecure settings (no token or plain HTTP on a non-loopback address, empty ClickHouse "
+        "password on a remote server, SNMP community public) are warned about instead of refused."))
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (413 beyond it).")
     tls_cert: FilePath | None = Field(None, description=(
         "PEM certificate (with its chain) the API serves HTTPS with; needs tls_key. Without it the API speaks plain "
