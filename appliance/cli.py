@@ -20,6 +20,7 @@ from appliance.flowenricher.cli import EXIT_BAD_INPUT, EXIT_OK, Extension, add_o
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from appliance.api.tokens import TokenInfo
     from appliance.flowenricher.cli import Subcommands
     from appliance.flowenricher.config import Settings
     from appliance.flowenricher.service import QueryFn, Runtime
@@ -41,8 +42,10 @@ def _add_commands(sub: Subcommands) -> None:
     tok_revoke = tok_sub.add_parser("revoke", help="revoke tokens by id or name")
     tok_revoke.add_argument("token", help="id or name")
     add_option(tok_revoke, "config", default=None)
-    tok_list = tok_sub.add_parser("list", help="list tokens (never their secrets)")
+    tok_list = tok_sub.add_parser("list", help="list tokens (never their secrets): a table, or JSON with --json")
     add_option(tok_list, "config", default=None)
+    tok_list.add_argument("--json", action="store_true", help="a JSON array of {id, name, scope, created_at, "
+                          "revoked_at, active}, times as ISO 8601 UTC")
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -67,9 +70,10 @@ def _cmd_api(args: argparse.Namespace) -> int:
 def _cmd_token(args: argparse.Namespace) -> int:
     from appliance.api.tokens import TokenError, create_token, list_tokens, revoke_token
     from appliance.flowenricher.blackhole.state import StateDB
+    from appliance.flowenricher.common.private import private_dir
 
     cfg = load_settings(args.config)
-    Path(cfg.storage.path).mkdir(parents=True, exist_ok=True)
+    private_dir(cfg.storage.path)
     state = StateDB(cfg.storage.state_db)
     try:
         if args.token_command == "create":
@@ -81,14 +85,35 @@ def _cmd_token(args: argparse.Namespace) -> int:
             revoked = revoke_token(state.engine, args.token)
             print(f"revoked: {', '.join(str(i) for i in revoked)}")
         else:
-            for info in list_tokens(state.engine):
-                print(info)
+            _print_tokens(list_tokens(state.engine), args.json)
     except TokenError as err:
         print(err, file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         state.close()
     return EXIT_OK
+
+
+def _print_tokens(tokens: Sequence[TokenInfo], as_json: bool) -> None:
+    """The tokens as a table for people or JSON for scripts (the api role reads it):
+    ids, names, scopes and times only; no secret is stored to print."""
+    import json
+    import time
+
+    def when(at: float | None) -> str | None:
+        return None if at is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+    if as_json:
+        print(json.dumps([{"id": t.id, "name": t.name, "scope": t.scope, "created_at": when(t.created_at),
+                           "revoked_at": when(t.revoked_at), "active": t.revoked_at is None} for t in tokens],
+                         indent=2))
+        return
+    # A name is any 1 to 64 characters: escaped in the table so it cannot break a row.
+    names = [t.name if t.name.isprintable() else t.name.encode("unicode_escape").decode("ascii") for t in tokens]
+    width = max([len(name) for name in names] + [4])
+    print(f"{'ID':>5}  {'NAME':{width}}  {'SCOPE':5}  {'CREATED (UTC)':20}  REVOKED (UTC)")
+    for t, name in zip(tokens, names, strict=True):
+        print(f"{t.id:>5}  {name:{width}}  {t.scope:5}  {when(t.created_at):20}  {when(t.revoked_at) or '-'}")
 
 
 def _serve_api_in_collector(runtime: Runtime, cfg: Settings, registry: CollectorRegistry, query: QueryFn) -> None:

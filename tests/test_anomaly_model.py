@@ -5,6 +5,7 @@ and scores stored in a real embedded ClickHouse (chDB)."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import pickle
 import time
@@ -209,6 +210,38 @@ def test_detected_sources_stay_out_of_the_baseline(tmp_path: Path) -> None:
                                      first_seen=T0 + 10, last_seen=T0 + 10, actions=("alert",), blackhole=False))
     scoring.advance(T0 + 60)
     assert scoring.baseline_size == 4
+
+
+def test_a_scanner_detected_once_trains_none_of_its_windows(tmp_path: Path) -> None:
+    """The issue's case: a scanner active in 6 windows is detected once, in its last one
+    (the engine reports a source when its rule's window ends); the windows it had before
+    were already in the ring when the detection arrived, and must leave it too."""
+    scoring = AnomalyScoring(settings(tmp_path, min_baseline=10**6), seed=1)
+    scanner = "203.0.113.66"
+    scanner_vectors = []
+    for w in range(6):
+        start = T0 + 60 * w
+        probes = [{"src": scanner, "dst": f"84.54.49.{i}", "port": 3389, "flags": 0x02, "packets": 1, "bytes": 44,
+                   "at": start + 1 + i % 50} for i in range(1, 40)]
+        benign = [{"src": f"198.51.100.{i}", "at": start + 5} for i in range(1, 21)]
+        scoring.process(hand_batch(probes + benign))
+        [(window, _)] = scoring.advance(start + 60)
+        mapped = [ipaddress.IPv6Address(bytes(row)).ipv4_mapped for row in window.sources]
+        scanner_vectors.append(window.vectors[mapped.index(ipaddress.IPv4Address(scanner))])
+    assert scoring.baseline_size == 6 * 21  # the scanner's windows went in while nobody had named it
+    scoring.note_detection(Detection(rule="scan", key="src", address=scanner, detected_at=T0 + 360, window_s=60,
+                                     flows=39, packets=39, bytes=1716, pps=0, bps=0, syn_ratio=1,
+                                     first_seen=T0 + 301, last_seen=T0 + 350, actions=("alert",), blackhole=False))
+    training_set = scoring.baseline()
+    assert len(training_set) == 6 * 20 and scoring.baseline_size == 6 * 20
+    for vector in scanner_vectors:
+        assert not (training_set == vector).all(axis=1).any()
+    assert scoring.train_now().samples == 6 * 20
+    # Windows of the scanner closing just after the detection stay out as before.
+    scoring.process(hand_batch([{"src": scanner, "dst": "84.54.49.1", "flags": 0x02, "at": T0 + 361},
+                                {"src": "198.51.100.1", "at": T0 + 361}]))
+    scoring.advance(T0 + 420)
+    assert scoring.baseline_size == 6 * 20 + 1
 
 
 def test_scores_reach_the_rules_hook_and_the_store(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def _deps(tmp_path: Path, config: Mapping[str, object], dev_mode: bool = False) 
 
 
 def test_refuses_to_start_with_default_secrets_outside_dev_mode(tmp_path: Path) -> None:
-    exposed = {"api": {"listen": "0.0.0.0:9600"}}
+    exposed = {"api": {"listen": "0.0.0.0:9600", "allow_plain_http": True}}
     with pytest.raises(ConfigError) as err:
         create_app(_deps(tmp_path, exposed))
     assert err.value.problems[0].startswith("config: $.api.listen: ")
@@ -171,3 +172,34 @@ def test_refuses_to_start_with_default_secrets_outside_dev_mode(tmp_path: Path) 
     assert [p.split(": ")[1] for p in problems] == ["$.clickhouse.password", "$.snmp (target 0, 192.0.2.10)"]
     original = parse_config(yaml.safe_load("clickhouse: {host: localhost, password: ''}"))
     assert insecure_defaults(original, active_tokens=0) == []
+
+
+def test_token_list_is_a_table_or_json_and_never_shows_a_secret(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from appliance.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage:\n  path: {tmp_path / 'data'}\n", encoding="utf-8")
+    assert main(["token", "create", "--scope", "admin", "--name", "ops admin", "--config", str(config)]) == 0
+    assert main(["token", "create", "--scope", "read", "--name", "grafana\nid 9", "--config", str(config)]) == 0
+    assert main(["token", "revoke", "ops admin", "--config", str(config)]) == 0
+    secrets = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("revoked")]
+    assert len(secrets) == 2
+
+    assert main(["token", "list", "--config", str(config)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["ID", "NAME", "SCOPE", "CREATED", "(UTC)", "REVOKED", "(UTC)"]
+    assert len(table) == 3  # the name's newline is escaped, not a row of its own
+    assert table[1].split()[:4] == ["1", "ops", "admin", "admin"] and table[1].split()[-1].endswith("Z")
+    assert table[2].split()[:4] == ["2", "grafana\\nid", "9", "read"] and table[2].endswith("  -")
+    assert "TokenInfo" not in "\n".join(table)
+
+    assert main(["token", "list", "--json", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    listed = json.loads(out)
+    assert [(t["id"], t["name"], t["scope"], t["active"]) for t in listed] == [
+        (1, "ops admin", "admin", False), (2, "grafana\nid 9", "read", True)]
+    assert listed[0]["revoked_at"].endswith("Z") and listed[1]["revoked_at"] is None
+    assert set(listed[0]) == {"id", "name", "scope", "created_at", "revoked_at", "active"}
+    for secret in secrets:
+        assert secret not in out and secret not in "\n".join(table)

@@ -13,24 +13,23 @@ open beyond this machine with a default or no secret:
   ``host: localhost`` with an empty password stays valid.
 - An SNMP target that is not on this machine uses the community ``public`` (the
   default): routers answering it tell anyone their interfaces and more.
+- ``api.listen`` is not a loopback address and the API serves plain HTTP (no
+  ``api.tls_cert``/``api.tls_key``) without ``api.allow_plain_http``: tokens would
+  cross the network in clear.
 
-In dev mode the same findings are logged as warnings and the API starts.  The ClickHouse
-and SNMP findings depend on the config alone: config validation refuses them outside dev
-mode (default_secrets.py), so ``validate`` and the API's validate give the same verdict;
-only the token rule, which reads the token store, is left to the start.
+In dev mode the same findings are logged as warnings and the API starts.  The ClickHouse,
+SNMP and plain-HTTP findings depend on the config alone: config validation refuses them
+outside dev mode (default_secrets.py), so ``validate``, the API's validate and ``run``
+(with or without the API) give the same verdict; only the token rule, which reads the
+token store, is left to the API's start.
 """
 
 from __future__ import annotations
 
 import logging
 
-from appliance.flowenricher.config import Settings
-from appliance.flowenricher.default_secrets import (
-    DEFAULT_COMMUNITY,
-    clickhouse_password_problem,
-    is_loopback,
-    snmp_community_problem,
-)
+from appliance.flowenricher.config import Settings, insecure_settings
+from appliance.flowenricher.default_secrets import DEFAULT_COMMUNITY, is_loopback
 from appliance.flowenricher.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -41,22 +40,14 @@ __all__ = ["DEFAULT_COMMUNITY", "check_startup", "insecure_defaults", "is_loopba
 def insecure_defaults(settings: Settings, active_tokens: int, source: str = "config") -> list[str]:
     """What in `settings` is open beyond this machine with a default or missing secret.
 
-    Config validation refuses the ClickHouse and SNMP findings outside dev mode
+    Config validation refuses the ClickHouse, SNMP and plain-HTTP findings outside dev mode
     (default_secrets.py); the token rule needs the token store, so it is made here."""
     problems = []
     if not is_loopback(settings.api.host) and active_tokens == 0:
         problems.append(
             f"{source}: $.api.listen: the API listens on {settings.api.listen}, beyond this machine, and no API "
             "token exists; create one with `flowenricher token create --scope admin` or listen on 127.0.0.1")
-    ch = settings.clickhouse
-    problem = clickhouse_password_problem(ch.host, ch.password)
-    if problem is not None:
-        problems.append(f"{source}: $.clickhouse.password: {problem}")
-    for index, target in enumerate(settings.snmp.targets):
-        problem = snmp_community_problem(target.host, target.version, target.community)
-        if problem is not None:
-            problems.append(f"{source}: $.snmp (target {index}, {target.host}): {problem}")
-    return problems
+    return problems + [f"{source}: {line}" for line in insecure_settings(settings)]
 
 
 def check_startup(settings: Settings, active_tokens: int, dev_mode: bool) -> None:

@@ -36,6 +36,6 @@ def serve_in_collector(runtime: Runtime, cfg: Settings, registry: CollectorRegis
         collector=collector, apply_config=apply_config, apply_rules=apply_rules, anomaly=runtime.anomaly,
         dev_mode=cfg.api.dev_mode, max_body_bytes=cfg.api.max_body_bytes,
     ))
-    server = ApiServer(app, cfg.api.host, cfg.api.port)
+    server = ApiServer(app, cfg.api.host, cfg.api.port, cfg.api.tls)
     server.start()
     runtime.closers.append(server.stop)

@@ -35,6 +35,7 @@ from appliance.flowenricher import control
 from appliance.flowenricher.blackhole.safety import SafetyPolicy
 from appliance.flowenricher.blackhole.state import Blackhole, StateDB
 from appliance.flowenricher.collector_api import Collector
+from appliance.flowenricher.common.private import private_dir
 from appliance.flowenricher.config import Settings
 from appliance.flowenricher.control import CollectorUnavailable, SocketCollector
 from appliance.flowenricher.errors import StoreError
@@ -227,7 +228,7 @@ def remote_deps(cfg: Settings, config_path: Path | None, rules_path: Path | None
 
     collector = collector or RemoteCollector(str(cfg.storage.path))
     operations = collector.operations()
-    Path(cfg.storage.path).mkdir(parents=True, exist_ok=True)
+    private_dir(cfg.storage.path)  # 0700 when new, as `run` makes it
     state = CollectorState(cfg.storage.state_db, operations)
     closers: list[Callable[[], None]] = [state.close]
     blackholes = RemoteBlackholes(operations, state, SafetyPolicy(safety_settings(cfg)))
@@ -286,7 +287,7 @@ def serve_api(cfg: Settings, config_path: Path | None, rules_path: Path | None) 
     try:
         app = create_app(remote.deps)
         check_collector(remote.collector, config_path, rules_path)
-        server = ApiServer(app, cfg.api.host, cfg.api.port)
+        server = ApiServer(app, cfg.api.host, cfg.api.port, cfg.api.tls)
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:

@@ -231,13 +231,16 @@ def rules_path_of(args: argparse.Namespace, cfg: Settings) -> Path | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_rules
+    from .config import load_rules, warn_in_dev_mode
     from .service import run_service
     from .wiring import runtime_factory, service_settings
 
     cfg = load_settings(args.config)
     if args.log_level is None:
         logging.getLogger().setLevel(cfg.log_level.upper())
+    # Default secrets are refused (warned about in dev mode) whether this process serves
+    # the API or not: the API's own check only runs where the API does.
+    warn_in_dev_mode(cfg, args.config or "the default config")
     rules_path = rules_path_of(args, cfg)
     if rules_path is not None and not rules_path.exists():
         print(f"rules file {rules_path} does not exist", file=sys.stderr)
@@ -369,9 +372,10 @@ def _cmd_blackhole(args: argparse.Namespace) -> int:
     import time
 
     from .blackhole.state import StateDB, recent_failures
+    from .common.private import private_dir
 
     cfg = load_settings(args.config)
-    Path(cfg.storage.path).mkdir(parents=True, exist_ok=True)
+    private_dir(cfg.storage.path)
     state = StateDB(cfg.storage.state_db)
     try:
         if args.blackhole_command == "list":

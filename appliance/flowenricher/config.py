@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -43,11 +44,17 @@ from .common.settings_base import (
     Network,
     SchemaGenerator,
     Section,
+    field_default,
     formatted,
     parse_duration,
     split_host_port,
 )
-from .default_secrets import clickhouse_password_problem, is_loopback
+from .default_secrets import (
+    clickhouse_password_problem,
+    is_loopback,
+    plain_http_problem,
+    snmp_community_problem,
+)
 from .detect.settings import AnomalySettings, DetectionSettings, anomaly_problems, detection_problems
 from .documents import (
     CONFIG_SCHEMA,
@@ -65,7 +72,7 @@ from .documents import (
     schema_path,
     schema_problems,
 )
-from .endpoints import ApiSettings, MetricsSettings, metrics_problems
+from .endpoints import ApiSettings, MetricsSettings, api_problems, metrics_problems
 from .enrich.settings import (
     DEFAULT_ENRICHMENTS,
     DEV_MODE_HINT,
@@ -80,6 +87,7 @@ from .enrich.settings import (
     parse_enrich,
     snmp_problems,
 )
+from .errors import ConfigError
 from .storage.settings import ClickHouseSettings, InsertSettings, StorageSettings, storage_problems
 
 __all__ = [
@@ -126,6 +134,8 @@ __all__ = [
     "schema_path",
     "split_host_port",
 ]
+
+log = logging.getLogger(__name__)
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -254,6 +264,7 @@ _BLOCK_CHECKS: tuple[tuple[str, Callable[[Mapping[str, Any]], list[tuple[tuple[s
     ("anomaly", anomaly_problems),
     ("bgp", bgp_problems),
     ("metrics", metrics_problems),
+    ("api", api_problems),
     ("detection", detection_problems),
     ("dns", dns_problems),
     ("blackhole", blackhole_problems),
@@ -278,6 +289,17 @@ def config_problems(raw: Mapping[str, Any]) -> list[Problem]:
                if not dev_mode and isinstance(host, str | None) and isinstance(password, str) else None)
     if problem is not None:
         problems.append(Problem(("clickhouse", "password"), f"{problem}{DEV_MODE_HINT}"))
+    api = _block(raw, "api")
+    listen = api.get("listen", field_default(ApiSettings, "listen"))
+    try:
+        host = split_host_port(listen)[0] if isinstance(listen, str) else None
+    except ValueError:
+        host = None  # the schema reports it
+    tls = api.get("tls_cert") is not None and api.get("tls_key") is not None
+    problem = (plain_http_problem(listen, host, tls, api.get("allow_plain_http") is True)
+               if not dev_mode and isinstance(listen, str) and host is not None else None)
+    if problem is not None:
+        problems.append(Problem(("api", "listen"), f"{problem}{DEV_MODE_HINT}"))
     return problems
 
 
@@ -339,10 +361,49 @@ def checked_at_start(settings: Settings) -> list[str]:
                              "address")
     if "ptr" in settings.enrich and settings.dns.nameserver is None:
         notes.append("$.dns.nameserver: not set: the system's resolver (/etc/resolv.conf) must be configured")
-    if settings.api.enabled and not is_loopback(settings.api.host) and not settings.api.dev_mode:
+    if not is_loopback(settings.api.host) and not settings.api.dev_mode:
+        # Whether `run` serves it or `flowenricher api` does (api.enabled: false).
         notes.append(f"$.api.listen: {settings.api.listen} is beyond this machine: the API refuses to start "
                      "until an API token exists (`flowenricher token create`)")
+    if settings.api.tls is not None:
+        notes.append(f"$.api.tls_cert: {str(settings.api.tls_cert)!r} and $.api.tls_key are read as PEM "
+                     "certificate and key when the API starts")
     return notes
+
+
+# --------------------------------------------------------------------------- secrets
+# The default-secrets findings of a whole Settings (default_secrets.py holds each rule).
+
+
+def insecure_settings(settings: Settings) -> list[str]:
+    """Every finding above in `settings`, one line each (``$.key: reason``): the ones the
+    config alone decides, whichever process (``run``, ``api``) reads it."""
+    problems = []
+    api = settings.api
+    problem = plain_http_problem(api.listen, api.host, api.tls is not None, api.allow_plain_http)
+    if problem is not None:
+        problems.append(f"$.api.listen: {problem}")
+    ch = settings.clickhouse
+    problem = clickhouse_password_problem(ch.host, ch.password)
+    if problem is not None:
+        problems.append(f"$.clickhouse.password: {problem}")
+    for index, target in enumerate(settings.snmp.targets):
+        problem = snmp_community_problem(target.host, target.version, target.community)
+        if problem is not None:
+            problems.append(f"$.snmp (target {index}, {target.host}): {problem}")
+    return problems
+
+
+def warn_in_dev_mode(settings: Settings, source: str) -> None:
+    """What `run` does with the findings at start, API or not: warn in dev mode, refuse
+    otherwise (config validation refused them already; this keeps the refusal true for
+    settings made some other way)."""
+    problems = insecure_settings(settings)
+    if problems and not settings.api.dev_mode:
+        raise ConfigError([*(f"{source}: {line}" for line in problems),
+                           "(api.dev_mode: true allows these with a warning; never in production)"])
+    for line in problems:  # warnings, not problems of the file: not worded as the refusals are
+        log.warning("dev mode, would refuse to start: %s", line)
 
 
 # --------------------------------------------------------------------------- rules

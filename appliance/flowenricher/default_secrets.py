@@ -1,8 +1,9 @@
 """Settings that leave something beyond this machine open with a default or no secret.
 
 Config validation refuses them outside dev mode (``api.dev_mode``), so ``validate``, the
-API and ``run`` give one verdict; in dev mode the API logs them as warnings when it
-starts (appliance/api/hardening.py, which adds the rule that needs the token store).
+API and ``run`` give one verdict whatever ``api.enabled`` says; in dev mode ``run`` logs
+them as warnings when it starts (:func:`warn_in_dev_mode`), and so does the API
+(appliance/api/hardening.py, which adds the rule that needs the token store).
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ def clickhouse_password_problem(host: str | None, password: str) -> str | None:
     as the original writes it) is the embedded store."""
     if host and not is_loopback(host) and not password:
         return f"empty while clickhouse.host {host!r} is another machine; give the ClickHouse user a password"
+    return None
+
+
+def plain_http_problem(listen: str, host: str, tls: bool, allow_plain_http: bool) -> str | None:
+    """Tokens would cross the network in clear: the API listens beyond this machine on
+    plain HTTP and the operator has not said a reverse proxy takes care of TLS."""
+    if not tls and not allow_plain_http and not is_loopback(host):
+        return (f"the API listens on {listen}, beyond this machine, on plain HTTP, so API tokens would cross the "
+                "network in clear; set api.tls_cert and api.tls_key, or listen on 127.0.0.1 behind a TLS reverse "
+                "proxy (api.allow_plain_http: true only if the proxy reaches another address over a trusted link)")
     return None
 
 

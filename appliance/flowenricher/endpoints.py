@@ -8,11 +8,12 @@ it to decide whether to start the API, and the core never imports the API packag
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from .common.settings_base import HostPort, Section, field_default, split_host_port
+from .common.settings_base import FilePath, HostPort, Section, field_default, split_host_port
 from .traffic_labels import label_problems
 
 Problems = list[tuple[tuple[str | int, ...], str]]
@@ -69,9 +70,32 @@ class ApiSettings(_Listening, Section):
                              "loopback by default because it can announce routes.")
     enabled: bool = Field(True, description="Serve the control plane inside `flowenricher run`.")
     dev_mode: bool = Field(False, description=(
-        "Development mode: insecure settings (no token on a non-loopback address, empty ClickHouse password on a "
-        "remote server, SNMP community public) are warned about instead of refused."))
+        "Development mode: insecure settings (no token or plain HTTP on a non-loopback address, empty ClickHouse "
+        "password on a remote server, SNMP community public) are warned about instead of refused."))
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (413 beyond it).")
+    tls_cert: FilePath | None = Field(None, description=(
+        "PEM certificate (with its chain) the API serves HTTPS with; needs tls_key. Without it the API speaks plain "
+        "HTTP, which is refused on a listen address beyond loopback unless allow_plain_http is set."))
+    tls_key: FilePath | None = Field(None, description=(
+        "PEM private key of tls_cert, unencrypted: keep it readable by the service's user only."))
+    allow_plain_http: bool = Field(False, description=(
+        "Serve plain HTTP on a listen address beyond loopback: tokens then cross the network in clear. Only for a "
+        "TLS-terminating reverse proxy reaching the API over a link nobody else can read."))
+
+    @property
+    def tls(self) -> tuple[Path, Path] | None:
+        """(certificate, key) when the API serves HTTPS."""
+        return (self.tls_cert, self.tls_key) if self.tls_cert is not None and self.tls_key is not None else None
+
+
+def api_problems(api: Mapping[str, Any]) -> Problems:
+    """A certificate without its key (or a key without its certificate) would serve plain
+    HTTP while the operator believes the API is on HTTPS."""
+    cert, key = api.get("tls_cert"), api.get("tls_key")
+    if (cert is None) != (key is None):
+        given, missing = ("tls_cert", "tls_key") if key is None else ("tls_key", "tls_cert")
+        return [((missing,), f"required with {given}: the API serves HTTPS with both or neither")]
+    return []
 
 
 def metrics_problems(metrics: Mapping[str, Any]) -> Problems:

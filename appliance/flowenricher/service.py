@@ -38,6 +38,7 @@ from .batch import FlowBatch
 from .collector.receiver import claim_port, kernel_drops, refuse_shared_port
 from .collector.worker import DONE, FAILED, FLOWS, READY, STATS, WorkerSettings, run_worker
 from .collector_local import LocalCollector
+from .common.private import private_dir
 from .control import ControlServer, LookupFn
 from .detect.actions import BlackholeSink
 from .enrich.pipeline import Enricher
@@ -194,7 +195,7 @@ class CollectorService:
 
             handoffs.append(HandOff("consumers", consume, max(cfg.store.batch_size, 1), registry=self.registry).start())
         # Always on: `sql` needs it in the embedded mode, `lookup` in both.
-        os.makedirs(cfg.store.path, exist_ok=True)
+        private_dir(cfg.store.path)
         control = ControlServer(cfg.store.path, locked.query, runtime.lookup, LocalCollector(runtime, self.registry))
         control.start()
 

@@ -45,6 +45,7 @@ from ..common.bgp_values import (
     parse_communities,
     parse_next_hop,
 )
+from ..common.private import open_private
 from ..common.ratelimit import Throttle
 from .safety import CapReached, Pool, Refused, SafetyPolicy, parse_prefix
 from .state import Blackhole, BlackholeRow, StateDB
@@ -645,8 +646,7 @@ class BlackholeManager:
             line["evidence"] = evidence
         log.info("blackhole %s %s via %s %s%s", action, prefix, hop, ",".join(comms), f" ({reason})" if reason else "")
         if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.log_path.open("a", encoding="utf-8") as fh:
+            with open_private(self.log_path, "a", make_parent=True, encoding="utf-8") as fh:
                 fh.write(json.dumps(line, default=str) + "\n")
         if action in NOTIFIED:
             self._notify(action, prefix, source, rule, reason)

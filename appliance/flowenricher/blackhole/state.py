@@ -20,15 +20,19 @@ told as too long.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import JSON, Float, Integer, String, create_engine, event, func, inspect, select, text, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from ..common.private import private_file
 
 
 class _Base(DeclarativeBase):
@@ -144,6 +148,7 @@ class StateDB:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        _private_sqlite_file(url)
         self.engine: Engine = create_engine(url, future=True)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -224,6 +229,21 @@ class StateDB:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _private_sqlite_file(url: str) -> None:
+    """Create a SQLite state file 0600 before SQLite opens it (SQLite gives its -wal, -shm
+    and -journal files the database file's mode): it holds the audit bodies and the token
+    hashes.  Siblings an older version left wider are tightened too."""
+    database = make_url(url).database if url.startswith("sqlite") else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    private_file(database)
+    for suffix in ("-wal", "-shm", "-journal"):
+        sibling = Path(database + suffix)
+        with contextlib.suppress(OSError):  # absent, or not ours
+            if sibling.stat().st_mode & 0o077:
+                sibling.chmod(0o600)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

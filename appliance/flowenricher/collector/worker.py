@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.addresses import plain_text
+from ..common.private import private_dir
 from ..decode.dispatch import Datagram, FlowDecoder, load_state, save_state
 from ..decode.netflow import HOLD_MAX_AGE_S, HOLD_MAX_SETS, MAX_CLOCK_SKEW_S, ExporterQuirks
 from ..decode.stats import DATAGRAMS, MAX_EXPORTERS, OPTIONS_RECORDS, TEMPLATE_WITHDRAWALS, TEMPLATES, DecodeStats
@@ -323,7 +324,7 @@ class Worker:
         if not force and (marker == self.saved_state or not any(marker)):
             return False
         try:
-            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.state_path.parent)
             save_state(self.decoder, self.state_path)
         except Exception as err:
             log.warning("worker %d: decoder state not saved to %s: %s", self.id, self.state_path, err)

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from ..common.private import open_private
 from ..common.ratelimit import RateLimitedLog
 from ..storage.tables import DETECTIONS
 from .detection import Detection
@@ -77,7 +78,7 @@ class AlertLog:
     def handle(self, rule: Rule, detection: Detection) -> None:
         line = json.dumps(detection.to_dict(self._samples), separators=(",", ":"), ensure_ascii=False)
         try:
-            with self._lock, self.path.open("a", encoding="utf-8") as handle:
+            with self._lock, open_private(self.path, "a", encoding="utf-8") as handle:
                 handle.write(line + "\n")
         except OSError as err:
             self._metrics.failures.labels(self.name).inc()
@@ -294,7 +295,7 @@ class BlackholeNotifier:
                   "reason": reason, "time": datetime.now(UTC).isoformat(timespec="milliseconds")}
         if self._log_path is not None:
             try:
-                with self._lock, self._log_path.open("a", encoding="utf-8") as handle:
+                with self._lock, open_private(self._log_path, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(notice, separators=(",", ":")) + "\n")
             except OSError as err:
                 log.warning("blackhole notice: cannot write %s: %s", self._log_path, err)

@@ -13,7 +13,10 @@ numbers).
 per-source windows (features.py), scores each window as it closes, stores the scores
 (``anomaly_scores`` table), answers the engine's scorer hook for rules with
 ``min_ml_score``, and retrains on a rolling baseline of source-windows that had no
-detection, every ``train_interval``, in a background thread.  A new model (trained
+detection, every ``train_interval``, in a background thread.  The baseline period is the
+ring itself: a source named by a detection loses every one of its windows still in the
+ring (also those added before the detection arrived), and its windows open around the
+detection never enter it, so a scanner detected once trains none of its windows.  A new model (trained
 here, or a file replaced by the operator) is swapped in without a restart; a missing or
 corrupt model file turns scoring off with one log line, and rules keep running.
 """
@@ -40,6 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sklearn.ensemble import IsolationForest
 
 from ..batch import FlowBatch, str_to_addr
+from ..common.private import private_dir
 from ..enrich.base import addr_halves
 from ..errors import FlowEnricherError
 from ..storage.tables import ANOMALY_SCORES
@@ -201,7 +205,7 @@ class AnomalyModel:
     def save(self, path: Path) -> None:
         """Write the model to `path` atomically (a temporary file in the same directory,
         then rename): a reader sees the old file or the new one, never half of one."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -294,11 +298,16 @@ class AnomalyScoring:
         # Latest scores by source: sorted address keys, and their scores.
         self._score_keys: U64 = np.zeros(0, dtype=np.uint64)
         self._score_values: F64 = np.zeros(0)
-        # Rolling baseline: a ring of vectors of windows without detections.
+        # Rolling baseline: a ring of vectors of windows without detections.  Each row keeps
+        # its source's key so that a detection arriving after the row was added can still
+        # take it out (`_clean` False): the detection is usually made on the same window.
         size = int(settings.baseline_size)
         self._baseline = np.zeros((size, len(FEATURE_NAMES)), dtype=np.float64)
+        self._baseline_keys: U64 = np.zeros(size, dtype=np.uint64)
+        self._clean = np.zeros(size, dtype=bool)
         self._baseline_count = 0  # rows written so far (the ring wraps)
         self._detected: dict[int, float] = {}  # address key -> last time it was in a detection
+        self._newly_detected: set[int] = set()  # keys whose rows already in the ring are still to drop
         self._last_train = float("-inf")
         self._training: threading.Thread | None = None
         self._execute = execute
@@ -394,13 +403,27 @@ class AnomalyScoring:
         self._seconds.inc(time.perf_counter() - began)
 
     def note_detection(self, detection: Detection) -> None:
-        """A detection's source stays out of the baseline for the windows it was active in."""
+        """A detection's source stays out of the baseline: its windows already in the ring
+        are dropped (at the next `advance` or training, in one pass for all detections since)
+        and its windows open around the detection never enter it."""
         if detection.key != "src":
             return
         hi, lo = addr_halves(np.frombuffer(str_to_addr(detection.address), dtype=np.uint8).reshape(1, 16))
         key = int(_address_keys(hi, lo)[0])
         with self._lock:
             self._detected[key] = max(self._detected.get(key, 0.0), detection.detected_at)
+            self._newly_detected.add(key)
+
+    def _drop_detected(self) -> None:
+        """Take the rows of the sources detected since the last call out of the baseline
+        (under the lock)."""
+        if not self._newly_detected:
+            return
+        filled = self._filled
+        keys = np.fromiter(self._newly_detected, dtype=np.uint64, count=len(self._newly_detected))
+        self._newly_detected.clear()
+        self._clean[:filled] &= ~np.isin(self._baseline_keys[:filled], keys)
+        self._baseline_gauge.set(self.baseline_size)
 
     def tick(self, now: float | None = None) -> None:
         """The service's once-a-second call: `advance` to a little before `now`, so that
@@ -418,6 +441,7 @@ class AnomalyScoring:
             self.check_model_file()
         out: list[tuple[WindowFeatures, F64]] = []
         with self._lock:
+            self._drop_detected()
             for window in self._windows.close(now):
                 scored = self._close_window(window)
                 if scored is not None:
@@ -447,8 +471,8 @@ class AnomalyScoring:
         end = window.start + window.window_s
         flagged = np.array([k for k, t in self._detected.items() if window.start <= t <= end + window.window_s],
                            dtype=np.uint64)
-        clean = keep[~np.isin(keys, flagged)] if len(flagged) else keep
-        self._add_baseline(window.vectors[clean])
+        clean = ~np.isin(keys, flagged) if len(flagged) else np.ones(len(keep), dtype=bool)
+        self._add_baseline(window.vectors[keep[clean]], keys[clean])
         scores = np.full(len(window), np.nan)
         if self.model is not None:
             scores[keep] = self.model.score(window.vectors[keep])
@@ -460,24 +484,34 @@ class AnomalyScoring:
                 self._store(window, scores, stored)
         return window, scores
 
-    def _add_baseline(self, vectors: F64) -> None:
+    def _add_baseline(self, vectors: F64, keys: U64) -> None:
         size = len(self._baseline)
         if not size or not len(vectors):
             return
-        vectors = vectors[-size:]
+        vectors, keys = vectors[-size:], keys[-size:]
         at = (self._baseline_count + np.arange(len(vectors))) % size
         self._baseline[at] = vectors
+        self._baseline_keys[at] = keys
+        self._clean[at] = True
         self._baseline_count += len(vectors)
         self._baseline_gauge.set(self.baseline_size)
 
     @property
-    def baseline_size(self) -> int:
+    def _filled(self) -> int:
         return min(self._baseline_count, len(self._baseline))
 
-    def baseline(self) -> F64:
-        """A copy of the baseline vectors."""
+    @property
+    def baseline_size(self) -> int:
+        """Source-windows a training would use (rows of detected sources not counted)."""
         with self._lock:
-            return self._baseline[:self.baseline_size].copy()
+            return int(np.count_nonzero(self._clean[:self._filled]))
+
+    def baseline(self) -> F64:
+        """A copy of the baseline vectors: the ring's rows of sources no detection named."""
+        with self._lock:
+            self._drop_detected()
+            filled = self._filled
+            return self._baseline[:filled][self._clean[:filled]]
 
     def _train(self, vectors: F64, now: float) -> None:
         try:

@@ -36,6 +36,7 @@ from typing import Any
 
 import chdb
 
+from ..common.private import private_dir
 from ..common.sql import string
 from ..errors import StoreError
 from .base import INSERT_SETTINGS, NativeBackend, new_token
@@ -70,7 +71,7 @@ class EmbeddedStore(NativeBackend):
         """
         path = os.path.realpath(settings.path)
         try:
-            os.makedirs(path, exist_ok=True)
+            private_dir(path)
         except OSError as err:
             raise StoreError(f"embedded store: cannot create data directory {path}: {err}") from err
         writer = _connect(path)

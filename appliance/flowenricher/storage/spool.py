@@ -32,6 +32,7 @@ if sys.version_info >= (3, 14):
 else:
     from backports import zstd
 
+from ..common.private import open_private, private_dir
 from ..errors import StoreError
 from .metrics import SpoolMetrics
 from .settings import StoreSettings
@@ -153,7 +154,7 @@ class Spool:
 
     def _load(self) -> None:
         try:
-            os.makedirs(self.directory, exist_ok=True)
+            private_dir(self.directory)
             names = sorted(os.listdir(self.directory))
             rejected_dir = os.path.join(self.directory, REJECTED_DIR)
             rejected = os.listdir(rejected_dir) if os.path.isdir(rejected_dir) else []
@@ -220,7 +221,7 @@ class Spool:
             path = os.path.join(self.directory, name)
             tmp = os.path.join(self.directory, _TMP_PREFIX + name)
             try:
-                with open(tmp, "wb") as f:
+                with open_private(tmp, "wb") as f:
                     f.write(data)
                     if self.fsync:
                         f.flush()
@@ -284,8 +285,8 @@ class Spool:
             target = os.path.join(self.directory, REJECTED_DIR)
             name = os.path.basename(entry.path)
             try:
-                os.makedirs(target, exist_ok=True)
-                with open(os.path.join(target, name + REASON_SUFFIX), "w", encoding="utf-8") as f:
+                private_dir(target)
+                with open_private(os.path.join(target, name + REASON_SUFFIX), "w", encoding="utf-8") as f:
                     f.write(reason.strip() + "\n")
                 os.rename(entry.path, os.path.join(target, name))
             except OSError as err:
