@@ -345,8 +345,15 @@ def test_without_collector_503_and_files_unchanged(collector_side: CollectorSide
     assert client.get("/health/ready").json()["collector"] is True
     collector_side.server.stop()
     for path in ("/blackholes", "/api/v1/blackholes", "/api/v1/blackholes/history", "/api/v1/lookup/1.1.1.1",
-                 "/api/v1/flows/top?by=src_host", "/api/v1/exporters", "/"):
+                 "/api/v1/flows/top?by=src_host", "/api/v1/exporters"):
         assert client.get(path, headers=headers).status_code == 503, path
+    # the status page is the operator's view of exactly this: HTML (200) saying what is down
+    page = client.get("/", headers=headers)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text
+    assert "<b>collector</b>DOWN: flowenricher run does not answer" in page.text
+    assert "<b>store</b>DOWN: does not answer a query" in page.text  # embedded: queried through the collector
+    assert "<b>blackholes</b>unknown: the collector (flowenricher run) is not answering" in page.text
+    assert "<b>spool</b>unknown: the collector does not answer" in page.text
     assert client.post("/announce", json={"prefix": "149.202.68.236/32"}, headers=headers).status_code == 503
     rules_path = collector_side.runtime.rules_path
     assert rules_path is not None
