@@ -34,7 +34,7 @@ from appliance.flowenricher.errors import StoreError
 from appliance.flowenricher.generate.flows import Flows, text_rows
 from appliance.flowenricher.service import Runtime
 from appliance.flowenricher.storage.base import FlowStore
-from appliance.flowenricher.storage.tables import DETECTIONS
+from appliance.flowenricher.storage.tables import COLLECTOR_STATS, DETECTIONS
 
 START = int(time.time()) // HOUR * HOUR - 3 * HOUR
 END = START + 2 * HOUR
@@ -290,9 +290,15 @@ def test_status_page(env: ApiEnv, batch: FlowBatch, store: FlowStore) -> None:
     try:
         rows = [(END - 600, "syn_flood", "dst", "84.54.49.7", 5000), (END - 300, "scan", "src", "2001:db8::1", 80)]
         store.query(DETECTIONS.insert_sql("flowenricher", [_detection(*row) for row in rows]), "TSV")
+        stats = [(END - 100, "::", "kernel_drops", 0.0), (END - 100, "10.0.0.1", "dropped.no_template", 7.0),
+                 (END - 90, "::", "rows_inserted", 500.0), (END - 4000, "::", "kernel_drops", 30.0)]
+        store.query(COLLECTOR_STATS.insert_sql("flowenricher", [
+            {"ts": ts, "exporter_address": exporter, "metric": metric, "value": value}
+            for ts, exporter, metric, value in stats]), "TSV")
         page = env.client.get("/", headers=env.headers(env.reader))
     finally:
         store.query("DROP TABLE flowenricher.detections", "TSV")
+        store.query("TRUNCATE TABLE flowenricher.collector_stats", "TSV")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     text = page.text
     assert "198.51.100.66/32" in text and "rule &lt;script&gt;alert(1)&lt;/script&gt;, as src, 1,234 flows" in text
@@ -309,15 +315,15 @@ def test_status_page(env: ApiEnv, batch: FlowBatch, store: FlowStore) -> None:
     minute = END - END % 60
     in_minute = (batch["timestamp_start"] >= minute - 60) & (batch["timestamp_start"] < minute)
     assert health["flows/s"][1] == f"{int(in_minute.sum()) / 60:.1f}"
-    assert health["drops, last 5 min"] == ("ok", "kernel 0, decoder 0, store 0")
+    assert health["drops, last 5 min"] == ("bad", "kernel 0, decoder 7, store 0")
     assert health["blackholes"][1] == f"1 {env.manager.active()[0].state}"
     assert health["spool"][0] == "unknown" and health["BGP RIB"][0] == "unknown"
     assert set(_health(text, "exporters")) == {"10.0.0.1", "10.0.0.2"}
-    # the charts: traffic drawn, no drops and no detections in collector_stats... except the two above
+    # the charts: traffic, the drops of collector_stats, the two detections
     charts = _svgs(text)
     assert set(charts) == {"flows/s", "bits/s", "drops per 5 min", "detections per 5 min"}
     assert "<polyline" in charts["flows/s"] and "<polyline" in charts["bits/s"]
-    assert "no data" in charts["drops per 5 min"]
+    assert "<polyline" in charts["drops per 5 min"] and "max 30" in charts["drops per 5 min"]
     assert "<polyline" in charts["detections per 5 min"] and "max 1" in charts["detections per 5 min"]
     # the raw counters moved to /metrics
     assert "flowenricher_blackhole_actions_total" not in text
@@ -333,6 +339,7 @@ def test_status_page_without_traffic(tmp_path: Path, store: FlowStore) -> None:
     health = _health(page.text)
     assert health["last flow"] == ("bad", "none in the last hour: no data is flowing")
     assert health["flows/s"] == ("warn", "0") and health["bits/s"] == ("warn", "0 b/s")
+    assert health["drops"] == ("unknown", "unknown: nothing recorded in collector_stats in the last 5 min")
     charts = _svgs(page.text)
     assert len(charts) == 4 and all("no data" in svg and "<polyline" not in svg for svg in charts.values())
     assert "none in the last 24 hours" in page.text and "no active blackholes" in page.text

@@ -197,6 +197,8 @@ def _drop_facts(src: Sources, now: int) -> list[Fact]:
         return [Fact("drops", f"unknown: {why}", "unknown")]
     if rows is None:
         return [Fact("drops", "unknown: no collector_stats table (the stats recorder has not run)", "unknown")]
+    if not rows:  # the recorder writes every counter each snapshot, zeros too: silence is not "no drops"
+        return [Fact("drops", "unknown: nothing recorded in collector_stats in the last 5 min", "unknown")]
     by_place = {name: 0.0 for name, _ in DROP_PLACES}
     for _, place, dropped in rows:
         by_place[place] = by_place.get(place, 0.0) + dropped
