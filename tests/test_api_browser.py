@@ -1,21 +1,33 @@
 """The pages a person opens, in a real headless Chromium (Debian's, driven by Playwright):
 Swagger UI at /docs, ReDoc at /redoc and the status page at /, served by uvicorn on a
 loopback port.  Every request the browser makes is intercepted: any that would leave
-127.0.0.1 fails the test (the appliance has no internet, so a CDN link is a broken page)."""
+127.0.0.1 fails the test (the appliance has no internet, so a CDN link is a broken page).
+The status page is loaded with traffic, without traffic, with the store down and in the
+separate-API mode with the collector down; each screenshot's path is printed (pytest -s)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 from support.api import HOUR, ApiEnv, flow_store, make_env
 
+from appliance.api.app import create_app
+from appliance.api.remote import remote_deps
 from appliance.api.server import ApiServer
+from appliance.api.tokens import create_token
+from appliance.flowenricher.config import load_config
+from appliance.flowenricher.errors import StoreError
 
 START = int(time.time()) // HOUR * HOUR - HOUR
 CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.path.exists(p)), None)
@@ -64,12 +76,17 @@ class Guard:
             route.abort()
 
 
-def _open(browser: Browser, base: str, path: str, **context: object) -> tuple[Page, Guard, list[str]]:
+def _open(browser: Browser, base: str, path: str, console: bool = False,
+          **context: object) -> tuple[Page, Guard, list[str]]:
+    """`path` loaded; the errors list gets uncaught script errors, and with `console` every
+    console error too (ReDoc logs one by design: the policy blocks its CDN logo)."""
     page = browser.new_context(**context).new_page()  # type: ignore[arg-type]
     guard = Guard(base)
     page.route("**/*", guard)
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
+    if console:
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     response = page.goto(base + path, wait_until="networkidle")
     assert response is not None and response.status == 200, path
     return page, guard, errors
@@ -101,14 +118,94 @@ def test_redoc_loads_everything_from_the_appliance(browser: Browser, served: tup
 def test_status_page_in_the_browser(browser: Browser, served: tuple[ApiEnv, str], tmp_path: Path) -> None:
     env, base = served
     env.manager.announce("198.51.100.77", communities=["65535:666"])
-    page, guard, errors = _open(browser, base, "/", http_credentials={"username": "ops", "password": env.reader})
+    page, guard, errors = _open(browser, base, "/", True, http_credentials={"username": "ops", "password": env.reader})
     assert page.title() == "flowenricher status"
     assert page.locator("td", has_text="198.51.100.77/32").count() == 1
     assert page.locator("h2", has_text="Top talkers, last hour").count() == 1
     assert page.locator("section table tbody tr").count() == 20  # ten sources, ten destinations
-    page.screenshot(path=str(tmp_path / "status.png"), full_page=True)
+    assert page.locator('#health li.ok:has(b:text-is("store"))').count() == 1
+    assert page.locator("figure.chart svg polyline").count() == 2  # flows/s and bits/s drawn
+    _assert_visible_charts(page)
+    _screenshot(page, tmp_path / "status-traffic.png")
     assert guard.outside == [] and guard.local == [f"{base}/"]
     assert errors == []
+
+
+@contextlib.contextmanager
+def _serving(app: FastAPI) -> Iterator[str]:
+    server = ApiServer(app, "127.0.0.1", 0)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop()
+
+
+def _screenshot(page: Page, path: Path) -> None:
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 0
+    print(f"status page screenshot: {path}")
+
+
+def _assert_visible_charts(page: Page) -> None:
+    """Four charts, each laid out with a size (an SVG the browser did not draw has none)."""
+    charts = page.locator("figure.chart svg")
+    assert charts.count() == 4
+    for i in range(4):
+        box = charts.nth(i).bounding_box()
+        assert box is not None and box["width"] >= 300 and box["height"] >= 80
+
+
+def test_status_page_without_traffic(browser: Browser, served: tuple[ApiEnv, str], tmp_path: Path) -> None:
+    env, _ = served
+    quiet = make_env(tmp_path, None, clock=lambda: float(START + HOUR + 86400), query=env.app.state.ctx.deps.query)
+    with _serving(quiet.app) as base:
+        page, guard, errors = _open(browser, base, "/", True, http_credentials={"username": "ops", "password": quiet.reader})
+        assert page.locator("#health li.bad", has_text="no data is flowing").count() == 1
+        assert page.locator("figure.chart svg text", has_text="no data").count() == 4
+        _assert_visible_charts(page)
+        _screenshot(page, tmp_path / "status-no-traffic.png")
+    assert guard.outside == [] and errors == []
+
+
+def test_status_page_with_the_store_down(browser: Browser, tmp_path: Path) -> None:
+    def down(_sql: str, _fmt: str) -> bytes:
+        raise StoreError("embedded store: query failed: connection closed")
+
+    env = make_env(tmp_path, query=down)
+    env.manager.announce("198.51.100.78", communities=["65535:666"])
+    with _serving(env.app) as base:
+        page, guard, errors = _open(browser, base, "/", True, http_credentials={"username": "ops", "password": env.reader})
+        assert page.locator("#health li.bad", has_text="DOWN").count() == 1
+        assert page.locator("figure.chart svg text", has_text="unknown: the flow store does not answer").count() == 4
+        assert page.locator("td", has_text="198.51.100.78/32").count() == 1  # blackholes need no store
+        _assert_visible_charts(page)
+        _screenshot(page, tmp_path / "status-store-down.png")
+    assert guard.outside == [] and errors == []
+
+
+def test_status_page_of_the_api_process_with_the_collector_down(browser: Browser, tmp_path: Path) -> None:
+    """`flowenricher api` beside a collector that is not running: an HTML page saying so."""
+    data = Path(tempfile.mkdtemp(prefix="fe-st-"))  # a Unix socket's path is limited to 108 bytes
+    try:
+        config = data / "config.yaml"
+        config.write_text(f"storage: {{path: {json.dumps(str(data))}}}\nmy_prefixes: [84.54.49.0/24]\n")
+        remote = remote_deps(load_config(config), config, None)
+        try:
+            token = create_token(remote.deps.blackholes.state.engine, "read", "ops").token
+            with _serving(create_app(remote.deps)) as base:
+                page, guard, errors = _open(browser, base, "/", True,
+                                            http_credentials={"username": "ops", "password": token})
+                health = page.locator("#health")
+                assert health.locator("li.bad", has_text="flowenricher run does not answer").count() == 1
+                assert health.locator("li.unknown", has_text="blackholes").count() == 1
+                _assert_visible_charts(page)
+                _screenshot(page, tmp_path / "status-collector-down.png")
+        finally:
+            remote.close()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    assert guard.outside == [] and errors == []
 
 
 def test_pages_name_no_other_host_and_forbid_fetching_from_one(served: tuple[ApiEnv, str]) -> None:

@@ -4,7 +4,9 @@ status page, and a store that is down."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -14,15 +16,25 @@ from typing import Any
 import maxminddb
 import numpy as np
 import pytest
+import yaml
+from prometheus_client import CollectorRegistry
 from support import sample_batch
 from support.api import HOUR, ApiEnv, flow_store, make_env
 
 from appliance.flowenricher.batch import FlowBatch, addr_to_str
 from appliance.flowenricher.collector_local import LocalCollector
+from appliance.flowenricher.detect import (
+    AlertLog,
+    ClickHouseDetections,
+    DeliveryMetrics,
+    DetectionEngine,
+    parse_rule_set,
+)
 from appliance.flowenricher.errors import StoreError
+from appliance.flowenricher.generate.flows import Flows, text_rows
 from appliance.flowenricher.service import Runtime
 from appliance.flowenricher.storage.base import FlowStore
-from appliance.flowenricher.storage.tables import DETECTIONS
+from appliance.flowenricher.storage.tables import COLLECTOR_STATS, DETECTIONS
 
 START = int(time.time()) // HOUR * HOUR - 3 * HOUR
 END = START + 2 * HOUR
@@ -244,19 +256,131 @@ def test_store_down_is_503_counted_and_the_status_page_still_renders(tmp_path: P
         health = env.client.get(path)
         assert health.status_code == 503 and health.json()["status"] == "degraded" and health.json()["store"] is False
     assert env.client.get("/health/live").status_code == 200  # the process itself is alive
+    env.manager.announce("198.51.100.9", communities=["65535:666"])  # blackholes do not need the store
     page = env.client.get("/", headers=env.headers())
-    assert page.status_code == 200 and "top talkers: the flow store did not answer" in page.text
-    assert env.registry.get_sample_value("flowenricher_api_store_errors_total") == 5.0
-
-
-def test_status_page(env: ApiEnv, batch: FlowBatch) -> None:
-    env.manager.request("198.51.100.66", None, ["65001:666"], 3600, "<script>alert(1)</script>", {"key": "src"})
-    page = env.client.get("/", headers=env.headers(env.reader))
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    html = page.text
-    assert "198.51.100.66/32" in html
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html
+    health_line = _health(page.text)
+    assert health_line["store"] == ("bad", "DOWN: does not answer a query")
+    for item in ("last flow", "flows/s", "bits/s", "drops"):
+        assert health_line[item] == ("unknown", "unknown: the flow store does not answer"), item
+    assert health_line["blackholes"] == ("ok", f"1 {env.manager.active()[0].state}")
+    assert "198.51.100.9/32" in page.text
+    assert page.text.count("<svg") == 4 and page.text.count("unknown: the flow store does not answer</text>") == 4
+    assert "detections and top talkers: the flow store does not answer" in page.text
+    # the page asks the store once (its readiness check), not once per section
+    assert env.registry.get_sample_value("flowenricher_api_store_errors_total") == 4.0
+
+
+def _health(page: str, which: str = "health") -> dict[str, tuple[str, str]]:
+    """The page's health line (or the per-exporter list): label -> (level, text)."""
+    start = page.index('<ul class="health" id="health">' if which == "health" else '<ul class="health exporters">')
+    items = re.findall(r'<li class="(\w+)"><b>([^<]*)</b>([^<]*)</li>', page[start:page.index("</ul>", start)])
+    return {html.unescape(label): (level, html.unescape(text)) for level, label, text in items}
+
+
+def _svgs(page: str) -> dict[str, str]:
+    """Each chart's SVG by its caption."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"<figcaption>([^<]*)</figcaption>(<svg.*?</svg>)", page)}
+
+
+def test_status_page(env: ApiEnv, batch: FlowBatch, store: FlowStore) -> None:
+    env.manager.request("198.51.100.66", None, ["65001:666"], 3600, "<script>alert(1)</script>",
+                        {"key": "src", "flows": 1234})
+    store.query(DETECTIONS.create_sql("flowenricher"), "TSV")
+    try:
+        rows = [(END - 600, "syn_flood", "dst", "84.54.49.7", 5000), (END - 300, "scan", "src", "2001:db8::1", 80)]
+        store.query(DETECTIONS.insert_sql("flowenricher", [_detection(*row) for row in rows]), "TSV")
+        stats = [(END - 100, "::", "kernel_drops", 0.0), (END - 100, "10.0.0.1", "dropped.no_template", 7.0),
+                 (END - 90, "::", "rows_inserted", 500.0), (END - 4000, "::", "kernel_drops", 30.0)]
+        store.query(COLLECTOR_STATS.insert_sql("flowenricher", [
+            {"ts": ts, "exporter_address": exporter, "metric": metric, "value": value}
+            for ts, exporter, metric, value in stats]), "TSV")
+        page = env.client.get("/", headers=env.headers(env.reader))
+    finally:
+        store.query("DROP TABLE flowenricher.detections", "TSV")
+        store.query("TRUNCATE TABLE flowenricher.collector_stats", "TSV")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    text = page.text
+    assert "198.51.100.66/32" in text and "rule &lt;script&gt;alert(1)&lt;/script&gt;, as src, 1,234 flows" in text
+    assert "<script>" not in text
     top_source = expected_top(batch, "src_addr", END - HOUR, END, 1)[0]["key"]
-    assert top_source in html
-    assert "flowenricher_blackhole_actions_total" in html  # ingest and action counters
-    assert "http://" not in html and "https://" not in html
+    assert top_source in text
+    # detections: time, rule, key, the address, flows
+    assert re.search(r"<td>syn_flood</td><td>dst</td><td>84\.54\.49\.7</td><td></td><td>5,000</td>", text)
+    assert re.search(r"<td>scan</td><td>src</td><td>2001:db8::1</td><td></td><td>80</td>", text)
+    # the health line, from the store and the blackhole manager
+    health = _health(text)
+    assert health["store"] == ("ok", "answers")
+    assert health["collector"] == ("unknown", "unknown: this API has no collector to ask")
+    minute = END - END % 60
+    in_minute = (batch["timestamp_start"] >= minute - 60) & (batch["timestamp_start"] < minute)
+    assert health["flows/s"][1] == f"{int(in_minute.sum()) / 60:.1f}"
+    assert health["drops, last 5 min"] == ("bad", "kernel 0, decoder 7, store 0")
+    assert health["blackholes"][1] == f"1 {env.manager.active()[0].state}"
+    assert health["spool"][0] == "unknown" and health["BGP RIB"][0] == "unknown"
+    assert set(_health(text, "exporters")) == {"10.0.0.1", "10.0.0.2"}
+    # the charts: traffic, the drops of collector_stats, the two detections
+    charts = _svgs(text)
+    assert set(charts) == {"flows/s", "bits/s", "drops per 5 min", "detections per 5 min"}
+    assert "<polyline" in charts["flows/s"] and "<polyline" in charts["bits/s"]
+    assert "<polyline" in charts["drops per 5 min"] and "max 30" in charts["drops per 5 min"]
+    assert "<polyline" in charts["detections per 5 min"] and "max 1" in charts["detections per 5 min"]
+    # the raw counters moved to /metrics
+    assert "flowenricher_blackhole_actions_total" not in text
+    assert "http://" not in text and "https://" not in text
+
+
+def test_status_page_without_traffic(tmp_path: Path, store: FlowStore) -> None:
+    """A day after the last flow: every chart says "no data" and the health line that no
+    data flows (one chDB store per process, so the same store, later)."""
+    env = make_env(tmp_path, store, clock=lambda: float(END + 86400))
+    page = env.client.get("/", headers=env.headers(env.reader))
+    assert page.status_code == 200
+    health = _health(page.text)
+    assert health["last flow"] == ("bad", "none in the last hour: no data is flowing")
+    assert health["flows/s"] == ("warn", "0") and health["bits/s"] == ("warn", "0 b/s")
+    assert health["drops"] == ("unknown", "unknown: nothing recorded in collector_stats in the last 5 min")
+    charts = _svgs(page.text)
+    assert len(charts) == 4 and all("no data" in svg and "<polyline" not in svg for svg in charts.values())
+    assert "none in the last 24 hours" in page.text and "no active blackholes" in page.text
+
+
+def _scan(source: str, at: int, n: int = 80) -> FlowBatch:
+    """A horizontal scan of port 22 by `source`: what RULES_TEXT's rule (alert only) detects."""
+    f = Flows.empty(n)
+    f.src_addr = text_rows([source] * n)
+    f.dst_addr = text_rows([f"84.54.49.{i + 1}" for i in range(n)])
+    f.dst_port[:] = 22
+    f.proto[:] = 6
+    f.packets[:] = 1
+    f.bytes[:] = 44
+    f.flow_direction[:] = 1
+    f.end_ms[:] = f.start_ms[:] = at * 1000
+    out = f.to_flow_batch()
+    out["received_at"] = np.full(n, at, dtype=np.uint32)
+    return out
+
+
+def test_alert_only_detections_reach_the_api_and_the_page(env: ApiEnv, store: FlowStore) -> None:
+    """The shipped rules only alert; their detections are still rows of the detections
+    table, so /api/v1/detections and the status page show them."""
+    rules = parse_rule_set(yaml.safe_load(env.rules_path.read_text()))
+    assert [r.actions for r in rules] == [("alert",)]
+    store.query(DETECTIONS.create_sql("flowenricher"), "TSV")
+    try:
+        table = ClickHouseDetections(lambda sql: store.query(sql, "TSV"), "flowenricher",
+                                     DeliveryMetrics(CollectorRegistry()))
+        alerts = AlertLog(env.rules_path.parent / "detections.log", DeliveryMetrics(CollectorRegistry()))
+        engine = DetectionEngine(rules, [alerts, table], CollectorRegistry())
+        engine.process(_scan("203.0.113.77", END - 120))
+        engine.evaluate(END - 119)
+        assert table.flush(10)
+        engine.close()
+        found = _get(env, "/api/v1/detections")["detections"]
+        page = env.client.get("/", headers=env.headers(env.reader)).text
+    finally:
+        store.query("DROP TABLE flowenricher.detections", "TSV")
+    assert [(d["rule"], d["key"], d["address"], d["actions"]) for d in found] == [
+        ("slow_horizontal_scan", "src", "203.0.113.77", ["alert"])]
+    assert "<td>slow_horizontal_scan</td><td>src</td><td>203.0.113.77</td><td>port 22</td>" in page
+    assert "203.0.113.77" in (env.rules_path.parent / "detections.log").read_text()

@@ -283,11 +283,14 @@ def test_api_over_the_socket_answers_as_in_process(collector_side: CollectorSide
     assert client.get("/api/v1/lookup/84.54.49.7", headers=headers).json() == {"ip": "84.54.49.7", "mine": True}
     audit = client.get("/api/v1/audit", headers=headers).json()  # written by the API process, same state DB
     assert [a["path"] for a in audit][:2] == ["/withdraw", "/announce"]
-    # The collector's metrics beside the API's own, on /metrics and the status page.
+    # The collector's metrics beside the API's own on /metrics; the status page reads the
+    # collector over the socket (the raw counters are left to /metrics).
     metrics = client.get("/metrics", headers=headers).text
     assert 'flowenricher_blackhole_actions_total{action="announce",source="api"} 1.0' in metrics
     assert "flowenricher_api_store_errors_total" in metrics  # the API process's own
-    assert "flowenricher_blackhole_refused_total" in client.get("/", headers=headers).text
+    page = client.get("/", headers=headers).text
+    assert "<b>collector</b>answers" in page and "<b>blackholes</b>none active" in page
+    assert "<b>store</b>DOWN" in page  # this collector runs no flow store
 
 
 def test_anomaly_scoring_is_served_from_the_collectors_model(collector_side: CollectorSide, api_client: RemoteClient,
@@ -345,8 +348,15 @@ def test_without_collector_503_and_files_unchanged(collector_side: CollectorSide
     assert client.get("/health/ready").json()["collector"] is True
     collector_side.server.stop()
     for path in ("/blackholes", "/api/v1/blackholes", "/api/v1/blackholes/history", "/api/v1/lookup/1.1.1.1",
-                 "/api/v1/flows/top?by=src_host", "/api/v1/exporters", "/"):
+                 "/api/v1/flows/top?by=src_host", "/api/v1/exporters"):
         assert client.get(path, headers=headers).status_code == 503, path
+    # the status page is the operator's view of exactly this: HTML (200) saying what is down
+    page = client.get("/", headers=headers)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text
+    assert "<b>collector</b>DOWN: flowenricher run does not answer" in page.text
+    assert "<b>store</b>DOWN: does not answer a query" in page.text  # embedded: queried through the collector
+    assert "<b>blackholes</b>unknown: the collector (flowenricher run) is not answering" in page.text
+    assert "<b>spool</b>unknown: the collector does not answer" in page.text
     assert client.post("/announce", json={"prefix": "149.202.68.236/32"}, headers=headers).status_code == 503
     rules_path = collector_side.runtime.rules_path
     assert rules_path is not None

@@ -239,6 +239,28 @@ def test_detections_table_in_the_embedded_store(tmp_path: Path) -> None:
     assert count(registry, "flowenricher_detection_deliveries_total", action="clickhouse") == 2
 
 
+def test_every_detection_is_written_to_the_table_whatever_the_rule_s_actions(tmp_path: Path) -> None:
+    """An alert-only rule (every shipped example) still leaves its rows: the status page and
+    /api/v1/detections read the table; ``clickhouse`` named too writes them once, not twice."""
+    store = open_store(StoreSettings(path=str(tmp_path / "data")))
+    try:
+        store.migrate()
+        store.query(DETECTIONS.create_sql("flowenricher"), "TSV")
+        table = ClickHouseDetections(lambda sql: store.query(sql, "TSV"), "flowenricher",
+                                     DeliveryMetrics(CollectorRegistry()))
+        detections([table], "alert", ("203.0.113.7",))
+        detections([table], "alert,clickhouse", ("203.0.113.8",), name="named")
+        assert table.flush(10)
+        table.close()
+        rows = store.query("SELECT rule, replaceRegexpOne(IPv6NumToString(address), '^::ffff:', '') AS address, "
+                           "actions FROM flowenricher.detections ORDER BY address", "JSONEachRow").decode()
+    finally:
+        store.close()
+    assert [json.loads(line) for line in rows.splitlines()] == [
+        {"rule": "scan", "address": "203.0.113.7", "actions": ["alert"]},
+        {"rule": "named", "address": "203.0.113.8", "actions": ["alert", "clickhouse"]}]
+
+
 def test_insert_sql_escapes_strings() -> None:
     [d] = detections([], "alert")
     sql = insert_detections_sql("db", [dataclasses.replace(d, rule="it's \\ odd")])

@@ -144,8 +144,8 @@ class Setup:
         return self.bgp.route(prefix)
 
     def stored_detections(self, address: str, rule: str, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Rows of the detections table for `address` under `rule` (the clickhouse action
-        inserts in the background: polled)."""
+        """Rows of the detections table for `address` under `rule` (every detection is
+        inserted there in the background: polled)."""
         query = ("SELECT rule, key, address, flows, blackhole FROM flowenricher.detections "
                  f"WHERE rule = '{rule}' AND address = toIPv6('{address}')")
         deadline = time.monotonic() + timeout

@@ -22,7 +22,7 @@ from appliance.flowenricher.columns import ALIASES, BY_NAME, DIRECTION_NAMES, Ki
 from appliance.flowenricher.common.addresses import display_sql, stored_text
 from appliance.flowenricher.common.sql import string as quote
 from appliance.flowenricher.storage.schema import ROLLUP_DIMENSIONS, ROLLUPS, Rollup, rollup_description
-from appliance.flowenricher.storage.tables import DETECTIONS, Table
+from appliance.flowenricher.storage.tables import COLLECTOR_STATS, DETECTIONS, Table
 
 Metric = Literal["bytes", "packets", "flows"]
 METRICS: tuple[Metric, ...] = ("bytes", "packets", "flows")
@@ -288,3 +288,33 @@ def detections_sql(tables: Tables, filters: Filters, rule: str | None, key: str 
              f" LIMIT {int(limit)}")
     return (f"SELECT {shown} FROM ({inner}) ORDER BY {time_column} DESC"
             " SETTINGS date_time_output_format = 'iso'")
+
+
+DROP_PLACES: tuple[tuple[str, str], ...] = (
+    ("kernel", "metric = 'kernel_drops'"),
+    ("decoder", "startsWith(metric, 'dropped.')"),
+    ("store", "metric = 'store_rows_dropped'"),
+)
+"""Where a flow can be lost, and which collector_stats metrics (stats_recorder.py) count
+it there: the kernel's UDP socket buffer, the decoders (malformed datagrams, unknown
+templates), the store (rows given up after the spool)."""
+
+
+def drops_sql(database: str, start: int, end: int, step: int) -> str:
+    """Lost flows per `step`-second bucket and place (DROP_PLACES) from collector_stats,
+    where counters are stored as their increase per snapshot, so a sum is a count."""
+    place = "multiIf(" + ", ".join(f"{cond}, {quote(name)}" for name, cond in DROP_PLACES) + ", '')"
+    any_place = " OR ".join(f"({cond})" for _, cond in DROP_PLACES)
+    ts = COLLECTOR_STATS.time_column
+    return (f"SELECT intDiv(toUnixTimestamp({ts}), {int(step)}) * {int(step)} AS t, {place} AS place,"
+            f" sum(value) AS dropped FROM {COLLECTOR_STATS.qualified(database)}"
+            f" WHERE {ts} >= toDateTime({int(start)}) AND {ts} < toDateTime({int(end)}) AND ({any_place})"
+            " GROUP BY t, place ORDER BY t, place")
+
+
+def detection_counts_sql(tables: Tables, start: int, end: int, step: int) -> str:
+    """Detections per `step`-second bucket, every rule together."""
+    ts = DETECTIONS.time_column
+    return (f"SELECT intDiv(toUnixTimestamp({ts}), {int(step)}) * {int(step)} AS t, count() AS detections"
+            f" FROM {tables.detections}"
+            f" WHERE {ts} >= toDateTime({int(start)}) AND {ts} < toDateTime({int(end)}) GROUP BY t ORDER BY t")

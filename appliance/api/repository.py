@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from appliance.flowenricher.common.ratelimit import RateLimitedLog
-from appliance.flowenricher.storage.tables import DETECTIONS
+from appliance.flowenricher.storage.tables import COLLECTOR_STATS, DETECTIONS, Table
 
 from . import queries
 from .errors import Unavailable
@@ -89,7 +89,7 @@ class FlowRepository:
 
     def detections(self, filters: Filters, rule: str | None, key: str | None, limit: int) -> list[dict[str, Any]]:
         """Rows of the detections table, newest first; none when the table does not exist."""
-        if not self.rows(queries.table_exists_sql(self.tables.database, DETECTIONS)):
+        if not self.has_table(DETECTIONS):
             return []
         rows = self.rows(queries.detections_sql(self.tables, filters, rule, key, limit))
         for row in rows:
@@ -98,6 +98,25 @@ class FlowRepository:
                 with contextlib.suppress(ValueError):  # the sample flows, stored as JSON text
                     row["samples"] = json.loads(samples)
         return rows
+
+    def has_table(self, table: Table) -> bool:
+        """Whether `table` exists (the API may start before the collector has created it)."""
+        return bool(self.rows(queries.table_exists_sql(self.tables.database, table)))
+
+    def drops(self, start: int, end: int, step: int) -> list[tuple[int, str, float]] | None:
+        """(bucket, place, lost flows) from collector_stats; None when that table does not
+        exist (no stats recorder has run), which is not the same as no drops."""
+        if not self.has_table(COLLECTOR_STATS):
+            return None
+        return [(int(r["t"]), str(r["place"]), float(r["dropped"]))
+                for r in self.rows(queries.drops_sql(self.tables.database, start, end, step))]
+
+    def detection_counts(self, start: int, end: int, step: int) -> list[tuple[int, int]]:
+        """(bucket, detections); none while the detections table does not exist."""
+        if not self.has_table(DETECTIONS):
+            return []
+        return [(int(r["t"]), int(r["detections"]))
+                for r in self.rows(queries.detection_counts_sql(self.tables, start, end, step))]
 
 
 def _metrics(row: dict[str, Any], **extra: Any) -> dict[str, Any]:

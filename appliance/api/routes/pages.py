@@ -13,6 +13,7 @@ from .. import status
 from ..deps import Context, PageReader
 from ..errors import ERROR_RESPONSES
 from ..queries import Filters
+from .system import collector_answers
 
 router = APIRouter(include_in_schema=False)
 
@@ -36,17 +37,26 @@ def _with_policy(response: HTMLResponse, policy: str) -> HTMLResponse:
 
 @router.get("/", response_class=HTMLResponse, responses=ERROR_RESPONSES)
 async def status_page(ctx: Context, _: PageReader) -> HTMLResponse:
-    """The status page.  Browsers are asked for the API token as a Basic password."""
+    """The status page.  Browsers are asked for the API token as a Basic password.
+
+    Always 200 with the page once the caller is allowed: what is down (the store, the
+    collector) is what the page is for, shown in it; probes read /health/ready."""
+    flows = ctx.flows
 
     def top(by: str, filters: Filters) -> list[dict[str, object]]:
-        rows, _ = ctx.flows.top(by, "bytes", filters, 10)
+        rows, _ = flows.top(by, "bytes", filters, 10)
         return rows
 
-    def detections(filters: Filters) -> list[dict[str, object]]:
-        return ctx.detections(filters, None, None, 10)
+    def series(step: int, filters: Filters) -> list[dict[str, object]]:
+        rows, _ = flows.series(step, "bytes", filters, None, 10)
+        return rows
 
-    view = await run_in_threadpool(status.collect, ctx.deps.clock(), ctx.timezone, ctx.deps.blackholes.active(),
-                                   ctx.deps.registry, top, detections)
+    sources = status.Sources(
+        store_ok=flows.ping, collector_ok=lambda: collector_answers(ctx.deps.collector),
+        blackholes=ctx.deps.blackholes.active, registry=ctx.deps.registry, exporters=flows.exporters,
+        series=series, drops=flows.drops, detection_counts=flows.detection_counts, top=top,
+        detections=lambda filters: ctx.detections(filters, None, None, 10))
+    view = await run_in_threadpool(status.collect, ctx.deps.clock(), ctx.timezone, sources)
     return _with_policy(HTMLResponse(status.render(view)), STATUS_POLICY)
 
 

@@ -35,14 +35,14 @@ def ready(ctx: Context, response: Response) -> Health:
     answers a query and the collector answers on its control socket (or runs in this
     process), 503 otherwise.  No token needed; nothing revealed beyond which part is down."""
     store = ctx.flows.ping()
-    collector = _collector_answers(ctx.deps.collector)
+    collector = collector_answers(ctx.deps.collector)
     ok = store and collector is not False
     if not ok:
         response.status_code = 503
     return Health(status="ok" if ok else "degraded", store=store, collector=collector)
 
 
-def _collector_answers(collector: Collector | None) -> bool | None:
+def collector_answers(collector: Collector | None) -> bool | None:
     """Whether the collector answers a status call; None when this API has none to ask."""
     if collector is None:
         return None

@@ -3,7 +3,10 @@
 - ``alert``: one JSON line per detection appended to detections.log (synchronous: a
   local append is fast, and alerts must be written even when everything else is down);
 - ``clickhouse``: rows in the ``detections`` table, through a callable that executes
-  SQL (the storage layer owns the connection);
+  SQL (the storage layer owns the connection).  Every detection is written there,
+  whatever its rule's actions (engine.RECORDED): the table is the record the status page
+  and /api/v1/detections read, and a rule that only alerts must show there too.  Naming
+  ``clickhouse`` in a rule is accepted (the original's rules files do) and changes nothing;
 - ``slack`` and ``webhook``: an HTTP POST from a background thread, retried with
   exponential backoff, failures counted;
 - ``blackhole``: a request to the blackhole manager (:class:`BlackholeSink`), from a
@@ -113,7 +116,8 @@ def insert_detections_sql(database: str, detections: Sequence[Detection], sample
 
 
 class ClickHouseDetections:
-    """``clickhouse``: detections inserted in groups from a background thread.
+    """The detections table: every detection (not only those of rules naming
+    ``clickhouse``, see the module doc) inserted in groups from a background thread.
 
     `execute` runs one SQL statement on the store (embedded chDB or a server); an
     exception from it is a failed attempt, retried with backoff.

@@ -42,7 +42,7 @@ from .rules import Rule
 from .settings import DetectionSettings
 from .window import BYTES, END, PACKETS, ROW_COLUMNS, START, SYN_ONLY, TIME, Candidates, Rows, RuleWindow
 
-__all__ = ["SAMPLE_COLUMNS", "Action", "AnomalyScorer", "DetectionEngine", "DetectionListener"]
+__all__ = ["RECORDED", "SAMPLE_COLUMNS", "Action", "AnomalyScorer", "DetectionEngine", "DetectionListener"]
 
 log = logging.getLogger(__name__)
 _DETECTION = DetectionSettings()  # the detection block's defaults, for an engine built without a config
@@ -83,6 +83,12 @@ AnomalyScorer = Callable[[str, Sequence[str]], Sequence[float | None]]
 """``scorer(key, addresses)``: the anomaly score (0..1) of each address seen as a source
 (key "src") or destination (key "dst"), None where it has none yet (detect/anomaly.py's
 Isolation Forest scores sources)."""
+
+RECORDED = "clickhouse"
+"""The action every detection goes to, whatever the rule's actions: the detections table
+is the appliance's record of what it found (the status page and /api/v1/detections read
+it), so a rule that only alerts must appear there too.  A rule may still name
+``clickhouse`` (the original's rules files do): it is accepted and changes nothing."""
 
 DetectionListener = Callable[[Detection], None]
 """Told of every detection, whatever the rule's actions (the anomaly baseline leaves
@@ -336,7 +342,7 @@ class DetectionEngine:
         return _RuleState(rule, window, matchers)
 
     def _warn_about(self, rule: Rule) -> None:
-        missing = [name for name in rule.actions if name not in self._actions]
+        missing = [name for name in rule.actions if name not in self._actions and name != RECORDED]
         if missing:
             log.warning("detection: rule %s: action %s has no destination configured; it does nothing",
                         rule.name, ", ".join(missing))
@@ -506,7 +512,7 @@ class DetectionEngine:
         )
 
     def _dispatch(self, rule: Rule, detection: Detection) -> None:
-        for name in rule.actions:
+        for name in (*[a for a in rule.actions if a != RECORDED], RECORDED):
             for action in self._actions.get(name, ()):
                 try:
                     action.handle(rule, detection)

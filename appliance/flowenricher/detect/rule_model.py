@@ -117,7 +117,8 @@ class RuleModel(Section):
     action: Actions = Field(description=(
         "What a detection does, comma-separated as in the original (\"alert,blackhole\") or as a list: alert (a JSON "
         "line in detections.log), blackhole (announce the key's address over BGP, see blackhole_count), clickhouse "
-        "(a row in the detections table), slack (a message to the Slack webhook), webhook (the detection as JSON to "
+        "(accepted as in the original and changes nothing: every detection is written to the detections table, "
+        "whatever its actions), slack (a message to the Slack webhook), webhook (the detection as JSON to "
         "each configured webhook)."))
     blackhole_count: int = Field(0, ge=0, description=(
         "With the blackhole action: a detection blackholes the key's address only when the key holds at least this "
