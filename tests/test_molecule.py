@@ -125,6 +125,51 @@ def test_unreachable_router_fails_the_router_play_with_a_clear_message(inventory
     assert "the appliance is configured already" in done.stdout
 
 
+WHEELHOUSE_PLAY = """\
+- name: The flowenricher role's wheelhouse check, on this machine
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Check
+      ansible.builtin.include_role:
+        name: flowenricher
+        tasks_from: wheelhouse
+"""
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="the check reads /usr/bin/python3, as the venv's")
+@pytest.mark.parametrize("fits", [True, False])
+def test_wheelhouse_that_does_not_fit_the_host_stops_the_play(tmp_path: Path, fits: bool) -> None:
+    """The entry point site.yml runs before any role changes the appliance, here against
+    this machine: a dependency built for another CPython stops it, naming the file."""
+    major, minor = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(*sys.version_info[:2])"],
+                                  capture_output=True, text=True, check=True).stdout.split()
+    machine = subprocess.run(["/usr/bin/python3", "-c", "import platform; print(platform.machine())"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    tag = f"cp{major}{minor}" if fits else f"cp{major}{int(minor) + 1}"
+    dependency = f"chdb-3.1.0-{tag}-{tag}-manylinux_2_17_{machine}.manylinux2014_{machine}.whl"
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    for name in ("flowenricher-0.10.0-py3-none-any.whl", "flowenricher-0.9.0-py3-none-any.whl", dependency):
+        (wheelhouse / name).write_bytes(b"")
+    (tmp_path / "play.yml").write_text(WHEELHOUSE_PLAY)
+    done = _run([_tool("ansible-playbook"), "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml"),
+                 "-e", f"flowenricher_wheelhouse={wheelhouse}",
+                 "-e", "flowenricher_wheel=flowenricher-0.10.0-py3-none-any.whl", "-e", "flowenricher_store=embedded"],
+                env={"ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+                     "ANSIBLE_FILTER_PLUGINS": str(REPO / "ansible" / "plugins" / "filter"),
+                     "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3", "ANSIBLE_LOCALHOST_WARNING": "false"},
+                cwd=tmp_path, timeout=300)
+    if fits:
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        assert "failed=0" in done.stdout
+    else:
+        assert done.returncode != 0
+        assert "does not fit localhost" in done.stdout, done.stdout[-4000:]
+        assert f"chdb: no wheel fits CPython {major}.{minor} on linux {machine}" in done.stdout
+        assert dependency in done.stdout
+
+
 # ---------------------------------------------------------------- the Molecule scenario
 
 def _scenario_unavailable() -> str | None:
