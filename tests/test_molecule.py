@@ -59,7 +59,7 @@ def inventory(tmp_path: Path) -> Path:
     wheelhouse directory holding a (name-only) wheel: the preflight only looks at names."""
     inv = tmp_path / "inventory"
     shutil.copytree(REPO / "inventory.example", inv)
-    (inv / "group_vars" / "all" / "vault.yml").write_text((inv / "vault.example.yml").read_text())
+    (inv / "group_vars" / "all" / "vault.yml").write_text((inv / "group_vars" / "all" / "vault.yml.example").read_text())
     wheelhouse = tmp_path / "wheelhouse"
     wheelhouse.mkdir()
     (wheelhouse / "flowenricher-0.1.0-py3-none-any.whl").write_bytes(b"")
@@ -80,6 +80,22 @@ def _preflight(inv: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """Only the preflight tasks, no fact gathering: nothing may connect to a host."""
     return _run([_tool("ansible-playbook"), "-i", str(inv), "site.yml", "--tags", "preflight", *extra],
                 env={"ANSIBLE_GATHERING": "explicit", "ANSIBLE_TIMEOUT": "3"}, timeout=300)
+
+
+def test_copied_inventory_example_loads_without_warnings(tmp_path: Path) -> None:
+    """README's `cp -r inventory.example inventory`, then the vault file filled in from its
+    example: Ansible parses both without a warning (the example is not an inventory source)."""
+    inv = tmp_path / "inventory"
+    shutil.copytree(REPO / "inventory.example", inv)
+    for step in ("copied", "with the vault"):
+        done = _run([_tool("ansible-inventory"), "-i", str(inv), "--list"], timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "WARNING" not in done.stderr, f"{step}: {done.stderr}"
+        hostvars = yaml.safe_load(done.stdout)["_meta"]["hostvars"]
+        assert set(hostvars) == {"flowenricher-1", "edge-1"}
+        assert ("vault_snmp_community" in hostvars["flowenricher-1"]) == (step == "with the vault")
+        example = inv / "group_vars" / "all" / "vault.yml.example"
+        (inv / "group_vars" / "all" / "vault.yml").write_text(example.read_text())
 
 
 def test_inventory_example_passes_the_preflight(inventory: Path) -> None:
