@@ -161,6 +161,9 @@ def test_the_security_dashboard_shows_each_blackholes_last_proof(tmp_path: Path,
     events.close()
     panels = json.loads((Path(__file__).parent.parent / "roles/grafana/files/dashboards/security.json").read_text())
     (sql,) = [t["rawSql"] for p in panels["panels"] if p["title"] == "Active blackholes" for t in p["targets"]]
+    # the dashboard reads ${database}.<table>: its constant, which the grafana role sets to the store's database
+    assert "${database}.blackhole_events" in sql
+    sql = sql.replace("${database}", "flowenricher")
     shown = store.query(sql.replace("now()", f"toDateTime({int(clock.now)})"), "JSONEachRow").decode()
     proof = {row["prefix"]: row["proof"] for row in map(json.loads, shown.splitlines())}
     assert proof == {"198.51.100.1/32": "verified", "198.51.100.2/32": "proof lost", "198.51.100.3/32": "confirmed",

@@ -14,6 +14,7 @@ every dashboard to it.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
@@ -24,6 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import jinja2
@@ -80,7 +82,21 @@ def _load() -> dict[str, dict[str, Any]]:
     return out
 
 
-DASHBOARD_FILES = _load()
+def _grafana_filter() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("grafana_dashboards", ROLE / "filter_plugins" / "grafana_dashboards.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GRAFANA_FILTER = _grafana_filter()
+# Not the default name: a table name the dashboards hard-coded would not be found in the store.
+DATABASE = "fe_dashboards"
+SHIPPED = _load()
+# What the grafana role writes: each dashboard with its `database` constant set (as
+# grafana_dashboard_database does at provisioning).
+DASHBOARD_FILES = {name: GRAFANA_FILTER.dashboard_database(d, DATABASE) for name, d in SHIPPED.items()}
 BY_UID = {d["uid"]: d for d in DASHBOARD_FILES.values()}
 
 
@@ -275,7 +291,7 @@ def test_long_ranges_read_the_rollups() -> None:
     below); only panels that need addresses, names or cities read the flows table."""
     for t in TARGETS:
         sql = t.target["rawSql"]
-        if "flowenricher.flows\n" in sql or "flowenricher.flows " in sql:
+        if "${database}.flows\n" in sql or "${database}.flows " in sql:
             needs_flows = re.search(r"_addr|_name|_city|dst_as_path|dst_port|_mask|bgp_next_hop|tcpflags", sql)
             assert needs_flows, f"{t.where}: reads raw flows but needs nothing the rollups lack"
 
@@ -337,9 +353,9 @@ def _q(store: FlowStore, sql: str) -> list[list[str]]:
 
 
 def _side_tables(store: FlowStore, rng: np.random.Generator) -> dict[str, Any]:
-    top = _q(store, "SELECT src_host, count() AS c FROM flowenricher.flows WHERE flow_direction = 1 "
+    top = _q(store, f"SELECT src_host, count() AS c FROM {DATABASE}.flows WHERE flow_direction = 1 "
                     "GROUP BY src_host ORDER BY uniq(dst_addr) DESC LIMIT 5")
-    victim = _q(store, "SELECT dst_host FROM flowenricher.flows WHERE flow_direction = 1 "
+    victim = _q(store, f"SELECT dst_host FROM {DATABASE}.flows WHERE flow_direction = 1 "
                        "GROUP BY dst_host ORDER BY sum(bytes) DESC LIMIT 1")[0][0]
     scanners = [row[0] for row in top]
     _insert(store, PTR_CACHE, [{"ip": ip, "ptr": f"host{i}.example.net", "updated_at": NOW, "asn": 0, "asn_name": "",
@@ -356,7 +372,7 @@ def _side_tables(store: FlowStore, rng: np.random.Generator) -> dict[str, Any]:
          "actions": ["alert", "blackhole"], "blackhole": True, "samples": "[]"}
         for k, ip in enumerate(scanners[:3])])
     times = iter(range(NOW - 1800, NOW, 60))  # one event a minute: their order is the table's
-    events = BlackholeEvents(lambda sql: store.query(sql, "TSV"), "flowenricher", clock=lambda: float(next(times)))
+    events = BlackholeEvents(lambda sql: store.query(sql, "TSV"), DATABASE, clock=lambda: float(next(times)))
     events.record("announce", f"{scanners[0]}/32", "192.0.2.1", ["65535:666"], source="rule",
                   rule="slow_horizontal_scan", expires_at=NOW + 3600)
     events.record("announce", f"{scanners[1]}/32", "192.0.2.1", ["65535:666"], source="rule",
@@ -385,12 +401,12 @@ def _side_tables(store: FlowStore, rng: np.random.Generator) -> dict[str, Any]:
 def _insert(store: FlowStore, table: Table, rows: list[dict[str, Any]]) -> None:
     """Rows written the way the appliance's writers write them: through the table's
     description (storage/tables.py), every column named, so a renamed column fails here."""
-    store.query(table.insert_sql("flowenricher", rows), "TSV")
+    store.query(table.insert_sql(DATABASE, rows), "TSV")
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowStore]:
-    s = open_store(StoreSettings(path=str(tmp_path_factory.mktemp("dashboards") / "data")))
+    s = open_store(StoreSettings(path=str(tmp_path_factory.mktemp("dashboards") / "data"), database=DATABASE))
     try:
         s.migrate()
         yield s
@@ -452,6 +468,9 @@ def _selections(store: FlowStore, dashboard: dict[str, Any], time_range: TimeRan
     for var in _variables(dashboard):
         name = var["name"]
         where = f"{dashboard['uid']} variable {name}"
+        if var["type"] == "constant":  # hidden; Grafana inserts its query as it is
+            chosen[name] = Selection((var["query"],), (var["query"],), multi=False)
+            continue
         if var["type"] == "custom":
             options, texts = _custom_options(var)
         elif var["type"] == "textbox":
@@ -480,7 +499,7 @@ def _selections(store: FlowStore, dashboard: dict[str, Any], time_range: TimeRan
 
 
 def _top_as(store: FlowStore) -> int:
-    return int(_q(store, f"SELECT src_as FROM flowenricher.flows WHERE src_as != {MY_ASN} "
+    return int(_q(store, f"SELECT src_as FROM {DATABASE}.flows WHERE src_as != {MY_ASN} "
                          "GROUP BY src_as ORDER BY sum(bytes) DESC LIMIT 1")[0][0])
 
 
@@ -562,7 +581,7 @@ def test_rollup_series_add_up_to_the_flows(store: FlowStore, facts: dict[str, An
         first = time_range.from_ms // 1000
         # the rollup's rows start on its own step: that is what the time filter sees
         row_start = {"flows_1m": "toStartOfMinute", "flows_5m": "toStartOfFiveMinutes"}[chosen["rollup"].chosen[0]]
-        (expected,) = _q(store, f"SELECT sum(bytes) FROM flowenricher.flows WHERE flow_direction = 1 "
+        (expected,) = _q(store, f"SELECT sum(bytes) FROM {DATABASE}.flows WHERE flow_direction = 1 "
                                 f"AND {row_start}(timestamp_start) BETWEEN toDateTime({first}) AND toDateTime({NOW})")[0]
         assert got == int(expected), f"{range_s} s: {got} from the rollup, {expected} in the flows"
 
@@ -579,7 +598,7 @@ def test_variable_selection_narrows_the_answer(store: FlowStore, facts: dict[str
     sql = render(panel["targets"][0]["rawSql"], time_range, 60, chosen)
     assert f"exporter_address IN ('{exporter}')" in sql
     ((got,),) = _run(store, sql, "overview").rows
-    ((expected,),) = _q(store, f"SELECT sumIf(bytes, flow_direction = 1) * 8 / {6 * HOUR} FROM flowenricher.flows_1m "
+    ((expected,),) = _q(store, f"SELECT sumIf(bytes, flow_direction = 1) * 8 / {6 * HOUR} FROM {DATABASE}.flows_1m "
                                f"WHERE timestamp >= toDateTime({NOW - 6 * HOUR}) AND timestamp <= toDateTime({NOW}) "
                                f"AND exporter_address = toIPv6('{EXPORTERS[1]}')")
     assert got == pytest.approx(float(expected)) and got > 0
@@ -658,3 +677,47 @@ def test_dashboards_import_into_a_real_grafana() -> None:
         except urllib.error.HTTPError as err:
             raise AssertionError(f"{file}: Grafana answered {err.code}: {err.read()[:500]!r}") from err
 
+
+
+# --------------------------------------------------------------------------- the database at provisioning
+
+
+def _sql_strings(dashboard: dict[str, Any]) -> list[str]:
+    out = [t["rawSql"] for p in _panels(dashboard) for t in p.get("targets", []) if "rawSql" in t]
+    for var in _variables(dashboard):
+        if var["type"] == "query":
+            out += [var["query"], var.get("definition", "")]
+    return out
+
+
+@pytest.mark.parametrize("file", sorted(SHIPPED))
+def test_dashboards_name_no_database_but_their_constant(file: str) -> None:
+    """Every table is read as ${database}.<table>; `database` is a hidden constant the role sets."""
+    dashboard = SHIPPED[file]
+    constants = [v for v in _variables(dashboard) if v["name"] == "database"]
+    assert len(constants) == 1 and constants[0]["type"] == "constant" and constants[0]["hide"] == 2, file
+    assert _variables(dashboard)[0] is constants[0], f"{file}: the constant comes first, the queries use it"
+    for sql in _sql_strings(dashboard):
+        assert not re.search(r"\bflowenricher\.", sql), f"{file}: hard-coded database in {sql[:200]}"
+        for table in re.findall(r"(?:FROM|JOIN)\s+([A-Za-z_${}.]+)", sql):
+            if "." in table or table.startswith("$"):
+                assert table.startswith("${database}."), f"{file}: {table}"
+
+
+def test_provisioning_sets_the_constant_and_keeps_the_rest() -> None:
+    shipped = SHIPPED["overview.json"]
+    provisioned = GRAFANA_FILTER.dashboard_database(shipped, "netflows")
+    constant = provisioned["templating"]["list"][0]
+    assert (constant["query"], constant["current"]["value"]) == ("netflows", "netflows")
+    assert shipped["templating"]["list"][0]["query"] == "flowenricher"  # the input is not changed
+    assert provisioned["panels"] == shipped["panels"] and provisioned["uid"] == shipped["uid"]
+    panel = _panels(provisioned)[1]
+    chosen = {"database": Selection(("netflows",), ("netflows",), multi=False)}
+    assert "netflows." in interpolate(panel["targets"][0]["rawSql"], {**chosen, **{
+        v["name"]: Selection(("x",), ("x",), multi=False) for v in _variables(provisioned)[1:]}})
+    for bad in ("flow-db", "1db", "db; DROP TABLE x", ""):
+        with pytest.raises(ValueError, match="not a ClickHouse identifier"):
+            GRAFANA_FILTER.dashboard_database(shipped, bad)
+    without = {**shipped, "templating": {"list": shipped["templating"]["list"][1:]}}
+    with pytest.raises(ValueError, match="no \\(single\\) constant variable"):
+        GRAFANA_FILTER.dashboard_database(without, "netflows")

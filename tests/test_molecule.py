@@ -59,7 +59,7 @@ def inventory(tmp_path: Path) -> Path:
     wheelhouse directory holding a (name-only) wheel: the preflight only looks at names."""
     inv = tmp_path / "inventory"
     shutil.copytree(REPO / "inventory.example", inv)
-    (inv / "group_vars" / "all" / "vault.yml").write_text((inv / "vault.example.yml").read_text())
+    (inv / "group_vars" / "all" / "vault.yml").write_text((inv / "group_vars" / "all" / "vault.yml.example").read_text())
     wheelhouse = tmp_path / "wheelhouse"
     wheelhouse.mkdir()
     (wheelhouse / "flowenricher-0.1.0-py3-none-any.whl").write_bytes(b"")
@@ -80,6 +80,22 @@ def _preflight(inv: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """Only the preflight tasks, no fact gathering: nothing may connect to a host."""
     return _run([_tool("ansible-playbook"), "-i", str(inv), "site.yml", "--tags", "preflight", *extra],
                 env={"ANSIBLE_GATHERING": "explicit", "ANSIBLE_TIMEOUT": "3"}, timeout=300)
+
+
+def test_copied_inventory_example_loads_without_warnings(tmp_path: Path) -> None:
+    """README's `cp -r inventory.example inventory`, then the vault file filled in from its
+    example: Ansible parses both without a warning (the example is not an inventory source)."""
+    inv = tmp_path / "inventory"
+    shutil.copytree(REPO / "inventory.example", inv)
+    for step in ("copied", "with the vault"):
+        done = _run([_tool("ansible-inventory"), "-i", str(inv), "--list"], timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "WARNING" not in done.stderr, f"{step}: {done.stderr}"
+        hostvars = yaml.safe_load(done.stdout)["_meta"]["hostvars"]
+        assert set(hostvars) == {"flowenricher-1", "edge-1"}
+        assert ("vault_snmp_community" in hostvars["flowenricher-1"]) == (step == "with the vault")
+        example = inv / "group_vars" / "all" / "vault.yml.example"
+        (inv / "group_vars" / "all" / "vault.yml").write_text(example.read_text())
 
 
 def test_inventory_example_passes_the_preflight(inventory: Path) -> None:
@@ -123,6 +139,51 @@ def test_unreachable_router_fails_the_router_play_with_a_clear_message(inventory
     assert done.returncode != 0
     assert f"does not answer on 127.0.0.1:{port} (API-SSL)" in done.stdout, done.stdout[-5000:]
     assert "the appliance is configured already" in done.stdout
+
+
+WHEELHOUSE_PLAY = """\
+- name: The flowenricher role's wheelhouse check, on this machine
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Check
+      ansible.builtin.include_role:
+        name: flowenricher
+        tasks_from: wheelhouse
+"""
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="the check reads /usr/bin/python3, as the venv's")
+@pytest.mark.parametrize("fits", [True, False])
+def test_wheelhouse_that_does_not_fit_the_host_stops_the_play(tmp_path: Path, fits: bool) -> None:
+    """The entry point site.yml runs before any role changes the appliance, here against
+    this machine: a dependency built for another CPython stops it, naming the file."""
+    major, minor = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(*sys.version_info[:2])"],
+                                  capture_output=True, text=True, check=True).stdout.split()
+    machine = subprocess.run(["/usr/bin/python3", "-c", "import platform; print(platform.machine())"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    tag = f"cp{major}{minor}" if fits else f"cp{major}{int(minor) + 1}"
+    dependency = f"chdb-3.1.0-{tag}-{tag}-manylinux_2_17_{machine}.manylinux2014_{machine}.whl"
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    for name in ("flowenricher-0.10.0-py3-none-any.whl", "flowenricher-0.9.0-py3-none-any.whl", dependency):
+        (wheelhouse / name).write_bytes(b"")
+    (tmp_path / "play.yml").write_text(WHEELHOUSE_PLAY)
+    done = _run([_tool("ansible-playbook"), "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml"),
+                 "-e", f"flowenricher_wheelhouse={wheelhouse}",
+                 "-e", "flowenricher_wheel=flowenricher-0.10.0-py3-none-any.whl", "-e", "flowenricher_store=embedded"],
+                env={"ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+                     "ANSIBLE_FILTER_PLUGINS": str(REPO / "ansible" / "plugins" / "filter"),
+                     "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3", "ANSIBLE_LOCALHOST_WARNING": "false"},
+                cwd=tmp_path, timeout=300)
+    if fits:
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        assert "failed=0" in done.stdout
+    else:
+        assert done.returncode != 0
+        assert "does not fit localhost" in done.stdout, done.stdout[-4000:]
+        assert f"chdb: no wheel fits CPython {major}.{minor} on linux {machine}" in done.stdout
+        assert dependency in done.stdout
 
 
 # ---------------------------------------------------------------- the Molecule scenario

@@ -264,6 +264,12 @@ PLAYBOOK = """\
         restrict:
           - {{field: name, values: [flowenricher]}}
         handle_absent_entries: remove
+    - name: Factory community disabled
+      community.routeros.api_find_and_modify:
+        path: snmp community
+        find: {{default: true}}
+        values: {{disabled: true, read-access: false, write-access: false, addresses: 10.254.0.2/32}}
+        require_matches_max: 1
     - name: Read back
       community.routeros.api_info:
         path: ip traffic-flow target
@@ -309,6 +315,7 @@ def test_community_routeros_converges_idempotently_and_respects_restrict(
 
         first = _changed(_playbook(tmp_path, server, cert))
         assert first["Traffic flow"] and first["Target, only the appliance's"] and first["Community"]
+        assert first["Factory community disabled"]
         second = _changed(_playbook(tmp_path, server, cert))
         assert not any(second.values()), second
 
@@ -320,7 +327,10 @@ def test_community_routeros_converges_idempotently_and_respects_restrict(
         assert targets["10.9.9.9"][".id"] == other  # restrict: the operator's own target is untouched
         communities = {c["name"]: c for c in snap["/snmp/community"]}
         assert communities["flowenricher"]["addresses"] == "10.254.0.2/32"
-        assert "public" in communities
+        # the builtin community cannot be removed: it stays, disabled, unreadable, appliance only
+        public = communities["public"]
+        assert (public["default"], public["disabled"], public["read-access"], public["addresses"]) == (
+            "true", "true", "false", "10.254.0.2/32")
 
 
 def test_command_line_serves_until_sigterm(tmp_path: Path, certificate: tuple[Path, Path]) -> None:

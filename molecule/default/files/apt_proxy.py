@@ -5,7 +5,7 @@ internet either); apt reaches the Debian mirror through this proxy, which the `c
 role configures with `common_apt_proxy`, as an operator would with apt-cacher-ng.  Only
 GET/HEAD of absolute ``http://`` URLs on the allowed mirror hosts are forwarded.
 
-    python3 apt_proxy.py --listen 10.254.77.1:3142 [--allow deb.debian.org ...]
+    python3 apt_proxy.py --listen <router address>:3142 [--allow deb.debian.org ...]
 """
 
 from __future__ import annotations
