@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,19 @@ def collectors() -> Iterator[list[FlowenricherProcess]]:
     finally:
         for process in started:
             process.stop()
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs a command in-process (cli.main) points the root logger at the
+    stream pytest captured for that test, which is closed after it: every later log line
+    of the session would then be a "Logging error" traceback.  The root logger's handlers
+    and level are put back after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 # Slow tests are marked here and nowhere else, so `make test-fast` (pytest -m "not slow")
