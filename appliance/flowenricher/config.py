@@ -85,6 +85,7 @@ from .enrich.settings import (
     SnmpTargetSettings,
     dns_problems,
     parse_enrich,
+    parse_networks,
     snmp_problems,
 )
 from .errors import ConfigError
@@ -216,8 +217,6 @@ class Settings(Section):
     @property
     def networks(self) -> tuple[NetworkSettings, ...]:
         """The operator's network classification, typed."""
-        from .enrich.settings import parse_networks
-
         return parse_networks(self.network_names)
 
     @property
