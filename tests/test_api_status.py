@@ -48,7 +48,8 @@ def test_every_source_failing_still_renders_and_says_why() -> None:
     page = status.render(view)
     facts = _facts(view)
     assert facts["store"] == ("ok", "answers")  # the checks themselves answered
-    for label in ("last flow", "flows/s", "bits/s", "drops", "spool", "BGP RIB", "blackholes"):
+    for label in ("last flow", "flows/s", "bits/s", "drops", "store lag", "spool", "BGP sessions", "BGP RIB",
+                  "blackholes"):
         assert facts[label] == ("unknown", "unknown: RuntimeError (see the API log)"), label
     assert "boom" not in page  # the exception's text goes to the log, not the page
     assert page.count("<svg") == 4 and page.count("unknown: RuntimeError (see the API log)</text>") == 4
@@ -64,6 +65,7 @@ def test_an_outage_gives_its_reason() -> None:
     assert facts["blackholes"] == ("unknown", "unknown: the collector (flowenricher run) is not answering; "
                                               "see the API's log")
     assert facts["spool"] == ("unknown", "unknown: the collector does not answer")
+    assert facts["store lag"] == facts["BGP sessions"] == ("unknown", "unknown: the collector does not answer")
 
 
 def test_health_line_values() -> None:
@@ -72,6 +74,12 @@ def test_health_line_values() -> None:
     Gauge("flowenricher_store_spool_bytes", "", registry=registry).set(2_500_000)
     Gauge("flowenricher_rib_synchronized", "", registry=registry).set(1)
     Gauge("flowenricher_rib_prefixes", "", ["family"], registry=registry).labels("ipv4").set(950_000)
+    lag = Gauge("flowenricher_store_lag_seconds", "", registry=registry)
+    lag.set(2)
+    Gauge("flowenricher_bgp_sessions_answered", "", registry=registry).set(1)
+    up = Gauge("flowenricher_bgp_session_established", "", ["neighbor"], registry=registry)
+    up.labels("192.0.2.1").set(1)
+    up.labels("2001:db8::1").set(1)
     view = status.collect(NOW, UTC, _sources(registry=registry))
     facts = _facts(view)
     assert facts["flows/s"] == ("ok", "6") and facts["bits/s"] == ("ok", "8.0 kb/s")
@@ -81,6 +89,17 @@ def test_health_line_values() -> None:
     assert facts["drops, last 5 min"] == ("bad", "kernel 3, decoder 2, store 0")
     assert facts["spool"] == ("warn", "1,200 rows, 2.5 MB")
     assert facts["BGP RIB"] == ("ok", "following GoBGP, 950,000 prefixes")
+    assert facts["BGP sessions"] == ("ok", "2 of 2 established")
+    assert facts["store lag"] == ("ok", "the oldest flow not yet stored has waited 2 s")
+    lag.set(0)
+    up.labels("192.0.2.1").set(0)
+    up.labels("2001:db8::1").set(0)
+    facts = _facts(status.collect(NOW, UTC, _sources(registry=registry)))
+    assert facts["store lag"] == ("ok", "every flow received is stored")
+    assert facts["BGP sessions"] == ("bad", "0 of 2 established; down: 192.0.2.1, 2001:db8::1")
+    lag.set(900)
+    assert _facts(status.collect(NOW, UTC, _sources(registry=registry)))["store lag"] == (
+        "bad", "the oldest flow not yet stored has waited 15 min")
 
 
 def test_chart_svg_scales_and_says_no_data() -> None:

@@ -265,3 +265,44 @@ def test_server_down_at_start_spools_then_migrates_and_replays(
     assert _stored_ids(store) == list(range(3000))
     assert len(writer.spool) == 0
     store.close()
+
+
+def test_store_lag_counts_memory_then_spool_then_zero(tmp_path: Path, standin: ClickHouseHTTPStandIn) -> None:
+    """flowenricher_store_lag_seconds (the status page's "store lag"): the age of the oldest
+    flow the store has not acknowledged, whether it waits in memory or in the spool."""
+    registry = CollectorRegistry()
+    settings = StoreSettings(host="127.0.0.1", port=standin.port, path=str(tmp_path / "client"), batch_size=10_000)
+    store = ServerStore(settings)
+    store.migrate()
+    clock = Clock()
+    spool = Spool(settings.spool_path, settings.spool_max_bytes, settings.spool_max_age_s, False, registry, clock=clock)
+    writer = BatchWriter(store, settings, spool, registry=registry, clock=clock)
+
+    def lag() -> float:
+        return _metric(registry, "flowenricher_store_lag_seconds")
+
+    assert lag() == 0
+    writer.add(_numbered(0, 10))
+    clock.now += 0.4
+    writer.add(_numbered(10, 10))  # the oldest row counts, not the newest
+    clock.now += 0.4
+    assert lag() == pytest.approx(0.8)
+    writer.flush()
+    assert lag() == 0
+
+    standin.stop()
+    writer.add(_numbered(20, 10))
+    clock.now += 1.0
+    writer.flush()  # refused: spooled
+    assert len(spool) == 1 and lag() == 0  # just spooled
+    clock.now += 45
+    assert lag() == pytest.approx(45)
+    writer.add(_numbered(30, 10))
+    clock.now += 5
+    assert lag() == pytest.approx(50)  # the spooled block is older than the one in memory
+    standin.start()
+    clock.now += 60  # past the back-off
+    writer.flush()
+    assert len(spool) == 0 and lag() == 0
+    assert _stored_ids(store) == list(range(40))
+    store.close()

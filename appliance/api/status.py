@@ -2,7 +2,7 @@
 
 Made to be read in a few seconds: a health line first (does the store answer, does the
 collector, when did each exporter's last flow arrive, flows/s and bits/s now, drops by
-place, the spool, blackholes by state, the BGP RIB), small charts of the last hours,
+place, the store lag and the spool, blackholes by state, GoBGP's sessions and RIB), small charts of the last hours,
 then the detections with their addresses, the blackholes with state and reason, and the
 top talkers.  The raw counters stay on ``/metrics``.
 
@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry
 
+from appliance.flowenricher.bgp.sessions import ANSWERED_METRIC, SESSION_METRIC
 from appliance.flowenricher.blackhole.state import Blackhole
 
 from .errors import ApiError
@@ -43,6 +44,10 @@ DROPS_WINDOW = 300
 """Drops in the health line: the last five minutes of collector_stats."""
 STALE_AFTER = 120
 """An exporter whose last flow is older than this is shown as late (a warning)."""
+LAG_WARN_S = 30
+"""A store lag past this is a warning: at the default settings a flow waits a second or
+two for its insert; tens of seconds mean the store is slow or refusing (see the spool)."""
+LAG_BAD_S = 300
 
 Level = Literal["ok", "warn", "bad", "unknown"]
 
@@ -125,26 +130,44 @@ def _read(what: str, call: Callable[[], T]) -> T:
         raise _Unknown(f"{type(err).__name__} (see the API log)") from err
 
 
-def registry_values(registry: CollectorRegistry) -> dict[str, float]:
-    """Every flowenricher sample of the registry, summed over its labels (the collector's
-    own in-process; scraped over the control socket by `flowenricher api`)."""
+@dataclass
+class Scrape:
+    """One read of the collector's metrics: every sample summed over its labels
+    (`totals`), and the per-neighbour BGP session samples (`sessions`: neighbour ->
+    established 1/0)."""
+
+    totals: dict[str, float]
+    sessions: dict[str, float]
+
+
+def registry_values(registry: CollectorRegistry) -> Scrape:
+    """Every flowenricher sample of the registry (the collector's own in-process;
+    scraped over the control socket by `flowenricher api`), read once."""
     totals: dict[str, float] = {}
+    sessions: dict[str, float] = {}
     for family in registry.collect():
         if not family.name.startswith("flowenricher_"):
             continue
         for sample in family.samples:
-            if not sample.name.endswith("_created"):
-                totals[sample.name] = totals.get(sample.name, 0.0) + float(sample.value)
-    return totals
+            if sample.name.endswith("_created"):
+                continue
+            totals[sample.name] = totals.get(sample.name, 0.0) + float(sample.value)
+            if sample.name == SESSION_METRIC:
+                sessions[sample.labels.get("neighbor", "?")] = float(sample.value)
+    return Scrape(totals, sessions)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _ago(seconds: float) -> str:
-    seconds = max(seconds, 0.0)
-    if seconds < 120:
-        return f"{seconds:.0f} s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min ago"
-    return f"{seconds / 3600:.1f} h ago"
+    return _duration(seconds) + " ago"
 
 
 def human(value: float, unit: str = "") -> str:
@@ -207,11 +230,20 @@ def _drop_facts(src: Sources, now: int) -> list[Fact]:
     return [Fact("drops, last 5 min", text, "ok" if lost == 0 else "bad")]
 
 
-def _registry_facts(values: dict[str, float] | None, why: str) -> list[Fact]:
-    """The spool and the BGP RIB, from the collector's metrics."""
-    if values is None:
-        return [Fact("spool", f"unknown: {why}", "unknown"), Fact("BGP RIB", f"unknown: {why}", "unknown")]
+def _registry_facts(scrape: Scrape | None, why: str) -> list[Fact]:
+    """The store lag, the spool, the BGP sessions and RIB, from the collector's metrics."""
+    labels = ("store lag", "spool", "BGP sessions", "BGP RIB")
+    if scrape is None:
+        return [Fact(label, f"unknown: {why}", "unknown") for label in labels]
+    values = scrape.totals
     facts = []
+    lag = values.get("flowenricher_store_lag_seconds")
+    if lag is None:
+        facts.append(Fact("store lag", "unknown: the collector reports no store metrics here", "unknown"))
+    else:
+        level: Level = "ok" if lag <= LAG_WARN_S else "warn" if lag <= LAG_BAD_S else "bad"
+        text = "every flow received is stored" if lag == 0 else f"the oldest flow not yet stored has waited {_duration(lag)}"
+        facts.append(Fact("store lag", text, level))
     if "flowenricher_store_spool_rows" in values or "flowenricher_store_spool_bytes" in values:
         rows = values.get("flowenricher_store_spool_rows", 0.0)
         size = values.get("flowenricher_store_spool_bytes", 0.0)
@@ -222,6 +254,7 @@ def _registry_facts(values: dict[str, float] | None, why: str) -> list[Fact]:
         facts.append(Fact("spool", text, "ok" if rows == 0 else "warn"))
     else:
         facts.append(Fact("spool", "unknown: the collector reports no store metrics here", "unknown"))
+    facts.append(_session_fact(scrape))
     if "flowenricher_rib_synchronized" in values:
         synced = values["flowenricher_rib_synchronized"] >= 1
         prefixes = values.get("flowenricher_rib_prefixes", 0.0)
@@ -230,6 +263,25 @@ def _registry_facts(values: dict[str, float] | None, why: str) -> list[Fact]:
     else:
         facts.append(Fact("BGP RIB", "unknown: no BGP RIB mirror runs (bgp enrichment off)", "unknown"))
     return facts
+
+
+def _session_fact(scrape: Scrape) -> Fact:
+    """GoBGP's sessions: how many are Established, and the neighbours that are not."""
+    answered = scrape.totals.get(ANSWERED_METRIC)
+    if answered is None:
+        return Fact("BGP sessions", "unknown: the collector does not watch GoBGP's sessions", "unknown")
+    stale = "" if answered >= 1 else " (GoBGP does not answer now: as last seen)"
+    if answered < 1 and not scrape.sessions:
+        return Fact("BGP sessions", "unknown: GoBGP does not answer", "bad")
+    if not scrape.sessions:
+        return Fact("BGP sessions", "none configured in GoBGP", "warn")
+    up = sorted(n for n, v in scrape.sessions.items() if v >= 1)
+    down = sorted(n for n, v in scrape.sessions.items() if v < 1)
+    text = f"{len(up)} of {len(scrape.sessions)} established"
+    if down:
+        text += "; down: " + ", ".join(down)
+    level: Level = "bad" if not up else "warn" if down or answered < 1 else "ok"
+    return Fact("BGP sessions", text + stale, level)
 
 
 def _blackhole_fact(blackholes: list[Blackhole] | None, why: str) -> Fact:
@@ -303,14 +355,14 @@ def collect(now: float, zone: tzinfo, src: Sources) -> StatusView:
     else:
         health += [Fact(label, f"unknown: {store_why}", "unknown") for label in ("last flow", "flows/s", "bits/s",
                                                                                  "drops")]
-    values: dict[str, float] | None = None
+    scrape: Scrape | None = None
     registry_why = collector_why
     if collector is not False:
         try:
-            values = _read("metrics", lambda: registry_values(src.registry))
+            scrape = _read("metrics", lambda: registry_values(src.registry))
         except _Unknown as why:
             registry_why = str(why)
-    health += _registry_facts(values, registry_why)
+    health += _registry_facts(scrape, registry_why)
     blackholes: list[Blackhole] | None = None
     blackholes_why = ""
     try:

@@ -116,6 +116,7 @@ def runtime_factory(cfg: Settings, rules_path: Path | None = None, config_path: 
         try:
             _add_stats_recorder(runtime, cfg, registry, query, poller)
             _add_blackholes(runtime, cfg, registry, query)
+            _add_bgp_sessions(runtime, cfg, registry)
             anomaly = _add_anomaly(runtime, cfg, registry, query) if cfg.anomaly.enabled else None
             if rules_path is not None:
                 _add_detection(runtime, cfg, rules_path, registry, query, anomaly)
@@ -255,6 +256,16 @@ def _add_blackholes(runtime: Runtime, cfg: Settings, registry: CollectorRegistry
     active = manager.active()
     log.info("blackholes: %d active (state %s, GoBGP %s)%s", len(active), cfg.storage.state_db, cfg.bgp.gobgp.api,
              ", dry run" if bh.dry_run else "")
+
+
+def _add_bgp_sessions(runtime: Runtime, cfg: Settings, registry: CollectorRegistry) -> None:
+    """GoBGP's neighbours and whether each session is up, as metrics the status page and
+    Prometheus read (bgp/sessions.py: polled in a thread of its own)."""
+    from .bgp.sessions import SessionWatch
+
+    watch = SessionWatch(cfg.bgp.gobgp.api, registry)
+    runtime.closers.append(watch.close)
+    watch.start()
 
 
 def apply_live_config(runtime: Runtime, cfg: Settings, new: Settings) -> list[str]:

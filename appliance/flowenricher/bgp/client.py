@@ -96,6 +96,19 @@ class GoBgpError(FlowEnricherError):
         return self.code is not None and self.code not in TRANSIENT_CODES and _NOT_STARTED not in self.detail
 
 
+class Session(NamedTuple):
+    """One BGP neighbour of GoBGP: `state` is GoBGP's session state in lower case
+    ("established", "active", "idle"...), `since` when it entered it (Unix time; None when
+    GoBGP has no time for it), `received` and `accepted` its prefixes over all families."""
+
+    neighbor: str
+    peer_as: int
+    state: str
+    since: float | None
+    received: int
+    accepted: int
+
+
 class PathChange(NamedTuple):
     """One best path as the watch reports it: `attrs` None means the prefix is withdrawn.
 
@@ -298,6 +311,26 @@ class GoBgpClient:
             request = api.GetTableRequest(table_type=api.GLOBAL, family=api.Family(afi=afi, safi=safi))
             sizes[family] = int(self._unary("GetTable", request).num_destination)
         return sizes
+
+    def sessions(self) -> list[Session]:
+        """Every BGP neighbour configured in GoBGP with its session state (ListPeer)."""
+        try:
+            peers = [response.peer for response in self._stub.ListPeer(api.ListPeerRequest(), timeout=self.timeout)]
+        except grpc.RpcError as err:
+            raise rpc_error(self.target, "ListPeer", err) from err
+        out = []
+        for peer in peers:
+            state = peer.state
+            name = api.PeerState.SessionState.Name(state.session_state)
+            timers = peer.timers.state
+            since = timers.uptime if state.session_state == api.PeerState.ESTABLISHED else timers.downtime
+            received = accepted = 0
+            for afi_safi in peer.afi_safis:
+                received += afi_safi.state.received
+                accepted += afi_safi.state.accepted
+            out.append(Session(state.neighbor_address, state.peer_asn, name.lower(),
+                               float(since.seconds) if since.seconds else None, received, accepted))
+        return out
 
     def watch_best_paths(self, init: bool = True) -> WatchStream:
         """Open the best-path watch (see the module docstring).  With `init`, its first

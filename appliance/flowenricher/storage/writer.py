@@ -61,6 +61,7 @@ class BatchWriter:
         self._clock = clock
         self._blocks: list[bytes] = []
         self._rows = 0
+        self._first_added: float | None = None  # when the oldest block in memory was added
         self._partition_columns = partition_columns(settings)
         self._days: partitions.Days = ()
         # Tokens: this writer's id and a counter, unique without coordination.
@@ -74,15 +75,26 @@ class BatchWriter:
         # False when the service started while the server was away: the schema is brought
         # up to date before the first insert that reaches it.
         self._migrated = migrated
+        self.metrics.lag_seconds.set_function(self.lag_seconds)
 
     @property
     def pending_rows(self) -> int:
         return self._rows
 
+    def lag_seconds(self) -> float:
+        """How long the oldest flow handed to this writer has waited without the store
+        acknowledging it: in memory for the next insert, or in the spool; 0 when all is
+        stored.  Read from another thread (the metrics scrape): one attribute read."""
+        first = self._first_added
+        waiting = max(0.0, self._clock() - first) if first is not None else 0.0
+        return max(waiting, self.spool.stats().oldest_age_s)
+
     def add(self, batch: FlowBatch) -> None:
         """Queue a batch; flushes when ``batch_size`` rows are waiting."""
         if batch.n == 0:
             return
+        if not self._blocks:
+            self._first_added = self._clock()
         for part, days in partitions.split(batch, self._partition_columns):
             if self._blocks and not partitions.fits(partitions.union(self._days, days)):
                 self.flush()  # joined, the block would span more partitions than an insert may
@@ -118,6 +130,7 @@ class BatchWriter:
             token = f"{self._token_prefix}-{self._formed}"
             if not (now >= self._retry_at and self._replay(now) and self._send(block, rows, now, token)):
                 self._spool(block, rows, token)
+            self._first_added = None  # stored, or in the spool (whose age counts from now on)
         elif len(self.spool) and now >= self._retry_at:
             self._replay(now)
 
