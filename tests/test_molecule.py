@@ -111,6 +111,8 @@ def test_inventory_example_passes_the_preflight(inventory: Path) -> None:
     ({"gobgp_log_level": "chatty"}, "gobgp_log_level"),
     ({"appliance_admin_networks": ["10.0.0.300/24"]}, "common_admin_networks"),
     ({"vault_clickhouse_writer_password": "short"}, "vault_clickhouse_writer_password"),
+    # the API's mode is flowenricher_api_mode; api.enabled saying otherwise is refused
+    ({"flowenricher_api": {"listen": "127.0.0.1:9600", "enabled": False}}, "flowenricher_api_mode is inprocess"),
     # a rule whose communities the router's filter could not tell a blackhole by
     ({"flowenricher_rules": [{"name": "scan", "proto": "tcp", "unique_dst_ports": 100, "time_window": "60s",
                               "action": "blackhole", "blackhole_count": 1, "blackhole_time": 600,

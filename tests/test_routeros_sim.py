@@ -28,6 +28,7 @@ import pytest
 from librouteros.exceptions import FatalError, TrapError
 from librouteros.protocol import ApiProtocol, decode_length, encode_length
 from librouteros.query import Key, Or
+from support.files import self_signed
 from support.routeros_sim import BgpRoute, BirdFeed, RouterOsSim, evaluate_chain, format_duration, parse_duration
 
 PASSWORD = "s3cret"
@@ -209,14 +210,7 @@ def test_state_file_follows_changes(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    d = tmp_path_factory.mktemp("cert")
-    cert, key = d / "router.pem", d / "router.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=router",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert, key
+    return self_signed(tmp_path_factory.mktemp("cert"), "router", "router", "IP:127.0.0.1")
 
 
 def test_api_ssl_with_a_verified_certificate(certificate: tuple[Path, Path]) -> None:

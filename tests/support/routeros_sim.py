@@ -208,6 +208,19 @@ def as_address_or_prefix(text: str) -> str:
     return as_prefix(text) if "/" in text else as_address(text)
 
 
+def as_list_address_v4(text: str) -> str:
+    """An ``/ip/firewall/address-list`` address: IPv4 only, a host prefix printed as the
+    bare address (``192.0.2.10/32`` -> ``192.0.2.10``), a network canonical."""
+    net = ipaddress.IPv4Network(text, strict=False)
+    return str(net.network_address) if net.prefixlen == 32 else str(net)
+
+
+def as_list_address_v6(text: str) -> str:
+    """An ``/ipv6/firewall/address-list`` address: IPv6 only, always printed as a prefix
+    (``2001:db8::10`` -> ``2001:db8::10/128``)."""
+    return str(ipaddress.IPv6Network(text, strict=False))
+
+
 def as_prefix(text: str) -> str:
     """A route destination: canonical network, bare addresses become host routes."""
     return str(ipaddress.ip_network(text, strict=False))
@@ -495,6 +508,7 @@ class Menu:
     items: list[dict[str, str]] = field(default_factory=list)
     required_since: dict[str, str] = field(default_factory=dict)  # field -> first version needing it
     write_only: tuple[str, ...] = ()  # taken by add/set, never printed (a user's password)
+    unique_together: tuple[str, ...] = ()  # these fields together name one item (an address list's list+address)
 
     def fields_for(self, version: str) -> dict[str, Field]:
         key = version_key(version)
@@ -631,6 +645,17 @@ def build_menus(version: str, identity: str) -> dict[str, Menu]:
             "scope": Field(as_int(0, 255), "30"),
             "target-scope": Field(as_int(0, 255), "10"),
         }, required=("dst-address",)),
+        # An address list entry: (list, address) names it; RouterOS refuses a second one.
+        *(Menu(path, {
+            **_common_list_fields(),
+            "list": Field(),
+            "address": Field(norm),
+            "timeout": Field(as_duration),
+            "dynamic": Field(read_only=True, default="false"),
+            "creation-time": Field(read_only=True, default="2026-01-01 00:00:00"),
+        }, required=("list", "address"), unique_together=("list", "address"))
+          for path, norm in (("/ip/firewall/address-list", as_list_address_v4),
+                             ("/ipv6/firewall/address-list", as_list_address_v6))),
         Menu("/user/group", {"comment": Field(), "name": Field(), "policy": Field(as_policy, as_policy("")),
                              "skin": Field(default="default")}, required=("name",), unique=("name",)),
         Menu("/user", {
@@ -884,10 +909,9 @@ class RouterOsState:
         for name in menu.unique:
             if any(i.get(name) == values[name] for i in menu.items):
                 raise ApiTrap(f"failure: item with such {name} already exists", category=1)
-        item = {name: f.default for name, f in menu.fields_for(self.version).items()
-                if f.default is not None and not f.read_only}
-        if "default" in menu.fields:
-            item["default"] = "false"
+        self._check_unique_together(menu, values, None)
+        # read-only fields with a default are shown on a new item too (default=false, dynamic=false)
+        item = {name: f.default for name, f in menu.fields_for(self.version).items() if f.default is not None}
         item.update(values)
         item_id = f"*{self._next_id:X}"
         self._next_id += 1
@@ -918,10 +942,17 @@ class RouterOsState:
             for name in menu.unique:
                 if name in values and any(i is not item and i.get(name) == values[name] for i in menu.items):
                     raise ApiTrap(f"failure: item with such {name} already exists", category=1)
+            self._check_unique_together(menu, {**item, **values}, item)
             item.update(values)
             for name in unset:
                 self._reset(menu, item, name)
         self._changed()
+
+    @staticmethod
+    def _check_unique_together(menu: Menu, values: dict[str, str], item: dict[str, str] | None) -> None:
+        if menu.unique_together and any(
+                i is not item and all(i.get(n) == values.get(n) for n in menu.unique_together) for i in menu.items):
+            raise ApiTrap("failure: already have such entry", category=1)
 
     def _reset(self, menu: Menu, item: dict[str, str], name: str) -> None:
         default = menu.fields_for(self.version)[name].default
