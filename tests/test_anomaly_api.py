@@ -17,8 +17,8 @@ from appliance.flowenricher.detect.features import FEATURE_NAMES
 
 WIDTH = len(FEATURE_NAMES)
 # A slow scanner's minute and an ordinary HTTPS client's, in FEATURE_NAMES order.
-SCAN = [0.25, 0.25, 11.0, 15, 1, 1.0, 0.0, 3.9, 44.0, 1.0, 1.0, 0.0, 0.0, 15, 1]
-CLIENT = [0.05, 0.6, 400.0, 1, 1, 0.0, 0.0, 0.0, 600.0, 12.0, 1.0, 0.0, 0.0, 0, 0]
+SCAN = [0.25, 0.25, 11.0, 15, 1, 1.0, 0.0, 3.9, 44.0, 1.0, 1.0, 0.0, 0.0, 15, 1, 150, 1.0]
+CLIENT = [0.05, 0.6, 400.0, 1, 1, 0.0, 0.0, 0.0, 600.0, 12.0, 1.0, 0.0, 0.0, 0, 0, 0, 0.0]
 
 
 @pytest.fixture(scope="module")

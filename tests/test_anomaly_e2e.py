@@ -36,6 +36,7 @@ from support.attack_lab import (
 from support.attack_lab import unavailable_reason as lab_unavailable
 from support.netns import TestNetwork, require_netns, sweep_stale
 
+from appliance.flowenricher.config import AnomalySettings
 from appliance.flowenricher.detect.anomaly import AnomalyModel
 from appliance.flowenricher.detect.features import FeatureWindows
 from appliance.flowenricher.generate.traffic import TrafficGenerator
@@ -48,7 +49,7 @@ def baseline_model(path: Path) -> AnomalyModel:
     """A model of ordinary traffic (the generator's normal model, ten-second windows),
     saved where the service will load it."""
     gen = TrafficGenerator(scenario="normal", seed=11)
-    windows = FeatureWindows(WINDOW_S)
+    windows = FeatureWindows(WINDOW_S, AnomalySettings().history_windows)  # as the service counts
     vectors = []
     for second in range(300):
         batch = gen.batch(300, (T0 + second) * 1000, 1000).to_flow_batch()
@@ -97,7 +98,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         lab = AttackLab(net, workdir / "lab").start()
         config = collector_config(workdir, port=lab.collector_port, rules=rules) + (
             "anomaly:\n  enabled: true\n"
-            f"  window: {WINDOW_S}s\n  model_path: {json.dumps(str(model_path))}\n  train_interval: 1h\n")
+            f"  window: {WINDOW_S}s\n  model_path: {json.dumps(str(model_path))}\n  train_interval: 1h\n"
+            "  store_min_score: 0\n")  # the client's windows are stored however ordinary they score
         collector = Collector(lab, config, workdir)
         yield Setup(lab, collector, workdir, model)
         code = collector.stop()

@@ -38,7 +38,8 @@ def test_features_are_exact_on_hand_made_flows() -> None:
         "flows_per_s": 3 / 60, "packets_per_s": 3 / 60, "bytes_per_s": 132 / 60, "unique_dst_ips": 3,
         "unique_dst_ports": 1, "syn_ratio": 1.0, "dst_port_entropy": 0.0, "dst_ip_entropy": math.log2(3),
         "mean_packet_size": 44.0, "packets_per_flow": 1.0, "tcp_share": 1.0, "udp_share": 0.0, "icmp_share": 0.0,
-        "syn_dst_ips": 3, "syn_dst_ports": 1,
+        "syn_dst_ips": 3, "syn_dst_ports": 1, "syn_dst_ips_history": 3,
+        "syn_dst_share_history": 1.0,
     })
     mix = features["2001:db8::5"]
     assert mix == pytest.approx({
@@ -47,7 +48,8 @@ def test_features_are_exact_on_hand_made_flows() -> None:
         # ports 443, 443, 53, 0: p = 1/2, 1/4, 1/4 -> 1.5 bits; addresses 2 and 2 -> 1 bit
         "dst_port_entropy": 1.5, "dst_ip_entropy": 1.0,
         "mean_packet_size": 30144 / 32, "packets_per_flow": 8.0, "tcp_share": 0.25, "udp_share": 0.5,
-        "icmp_share": 0.25, "syn_dst_ips": 0, "syn_dst_ports": 0,
+        "icmp_share": 0.25, "syn_dst_ips": 0, "syn_dst_ports": 0, "syn_dst_ips_history": 0,
+        "syn_dst_share_history": 0.0,
     })
 
 
@@ -62,6 +64,34 @@ def test_connection_attempts_are_syn_without_ack() -> None:
     [vector] = by_source(features_of_batch(hand_batch(rows), window_s=10)).values()
     assert vector["syn_ratio"] == pytest.approx(2 / 5)
     assert (vector["syn_dst_ips"], vector["syn_dst_ports"], vector["unique_dst_ips"]) == (2, 2, 5)
+
+
+def test_history_counts_distinct_attempt_destinations_over_the_last_windows() -> None:
+    # Three windows of 60 s, history of two: a scanner probing new hosts each minute, a
+    # client retrying the same blocked server, and a source whose only attempt is old.
+    windows = FeatureWindows(60, history_windows=2)
+    rows = []
+    for minute in range(3):
+        at = T0 + 60 * minute + 5
+        rows += [{"src": "198.51.100.7", "dst": f"84.54.49.{10 * minute + i}", "flags": 0x02, "at": at + i}
+                 for i in range(3)]
+        rows += [{"src": "192.0.2.20", "dst": "203.0.113.9", "flags": 0x02, "at": at + i} for i in range(4)]
+    rows.append({"src": "192.0.2.30", "dst": "203.0.113.1", "flags": 0x02, "at": T0 + 1})
+    rows.append({"src": "192.0.2.30", "dst": "203.0.113.1", "flags": 0x1B, "at": T0 + 125})
+    windows.add(hand_batch(rows))
+    closed = [by_source(w) for w in windows.close(T0 + 180)]
+    assert [w["198.51.100.7"]["syn_dst_ips_history"] for w in closed] == [3, 6, 6]
+    assert [w["198.51.100.7"]["syn_dst_ips"] for w in closed] == [3, 3, 3]
+    assert [w["192.0.2.20"]["syn_dst_ips_history"] for w in closed] == [1, 1, 1]
+    # Per flow over the same windows: every scanner flow a new host; the retrying client
+    # one host in its 4, then 8 flows of two windows.
+    assert [w["198.51.100.7"]["syn_dst_share_history"] for w in closed] == [1.0, 1.0, 1.0]
+    assert [w["192.0.2.20"]["syn_dst_share_history"] for w in closed] == [0.25, 0.125, 0.125]
+    # Two windows back is beyond a history of two: the old attempt no longer counts.
+    assert closed[2]["192.0.2.30"]["syn_dst_ips_history"] == 0
+    assert closed[2]["192.0.2.30"]["syn_dst_share_history"] == 0.0
+    with pytest.raises(ValueError, match="history_windows"):
+        FeatureWindows(60, history_windows=0)
 
 
 def test_windows_split_by_time_and_close_when_they_end() -> None:

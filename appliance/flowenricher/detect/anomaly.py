@@ -176,16 +176,18 @@ class AnomalyModel:
 
     @classmethod
     def train(cls, vectors: npt.ArrayLike, *, contamination: float | str = "auto", trees: int = 100,
-              max_samples: int = 256, seed: int | None = None, now: float | None = None) -> AnomalyModel:
-        """A forest of `trees` trees on `vectors` (rows in FEATURE_NAMES order)."""
+              max_samples: int = 256, seed: int | None = None, now: float | None = None,
+              feature_names: tuple[str, ...] = FEATURE_NAMES) -> AnomalyModel:
+        """A forest of `trees` trees on `vectors` (rows in `feature_names` order: the
+        service's FEATURE_NAMES; the evaluation trains on fewer to compare)."""
         x = transform(vectors)
-        if x.ndim != 2 or x.shape[1] != len(FEATURE_NAMES):
-            raise ValueError(f"vectors must have {len(FEATURE_NAMES)} columns, not shape {x.shape}")
+        if x.ndim != 2 or x.shape[1] != len(feature_names):
+            raise ValueError(f"vectors must have {len(feature_names)} columns, not shape {x.shape}")
         if len(x) < 2:
             raise ValueError("at least 2 vectors are needed to train")
         forest = IsolationForest(n_estimators=trees, max_samples=min(max_samples, len(x)),
                                  contamination=contamination, random_state=seed).fit(x)
-        return cls(forest, FEATURE_NAMES, time.time() if now is None else now, len(x),
+        return cls(forest, feature_names, time.time() if now is None else now, len(x),
                    threshold=float(-forest.offset_))
 
     def score(self, vectors: npt.ArrayLike) -> F64:
@@ -289,7 +291,7 @@ class AnomalyScoring:
         self.settings = settings
         self.model_path = Path(settings.model_path)
         self._lock = threading.RLock()
-        self._windows = FeatureWindows(int(settings.window_s))
+        self._windows = FeatureWindows(int(settings.window_s), int(settings.history_windows))
         self._clock = clock
         self._seed = seed
         self.model: AnomalyModel | None = None

@@ -14,7 +14,14 @@ entropies (a sweep spreads evenly over many addresses; a client talks mostly to 
 the share of connection attempts, packet sizes and protocol shares, and the distinct
 destinations and ports of connection attempts alone (SYN without ACK): a client's few
 unanswered attempts go to one or two servers, a scanner's to every host it probes.
-docs/detection-quality.md measures what these last two add.
+docs/detection-quality.md measures what these last two add.  The last feature looks
+further back: the distinct destinations of a source's connection attempts over this
+window and the ones before it (``history_windows`` in all), since a scanner at three
+hosts a minute looks like a client within one minute but reaches thirty new hosts in
+ten, where a client whose SYNs a firewall drops keeps retrying the same few; and those
+destinations per flow of the source over the same windows (near 1 for a scanner, whose
+every flow is an attempt at a new host; small for a busy host or a NAT whose few
+unanswered attempts go to the same servers).
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "icmp_share",
     "syn_dst_ips",
     "syn_dst_ports",
+    "syn_dst_ips_history",
+    "syn_dst_share_history",
 )
 """The vector's components, in order (the model's metadata records them)."""
 
@@ -216,7 +225,56 @@ def _distinct_and_entropy(pairs: _Pairs, k: int) -> tuple[F64, F64]:
     return distinct, np.maximum(entropy, 0.0)
 
 
-def _vectors(part: _Partial, window_s: float) -> F64:
+def _source_keys(part: _Partial) -> U64:
+    """One 64-bit key per source of `part` (its address mixed), for the history."""
+    return _mix(_mix(part.hi) ^ part.lo)
+
+
+@dataclass
+class _WindowHistory:
+    """What the history features keep of one closed window: the distinct (source,
+    destination) pairs of connection attempts (source key major), and each source's key
+    with its flows."""
+
+    src: U64
+    dst: U64
+    sources: U64
+    flows: F64
+
+
+def _history_of(part: _Partial) -> _WindowHistory:
+    pairs = part.pairs["syn_ips"]
+    keys = _source_keys(part)
+    src, dst = keys[pairs.src], pairs.value
+    order, starts, _ = _group_starts(dst, src)
+    return _WindowHistory(src[order][starts], dst[order][starts], keys, part.sums[:, _FLOWS].copy())
+
+
+def _per_source(own: U64, keys: U64, values: F64) -> F64:
+    """The sum of `values` per key, for each key of `own` (0 where it has none)."""
+    if not len(keys):
+        return np.zeros(len(own))
+    unique, inverse = np.unique(keys, return_inverse=True)
+    sums = np.bincount(inverse, weights=values, minlength=len(unique))
+    at = np.minimum(np.searchsorted(unique, own), len(unique) - 1)
+    out: F64 = np.where(unique[at] == own, sums[at], 0.0)
+    return out
+
+
+def _history_features(part: _Partial, history: Sequence[_WindowHistory]) -> tuple[F64, F64]:
+    """Per source of `part`, over this window and the `history` windows together: the
+    distinct destinations of its connection attempts, and those per flow."""
+    windows = [_history_of(part), *history]
+    src = np.concatenate([h.src for h in windows])
+    dst = np.concatenate([h.dst for h in windows])
+    own = windows[0].sources
+    order, starts, _ = _group_starts(dst, src)
+    distinct = _per_source(own, src[order][starts], np.ones(len(starts)))
+    flows = _per_source(own, np.concatenate([h.sources for h in windows]), np.concatenate([h.flows for h in windows]))
+    return distinct, np.divide(distinct, flows, out=np.zeros(len(own)), where=flows > 0)
+
+
+def _vectors(part: _Partial, window_s: float, history: Sequence[_WindowHistory] = ()) -> F64:
     k = len(part.hi)
     s = part.sums
     flows = s[:, _FLOWS]
@@ -241,12 +299,17 @@ def _vectors(part: _Partial, window_s: float) -> F64:
     out[:, 12] = s[:, _ICMP] / flows
     out[:, 13] = np.bincount(part.pairs["syn_ips"].src, minlength=k)
     out[:, 14] = np.bincount(part.pairs["syn_ports"].src, minlength=k)
+    if history:
+        out[:, 15], out[:, 16] = _history_features(part, history)
+    else:
+        out[:, 15], out[:, 16] = out[:, 13], out[:, 13] / flows
     return out
 
 
-def _features(part: _Partial, start: int, window_s: float) -> WindowFeatures:
+def _features(part: _Partial, start: int, window_s: float,
+              history: Sequence[_WindowHistory] = ()) -> WindowFeatures:
     return WindowFeatures(start=start, window_s=window_s, sources=part.addr, exporters=part.exporter,
-                          vectors=_vectors(part, window_s), flows=part.sums[:, _FLOWS].astype(np.int64))
+                          vectors=_vectors(part, window_s, history), flows=part.sums[:, _FLOWS].astype(np.int64))
 
 
 def flow_times(batch: FlowBatch) -> I64:
@@ -258,7 +321,8 @@ def flow_times(batch: FlowBatch) -> I64:
 
 
 def features_of_batch(batch: FlowBatch, window_s: float, start: int = 0) -> WindowFeatures:
-    """Every flow of `batch` as one window of `window_s` seconds (tests, the evaluation)."""
+    """Every flow of `batch` as one window of `window_s` seconds (tests, the evaluation);
+    no earlier window, so the history features are this window's."""
     if window_s <= 0:
         raise ValueError(f"window_s must be positive, not {window_s}")
     return _features(_partial_of(batch, np.arange(batch.n)), start, window_s)
@@ -269,14 +333,20 @@ class FeatureWindows:
 
     `add(batch)` reduces the batch into the partials of the windows its flows fall in;
     `close(now)` returns the features of every window that ended at or before `now`
-    (oldest first) and forgets them.  Flows of a window already closed are refused and
-    counted in `late`.  Not thread-safe: the caller serialises add and close.
+    (oldest first) and forgets them, but for the connection attempts and flow counts
+    per source of the last `history_windows` windows (the history features count over
+    them).  Flows of a window already closed are refused and counted in `late`.  Not
+    thread-safe: the caller serialises add and close.
     """
 
-    def __init__(self, window_s: int) -> None:
+    def __init__(self, window_s: int, history_windows: int = 1) -> None:
         if window_s < 1:
             raise ValueError(f"window_s must be at least 1 second, not {window_s}")
+        if history_windows < 1:
+            raise ValueError(f"history_windows must be at least 1, not {history_windows}")
         self.window_s = int(window_s)
+        self.history_windows = int(history_windows)
+        self._history: dict[int, _WindowHistory] = {}  # window index -> what the history keeps
         self.late = 0
         self._open: dict[int, list[_Partial]] = {}
         self._closed_before = 0  # window index: every window below it is closed
@@ -298,7 +368,13 @@ class FeatureWindows:
     def close(self, now: float) -> list[WindowFeatures]:
         """Features of the windows that ended by `now`."""
         done = sorted(w for w in self._open if (w + 1) * self.window_s <= now)
-        out = [_features(_merge(self._open.pop(w)), w * self.window_s, float(self.window_s)) for w in done]
+        out = []
+        for w in done:
+            part = _merge(self._open.pop(w))
+            self._history = {i: h for i, h in self._history.items() if i > w - self.history_windows}
+            out.append(_features(part, w * self.window_s, float(self.window_s), list(self._history.values())))
+            if self.history_windows > 1:
+                self._history[w] = _history_of(part)
         self._closed_before = max(self._closed_before, int(now // self.window_s))
         return out
 
