@@ -67,8 +67,8 @@ def build(path: Path, proto: str, flows: int, repeat: int = 1) -> Path:
     return path
 
 
-def run(argv: list[str], pythonpath: str | None = None) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in bytes, stdout) of one child process."""
+def run(argv: list[str], pythonpath: str | None = None) -> tuple[float, float, int, str]:
+    """(wall seconds, CPU seconds, peak RSS in bytes, stdout) of one child process."""
     env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -78,7 +78,7 @@ def run(argv: list[str], pythonpath: str | None = None) -> tuple[float, int, str
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{argv[:3]}...: exit status {proc.returncode}")
-    return wall, usage.ru_maxrss * 1024, out  # ru_maxrss: kilobytes on Linux
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, out  # ru_maxrss: KiB on Linux
 
 
 def records(out: str) -> int:
@@ -114,20 +114,23 @@ def main() -> None:
         if args.before:
             sides["flowenricher before"] = sides["flowenricher"]
         walls: dict[str, list[float]] = {k: [] for k in sides}
+        cpus: dict[str, list[float]] = {k: [] for k in sides}
         peaks: dict[str, list[int]] = {k: [] for k in sides}
         counts: dict[str, int] = {}
         print(f"{proto}: {pcap} ({pcap.stat().st_size / 1e6:.0f} MB)")
         for r in range(args.rounds):
             for name, argv in sides.items():  # alternately, so load from others falls on both
-                wall, peak, out = run(argv, args.before if name.endswith(" before") else None)
+                wall, cpu, peak, out = run(argv, args.before if name.endswith(" before") else None)
                 walls[name].append(wall)
+                cpus[name].append(cpu)
                 peaks[name].append(peak)
                 counts[name] = records(out)
-                print(f"  round {r + 1} {name:15s} {wall:7.2f} s  {peak / 1e6:6.1f} MB  "
+                print(f"  round {r + 1} {name:19s} {wall:7.2f} s (CPU {cpu:6.2f} s)  {peak / 1e6:6.1f} MB  "
                       f"{counts[name]} records  ({load()})", flush=True)
         med = {k: statistics.median(v) for k, v in walls.items()}
         for name in sides:
-            print(f"  median {name:14s} {med[name]:7.2f} s  {max(peaks[name]) / 1e6:6.1f} MB peak  "
+            print(f"  median  {name:19s} {med[name]:7.2f} s (CPU {statistics.median(cpus[name]):6.2f} s)  "
+                  f"{max(peaks[name]) / 1e6:6.1f} MB peak  "
                   f"{counts[name] / med[name] / 1e3:8.1f} k flows/s")
         for name in sides:
             if name.startswith("flowenricher"):
