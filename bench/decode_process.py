@@ -67,11 +67,13 @@ def build(path: Path, proto: str, flows: int, repeat: int = 1) -> Path:
     return path
 
 
-def run(argv: list[str], pythonpath: str | None = None) -> tuple[float, float, int, str]:
-    """(wall seconds, CPU seconds, peak RSS in bytes, stdout) of one child process."""
+def run(argv: list[str], cwd: Path, pythonpath: str | None = None) -> tuple[float, float, int, str]:
+    """(wall seconds, CPU seconds, peak RSS in bytes, stdout) of one child process, run in
+    `cwd`: `python -c` puts its working directory ahead of PYTHONPATH, so a child started
+    in a checkout would import that checkout whatever PYTHONPATH says."""
     env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=cwd)
     out = proc.stdout.read() if proc.stdout is not None else ""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -104,6 +106,9 @@ def main() -> None:
                                                    "`git archive REV appliance | tar -x -C DIR`)")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
+    args.dir = args.dir.resolve()
+    if not os.environ.get("PYTHONPATH"):
+        raise SystemExit("set PYTHONPATH to the checkout to time (the children run in --dir)")
     for proto in args.protocols.split(","):
         pcap = build(args.dir / f"{proto}-{args.flows}.pcap", proto, args.flows)
         sides = {"flowenricher": [sys.executable, "-c", FLOWENRICHER, "decode", str(pcap), "--format", "summary"],
@@ -120,7 +125,7 @@ def main() -> None:
         print(f"{proto}: {pcap} ({pcap.stat().st_size / 1e6:.0f} MB)")
         for r in range(args.rounds):
             for name, argv in sides.items():  # alternately, so load from others falls on both
-                wall, cpu, peak, out = run(argv, args.before if name.endswith(" before") else None)
+                wall, cpu, peak, out = run(argv, args.dir, args.before if name.endswith(" before") else None)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
                 peaks[name].append(peak)
