@@ -16,11 +16,15 @@ resolution (if_tsresol) and offset (if_tsoffset); other blocks are skipped.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+import numpy as np
+import numpy.typing as npt
 
 from .errors import CaptureError
 
@@ -59,18 +63,57 @@ class UdpDatagram:
     payload: bytes
 
 
+@dataclass(slots=True)
+class UdpBatch:
+    """The UDP datagrams of one stretch of a capture, in capture order, as columns."""
+
+    payloads: list[bytes]
+    src: list[str]
+    src_port: list[int]
+    dst: list[str]
+    dst_port: list[int]
+    timestamps: list[float]
+
+    @classmethod
+    def of(cls, datagrams: list[UdpDatagram]) -> UdpBatch:
+        return cls([d.payload for d in datagrams], [d.src for d in datagrams], [d.src_port for d in datagrams],
+                   [d.dst for d in datagrams], [d.dst_port for d in datagrams], [d.timestamp for d in datagrams])
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def datagrams(self) -> Iterator[UdpDatagram]:
+        return map(UdpDatagram, self.timestamps, self.src, self.src_port, self.dst, self.dst_port, self.payloads)
+
+    def for_decoder(self) -> list[tuple[bytes, str, int]]:
+        """(payload, exporter address, received at in whole seconds): FlowDecoder's input."""
+        return list(zip(self.payloads, self.src, map(int, self.timestamps), strict=True))
+
+
 def read_udp(path: str | Path) -> Iterator[UdpDatagram]:
     """Yield every UDP datagram in `path`, in capture order; other packets are skipped.
 
     The file is opened at the first next(); CaptureError names the file and what is
-    wrong (missing, a directory, unreadable, not a capture, damaged at some offset).
+    wrong (missing, a directory, unreadable, not a capture, damaged at some offset),
+    after every datagram before the damage was yielded.
+    """
+    for batch in read_udp_batches(path):
+        yield from batch.datagrams()
+
+
+def read_udp_batches(path: str | Path, chunk: int = _CHUNK) -> Iterator[UdpBatch]:
+    """read_udp's datagrams a batch at a time: those of each `chunk` bytes of the file.
+
+    Classic pcap records are split and their headers read with numpy over the whole
+    chunk; frames other than Ethernet/cooked/raw IPv4 without options are read one by
+    one, as are pcapng blocks.  Memory holds one chunk, whatever the capture's size.
     """
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed by the with below, after the checks
     except OSError as err:
         raise CaptureError(f"{path}: {err.strerror or err}") from err
     with f:
-        reader = _ChunkReader(f, str(path))
+        reader = _ChunkReader(f, str(path), chunk)
         magic = reader.peek(4)
         if magic in _PCAP_MAGIC:
             yield from _read_pcap(reader, *_PCAP_MAGIC[magic])
@@ -85,9 +128,10 @@ def read_udp(path: str | Path) -> Iterator[UdpDatagram]:
 class _ChunkReader:
     """Hands out byte ranges of a file read in large chunks, and knows their file offsets."""
 
-    def __init__(self, f: BinaryIO, name: str) -> None:
+    def __init__(self, f: BinaryIO, name: str, chunk: int = _CHUNK) -> None:
         self.f = f
         self.name = name
+        self.chunk = chunk
         self.buf = b""
         self.pos = 0  # position in buf
         self.base = 0  # file offset of buf[0]
@@ -99,15 +143,22 @@ class _ChunkReader:
     def _fill(self, n: int) -> bool:
         """Make n bytes available at pos; False when the file ends before."""
         while len(self.buf) - self.pos < n:
-            try:
-                more = self.f.read(max(_CHUNK, n))
-            except OSError as err:
-                raise CaptureError(f"{self.name}: read failed at byte {self.offset}: {err.strerror or err}") from err
-            if not more:
+            if not self.more(n):
                 return False
-            self.base += self.pos
-            self.buf = self.buf[self.pos:] + more
-            self.pos = 0
+        return True
+
+    def more(self, n: int = 0) -> bool:
+        """Read another chunk (at least n bytes past pos) behind what is left of buf;
+        False at the end of the file."""
+        try:
+            more = self.f.read(max(self.chunk, n - (len(self.buf) - self.pos)))
+        except OSError as err:
+            raise CaptureError(f"{self.name}: read failed at byte {self.offset}: {err.strerror or err}") from err
+        if not more:
+            return False
+        self.base += self.pos
+        self.buf = self.buf[self.pos:] + more
+        self.pos = 0
         return True
 
     def peek(self, n: int) -> bytes:
@@ -129,7 +180,7 @@ class _ChunkReader:
         return CaptureError(f"{self.name}: {reason} at byte {self.offset if at is None else at}")
 
 
-def _read_pcap(reader: _ChunkReader, endian: str, frac_unit: float) -> Iterator[UdpDatagram]:
+def _read_pcap(reader: _ChunkReader, endian: str, frac_unit: float) -> Iterator[UdpBatch]:
     head = reader.take(24, "pcap file header", 0)
     if head is None:
         raise reader.error("truncated pcap file header")
@@ -139,22 +190,121 @@ def _read_pcap(reader: _ChunkReader, endian: str, frac_unit: float) -> Iterator[
     if linktype not in _LINK_TYPES:
         raise CaptureError(f"{reader.name}: unsupported link type {linktype} (supported: {_LINK_NAMES})")
     limit = max(snaplen, 262144)
-    rec = struct.Struct(endian + "IIII")
+    incl_of = struct.Struct(endian + "I").unpack_from
+    frames = _FrameReader(linktype)
     while True:
-        start = reader.offset
-        item = reader.take(16, "record header", start)
-        if item is None:
-            return
-        sec, frac, incl, _orig = rec.unpack_from(*item)
-        if incl > limit:
-            raise reader.error(f"corrupt record: captured length {incl} exceeds the snapshot length {snaplen}", start)
-        item = reader.take(incl, "record", start)
-        if item is None:  # cannot happen: the header was read, so the record has started
-            return
-        buf, at = item
-        dgram = _udp_from_frame(buf[at:at + incl], linktype, sec + frac / frac_unit)
-        if dgram is not None:
-            yield dgram
+        # Split the buffered records: only the captured lengths need reading one by one.
+        buf, off, end = reader.buf, reader.pos, len(reader.buf)
+        starts: list[int] = []
+        bad = need = 0
+        while off + 16 <= end:
+            incl = incl_of(buf, off + 8)[0]
+            if incl > limit:
+                bad = incl
+                break
+            if off + 16 + incl > end:
+                need = 16 + incl
+                break
+            starts.append(off)
+            off += 16 + incl
+        reader.pos = off
+        if starts:
+            rec = np.array(starts, dtype=np.int64)
+            words = np.frombuffer(buf, np.uint8)
+            sec = _gather(words, rec, 4, endian)
+            frac = _gather(words, rec + 4, 4, endian)
+            incls = _gather(words, rec + 8, 4, endian)
+            yield frames.batch(buf, words, rec + 16, incls, sec + frac / frac_unit)
+        if bad:
+            raise reader.error(f"corrupt record: captured length {bad} exceeds the snapshot length {snaplen}")
+        if not reader.more(need):
+            left = len(reader.buf) - reader.pos
+            if left == 0:
+                return
+            if left < 16:
+                raise reader.error(f"truncated record header: 16 bytes needed, {left} left")
+            incl = incl_of(reader.buf, reader.pos + 8)[0]
+            raise reader.error(f"truncated record: {incl} bytes needed, {left - 16} left")
+
+
+def _gather(words: npt.NDArray[np.uint8], at: npt.NDArray[np.int64], size: int, endian: str = ">") -> npt.NDArray[np.int64]:
+    """The unsigned `size`-byte integers of `words` at the offsets `at`, in byte order `endian`."""
+    value = np.zeros(len(at), dtype=np.int64)
+    order = range(size) if endian == ">" else range(size - 1, -1, -1)
+    for i in order:
+        value = (value << 8) | words[at + i]
+    return value
+
+
+class _FrameReader:
+    """The UDP datagrams of many frames of one link type at once (IPv4 without a VLAN tag
+    in numpy, anything else through _udp_from_frame), and the dotted-quad text of each
+    address seen, kept."""
+
+    def __init__(self, linktype: int) -> None:
+        self.linktype = linktype
+        self.l3 = 14 if linktype == _LINK_ETHERNET else 16 if linktype == _LINK_SLL else 0
+        self.names: dict[int, str] = {}
+
+    def batch(self, buf: bytes, words: npt.NDArray[np.uint8], at: npt.NDArray[np.int64],
+              size: npt.NDArray[np.int64], timestamps: npt.NDArray[np.float64]) -> UdpBatch:
+        """The datagrams of the frames buf[at[i]:at[i] + size[i]], stamped `timestamps`."""
+        last = len(words) - 1
+        l3 = self.l3
+
+        def field(rel: npt.NDArray[np.int64] | int, n: int) -> npt.NDArray[np.int64]:
+            return _gather(words, np.minimum(at + rel, last - n + 1), n)
+
+        # Frames long enough for an IPv4 header, and whose link layer says IPv4.
+        fast = size >= l3 + 20
+        if self.linktype == _LINK_ETHERNET:
+            fast &= field(12, 2) == 0x0800
+        elif self.linktype == _LINK_SLL:
+            fast &= field(14, 2) == 0x0800
+        else:  # raw IP: anything but version 6 is read as IPv4, as _udp_from_frame does
+            fast &= field(0, 1) >> 4 != 6
+        ip_at = np.minimum(at + l3, last - 20)  # where fast is False, any place will do
+        head = _gather(words, ip_at, 1)
+        total = _gather(words, ip_at + 2, 2)
+        frag = _gather(words, ip_at + 6, 2)
+        proto = _gather(words, ip_at + 9, 1)
+        udp = l3 + (head & 0x0F) * 4  # within the frame
+        keep = fast & (proto == 17) & (frag & 0x3FFF == 0) & (size >= udp + 8)
+        rows = np.flatnonzero(keep)
+        udp_at = at[rows] + udp[rows]
+        ports = [_gather(words, udp_at + i, 2) for i in (0, 2, 4)]
+        first = udp_at + 8
+        stop = np.minimum(np.minimum(at[rows] + l3 + total[rows], udp_at + ports[2]), at[rows] + size[rows])
+        stop = np.maximum(stop, first)
+        src = self._names(_gather(words, ip_at[rows] + 12, 4).tolist())
+        dst = self._names(_gather(words, ip_at[rows] + 16, 4).tolist())
+        payloads = [buf[a:b] for a, b in zip(first.tolist(), stop.tolist(), strict=True)]
+        out = UdpBatch(payloads, src, ports[0].tolist(), dst, ports[1].tolist(), timestamps[rows].tolist())
+        if fast.all():
+            return out
+        # Some frames need reading one by one: merge them in capture order.
+        slow = np.flatnonzero(~fast).tolist()
+        merged: list[UdpDatagram] = []
+        fast_rows = out.datagrams()
+        kept_to = np.cumsum(keep).tolist()  # fast datagrams up to each frame
+        taken = 0
+        for i in slow:
+            merged.extend(itertools.islice(fast_rows, kept_to[i] - taken))
+            taken = kept_to[i]
+            a = int(at[i])
+            d = _udp_from_frame(buf[a:a + int(size[i])], self.linktype, float(timestamps[i]))
+            if d is not None:
+                merged.append(d)
+        merged.extend(fast_rows)
+        return UdpBatch.of(merged)
+
+    def _names(self, addresses: list[int]) -> list[str]:
+        names = self.names
+        if len(names) > 65536:  # a capture of many sources: bounded like everything else
+            names.clear()
+        for a in set(addresses).difference(names):
+            names[a] = f"{a >> 24}.{a >> 16 & 0xFF}.{a >> 8 & 0xFF}.{a & 0xFF}"
+        return [names[a] for a in addresses]
 
 
 @dataclass
@@ -165,7 +315,27 @@ class _Interface:
     offset_s: int = 0
 
 
-def _read_pcapng(reader: _ChunkReader) -> Iterator[UdpDatagram]:
+def _read_pcapng(reader: _ChunkReader) -> Iterator[UdpBatch]:
+    """The packets of each chunk read as one batch; those before a damaged block, then
+    the error."""
+    batch: list[UdpDatagram] = []
+    base = reader.base
+    try:
+        for d in _pcapng_datagrams(reader):
+            if reader.base != base and batch:
+                yield UdpBatch.of(batch)
+                batch = []
+            base = reader.base
+            batch.append(d)
+    except CaptureError:
+        if batch:
+            yield UdpBatch.of(batch)
+        raise
+    if batch:
+        yield UdpBatch.of(batch)
+
+
+def _pcapng_datagrams(reader: _ChunkReader) -> Iterator[UdpDatagram]:
     endian = "<"
     interfaces: list[_Interface] = []
     u32 = struct.Struct("<I")
