@@ -37,7 +37,7 @@ from support.grafana_macros import ALL, Selection, TemplateError, TimeRange, int
 from appliance.flowenricher.batch import DictColumn, FlowBatch, ListColumn, ipv4_to_addr
 from appliance.flowenricher.blackhole.events import BlackholeEvents
 from appliance.flowenricher.generate.traffic import TrafficGenerator
-from appliance.flowenricher.storage import StoreSettings, open_store
+from appliance.flowenricher.storage import StoreSettings, open_store, schema
 from appliance.flowenricher.storage.base import FlowStore
 from appliance.flowenricher.storage.tables import (
     ANOMALY_SCORES,
@@ -46,6 +46,7 @@ from appliance.flowenricher.storage.tables import (
     EXPORTER_INTERFACES,
     PTR_CACHE,
     Table,
+    split_top_level,
 )
 
 ROLE = Path(__file__).resolve().parents[1] / "roles" / "grafana"
@@ -286,14 +287,123 @@ def test_every_target_is_plugin_sql() -> None:
         assert (t.target["format"] == 0) == (t.panel["type"] == "timeseries"), t.where
 
 
+def _reads_flows(sql: str) -> bool:
+    return re.search(r"\$\{database\}\.flows\b(?!_)", sql) is not None
+
+
 def test_long_ranges_read_the_rollups() -> None:
     """Rollup-able panels read `$rollup`, which picks 1m/5m/1h by the range (checked on chDB
     below); only panels that need addresses, names or cities read the flows table."""
     for t in TARGETS:
         sql = t.target["rawSql"]
-        if "${database}.flows\n" in sql or "${database}.flows " in sql:
+        if _reads_flows(sql):
             needs_flows = re.search(r"_addr|_name|_city|dst_as_path|dst_port|_mask|bgp_next_hop|tcpflags", sql)
             assert needs_flows, f"{t.where}: reads raw flows but needs nothing the rollups lack"
+
+
+# --------------------------------------------------------------------------- "who" panels
+
+_TEXT = re.compile(r"\b(IPv6NumToString|IPv4NumToString|toString|concat|replaceRegexpOne|arrayStringConcat|"
+                   r"dictGet\w*)\s*\(")
+_CLAUSE = re.compile(r"\b(SELECT|FROM|WHERE|GROUP BY|HAVING|ORDER BY|LIMIT|UNION ALL|SETTINGS)\b", re.I)
+
+
+def group_keys(sql: str) -> list[tuple[str, str]]:
+    """(key, expression) of every GROUP BY key in every SELECT of `sql`, an alias resolved
+    to what its SELECT computes it from."""
+    depth, level = [], 0
+    for char in sql:
+        level += char == "("
+        depth.append(level)
+        level -= char == ")"
+    found = []
+    for select in re.finditer(r"\bSELECT\b", sql, re.I):
+        d = depth[select.start()]
+        clauses: dict[str, re.Match[str]] = {}
+        end = next((i for i in range(select.end(), len(sql)) if depth[i] < d or (sql[i] == ")" and depth[i] == d)),
+                   len(sql))
+        for k in _CLAUSE.finditer(sql, select.end(), end):
+            if depth[k.start()] != d:
+                continue
+            if k.group(1).upper() in ("SELECT", "UNION ALL"):
+                end = k.start()
+                break
+            clauses.setdefault(k.group(1).upper(), k)
+        if "GROUP BY" not in clauses or "FROM" not in clauses:
+            continue
+        aliases = {}
+        for item in split_top_level(sql[select.end():clauses["FROM"].start()]):
+            alias = re.search(r"\s+AS\s+(\w+)$", item, re.I)
+            if alias:
+                aliases[alias.group(1)] = item[:alias.start()]
+        group = clauses["GROUP BY"]
+        stop = min([k.start() for k in clauses.values() if k.start() > group.start()] + [end])
+        found += [(key, aliases.get(key, key)) for key in split_top_level(sql[group.end():stop])]
+    return found
+
+
+def grouped_text(sql: str) -> list[tuple[str, str]]:
+    """The GROUP BY keys of `sql` that are text made from a value (an address, a number, a
+    name turned into String) before the grouping."""
+    return [(key, expr) for key, expr in group_keys(sql) if _TEXT.search(expr)]
+
+
+WHO_PANELS = {
+    ("flowenricher-overview", "Top sources (bits/s)"): "src_hosts",
+    ("flowenricher-overview", "Top destinations (bits/s)"): "dst_hosts",
+    ("flowenricher-overview", "Top destination ports (bits/s)"): "dst_ports",
+    ("flowenricher-host", "Hosts of the selected AS (bits/s)"): "src_hosts dst_hosts",
+}
+"""The "who" panels (top hosts and ports of the whole traffic) and the rollups they read."""
+
+RAW_WHO = {
+    ("flowenricher-security", "Top scanners (inbound)"): "distinct targets and ports per source, SYN-only flows",
+    ("flowenricher-peering", "Top destination prefixes (bits/s)"): "the exporter's prefix lengths (dst_mask)",
+    ("flowenricher-peering", "Top source prefixes (bits/s)"): "the exporter's prefix lengths (src_mask)",
+    ("flowenricher-peering", "Upstreams: BGP next hop and neighbour AS (bits/s)"): "bgp_next_hop",
+}
+"""Panels ranking addresses or ports that read the flows table, and what they need that
+no rollup keeps.  Per-host panels ($host) are not here: they read one address's flows."""
+
+_RANKED = re.compile(r"\b(src_addr|dst_addr|src_port|dst_port|bgp_next_hop)\b")
+
+
+def _ranks_values(sql: str) -> bool:
+    """Whether some GROUP BY of `sql` groups on an address or a port."""
+    return any(_RANKED.search(expr) for _, expr in group_keys(sql))
+
+
+def test_who_panels_read_their_rollups_and_nothing_else_ranks_raw_flows() -> None:
+    """A "who" panel reads its rollups, ``${rollup}_<who>`` (the step the range picks, as the
+    aggregate panels), never the flows table; a panel ranking addresses or ports on the
+    flows table must say in RAW_WHO what the rollups lack, so a new one cannot slip in."""
+    titles = {(BY_UID[d["uid"]]["uid"], p["title"]) for d in DASHBOARD_FILES.values() for p in _panels(d)}
+    assert set(WHO_PANELS) <= titles and set(RAW_WHO) <= titles, "a listed panel was renamed or removed"
+    who_names = {w.name for w in schema.WHO_ROLLUPS}
+    for t in TARGETS:
+        key = (next(d["uid"] for f, d in DASHBOARD_FILES.items() if f == t.file), t.panel["title"])
+        sql = t.target["rawSql"]
+        if key in WHO_PANELS:
+            read = set(re.findall(r"\$\{database\}\.\$\{rollup\}_(\w+)", sql))
+            assert read == set(WHO_PANELS[key].split()) and read <= who_names, f"{t.where}: reads {read}"
+            assert not _reads_flows(sql), f"{t.where}: a who panel reads the flows table"
+        elif _reads_flows(sql) and _ranks_values(sql) and "${host" not in sql:
+            assert key in RAW_WHO, f"{t.where}: ranks addresses or ports on the flows table; use a who rollup"
+
+
+def test_no_panel_groups_on_text_made_from_flows() -> None:
+    """Panels reading flows or a who rollup group on the stored values (IPv6, numbers,
+    LowCardinality) and make text only of the rows they show: converting every row first
+    costs more than half the query (4.8M against 11.7M rows/s, issue 17's measurement)."""
+    assert grouped_text("SELECT toString(a) AS t, sum(b) FROM x GROUP BY t") == [("t", "toString(a)")]
+    assert grouped_text("SELECT toString(a) AS t FROM (SELECT a, sum(b) FROM x GROUP BY a) ORDER BY t") == []
+    checked = 0
+    for t in TARGETS:
+        sql = t.target["rawSql"]
+        if _reads_flows(sql) or "${rollup}_" in sql:
+            checked += 1
+            assert not grouped_text(sql), f"{t.where}: groups on text {grouped_text(sql)}"
+    assert checked >= 15
 
 
 # --------------------------------------------------------------------------- the store
@@ -558,6 +668,9 @@ def test_every_panel_query_runs_on_the_real_schema(store: FlowStore, facts: dict
         where = f"{t.where} [{scenario.name}]"
         interval = interval_s(time_range, t.panel.get("maxDataPoints", 1000), t.panel.get("interval"))
         sql = render(t.target["rawSql"], time_range, interval, chosen, where)
+        if (dashboard["uid"], t.panel["title"]) in WHO_PANELS:
+            rollup = chosen["rollup"].chosen[0]
+            assert f"{DATABASE}.{rollup}_" in sql and not re.search(rf"{DATABASE}\.flows\b(?!_)", sql), where
         answer = _run(store, sql, where)
         _check_answer(t, answer, where)
         if not answer.rows:
@@ -584,6 +697,32 @@ def test_rollup_series_add_up_to_the_flows(store: FlowStore, facts: dict[str, An
         (expected,) = _q(store, f"SELECT sum(bytes) FROM {DATABASE}.flows WHERE flow_direction = 1 "
                                 f"AND {row_start}(timestamp_start) BETWEEN toDateTime({first}) AND toDateTime({NOW})")[0]
         assert got == int(expected), f"{range_s} s: {got} from the rollup, {expected} in the flows"
+
+
+@pytest.mark.parametrize("range_s", [6 * HOUR, 7 * 86400])
+@pytest.mark.parametrize(("title", "key", "flows_key"), [
+    ("Top sources (bits/s)", "host", "src_addr"),
+    ("Top destinations (bits/s)", "host", "dst_addr"),
+    ("Top destination ports (bits/s)", "port", "dst_port"),
+])
+def test_who_rollups_rank_as_the_flows_do(store: FlowStore, facts: dict[str, Any], range_s: int, title: str,
+                                          key: str, flows_key: str) -> None:
+    """The top-20 a "who" panel reads from its rollup is the flows table's top-20 of the
+    same minutes, value for value and byte for byte (the cap never bites at this size)."""
+    overview = BY_UID["flowenricher-overview"]
+    panel = next(p for p in _panels(overview) if p["title"] == title)
+    time_range = TimeRange.last(range_s, NOW)
+    chosen = _selections(store, overview, time_range, "all", facts)
+    answer = _run(store, render(panel["targets"][0]["rawSql"], time_range, 60, chosen), title)
+    names = [n for n, _ in answer.columns]
+    got = [(str(row[names.index(key)]), round(row[names.index("bps")] * range_s / 8)) for row in answer.rows]
+    row_start = {"flows_1m": "toStartOfMinute", "flows_5m": "toStartOfFiveMinutes"}[chosen["rollup"].chosen[0]]
+    value = f"replaceRegexpOne(IPv6NumToString({flows_key}), '^::ffff:', '')" if key == "host" else flows_key
+    expected = [(v, int(b)) for v, b in _q(store, f"""
+        SELECT {value}, sum(bytes) AS b FROM {DATABASE}.flows
+        WHERE {row_start}(timestamp_start) BETWEEN toDateTime({time_range.from_ms // 1000}) AND toDateTime({NOW})
+        GROUP BY {flows_key}{", proto" if key == "port" else ""} ORDER BY b DESC LIMIT 20""")]
+    assert len(got) == 20 and got == expected
 
 
 def test_variable_selection_narrows_the_answer(store: FlowStore, facts: dict[str, Any]) -> None:

@@ -191,6 +191,34 @@ def test_rollups_follow_inserts(tmp_path: Path, open_embedded: list[EmbeddedStor
     assert per_country == [[c, str(2 * n)] for c, n in zip(countries.tolist(), counts.tolist(), strict=True)]
 
 
+def test_who_rollups_follow_inserts_within_their_cap(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:
+    """Below the cap, every "who" rollup holds all the bytes of the flows at every step;
+    a block with more distinct sources than WHO_CAP in one bucket keeps WHO_CAP rows per
+    bucket, exporter and direction, the largest ones, with their bytes whole."""
+    store = _open(open_embedded, StoreSettings(path=str(tmp_path)))
+    store.migrate()
+    batch = sample_batch(5000, seed=4)
+    store.insert(batch)
+    total = [[str(batch.n), str(int(batch["bytes"].sum()))]]
+    for r in schema.ROLLUPS:
+        for w in schema.WHO_ROLLUPS:
+            table = schema.who_table(store.settings, r, w)
+            assert _rows(store, f"SELECT sum(flows), sum(bytes) FROM {table}") == total, table
+    many = sample_batch(3 * schema.WHO_CAP, seed=5, start=int(batch["timestamp_start"].min()) + 7200)
+    many["timestamp_start"] = np.full(many.n, many["timestamp_start"][0], np.uint32)  # one minute
+    many["exporter_address"] = np.repeat(many["exporter_address"][:1], many.n, axis=0)
+    many["flow_direction"] = np.ones(many.n, np.uint8)
+    many["src_addr"] = np.repeat(many["src_addr"][:1], many.n, axis=0)
+    many["src_addr"][:, 12:14] = np.arange(many.n, dtype=">u2").view(np.uint8).reshape(-1, 2)  # all distinct
+    many["bytes"] = np.arange(1, many.n + 1, dtype=np.uint64) * 1000
+    store.insert(many)
+    minute = f"timestamp = toStartOfMinute(toDateTime({int(many['timestamp_start'][0])}))"
+    table = schema.who_table(store.settings, schema.ROLLUPS[0], schema.WHO_ROLLUPS[0])
+    rows = _rows(store, f"SELECT count(), uniqExact(src_addr), min(bytes), sum(bytes) FROM {table} WHERE {minute}")
+    kept = np.sort(many["bytes"])[-schema.WHO_CAP:]
+    assert rows == [[str(schema.WHO_CAP), str(schema.WHO_CAP), str(int(kept[0])), str(int(kept.sum()))]]
+
+
 def test_ptr_cache_has_the_original_columns(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:
     store = _open(open_embedded, StoreSettings(path=str(tmp_path)))
     store.migrate()

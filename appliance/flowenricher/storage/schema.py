@@ -138,6 +138,50 @@ each is the sum of the same column)."""
 
 
 @dataclass(frozen=True)
+class WhoRollup:
+    """The flows summed per rollup step, filter dimension and the values one kind of "who"
+    panel ranks (top hosts, top ports), kept at every step of ROLLUPS.
+
+    ``values`` are flow columns: the first is what the panel ranks, the others describe it
+    and depend on it (an address's country), so they cost no extra rows.  Its tables are
+    ``<flows>_<step suffix>_<name>``, so a dashboard reads ``${rollup}_<name>`` with the one
+    range-to-step variable the aggregate panels already use.
+    """
+
+    name: str
+    values: tuple[str, ...]
+
+
+WHO_FILTERS: tuple[str, ...] = (
+    "exporter_address",
+    "flow_direction",
+    "input_interface",
+    "output_interface",
+    "src_as",
+    "dst_as",
+)
+"""Flow columns every "who" rollup keeps besides its values: the dashboards' filter
+variables (exporter, direction, interface, AS), so a filtered top-N reads the rollup too.
+For one address they rarely vary (its uplink, its own AS), so they add few rows."""
+
+WHO_ROLLUPS: tuple[WhoRollup, ...] = (
+    WhoRollup("src_hosts", ("src_addr", "src_host_country")),
+    WhoRollup("dst_hosts", ("dst_addr", "dst_host_country")),
+    WhoRollup("dst_ports", ("proto", "dst_port")),
+)
+
+WHO_CAP = 1000
+"""Most rows a "who" view writes per insert block, time bucket, exporter and direction:
+the ones with the most bytes.  Without it a flood of spoofed sources (or a port scan)
+would write one row per flow, and the rollup would be as large as the flows.  A value
+that is not among the block's 1000 largest loses that block's share, so the ranking of a
+top-20 is exact unless the 21st to 1000th values are within one block's tail of each
+other.  Blocks are the writer's (up to `insert.batch_size` flows or one flush interval):
+at 5k flows/s and a 1 s flush a block has fewer distinct values than the cap, which then
+bounds nothing (docs/performance.md, 2026-12-05)."""
+
+
+@dataclass(frozen=True)
 class Migration:
     """One numbered schema change; ``statements`` returns its DDL for the given settings."""
 
@@ -225,6 +269,58 @@ def create_rollup(s: StoreSettings, index: int) -> list[str]:
     return [table_sql, view_sql]
 
 
+def who_description(flows_table: str, r: Rollup, w: WhoRollup) -> Table:
+    """"Who" rollup `w` at the step of `r`, described like the other tables; the flow
+    columns keep the types and codecs of columns.py."""
+    return Table(
+        f"{flows_table}_{r.suffix}_{w.name}",
+        f"Flows summed per {r.bucket}(timestamp), filter dimension and {', '.join(w.values)}, "
+        f"at most {WHO_CAP} rows per insert block and bucket.",
+        (
+            TableColumn("timestamp", "DateTime", "DoubleDelta, ZSTD(1)"),
+            *(TableColumn(c.name, c.ch_type, c.codec) for c in (BY_NAME[d] for d in (*WHO_FILTERS, *w.values))),
+            *(TableColumn(m, "UInt64") for m, _ in ROLLUP_METRICS),
+        ),
+        engine=f"SummingMergeTree(({', '.join(m for m, _ in ROLLUP_METRICS)}))",
+        partition_by=r.partition,
+        order_by=f"(timestamp, {', '.join((*WHO_FILTERS, *w.values))})",
+        ttl_from="timestamp",
+        settings=f"non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}",
+        time_column="timestamp",
+    )
+
+
+def who_table(s: StoreSettings, r: Rollup, w: WhoRollup) -> str:
+    return who_description(s.table, r, w).qualified(s.database)
+
+
+def create_who_rollup(s: StoreSettings, index: int, w: WhoRollup) -> list[str]:
+    """The table of "who" rollup `w` at step ``ROLLUPS[index]`` and the view that feeds it:
+    from the flows for the finest step, from the step before otherwise (as create_rollup),
+    keeping the WHO_CAP rows with most bytes per block, bucket, exporter and direction."""
+    r = ROLLUPS[index]
+    keys = ", ".join((*WHO_FILTERS, *w.values))
+    if index == 0:
+        source, time_col = s.qualified_table, ROLLUP_TIME_SOURCE
+        metrics = [f"{expr} AS {m}" for m, expr in ROLLUP_METRICS]
+    else:
+        source, time_col = who_table(s, ROLLUPS[index - 1], w), "timestamp"
+        metrics = [f"sum({m}) AS {m}" for m, _ in ROLLUP_METRICS]
+    table = who_table(s, r, w)
+    select = ", ".join([f"{r.bucket}({time_col}) AS timestamp", keys, *metrics])
+    view_sql = (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {table}_mv TO {table} AS\n"
+        f"SELECT {select}\nFROM {source}\nGROUP BY timestamp, {keys}\n"
+        f"ORDER BY bytes DESC\nLIMIT {WHO_CAP} BY timestamp, exporter_address, flow_direction"
+    )
+    return [who_description(s.table, r, w).create_sql(s.database, s.ttl_days * r.ttl_factor), view_sql]
+
+
+def _who_rollups(s: StoreSettings) -> list[str]:
+    """Every "who" rollup at every step, finest first (each step's view reads the one before)."""
+    return [sql for index in range(len(ROLLUPS)) for w in WHO_ROLLUPS for sql in create_who_rollup(s, index, w)]
+
+
 def _initial(s: StoreSettings) -> list[str]:
     out = [f"CREATE DATABASE IF NOT EXISTS {s.database}", create_flows(s), create_ptr_cache(s)]
     for index in range(len(ROLLUPS)):
@@ -287,6 +383,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "collector_stats and exporter_interfaces tables", _collector_stats),
     Migration(6, "insert deduplication window on flows and rollups", _deduplication),
     Migration(7, "tunnel_src_addr and tunnel_dst_addr on flows", _tunnel_columns),
+    Migration(8, "rollups of top hosts and ports (1m/5m/1h) and their views", _who_rollups),
 )
 
 

@@ -33,13 +33,9 @@ from ..common.addresses import stored_text
 Render = Callable[[Any], str]
 
 
-def type_parts(ch_type: str) -> tuple[str, list[str]]:
-    """A ClickHouse type's name and its top-level arguments:
-    ``Map(String, Array(UInt32))`` -> ``("Map", ["String", "Array(UInt32)"])``."""
-    head, _, rest = ch_type.partition("(")
-    if not rest:
-        return head, []
-    text = rest.removesuffix(")")
+def split_top_level(text: str) -> list[str]:
+    """`text` split at the commas outside parentheses, each part stripped:
+    ``"String, Array(UInt32)"`` -> ``["String", "Array(UInt32)"]``."""
     parts, depth, start = [], 0, 0
     for i, char in enumerate(text):
         depth += (char == "(") - (char == ")")
@@ -47,7 +43,16 @@ def type_parts(ch_type: str) -> tuple[str, list[str]]:
             parts.append(text[start:i].strip())
             start = i + 1
     parts.append(text[start:].strip())
-    return head, parts
+    return parts
+
+
+def type_parts(ch_type: str) -> tuple[str, list[str]]:
+    """A ClickHouse type's name and its top-level arguments:
+    ``Map(String, Array(UInt32))`` -> ``("Map", ["String", "Array(UInt32)"])``."""
+    head, _, rest = ch_type.partition("(")
+    if not rest:
+        return head, []
+    return head, split_top_level(rest.removesuffix(")"))
 
 
 def _address(value: Any) -> str:
