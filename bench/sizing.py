@@ -21,7 +21,10 @@ adds ``--v6-share`` of that, so 1M means 1M IPv4 + 200k IPv6):
   appliance the mirror lists the table at every collector start and resync, so that peak
   is what gobgpd needs, not its steady RSS.
 * The same collector then gets ``--duration`` seconds of IPFIX at each rate in turn (rate
-  0: the collector idle for as long).  Per window: the peak of the summed RSS of the
+  0: the collector idle for as long).  A window is ``ok`` when every flow was stored with
+  no kernel or decoder drop, within ``--max-lag`` seconds of the sender's end, and the
+  sender reached 97% of the rate (else ``LOSS``, ``behind`` or ``sender-limited``, as in
+  bench/ingest.py).  Per window: the peak of the summed RSS of the
   collector's processes (sampled every 0.2 s by bench/ingest.py's sampler, from the start
   of the window until every flow is stored), the CPU seconds the collector's processes
   used per second of traffic (user + system, from the window's start until every flow is
@@ -55,6 +58,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(HERE))
 
 from ingest import (  # noqa: E402
+    SENDER_SHORTFALL,
     Children,
     _proc_kb,
     family,
@@ -189,7 +193,14 @@ def run_window(rate: int, args: argparse.Namespace, where: Path, main_pid: int, 
     win.kernel_drops = kernel_drops({port})[port] - kernel0
     win.loadavg = load_average()
     lost = win.stored != win.flows or win.kernel_drops or win.decoder_drops
-    win.verdict = "LOSS" if lost else "ok" if win.lag_s is not None else "behind"
+    if lost:
+        win.verdict = "LOSS"
+    elif win.lag_s is None or win.lag_s > args.max_lag:
+        win.verdict = "behind"  # stored, but not within --max-lag of the sender's end
+    elif rate and win.flows / win.traffic_s < SENDER_SHORTFALL * rate:
+        win.verdict = "sender-limited"  # the rate asked was not tested
+    else:
+        win.verdict = "ok"
     return win
 
 
@@ -333,6 +344,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--protocol", choices=("ipfix", "v9"), default="ipfix")
     ap.add_argument("--receive-buffer", type=int, default=rmem_max())
     ap.add_argument("--rib-timeout", type=float, default=600.0)
+    ap.add_argument("--max-lag", type=float, default=3.0,
+                    help="seconds after the sender stops within which every flow must be stored (default 3)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = ap.parse_args(argv)
