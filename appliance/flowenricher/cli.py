@@ -1,5 +1,5 @@
 """The core's commands of the `flowenricher` command line (DESIGN §2): run, decode, replay,
-generate, validate, sql, lookup, spool, blackhole.
+generate, validate, sql, lookup, spool, blackhole, backtest.
 
 Each subcommand is a thin shell over a module that owns the work; this file only parses
 arguments, wires settings and maps errors to exit codes (2: bad input, 1: failure).  The
@@ -122,6 +122,23 @@ def build_parser(extension: Extension | None = None) -> argparse.ArgumentParser:
     bh_list.add_argument("--format", choices=("text", "json"), default="text")
     bh_expire = bh_sub.add_parser("expire", help="withdraw expired blackholes from GoBGP, once even beside `run`")
     add_option(bh_expire, "config", default=None)
+
+    bt = sub.add_parser("backtest", help="replay stored flows of a time range through the detection rules "
+                                         "(blackholes in dry run): detections, tuning, two rules files compared")
+    add_option(bt, "config", default=None)
+    add_option(bt, "rules", required=True, help="detection.yml to backtest (A)")
+    add_option(bt, "from", required=True, metavar="TIME", help="start, ISO 8601 (UTC unless it says) or unix seconds")
+    add_option(bt, "to", required=True, metavar="TIME", help="end (excluded), as --from")
+    bt.add_argument("--format", choices=("table", "jsonl"), default="table")
+    bt.add_argument("--tune", type=int, default=None, metavar="N",
+                    help="per rule, the distribution of what it thresholds and the threshold that fires on at "
+                         "most N keys a day")
+    bt.add_argument("--compare", default=None, metavar="B.yml", help="a second rules file, replayed beside --rules")
+    bt.add_argument("--chunk", type=int, default=10, metavar="S", help="seconds of flows read per query")
+    bt.add_argument("--lag", type=int, default=3600, metavar="S",
+                    help="longest a flow starts before it is received (longer ones are counted, not replayed)")
+    bt.add_argument("--lead", type=int, default=600, metavar="S",
+                    help="longest an exporter's clock runs ahead of the collector's")
 
     look = sub.add_parser("lookup", help="prefix, origin AS and org, AS path, next hop, country/city, PTR of an IP")
     look.add_argument("ip")
@@ -316,6 +333,66 @@ def _cmd_sql(args: argparse.Namespace) -> int:
         finally:
             store.close()
     sys.stdout.buffer.write(result)
+    return EXIT_OK
+
+
+def parse_time(text: str, option: str) -> int:
+    """Unix seconds from ISO 8601 (UTC when it names no zone) or a number of seconds;
+    ConfigError naming the option otherwise."""
+    from datetime import UTC, datetime
+
+    try:
+        return int(float(text))
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError([f"{option}: {text!r} is not a time (ISO 8601 such as 2026-12-01T00:00:00Z, "
+                           "or unix seconds)"]) from None
+    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    """The stored flows of --from..--to through the rules (backtest.py); the embedded store
+    is read through the running service when there is one (it owns the directory)."""
+    from .backtest import BacktestError, ReplayWindow, render_table, run_backtest
+    from .control import query_running
+    from .detect.rules import load_rule_set
+    from .storage import open_store
+    from .wiring import store_settings
+
+    cfg = load_settings(args.config)
+    max_window = cfg.detection.flow_cache_max_window_s
+    rule_sets = [(args.rules, load_rule_set(args.rules, max_window_s=max_window))]
+    if args.compare:
+        rule_sets.append((args.compare, load_rule_set(args.compare, max_window_s=max_window)))
+    try:
+        window = ReplayWindow(parse_time(getattr(args, "from"), "--from"), parse_time(args.to, "--to"), chunk_s=args.chunk,
+                              lag_s=args.lag, lead_s=args.lead)
+    except BacktestError as err:  # a bad range is bad input (exit 2)
+        raise ConfigError([f"backtest: {err}"]) from err
+    store_cfg = store_settings(cfg)
+    store = None
+    if store_cfg.embedded and query_running(store_cfg.path, "SELECT 1", "TSV") is not None:
+        def query(sql: str, fmt: str) -> bytes:
+            answer = query_running(store_cfg.path, sql, fmt)
+            if answer is None:
+                raise FlowEnricherError(f"the service in {store_cfg.path} stopped during the backtest")
+            return answer
+    else:
+        store = open_store(store_cfg)
+        query = store.query
+    try:
+        report = run_backtest(query, store_cfg.qualified_table, cfg, rule_sets, window, tune_per_day=args.tune)
+    finally:
+        if store is not None:
+            store.close()
+    if args.format == "jsonl":
+        for line in report.to_lines():
+            print(json.dumps(line, default=str))
+    else:
+        print(render_table(report))
     return EXIT_OK
 
 

@@ -241,6 +241,14 @@ class BlackholeSink(Protocol):
                 evidence: dict[str, Any]) -> None: ...
 
 
+def request_blackhole(sink: BlackholeSink, rule: Rule, detection: Detection, samples: int) -> None:
+    """Hand one detection to `sink` as the blackhole request of `rule` (its next hop,
+    communities and duration; the detection with `samples` sample flows as evidence):
+    the one place a detection becomes a request, for the service and for backtests."""
+    sink.request(detection.prefix, rule.blackhole_next_hop, list(rule.blackhole_communities),
+                 rule.blackhole_time_s, rule.name, detection.to_dict(samples))
+
+
 class BlackholeAction:
     """``blackhole``: detections whose flows reached the rule's blackhole_count go to the
     sink, from a background thread.  Not retried here: the manager persists a request
@@ -257,8 +265,7 @@ class BlackholeAction:
 
     def _request(self, items: list[tuple[Rule, Detection]]) -> None:
         for rule, detection in items:
-            self._sink.request(detection.prefix, rule.blackhole_next_hop, list(rule.blackhole_communities),
-                               rule.blackhole_time_s, rule.name, detection.to_dict(self._samples))
+            request_blackhole(self._sink, rule, detection, self._samples)
 
     def handle(self, rule: Rule, detection: Detection) -> None:
         if detection.blackhole:

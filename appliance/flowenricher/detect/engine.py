@@ -42,7 +42,8 @@ from .rules import Rule
 from .settings import DetectionSettings
 from .window import BYTES, END, PACKETS, ROW_COLUMNS, START, SYN_ONLY, TIME, Candidates, Rows, RuleWindow
 
-__all__ = ["RECORDED", "SAMPLE_COLUMNS", "Action", "AnomalyScorer", "DetectionEngine", "DetectionListener"]
+__all__ = ["FLOW_TIME_SQL", "INPUT_COLUMNS", "RECORDED", "SAMPLE_COLUMNS", "Action", "AnomalyScorer",
+           "DetectionEngine", "DetectionListener", "TrackedKeys", "flow_times"]
 
 log = logging.getLogger(__name__)
 _DETECTION = DetectionSettings()  # the detection block's defaults, for an engine built without a config
@@ -55,6 +56,13 @@ SAMPLE_COLUMNS = (
     "src_as", "dst_as", "src_host_country", "dst_host_country",
 )
 """The columns of the sample flows a detection carries (enough to recognise the traffic)."""
+
+INPUT_COLUMNS = (
+    "received_at", "timestamp_start", "timestamp_end", "tcpflags", "proto", "packets", "bytes", "src_addr",
+    "dst_addr", "dst_port", "flow_direction",
+)
+"""The flow columns the rules read (_BatchView); with SAMPLE_COLUMNS, all a batch needs to be
+evaluated as the service evaluates it (a backtest reads only these from the store)."""
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -110,10 +118,9 @@ class _BatchView:
         self.batch = batch
         self.n = batch.n
         self._salt = np.uint64(salt)
-        received = _column(batch, "received_at").astype(np.int64)
         end = _column(batch, "timestamp_end").astype(np.int64)
         start = _column(batch, "timestamp_start").astype(np.int64)
-        time = np.where(received > 0, received, end)
+        time = flow_times(batch)
         end = np.where(end > 0, end, time)
         flags = _column(batch, "tcpflags")
         self.proto = _column(batch, "proto")
@@ -210,6 +217,17 @@ class _BatchView:
         """The flows at `positions`, SAMPLE_COLUMNS only (kept until a detection renders them)."""
         return FlowBatch(len(positions), {name: _take_column(_column(self.batch, name), positions)
                                                for name in SAMPLE_COLUMNS})
+
+
+def flow_times(batch: FlowBatch) -> npt.NDArray[np.int64]:
+    """When each flow counts (unix seconds): received_at, else timestamp_end (module docstring)."""
+    received = _column(batch, "received_at").astype(np.int64)
+    times: npt.NDArray[np.int64] = np.where(received > 0, received, _column(batch, "timestamp_end").astype(np.int64))
+    return times
+
+
+FLOW_TIME_SQL = "if(received_at > 0, received_at, timestamp_end)"
+"""`flow_times` as a ClickHouse expression over the flows table (what a backtest selects by)."""
 
 
 def _column(batch: FlowBatch, name: str) -> Any:
@@ -520,6 +538,24 @@ class DetectionEngine:
                     self._action_errors.labels(name).inc()
                     log.exception("detection: action %s failed on rule %s", name, rule.name)
 
+    def measure_tracked(self) -> list[tuple[Rule, Candidates, TrackedKeys]]:
+        """Every rule's window statistics of all the keys it tracks now, matched or not,
+        with the keys themselves: what a backtest's tuning reads (the distribution of
+        what the rules threshold).  Costs a `measure` of every held key: not for the
+        service's tick."""
+        out = []
+        with self._lock:
+            for state in self._states:
+                window = state.window
+                slots = np.sort(window.active_slots())
+                rule = state.rule
+                keys = TrackedKeys(
+                    key_addr=window.key_addr[slots].copy(),
+                    dst_addr=window.dst_addr[slots].copy() if rule.same_dst_ip and rule.key == "src" else None,
+                    dst_port=window.dst_port[slots].copy() if rule.same_dst_port else None)
+                out.append((rule, window.measure(slots), keys))
+        return out
+
     def close(self) -> None:
         """Close every action (they flush what they hold)."""
         for actions in self._actions.values():
@@ -528,6 +564,16 @@ class DetectionEngine:
                     action.close()
                 except Exception:
                     log.exception("detection: closing action %s", action.name)
+
+
+@dataclass(frozen=True)
+class TrackedKeys:
+    """The keys of `measure_tracked`, row for row with its statistics: the key's address,
+    and the destination address and port where the rule groups by them (else None)."""
+
+    key_addr: npt.NDArray[np.uint8]
+    dst_addr: npt.NDArray[np.uint8] | None
+    dst_port: npt.NDArray[np.uint16] | None
 
 
 def _thresholds(rule: Rule) -> bool:

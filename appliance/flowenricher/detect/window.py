@@ -265,6 +265,10 @@ class RuleWindow:
         """Keys held now."""
         return len(self._index_hash)
 
+    def active_slots(self) -> I64:
+        """The slots of the keys held now (unsorted)."""
+        return self._index_slot.copy()
+
     def memory_bytes(self) -> int:
         """Bytes held in numpy arrays (slots, index, buckets); samples not included."""
         total: int = sum(int(getattr(self, name).nbytes) for name in _SLOT_ARRAYS)
