@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+from support import FlowenricherProcess, flowenricher_argv, free_port
 from support.api import ApiEnv, make_env
 from support.backtest import RULES, SECONDS, T0, store_and_detect
 from support.stores import STORE_KINDS, migrated_store
@@ -206,3 +209,63 @@ def test_scope_and_bad_input_are_refused_naming_the_field(tmp_path: Path) -> Non
     assert refused({**ok, "rnage": 1})[0]["path"] == "$.rnage"
     assert env.client.get("/api/v1/backtest/nope", headers=env.headers()).status_code == 404
     assert env.client.get("/api/v1/backtest", headers=env.headers()).json() == []
+
+
+def test_a_backtest_through_the_api_inside_flowenricher_run() -> None:
+    """The in-process mode for real: `flowenricher run` serving the API, its embedded
+    store, traffic sent to it; the job's process reads the store through the service's
+    control socket while the service keeps it, and reports the flows stored."""
+    root = Path(tempfile.mkdtemp(prefix="fe-btr-"))  # a Unix socket's path is limited to 108 bytes
+    try:
+        port, api_port = free_port(), free_port(socket.SOCK_STREAM)
+        rules = root / "detection.yml"
+        rules.write_text(yaml.safe_dump(RULES))
+        config = root / "config.yaml"
+        config.write_text(yaml.safe_dump({
+            "collectors": {"listeners": [{"address": "127.0.0.1", "port": port, "protocol": "netflow"}],
+                           "workers": 1},
+            "storage": {"path": str(root / "data")}, "insert": {"batch_size": 5000, "flush_interval_ms": 200},
+            "metrics": {"listen": f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"},
+            "api": {"listen": f"127.0.0.1:{api_port}"}, "my_prefixes": ["84.54.49.0/24"],
+            "detection": {"enable_detection_engine": True, "rules_config": str(rules)}}))
+        token = subprocess.run([*flowenricher_argv(), "token", "create", "--scope", "admin", "--config", str(config)],
+                               capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+        headers, api = {"Authorization": f"Bearer {token}"}, f"http://127.0.0.1:{api_port}"
+        service = FlowenricherProcess(root, "run", "run", "--config", str(config))
+        try:
+            service.wait_for(lambda: "listening:" in service.output(), 90, "the collector listening")
+            begun = int(time.time()) - 1
+            sent = subprocess.run([*flowenricher_argv(), "generate", "--to", f"127.0.0.1:{port}", "--fps", "3000",
+                                   "--duration", "2", "--protocol", "ipfix"], capture_output=True, text=True,
+                                  timeout=120, check=False)
+            assert sent.returncode == 0, sent.stderr
+
+            def stored() -> int:
+                answer = httpx.get(f"{api}/api/v1/flows/top", params={"by": "dst_port", "limit": 5,
+                                                                     "from": begun - 60}, headers=headers)
+                return sum(r["flows"] for r in answer.json()["rows"]) if answer.status_code == 200 else 0
+
+            service.wait_for(lambda: stored() > 0, 60, "flows stored")
+            time.sleep(1)  # the last inserts
+            body = {"from": begun - 60, "to": int(time.time()) + 1}
+            job = httpx.post(f"{api}/api/v1/backtest", json=body, headers=headers).json()
+            deadline = time.monotonic() + 180
+            while (now := httpx.get(f"{api}{job['url']}", headers=headers).json())["state"] in ("queued", "running"):
+                assert time.monotonic() < deadline, now
+                time.sleep(0.2)
+            assert now["state"] == "done", now
+            summary = now["report"][0]
+            assert summary["flows"] > 0 and summary["announcer_calls"] == 0
+            assert summary["flows"] == every_stored_flow(api, headers, begun)
+        finally:
+            assert service.stop() == 0, service.output()[-3000:]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def every_stored_flow(api: str, headers: dict[str, str], begun: int) -> int:
+    """Every flow the store holds (all were sent after `begun`, whatever their exporter times)."""
+    answer = httpx.get(f"{api}/api/v1/flows/top", params={"by": "proto", "limit": 100, "from": begun - 3600},
+                       headers=headers)
+    assert answer.status_code == 200, answer.text
+    return sum(int(r["flows"]) for r in answer.json()["rows"])
