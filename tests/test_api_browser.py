@@ -2,8 +2,9 @@
 Swagger UI at /docs, ReDoc at /redoc and the status page at /, served by uvicorn on a
 loopback port.  Every request the browser makes is intercepted: any that would leave
 127.0.0.1 fails the test (the appliance has no internet, so a CDN link is a broken page).
-The status page is loaded with traffic, without traffic, with the store down and in the
-separate-API mode with the collector down; each screenshot's path is printed (pytest -s)."""
+The status page is loaded with traffic, without traffic, with the store down, in the
+separate-API mode with the collector down and with backtests listed; each screenshot's
+path is printed (pytest -s)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from appliance.api.remote import remote_deps
 from appliance.api.server import ApiServer
 from appliance.api.tokens import create_token
 from appliance.flowenricher.config import load_config
+from appliance.flowenricher.control import ControlServer
 from appliance.flowenricher.errors import StoreError
 
 START = int(time.time()) // HOUR * HOUR - HOUR
@@ -216,3 +218,50 @@ def test_pages_name_no_other_host_and_forbid_fetching_from_one(served: tuple[Api
         policy = response.headers["content-security-policy"]
         assert policy.startswith("default-src 'self';" if path != "/" else "default-src 'none';"), path
         assert "http" not in policy and "*" not in policy
+
+
+def test_status_page_lists_backtests_and_links_their_reports(browser: Browser, served: tuple[ApiEnv, str],
+                                                             tmp_path: Path) -> None:
+    """A backtest done and one cancelled, started through the API over the served store
+    (read through a control socket, as beside `flowenricher run`): the page lists both,
+    and the done one's link opens its report with the page's credentials."""
+    env, _ = served
+    query = env.app.state.ctx.deps.query
+    socket_dir = Path(tempfile.mkdtemp(prefix="fe-sb-"))  # a Unix socket's path is limited to 108 bytes
+    control = ControlServer(str(socket_dir), query)
+    control.start()
+    try:
+        config = f"timezone: UTC\nstorage: {{path: {json.dumps(str(socket_dir))}}}\nmy_prefixes: [84.54.49.0/24]\n"
+        jobs = make_env(tmp_path, None, clock=lambda: float(START + HOUR), config_text=config, query=query)
+        try:
+            client, admin = jobs.client, jobs.headers()
+            done = client.post("/api/v1/backtest", json={"from": START, "to": START + HOUR}, headers=admin).json()
+            deadline = time.monotonic() + 120
+            while client.get(done["url"], headers=admin).json()["state"] != "done":
+                assert time.monotonic() < deadline, client.get(done["url"], headers=admin).json()
+                time.sleep(0.1)
+            cancelled = client.post("/api/v1/backtest", json={"from": START, "to": START + 600}, headers=admin).json()
+            assert client.delete(cancelled["url"], headers=admin).json()["state"] == "cancelled"
+            with _serving(jobs.app) as base:
+                page, guard, errors = _open(browser, base, "/", True,
+                                            http_credentials={"username": "ops", "password": jobs.reader})
+                assert page.locator("h2", has_text="Backtests").count() == 1
+                rows = page.locator("#backtests tbody tr")
+                assert rows.count() == 2
+                assert rows.nth(0).locator("td").nth(3).inner_text() == "cancelled"
+                first = rows.nth(1)
+                assert first.locator("td").nth(3).inner_text() == "done"
+                assert first.locator("td").nth(2).inner_text() == str(jobs.rules_path)
+                assert first.locator("td").nth(4).inner_text() == "slow_horizontal_scan: 0"
+                _screenshot(page, tmp_path / "status-backtests.png")
+                first.locator("a", has_text="JSON").click()
+                page.wait_for_load_state("networkidle")
+                report = json.loads(page.locator("body").inner_text())
+                assert report["id"] == done["id"] and report["report"][0]["kind"] == "summary"
+                assert guard.outside == [] and guard.local == [f"{base}/", f"{base}{done['url']}"]
+                assert errors == []
+        finally:
+            jobs.app.state.ctx.backtests.close()
+    finally:
+        control.stop()
+        shutil.rmtree(socket_dir, ignore_errors=True)

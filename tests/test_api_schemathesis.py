@@ -51,7 +51,8 @@ def test_openapi_document_describes_the_contract(env: ApiEnv) -> None:
     paths = document["paths"]
     for path in ("/announce", "/withdraw", "/blackholes", "/api/v1/lookup/{ip}", "/api/v1/flows/top",
                  "/api/v1/flows/series", "/api/v1/detections", "/api/v1/exporters", "/api/v1/config",
-                 "/api/v1/rules", "/api/v1/config/validate", "/api/v1/rules/validate", "/health", "/metrics"):
+                 "/api/v1/rules", "/api/v1/config/validate", "/api/v1/rules/validate", "/health", "/metrics",
+                 "/api/v1/backtest", "/api/v1/backtest/{job_id}"):
         assert path in paths, path
     assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert paths["/announce"]["post"]["security"] == [{"HTTPBearer": []}]

@@ -19,77 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
+from support.backtest import FPS, RULES, SECONDS, T0, config, store_and_detect, write_rules
 from support.stores import STORE_KINDS, migrated_store
 
 from appliance.flowenricher.backtest import ReplayWindow, run_backtest
-from appliance.flowenricher.config import Settings, load_config
-from appliance.flowenricher.detect.detection import Detection
-from appliance.flowenricher.detect.engine import RECORDED, DetectionEngine
-from appliance.flowenricher.detect.rules import Rule, load_rule_set
+from appliance.flowenricher.detect.rules import load_rule_set
 from appliance.flowenricher.generate.traffic import TrafficGenerator
 from appliance.flowenricher.storage import FlowStore
-
-T0 = 1_800_000_000
-SECONDS = 150
-FPS = 400
-
-RULES = [
-    {"name": "horizontal_scan", "proto": "tcp", "same_dst_port": True, "unique_dst_ips": 50, "min_flows": 70,
-     "time_window": "60s", "action": "alert,blackhole", "blackhole_count": 50, "blackhole_time": 3600},
-    {"name": "vertical_scan", "proto": "tcp", "same_dst_ip": True, "unique_dst_ports": 100, "min_flows": 100,
-     "time_window": "60s", "action": "alert"},
-    {"name": "syn_flood", "key": "dst", "proto": "tcp", "tcp_flags": "syn_only", "min_flows": 500,
-     "unique_src_ips": 100, "time_window": "10s", "action": "alert,blackhole", "blackhole_count": 100,
-     "blackhole_time": 600},
-    {"name": "ssh_bruteforce", "proto": "tcp", "dst_ports": [22], "same_dst_ip": True, "min_flows": 100,
-     "time_window": "2m", "action": "alert"},
-]
-
-
-class _Seen:
-    name = RECORDED
-
-    def __init__(self) -> None:
-        self.keys: set[tuple[str, tuple[str, str | None, int | None]]] = set()
-
-    def handle(self, rule: Rule, detection: Detection) -> None:
-        self.keys.add((rule.name, (detection.address, detection.dst_addr, detection.dst_port)))
-
-    def close(self) -> None:
-        pass
-
-
-def write_rules(path: Path, rules: list[dict[str, Any]]) -> Path:
-    path.write_text(yaml.safe_dump(rules))
-    return path
-
-
-def store_and_detect(store: FlowStore, rules: list[Rule], scenario: str, seed: int = 3,
-                     seconds: int = SECONDS) -> set[tuple[str, tuple[str, str | None, int | None]]]:
-    """Generated traffic stored, and detected live as the service does (each second's
-    batch processed, then tick(second + 1)); the live engine's (rule, key) set."""
-    seen = _Seen()
-    engine = DetectionEngine(rules, [seen], CollectorRegistry())
-    gen = TrafficGenerator(scenario=scenario, seed=seed)
-    for offset in range(seconds):
-        at = T0 + offset
-        batch = gen.batch(FPS, at * 1000, 1000).to_flow_batch()
-        batch["received_at"] = np.full(batch.n, at, dtype=np.uint32)
-        engine.process(batch)
-        engine.tick(at + 1)
-        store.insert(batch)
-    return seen.keys
-
-
-def config(tmp_path: Path, **extra: Any) -> Settings:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"my_prefixes": ["84.54.49.0/24", "194.153.116.0/24", "2a14:4280::/29"],
-                                    **extra}))
-    return load_config(path)
 
 
 @pytest.fixture(params=STORE_KINDS)

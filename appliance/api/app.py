@@ -13,6 +13,8 @@ error handlers, which give every error one JSON shape (errors.py).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from importlib import metadata
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from .auth import AuditLog, AuditMiddleware, TokenStore
+from .backtests import Backtests
 from .configfiles import SettingsFiles
 from .deps import ApiDeps, AppContext
 from .errors import install_handlers
@@ -27,7 +30,19 @@ from .hardening import check_startup
 from .limits import BodyLimit
 from .queries import Tables
 from .repository import FlowRepository
-from .routes import anomaly, blackholes, configuration, detections, exporters, flows, lookup, original, pages, system
+from .routes import (
+    anomaly,
+    backtest,
+    blackholes,
+    configuration,
+    detections,
+    exporters,
+    flows,
+    lookup,
+    original,
+    pages,
+    system,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -36,7 +51,8 @@ The flowenricher appliance's control plane.
 
 * The original flowenricher calls, unchanged: `POST /announce`, `POST /withdraw`, `GET /blackholes`.
 * `/api/v1`: blackholes with their history and evidence, lookups, top N and time series
-  of flows, detections, exporters, config and rules (validated against the JSON Schemas).
+  of flows, detections, exporters, config and rules (validated against the JSON Schemas),
+  backtests of rules over stored flows (jobs with progress, cancellable).
 
 Every call but `/health` needs a token (`Authorization: Bearer fe_...`), created with
 `flowenricher token create --scope read|admin`; calls that change something need an
@@ -62,19 +78,28 @@ def create_app(deps: ApiDeps) -> FastAPI:
     tokens = TokenStore(engine)
     check_startup(deps.settings, tokens.active_count(), deps.dev_mode)
     ch = deps.settings.clickhouse
+    files = SettingsFiles(deps.settings, deps.config_path, deps.rules_path, deps.rules, deps.apply_config,
+                          deps.apply_rules)
     context = AppContext(
         deps=deps,
         tokens=tokens,
         audit=AuditLog(engine, deps.registry),
         flows=FlowRepository(deps.query, Tables(ch.database, ch.table), deps.registry),
-        files=SettingsFiles(deps.settings, deps.config_path, deps.rules_path, deps.rules, deps.apply_config,
-                            deps.apply_rules),
+        files=files,
+        backtests=Backtests(lambda: files.settings, deps.clock),
     )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        context.backtests.close()  # no backtest process outlives the API
+
     app = FastAPI(title="flowenricher", version=_version(), description=DESCRIPTION, docs_url=None,
-                  redoc_url=None, openapi_url="/openapi.json")
+                  redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
     app.state.ctx = context
     install_handlers(app)
-    for module in (original, blackholes, lookup, flows, detections, anomaly, exporters, configuration, system, pages):
+    for module in (original, blackholes, lookup, flows, detections, anomaly, backtest, exporters, configuration,
+                   system, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(BodyLimit, max_bytes=deps.max_body_bytes)

@@ -28,6 +28,7 @@ from appliance.flowenricher.config import Settings
 
 from .announcements import Blackholes
 from .auth import AuditLog, Principal, ScopeName, TokenStore, audit_context
+from .backtests import Backtests
 from .configfiles import ApplyConfig, ApplyRules, Rules, SettingsFiles
 from .errors import Forbidden, Invalid, Problem, Unauthorized
 from .limits import DEFAULT_MAX_BODY
@@ -121,6 +122,7 @@ class AppContext:
     audit: AuditLog
     flows: FlowRepository
     files: SettingsFiles
+    backtests: Backtests
 
     @property
     def settings(self) -> Settings:
@@ -182,7 +184,7 @@ PageReader = Annotated[Principal, Depends(_page_reader)]
 """The status page's caller: a browser asks for the token as a Basic password."""
 
 
-def _epoch(value: datetime) -> int:
+def epoch(value: datetime) -> int:
     """Unix seconds; a time without an offset is UTC (flows are stored in UTC).  Clamped to
     what a ClickHouse DateTime holds (1970 to 2106), so any time is a valid bound."""
     seconds = int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp())
@@ -197,8 +199,8 @@ def time_range(ctx: Context,
                    "End, excluded; default: now, rounded up to the minute."))] = None,
                ) -> tuple[int, int]:
     """The half-open range [from, to) in unix seconds."""
-    stop = _epoch(end) if end is not None else -(-int(ctx.deps.clock()) // 60) * 60
-    first = _epoch(start) if start is not None else stop - 3600
+    stop = epoch(end) if end is not None else -(-int(ctx.deps.clock()) // 60) * 60
+    first = epoch(start) if start is not None else stop - 3600
     if first >= stop:
         raise Invalid("empty time range", [Problem(path="query.from", reason="must be before `to`")])
     return first, stop

@@ -90,6 +90,13 @@ class TooLarge(ApiError):
     error = "too_large"
 
 
+class TooMany(ApiError):
+    """A bounded resource is in use (as many backtests as allowed are running): try later."""
+
+    status = 429
+    error = "too_many"
+
+
 class Unavailable(ApiError):
     """A source the API depends on (the flow store, a lookup) is down or not configured."""
 

@@ -245,3 +245,58 @@ class AuditRecord(BaseModel):
     body: str
     status: int
 
+
+
+RulesDocument = list[Any] | dict[str, Any]
+"""A detection.yml document as JSON: a list of rules, or ``{"rules": [...]}``."""
+
+
+class BacktestRequest(_Strict):
+    """``POST /api/v1/backtest``: the range to replay and the rules to replay it through."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    start: datetime = Field(alias="from", description="Start of the range (RFC 3339, or unix seconds), included; "
+                            "without an offset, UTC.", examples=["2026-12-01T00:00:00Z"])
+    end: datetime = Field(alias="to", description="End of the range, excluded; at most api.backtest.max_range "
+                          "after `from`.", examples=["2026-12-02T00:00:00Z"])
+    rules: RulesDocument | None = Field(None, description=(
+        "A detection rules document (as PUT /api/v1/rules takes, validated the same way); default: the rules "
+        "running now."))
+    compare: RulesDocument | None = Field(None, description=(
+        "A second rules document replayed beside `rules` over the same flows; the report lists the (rule, key) "
+        "pairs found only by one of them and by both."))
+    tune: int | None = Field(None, ge=0, le=1_000_000, description=(
+        "Also tune the rules: per threshold, the value that at most this many keys a day reached."))
+
+
+class BacktestProgress(BaseModel):
+    replayed_s: int = Field(description="Seconds of the range replayed so far.")
+    share: float = Field(description="Share of the range replayed, 0 to 1.")
+    flows: int = Field(description="Flows replayed so far.")
+    elapsed_s: float = Field(description="Wall time since the job was started.")
+
+
+class BacktestJob(BaseModel):
+    """A backtest job; `report` (the lines of ``flowenricher backtest --format jsonl``) once done."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    state: Literal["queued", "running", "done", "failed", "cancelled"] = Field(description=(
+        "queued: its process is starting; running: replaying; done, failed (see `error`) or cancelled."))
+    start: datetime = Field(alias="from")
+    end: datetime = Field(alias="to")
+    rules: str = Field(description="Which rules: the running rules' file, or the request's document.")
+    compare: str | None = None
+    tune: int | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: BacktestProgress
+    detections: dict[str, int] = Field(description="Detections per rule (of `rules`), once done.")
+    error: str | None = None
+    url: str = Field(description="This job's address in the API.")
+    report: list[dict[str, Any]] | None = Field(None, description=(
+        "Once done: the summary line, one line per rule (per rules set), tuning and compare lines; left out of "
+        "the list of jobs."))

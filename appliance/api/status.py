@@ -3,8 +3,8 @@
 Made to be read in a few seconds: a health line first (does the store answer, does the
 collector, when did each exporter's last flow arrive, flows/s and bits/s now, drops by
 place, the store lag and the spool, blackholes by state, GoBGP's sessions and RIB), small charts of the last hours,
-then the detections with their addresses, the blackholes with state and reason, and the
-top talkers.  The raw counters stay on ``/metrics``.
+then the detections with their addresses, the blackholes with state and reason, the
+top talkers, and the recent backtests (each linking to its report in the API).  The raw counters stay on ``/metrics``.
 
 Server-rendered HTML with inline CSS and inline SVG charts drawn here: no script, image
 or font from anywhere, so it works on an appliance without internet and in any browser.
@@ -85,6 +85,7 @@ class StatusView:
     top_sources: list[dict[str, Any]] | None
     top_destinations: list[dict[str, Any]] | None
     errors: list[str] = field(default_factory=list)
+    backtests: list[dict[str, Any]] = field(default_factory=list)
 
 
 TopFn = Callable[[str, Filters], list[dict[str, Any]]]
@@ -99,7 +100,8 @@ class Sources:
     (`collector_ok` is None when this API has no collector to ask).  `series(step,
     filters)` is the traffic per bucket (rows with t, flows, bytes); `drops(start, end,
     step)` the lost flows per bucket and place, None without collector_stats;
-    `detection_counts(start, end, step)` detections per bucket.
+    `detection_counts(start, end, step)` detections per bucket.  `backtests` are the
+    recent backtest jobs (schemas.BacktestJob fields, by their JSON names), newest first.
     """
 
     store_ok: Callable[[], bool]
@@ -112,6 +114,7 @@ class Sources:
     detection_counts: Callable[[int, int, int], list[tuple[int, int]]]
     top: TopFn
     detections: DetectionsFn
+    backtests: Callable[[], list[dict[str, Any]]] = list
 
 
 class _Unknown(Exception):
@@ -373,6 +376,7 @@ def collect(now: float, zone: tzinfo, src: Sources) -> StatusView:
 
     view = StatusView(now, zone, health, exporters, _charts(src, t, store_up, store_why), blackholes, None, None,
                       None)
+    view.backtests = src.backtests()  # this process's memory: cannot be down
     if blackholes is None:
         view.errors.append(f"blackholes: {blackholes_why}")
     if not store_up:
@@ -483,6 +487,36 @@ def _blackholes(view: StatusView) -> str:
         "no active blackholes")
 
 
+def _backtest_state(job: dict[str, Any]) -> str:
+    state = str(job["state"])
+    if state in ("queued", "running"):
+        progress = job["progress"]
+        return f"{state}, {progress['share']:.0%} ({progress['flows']:,} flows, {progress['elapsed_s']:.0f} s)"
+    if state == "failed" and job.get("error"):
+        return f"failed: {job['error']}"
+    return state
+
+
+def _backtests(jobs: list[dict[str, Any]], zone: tzinfo) -> str:
+    """Recent backtests; each row links to the job's JSON (its report once done)."""
+    if not jobs:
+        return '<p class="empty">none since the API started (POST /api/v1/backtest)</p>'
+    head = "".join(f"<th>{_e(h)}</th>" for h in ("started", "range", "rules", "state", "detections per rule",
+                                                  "report"))
+    rows = []
+    for job in jobs:
+        span = f"{_when(job['from'].timestamp(), zone)} .. {_when(job['to'].timestamp(), zone)}"
+        rules = str(job["rules"]) + (" vs compare" if job.get("compare") else "")
+        found = ", ".join(f"{rule}: {count:,}" for rule, count in job["detections"].items())
+        if job["state"] == "done" and not found:
+            found = "no rules"
+        cells = [_when(job["created_at"].timestamp(), zone), span, rules, _backtest_state(job), found]
+        link = f'<a href="{_e(job["url"])}">JSON</a>'
+        rows.append(f'<tr class="backtest {_e(job["state"])}">' + "".join(f"<td>{_e(c)}</td>" for c in cells)
+                    + f"<td>{link}</td></tr>")
+    return f'<table id="backtests"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
 _W, _H, _PAD = 320, 90, 4
 
 
@@ -577,5 +611,7 @@ counters</a></p>
 <h2>Top talkers, last hour</h2>
 <section><h3>sources</h3>{_top(view.top_sources)}</section>
 <section><h3>destinations</h3>{_top(view.top_destinations)}</section>
+<h2>Backtests</h2>
+{_backtests(view.backtests, zone)}
 </body></html>
 """

@@ -23,6 +23,7 @@ call: nothing a backtest does can reach GoBGP, the state DB or blackholes.txt.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -67,6 +68,7 @@ QueryFn = Callable[[str, str], bytes]
 DAY_S = 86_400
 SAMPLED_DETECTIONS = 3  # detections per rule shown with their sample flows
 TUNE_HEADROOM = 10  # distinct counts are observed up to this many times the rule's threshold
+PROGRESS_EVERY_S = 10  # seconds of the range between two progress calls
 
 
 class BacktestError(FlowEnricherError):
@@ -211,6 +213,33 @@ class FlowReader:
                f"AND (timestamp_start < toDateTime({w.start - w.lag_s}) "
                f"OR timestamp_start >= toDateTime({w.end + w.lead_s}))")
         return int(self.query(sql, "TSV").decode().strip() or 0)
+
+
+@contextlib.contextmanager
+def store_query(cfg: Settings) -> Iterator[QueryFn]:
+    """How a backtest process reads the flows of `cfg`'s store.  The embedded store
+    admits one process per data directory: while the service runs, its control socket
+    answers the queries (control.query_running); otherwise, and with a ClickHouse
+    server, the store is opened here and closed on leaving."""
+    from .control import query_running
+    from .storage import open_store
+    from .wiring import store_settings
+
+    store_cfg = store_settings(cfg)
+    if store_cfg.embedded and query_running(store_cfg.path, "SELECT 1", "TSV") is not None:
+        def query(sql: str, fmt: str) -> bytes:
+            answer = query_running(store_cfg.path, sql, fmt)
+            if answer is None:
+                raise FlowEnricherError(f"the service in {store_cfg.path} stopped during the backtest")
+            return answer
+
+        yield query
+        return
+    store = open_store(store_cfg)
+    try:
+        yield store.query
+    finally:
+        store.close()
 
 
 # ---------------------------------------------------------------------- recording
@@ -646,9 +675,11 @@ def _compare(a: dict[str, RuleRecord], b: dict[str, RuleRecord]) -> dict[str, li
 
 def run_backtest(query: QueryFn, table: str, cfg: Settings, rule_sets: Sequence[tuple[str, Sequence[Rule]]],
                  window: ReplayWindow, *, tune_per_day: int | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> BacktestReport:
+                 progress: Callable[[int, int, int], None] | None = None) -> BacktestReport:
     """Replay `window` of `table` through one engine per rules file (the first is A, a
-    second is compared with it); with `tune_per_day`, tune A's rules too."""
+    second is compared with it); with `tune_per_day`, tune A's rules too.  `progress`
+    hears (seconds of the range replayed, seconds in it, flows replayed) every
+    PROGRESS_EVERY_S seconds of the range and at the end."""
     if not rule_sets:
         raise BacktestError("no rules to backtest")
     began = time.perf_counter()
@@ -694,8 +725,10 @@ def run_backtest(query: QueryFn, table: str, cfg: Settings, rule_sets: Sequence[
                 for rule, stats, keys in observer.measure_tracked():
                     if rule.name in due:
                         by_name[rule.name].observe(second, stats, keys, fired_of(rule.name))
-        if progress is not None and (second - window.start) % 60 == 59:
-            progress(second - window.start + 1, total)
+        if progress is not None and (second - window.start) % PROGRESS_EVERY_S == PROGRESS_EVERY_S - 1:
+            progress(second - window.start + 1, total, reader.flows)
+    if progress is not None:
+        progress(total, total, reader.flows)
     for tuning in tunings:
         tuning.close_day(fired_of(tuning.rule.name)())
     calls = sum(r.announcer.calls for r in replays)

@@ -356,10 +356,8 @@ def parse_time(text: str, option: str) -> int:
 def _cmd_backtest(args: argparse.Namespace) -> int:
     """The stored flows of --from..--to through the rules (backtest.py); the embedded store
     is read through the running service when there is one (it owns the directory)."""
-    from .backtest import BacktestError, ReplayWindow, render_table, run_backtest
-    from .control import query_running
+    from .backtest import BacktestError, ReplayWindow, render_table, run_backtest, store_query
     from .detect.rules import load_rule_set
-    from .storage import open_store
     from .wiring import store_settings
 
     cfg = load_settings(args.config)
@@ -372,22 +370,9 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
                               lag_s=args.lag, lead_s=args.lead)
     except BacktestError as err:  # a bad range is bad input (exit 2)
         raise ConfigError([f"backtest: {err}"]) from err
-    store_cfg = store_settings(cfg)
-    store = None
-    if store_cfg.embedded and query_running(store_cfg.path, "SELECT 1", "TSV") is not None:
-        def query(sql: str, fmt: str) -> bytes:
-            answer = query_running(store_cfg.path, sql, fmt)
-            if answer is None:
-                raise FlowEnricherError(f"the service in {store_cfg.path} stopped during the backtest")
-            return answer
-    else:
-        store = open_store(store_cfg)
-        query = store.query
-    try:
-        report = run_backtest(query, store_cfg.qualified_table, cfg, rule_sets, window, tune_per_day=args.tune)
-    finally:
-        if store is not None:
-            store.close()
+    with store_query(cfg) as query:
+        report = run_backtest(query, store_settings(cfg).qualified_table, cfg, rule_sets, window,
+                              tune_per_day=args.tune)
     if args.format == "jsonl":
         for line in report.to_lines():
             print(json.dumps(line, default=str))

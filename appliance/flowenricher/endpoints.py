@@ -13,7 +13,15 @@ from typing import Any
 
 from pydantic import Field
 
-from .common.settings_base import FilePath, HostPort, Section, field_default, split_host_port
+from .common.settings_base import (
+    Duration,
+    FilePath,
+    HostPort,
+    Section,
+    field_default,
+    parse_duration,
+    split_host_port,
+)
 from .traffic_labels import label_problems
 
 Problems = list[tuple[tuple[str | int, ...], str]]
@@ -62,6 +70,19 @@ class MetricsSettings(_Listening, Section):
         return self.traffic.max_series
 
 
+class BacktestApiSettings(Section):
+    """Backtests started through the API (POST /api/v1/backtest): each runs in a process
+    of its own, and these bound what one caller can make the appliance spend."""
+
+    max_range_s: Duration = Field(parse_duration("168h"), alias="max_range", description=(
+        "Longest range one backtest may replay (a longer one is refused with 422)."))
+    max_running: int = Field(1, ge=1, description=(
+        "Backtests running at once; one more is refused with 429 until one ends."))
+    max_wall_time_s: Duration = Field(parse_duration("4h"), alias="max_wall_time", description=(
+        "Longest a backtest may run; it is then stopped and marked failed."))
+    kept: int = Field(20, ge=1, description="Finished backtests whose reports are kept (newest first) in memory.")
+
+
 class ApiSettings(_Listening, Section):
     """The control plane's HTTP API (the original's /announce, /withdraw, /blackholes,
     plus the versioned API)."""
@@ -73,6 +94,8 @@ class ApiSettings(_Listening, Section):
         "Development mode: insecure settings (no token or plain HTTP on a non-loopback address, empty ClickHouse "
         "password on a remote server, SNMP community public) are warned about instead of refused."))
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (413 beyond it).")
+    backtest: BacktestApiSettings = Field(default_factory=BacktestApiSettings, description=(
+        "Limits of the backtests started through the API."))
     tls_cert: FilePath | None = Field(None, description=(
         "PEM certificate (with its chain) the API serves HTTPS with; needs tls_key. Without it the API speaks plain "
         "HTTP, which is refused on a listen address beyond loopback unless allow_plain_http is set."))

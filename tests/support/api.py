@@ -110,11 +110,12 @@ RULES_TEXT = """\
 """
 
 
-def make_env(tmp_path: Path, store: FlowStore | None = None, clock: Any = None, **extra: Any) -> ApiEnv:
+def make_env(tmp_path: Path, store: FlowStore | None = None, clock: Any = None, config_text: str = CONFIG_TEXT,
+             rules_text: str = RULES_TEXT, **extra: Any) -> ApiEnv:
     """An app over real parts in `tmp_path`, with one admin and one read token."""
     config_path, rules_path = tmp_path / "config.yaml", tmp_path / "detection.yml"
-    config_path.write_text(CONFIG_TEXT)
-    rules_path.write_text(RULES_TEXT)
+    config_path.write_text(config_text)
+    rules_path.write_text(rules_text)
     settings = load_config(config_path)
     state = StateDB(f"sqlite:///{tmp_path}/state.db")
     registry = CollectorRegistry()

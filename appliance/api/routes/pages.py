@@ -13,6 +13,7 @@ from .. import status
 from ..deps import Context, PageReader
 from ..errors import ERROR_RESPONSES
 from ..queries import Filters
+from .backtest import job_view
 from .system import collector_answers
 
 router = APIRouter(include_in_schema=False)
@@ -55,7 +56,8 @@ async def status_page(ctx: Context, _: PageReader) -> HTMLResponse:
         store_ok=flows.ping, collector_ok=lambda: collector_answers(ctx.deps.collector),
         blackholes=ctx.deps.blackholes.active, registry=ctx.deps.registry, exporters=flows.exporters,
         series=series, drops=flows.drops, detection_counts=flows.detection_counts, top=top,
-        detections=lambda filters: ctx.detections(filters, None, None, 10))
+        detections=lambda filters: ctx.detections(filters, None, None, 10),
+        backtests=lambda: [job_view(job, ctx, False).model_dump(by_alias=True) for job in ctx.backtests.recent()])
     view = await run_in_threadpool(status.collect, ctx.deps.clock(), ctx.timezone, sources)
     return _with_policy(HTMLResponse(status.render(view)), STATUS_POLICY)
 
