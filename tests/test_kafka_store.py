@@ -58,6 +58,25 @@ def _produce(bootstrap: str, topic: str, first: int, n: int) -> None:
     assert producer.flush(60) == 0
 
 
+def _produce_raw(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    for value in values:
+        producer.produce(topic, value)
+    assert producer.flush(60) == 0
+
+
+def _metrics(config: Path) -> str:
+    import re
+    import urllib.request
+
+    listen = re.search(r'listen: "([^"]+)"', config.read_text())
+    assert listen is not None
+    with urllib.request.urlopen(f"http://{listen.group(1)}/metrics", timeout=10) as answer:
+        return str(answer.read().decode())
+
+
 def _config(workdir: Path, bootstrap: str, topic: str, group: str, store: str, block_records: int = 2000) -> Path:
     path = workdir / "config.yaml"
     brokers = json.dumps(bootstrap.split(","))
@@ -139,12 +158,15 @@ def test_embedded_storer_killed_mid_stream_stores_each_flow_once(kafka_lab: Kafk
     again = _started(config, tmp_path, "storer-again")
     try:
         _produce(kafka_lab.bootstrap, topic, total, 1000)  # and the stream goes on
+        _produce_raw(kafka_lab.bootstrap, topic, [b"", b"\x05abc", b"not a flow message at all"])
         stored = _wait_count(config, tmp_path, total + 1000, 180, again)
         time.sleep(3)  # anything doubled would arrive now
         stored = _count(config, tmp_path)
+        metrics = _metrics(config)
     finally:
         assert again.stop() == 0, again.output()[-3000:]
     assert stored == (total + 1000, total + 1000), f"stored (rows, distinct) {stored}: {again.output()[-2000:]}"
+    assert 'flowenricher_decoder_dropped_total{exporter="goflow2",reason="goflow2_malformed"} 3.0' in metrics
 
 
 def test_two_storers_share_partitions_and_survive_a_kill(kafka_lab: KafkaLab, tmp_path: Path,
