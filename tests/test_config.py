@@ -501,14 +501,18 @@ def test_allowed_exporters_mistakes_are_named() -> None:
     ]
 
 
-def test_kafka_input_is_refused_not_ignored(tmp_path: Path) -> None:
-    """The original's kafka block validates as written (enabled: false); enabled: true is
-    refused by the loader that validate, run and the API all use."""
+def test_kafka_input_needs_brokers(tmp_path: Path) -> None:
+    """The original's kafka block validates as written (enabled: false); enabled: true
+    without a broker is refused by the loader that validate, run and the API all use,
+    and with one it validates."""
     original = (ORIGINAL / "config.original.yaml").read_text()
     assert "kafka:\n  enabled: false\n" in original
-    path = write(tmp_path, "config.yaml", original.replace("kafka:\n  enabled: false\n", "kafka:\n  enabled: true\n"))
-    expected = f"{path}: $.kafka.enabled: the Kafka input is not supported yet: set enabled: false"
-    assert [p for p in problems_of(load_config, path) if p.startswith(expected)]
+    assert not load_config(write(tmp_path, "original.yaml", original)).kafka.enabled
+    path = write(tmp_path, "config.yaml", "kafka: {enabled: true, brokers: []}\n")
+    expected = f"{path}: $.kafka.brokers: kafka.enabled needs at least one broker (host:port)"
+    assert expected in problems_of(load_config, path)
+    accepted = load_config(write(tmp_path, "ok.yaml", "kafka: {enabled: true, brokers: ['127.0.0.1:9092']}\n"))
+    assert accepted.kafka.brokers == ("127.0.0.1:9092",)
 
     from appliance.api.configfiles import Parsed, SettingsFiles
     from appliance.api.errors import Invalid
@@ -517,19 +521,19 @@ def test_kafka_input_is_refused_not_ignored(tmp_path: Path) -> None:
     with pytest.raises(Invalid) as refused:
         files.validate_config(Parsed({"kafka": {"enabled": True}}, None))
     [problem] = refused.value.problems
-    assert problem.path == "$.kafka.enabled" and problem.reason.startswith("the Kafka input is not supported yet")
+    assert problem.path == "$.kafka.brokers" and problem.reason.startswith("kafka.enabled needs at least one broker")
 
 
-def test_validate_and_run_refuse_kafka_enabled(tmp_path: Path) -> None:
+def test_validate_and_run_refuse_kafka_without_brokers(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    path = write(tmp_path, "config.yaml", "kafka: {enabled: true, brokers: ['127.0.0.1:9092']}\n")
+    path = write(tmp_path, "config.yaml", "kafka: {enabled: true}\n")
     for command in ("validate", "run"):
         done = subprocess.run([sys.executable, "-m", "appliance.flowenricher.cli", command, "--config", str(path)],
                               capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert done.returncode == 2, (command, done.stderr)
-        assert f"{path}: $.kafka.enabled: the Kafka input is not supported yet" in done.stderr
+        assert f"{path}: $.kafka.brokers: kafka.enabled needs at least one broker" in done.stderr
 
 
 @pytest.mark.parametrize("expression, reason", [

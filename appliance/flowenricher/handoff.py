@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -31,6 +32,25 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.1
 """How often an idle stage gets its `idle` call (the writer flushes by age there)."""
+
+
+@dataclass(frozen=True)
+class Grouped:
+    """A batch the writer must store as blocks of its own under `token` (one block per
+    partition span, tokens ``<token>/<i>``), calling `on_stored` once the store has
+    acknowledged every one of them: how the Kafka input learns it may commit offsets.
+    The same token sent again (a replay after a crash) is stored once."""
+
+    batch: FlowBatch
+    token: str
+    on_stored: Callable[[], None]
+
+    @property
+    def n(self) -> int:
+        return self.batch.n
+
+
+Item = FlowBatch | Grouped
 
 
 class HandOffStopped(RuntimeError):
@@ -50,7 +70,7 @@ class HandOff:
     ``flowenricher_<name>_queued_rows``.
     """
 
-    def __init__(self, name: str, process: Callable[[FlowBatch], None], max_pending_rows: int, *,
+    def __init__(self, name: str, process: Callable[[Item], None], max_pending_rows: int, *,
                  idle: Callable[[float], None] | None = None, finish: Callable[[], None] | None = None,
                  registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
@@ -60,7 +80,7 @@ class HandOff:
         self._max_pending = max(1, max_pending_rows)
         self._clock = clock
         self._cond = threading.Condition()
-        self._queue: deque[FlowBatch] = deque()
+        self._queue: deque[Item] = deque()
         self._pending = 0
         self._closing = False
         self._error: BaseException | None = None
@@ -76,9 +96,9 @@ class HandOff:
     def pending_rows(self) -> int:
         return self._pending
 
-    def put(self, batch: FlowBatch) -> None:
+    def put(self, batch: Item) -> None:
         """Hand a batch over; waits while ``max_pending_rows`` are not yet done."""
-        if batch.n == 0:
+        if batch.n == 0 and not isinstance(batch, Grouped):  # a group's callback is owed even if empty
             return
         with self._cond:
             while self._pending >= self._max_pending and self._error is None and self._thread.is_alive():

@@ -43,7 +43,8 @@ from .control import ControlServer, LookupFn
 from .detect.actions import BlackholeSink
 from .enrich.pipeline import Enricher
 from .errors import FlowEnricherError, StoreError
-from .handoff import HandOff, HandOffStopped
+from .handoff import Grouped, HandOff, HandOffStopped
+from .kafka.input import KafkaInput, KafkaInputSettings
 from .metrics import CollectorMetrics, WorkerSnapshots, serve
 from .storage import open_store
 from .storage.base import FlowStore
@@ -64,6 +65,7 @@ class ServiceSettings:
     workers: int = 0  # 0: one per CPU
     metrics_listen: str | None = "127.0.0.1:9601"
     queue_batches: int = 32  # decoded batches in flight from the workers: about 1 s at 300k flows/s
+    kafka: KafkaInputSettings | None = None  # flows from a Kafka topic instead of UDP (kafka/input.py)
 
 
 class _LockedStore:
@@ -141,14 +143,15 @@ class CollectorService:
 
     def run(self) -> int:
         cfg = self.settings
-        # Fail before anything runs if a port is taken (by anyone: see refuse_shared_port)
-        # or an address is not ours.
-        for listener in cfg.worker.listeners:
-            refuse_shared_port(listener)
-        # Kept open until the process ends: a second service starting at the same moment
-        # passed the check above too, and is refused here.
-        self._port_claims = [claim_port(port) for port in sorted({lst.port for lst in cfg.worker.listeners} - {0})]
-        _warn_if_open(cfg.worker)
+        if cfg.kafka is None:
+            # Fail before anything runs if a port is taken (by anyone: see
+            # refuse_shared_port) or an address is not ours.
+            for listener in cfg.worker.listeners:
+                refuse_shared_port(listener)
+            # Kept open until the process ends: a second service starting at the same
+            # moment passed the check above too, and is refused here.
+            self._port_claims = [claim_port(port) for port in sorted({lst.port for lst in cfg.worker.listeners} - {0})]
+            _warn_if_open(cfg.worker)
         store = open_store(cfg.store)
         migrated = True
         try:
@@ -189,7 +192,8 @@ class CollectorService:
         if runtime.consumers:
             consumers = runtime.consumers
 
-            def consume(batch: FlowBatch) -> None:
+            def consume(batch: FlowBatch | Grouped) -> None:
+                assert isinstance(batch, FlowBatch)  # only the writer is handed groups
                 for consumer in consumers:
                     consumer.process(batch)
 
@@ -201,9 +205,10 @@ class CollectorService:
 
         ctx = mp.get_context("spawn")
         stop = ctx.Event()
-        n = cfg.workers or os.cpu_count() or 1
+        # With a Kafka input the flows come from the topic: no UDP workers.
+        n = 0 if cfg.kafka is not None else cfg.workers or os.cpu_count() or 1
         worker_settings = dataclasses.replace(cfg.worker, log_level=logging.getLogger().getEffectiveLevel(),
-                                              outbox_batches=max(2, cfg.queue_batches // n))
+                                              outbox_batches=max(2, cfg.queue_batches // max(n, 1)))
         workers = [_WorkerSlot(i, _spawner(ctx, worker_settings, stop)) for i in range(n)]
         ports = {listener.port for listener in cfg.worker.listeners}
         self.registry.register(CollectorMetrics(self.snapshots, lambda: kernel_drops(ports),
@@ -215,9 +220,16 @@ class CollectorService:
             slot.start()
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         exit_code = 0
+        kafka: KafkaInput | None = None
         try:
             ticking.start()
-            exit_code = self._loop(workers, stop, handoffs, runtime)
+            if cfg.kafka is not None:
+                kafka = KafkaInput(cfg.kafka, registry=self.registry)
+                log.info("consuming topic %s of %s as group %s", cfg.kafka.topic, ",".join(cfg.kafka.brokers),
+                         cfg.kafka.group_id)
+                exit_code = self._kafka_loop(kafka, handoffs, runtime)
+            else:
+                exit_code = self._loop(workers, stop, handoffs, runtime)
         finally:
             ticks_done.set()
             if ticking.is_alive():
@@ -229,6 +241,8 @@ class CollectorService:
                 slot.end()
             for handoff in reversed(handoffs):  # detections (which may write to the store) first
                 handoff.close()
+            if kafka is not None:  # after the writer's last flush: commits what it stored
+                kafka.close()
             runtime.close()
             control.stop()
             if metrics_server is not None:
@@ -305,6 +319,29 @@ class CollectorService:
                         slot.start()
                         log.info("worker %d started again (pid %s)", slot.id, slot.pid)
         return exit_code
+
+    def _kafka_loop(self, kafka: KafkaInput, handoffs: list[HandOff], runtime: Runtime) -> int:
+        """Blocks from the topic, each through enrichment to the consumers and, as one
+        group with its token, to the writer (handoffs[0]); until stopped."""
+        writer, others = handoffs[0], handoffs[1:]
+        while not self._stop.is_set():
+            blocks = kafka.poll()
+            # The decoder's counters, published like a UDP worker's (id -1: the input).
+            self.snapshots.update(-1, kafka.decoder.stats.snapshot())
+            for block in blocks:
+                batch = block.batch
+                self.rows_received += batch.n
+                if batch.n:
+                    runtime.enricher.enrich(batch)
+                try:
+                    writer.put(Grouped(batch, block.token, kafka.stored_callback(block)))
+                    for handoff in others:
+                        handoff.put(batch)
+                except HandOffStopped as err:
+                    log.error("%s; stopping", err)
+                    return 1
+        log.info("stopping: flushing what was consumed")
+        return 0
 
     def _worker_exited(self, slot: _WorkerSlot, stopping: bool) -> None:
         """A worker's pipe is closed and its process gone: done if it was told to stop,

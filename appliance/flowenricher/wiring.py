@@ -30,6 +30,7 @@ from .enrich.networks import NetworkInfo, NetworksStage
 from .enrich.pipeline import Enricher
 from .enrich.ptr import PtrResult, PtrSink
 from .errors import ConfigError
+from .kafka.input import KafkaInputSettings
 from .lookup import Lookup
 from .service import QueryFn, Runtime, RuntimeFactory, ServiceSettings
 from .storage.settings import StoreSettings
@@ -58,8 +59,13 @@ def service_settings(cfg: Settings) -> ServiceSettings:
         state_dir=str(cfg.storage.path / DECODER_STATE_DIR) if col.template_state else None,
         debug=col.debug,
     )
+    kafka = None
+    if cfg.kafka.enabled:
+        kafka = KafkaInputSettings(brokers=tuple(str(b) for b in cfg.kafka.brokers), topic=cfg.kafka.topic,
+                                   group_id=cfg.kafka.group_id, block_records=cfg.kafka.block_records,
+                                   start_from=cfg.kafka.start_from)
     return ServiceSettings(worker=worker, store=store_settings(cfg), workers=col.worker_count(),
-                           metrics_listen=cfg.metrics.listen)
+                           metrics_listen=cfg.metrics.listen, kafka=kafka)
 
 
 RuntimeExtension = Callable[[Runtime, Settings, CollectorRegistry, QueryFn], None]

@@ -216,14 +216,27 @@ class CollectorSettings(Section):
 
 
 class KafkaSettings(Section):
-    """The original Kafka input: kept so the original config validates. Not supported yet:
-    enabled: true is refused (flows are received over UDP only)."""
+    """Flows consumed from a Kafka topic (the original's ``kafka`` block, extended).
 
-    enabled: bool = Field(False, description="Consume flows from Kafka. Not supported yet: must stay false (true is "
-                          "refused by validate, run and the API with a message naming this key).")
-    brokers: tuple[HostPort, ...] = Field((), description="Kafka brokers as host:port.")
+    With ``enabled: true`` `flowenricher run` consumes ``topic`` as a member of
+    ``group_id`` instead of listening for UDP export, and stores every record exactly once
+    (offsets are committed only after the store acknowledged the rows; see
+    kafka/input.py).  Several `run` processes with the same group share the topic's
+    partitions.  The records are goflow2's protobuf FlowMessages (``format: goflow2``),
+    as goflow2 publishes them with ``-transport=kafka -format=bin``."""
+
+    enabled: bool = Field(False, description="Consume flows from Kafka instead of listening for UDP export.")
+    brokers: tuple[HostPort, ...] = Field((), description="Kafka brokers as host:port (bootstrap servers).")
     topic: str = Field("netflow", min_length=1, description="Topic to consume.")
     group_id: str = Field("flowenricher-group", min_length=1, description="Consumer group.")
+    format: Literal["goflow2"] = Field("goflow2", description="What the records hold: goflow2's protobuf "
+                                       "FlowMessage behind its varint length (goflow2 -format=bin).")
+    block_records: int = Field(50_000, ge=100, le=1_000_000,
+                               description="Records taken per poll; each partition's share is stored as one "
+                                           "block, under one deduplication token.")
+    start_from: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a new consumer group starts: the oldest record kept (no flow missed) or "
+                                "the next one written.")
 
 
 def collector_problems(collectors: Mapping[str, Any]) -> Problems:
@@ -275,8 +288,7 @@ def collector_problems(collectors: Mapping[str, Any]) -> Problems:
 
 
 def kafka_problems(kafka: Mapping[str, Any]) -> Problems:
-    """Keys of the original that the appliance cannot honour yet are refused, never ignored."""
-    if kafka.get("enabled") is True:
-        return [(("enabled",), "the Kafka input is not supported yet: set enabled: false "
-                               "(flows are received over UDP on collectors.listeners)")]
+    """What the schema cannot say of ``kafka``: enabled needs brokers."""
+    if kafka.get("enabled") is True and not kafka.get("brokers"):
+        return [(("brokers",), "kafka.enabled needs at least one broker (host:port)")]
     return []

@@ -72,6 +72,9 @@ class BatchWriter:
         self._retry_at = 0.0
         self._backoff = RETRY_MIN_S
         self._attempts: dict[int, int] = {}  # spool seq -> failed attempts while the store was up
+        # Blocks of add_group() not yet acknowledged: block token -> its group's [blocks
+        # left, callback]; the callback runs when the last block is stored.
+        self._groups: dict[str, list[Any]] = {}
         # False when the service started while the server was away: the schema is brought
         # up to date before the first insert that reaches it.
         self._migrated = migrated
@@ -104,6 +107,31 @@ class BatchWriter:
         self.metrics.pending_rows.set(self._rows)
         if self._rows >= self.settings.batch_size:
             self.flush()
+
+    def add_group(self, batch: FlowBatch, token: str, on_stored: Callable[[], None]) -> None:
+        """Store `batch` as blocks of its own, the i-th (one per partition span, as
+        :meth:`add` cuts) under ``<token>/<i>``, and call `on_stored` once the store has
+        acknowledged all of them, now or when the spool is replayed.
+
+        What was waiting is flushed first, under its own token, so a group's blocks hold
+        exactly its rows: the same group sent again after a crash (same rows, same
+        token) forms the same blocks, which the store's deduplication drops.  A group the
+        spool drops (its limits) never calls back: whoever holds its source keeps it.
+        """
+        self.flush()
+        if batch.n == 0:
+            on_stored()
+            return
+        parts = [part for part, _days in partitions.split(batch, self._partition_columns)]
+        state: list[Any] = [len(parts), on_stored]
+        now = self._clock()
+        self._last_flush = now
+        for i, part in enumerate(parts):
+            block_token = f"{token}/{i}"
+            self._groups[block_token] = state
+            block = encode_block(part)
+            if not (now >= self._retry_at and self._replay(now) and self._send(block, part.n, now, block_token)):
+                self._spool(block, part.n, block_token)
 
     def maybe_flush(self, now: float | None = None) -> None:
         """The service loop's tick: flush when the interval has passed, retry the spool."""
@@ -159,6 +187,11 @@ class BatchWriter:
             self._backoff = min(self._backoff * 2, RETRY_MAX_S)
             return False
         elapsed = time.perf_counter() - started
+        group = self._groups.pop(token, None)
+        if group is not None:
+            group[0] -= 1
+            if group[0] == 0:
+                group[1]()
         self._backoff = RETRY_MIN_S
         self._retry_at = 0.0
         self.metrics.inserts.inc()

@@ -14,8 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from ..batch import FlowBatch
-from ..handoff import HandOff, HandOffStopped
+from ..handoff import Grouped, HandOff, HandOffStopped, Item
 from .writer import BatchWriter
 
 WriterStopped = HandOffStopped
@@ -36,9 +35,12 @@ class WriterThread(HandOff):
         super().__init__("writer", self._add, max_pending_rows, idle=self._flush_by_age, finish=self._close_writer,
                          registry=registry, clock=clock)
 
-    def _add(self, batch: FlowBatch) -> None:
+    def _add(self, item: Item) -> None:
         with self._lock:
-            self.writer.add(batch)
+            if isinstance(item, Grouped):
+                self.writer.add_group(item.batch, item.token, item.on_stored)
+            else:
+                self.writer.add(item)
 
     def _flush_by_age(self, now: float) -> None:
         with self._lock:
