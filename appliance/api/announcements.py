@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from appliance.flowenricher.blackhole.manager import detection_role, rule_next_hop
 from appliance.flowenricher.blackhole.safety import Refused as PolicyRefused
 from appliance.flowenricher.blackhole.safety import SafetyPolicy
 from appliance.flowenricher.blackhole.state import Blackhole, BlackholeRow, StateDB
@@ -48,6 +49,25 @@ def announce(manager: Blackholes, principal: Principal, prefix: str, next_hop: s
     try:
         blackhole = manager.announce(prefix, next_hop, list(communities) if communities else None, duration_s,
                                      source="api", evidence=evidence, role="manual")
+    except PolicyRefused as err:
+        raise Refused(f"refused by the safety policy: {err}") from err
+    if blackhole.state == "failed":
+        raise Refused(f"{blackhole.prefix} failed, not announced: {blackhole.failed_reason}")
+    return blackhole, manager.policy.settings.dry_run
+
+
+def request_for_rule(manager: Blackholes, principal: Principal, prefix: str, next_hop: str | None,
+                     communities: Sequence[str], duration_s: float, rule: str,
+                     evidence: dict[str, Any]) -> tuple[Blackhole, bool]:
+    """A storer's rule request (it sends them here, its ``blackhole.owner``): what this
+    host's manager does with its own rules' requests (`BlackholeManager.request`), with
+    the refusal answered as a 409 instead of logged, so the storer counts it and does
+    not retry.  The token that sent it is kept in the evidence."""
+    evidence = {**evidence, "requested_by": principal.name, "token_id": principal.token_id}
+    try:
+        blackhole = manager.announce(prefix, rule_next_hop(prefix, next_hop), list(communities) or None,
+                                     duration_s, source="rule", rule=rule, evidence=evidence,
+                                     role=detection_role(evidence))
     except PolicyRefused as err:
         raise Refused(f"refused by the safety policy: {err}") from err
     if blackhole.state == "failed":

@@ -89,6 +89,27 @@ class BlackholeRequest(AnnounceRequest):
                                      "of manual blackholes (none: until withdrawn).")
 
 
+class RuleBlackholeRequest(_Strict):
+    """``POST /api/v1/blackholes/requests``: a rule's blackhole request from a storer that
+    sends them to this host (its ``blackhole.owner``), as its own manager would take it."""
+
+    prefix: str = Field(description="The key's host route (or prefix) to blackhole.", examples=["203.0.113.9/32"])
+    next_hop: str | None = Field(None, description="The rule's blackhole_next_hop; it serves addresses of its own "
+                                 "family, the others get the configured next hop of theirs.")
+    communities: list[Community] = Field(default_factory=list, max_length=32,
+                                         description="The rule's communities; empty: the configured ones.")
+    duration_s: float = Field(ge=0, le=366 * 86400, description="The rule's blackhole_time; 0: none asked (the "
+                              "safety policy's lifetime for the pool, if any).")
+    rule: str = Field(min_length=1, max_length=256, description="The rule that fired.")
+    evidence: dict[str, Any] = Field(description="The detection (its key kind under \"key\": src or dst, the "
+                                     "flows behind it), kept with the blackhole.")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return normalise_prefix(value)
+
+
 class OriginalBlackhole(BaseModel):
     """One entry of the original ``GET /blackholes`` map."""
 

@@ -299,6 +299,10 @@ def config_problems(raw: Mapping[str, Any]) -> list[Problem]:
                if not dev_mode and isinstance(listen, str) and host is not None else None)
     if problem is not None:
         problems.append(Problem(("api", "listen"), f"{problem}{DEV_MODE_HINT}"))
+    api_enabled = api.get("enabled", field_default(ApiSettings, "enabled"))
+    if _block(raw, "blackhole").get("owner") is not None and api_enabled is not False:
+        problems.append(Problem(("blackhole", "owner"), "is set, so this process announces nothing and serves no "
+                                "control plane (the owner's API is the one): set api.enabled: false"))
     return problems
 
 

@@ -468,6 +468,17 @@ def _describe(error: ValidationError) -> list[Problem]:
     instance = error.instance
     keyword = error.validator
     title = schema.get("title")
+    if keyword in ("anyOf", "oneOf") and error.context:
+        # An optional block (a model or null) or a union: when the value's type fits one
+        # alternative only, what is wrong inside it is the answer, not "not valid under
+        # any of the given schemas".
+        branches: dict[object, list[ValidationError]] = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0] if sub.relative_schema_path else None, []).append(sub)
+        fitting = [errors for errors in branches.values()
+                   if not any(e.validator == "type" and tuple(e.absolute_path) == path for e in errors)]
+        if len(fitting) == 1:
+            return [problem for sub in fitting[0] for problem in _describe(sub)]
     if keyword == "additionalProperties" and isinstance(instance, dict):
         # jsonschema names the parent object; name each unknown key instead.
         known = list(schema.get("properties", {}))

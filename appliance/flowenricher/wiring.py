@@ -122,7 +122,8 @@ def runtime_factory(cfg: Settings, rules_path: Path | None = None, config_path: 
         try:
             _add_stats_recorder(runtime, cfg, registry, query, poller)
             _add_blackholes(runtime, cfg, registry, query)
-            _add_bgp_sessions(runtime, cfg, registry)
+            if cfg.blackhole.owner is None:  # else the owner holds the router's session
+                _add_bgp_sessions(runtime, cfg, registry)
             anomaly = _add_anomaly(runtime, cfg, registry, query) if cfg.anomaly.enabled else None
             if rules_path is not None:
                 _add_detection(runtime, cfg, rules_path, registry, query, anomaly)
@@ -240,11 +241,18 @@ def _add_blackholes(runtime: Runtime, cfg: Settings, registry: CollectorRegistry
     second for expiry, retries and reconciliation, with its check thread proving each
     announcement (GoBGP's adj-RIB-out, and the router's table when ``router_api`` is
     set); every action also goes to the blackhole_events table (the security
-    dashboard's source)."""
+    dashboard's source).  With ``blackhole.owner`` (a storer in a scale-out) no manager:
+    the rules' requests go to the owner (blackhole/owner.py)."""
     from .blackhole.announcer import GoBgpAnnouncer
     from .blackhole.events import BlackholeEvents
 
     bh = cfg.blackhole
+    if bh.owner is not None:  # a storer: the owner's manager decides and announces
+        from .blackhole.owner import OwnerSink
+
+        runtime.blackholes = OwnerSink(bh.owner, registry)
+        log.info("blackholes: the rules' requests go to the owner at %s", bh.owner.url)
+        return
     state = StateDB(cfg.storage.state_db)
     announcer = GoBgpAnnouncer(cfg.bgp.gobgp.api)
     events = BlackholeEvents(lambda sql: query(sql, "TSV"), cfg.clickhouse.database)
@@ -348,6 +356,7 @@ def _add_detection(runtime: Runtime, cfg: Settings, rules_path: Path, registry: 
     actions = build_actions(
         registry, alerts_log=det.alerts_log, clickhouse=(lambda sql: query(sql, "TSV"), cfg.clickhouse.database),
         slack_webhook=det.slack_webhook, webhooks=det.webhooks, blackhole_sink=runtime.blackholes,
+        blackhole_attempts=cfg.blackhole.owner.attempts if cfg.blackhole.owner is not None else 1,
     )
     engine = DetectionEngine(rules, actions, registry, max_keys_per_rule=det.max_keys_per_rule,
                              samples_per_detection=det.samples_per_detection,

@@ -17,7 +17,7 @@ from appliance.flowenricher.blackhole.state import RECENT_HISTORY, recent_failur
 from .. import announcements
 from ..deps import Admin, Context, Reader
 from ..errors import ERROR_RESPONSES, ErrorBody, Invalid, Problem
-from ..schemas import Blackhole, BlackholeRequest, normalise_prefix
+from ..schemas import Blackhole, BlackholeRequest, RuleBlackholeRequest, normalise_prefix
 
 router = APIRouter(prefix="/api/v1/blackholes", tags=["blackholes"], responses=ERROR_RESPONSES)
 
@@ -48,6 +48,17 @@ def announce(body: BlackholeRequest, ctx: Context, principal: Admin) -> Blackhol
     """Blackhole a prefix, optionally for a limited time."""
     blackhole, dry_run = announcements.announce(ctx.deps.blackholes, principal, body.prefix, body.next_hop,
                                                 body.communities, body.duration_s)
+    return Blackhole.of(blackhole, ctx.timezone, dry_run=dry_run)
+
+
+@router.post("/requests", response_model=Blackhole,
+             responses={409: {"model": ErrorBody, "description": "Refused by a safety rule (named in detail)"}})
+def rule_request(body: RuleBlackholeRequest, ctx: Context, principal: Admin) -> Blackhole:
+    """A rule's blackhole request from a storer whose ``blackhole.owner`` is this host:
+    decided by this host's manager and safety policy, as its own rules' requests are.
+    The same prefix again extends the active blackhole."""
+    blackhole, dry_run = announcements.request_for_rule(ctx.deps.blackholes, principal, body.prefix, body.next_hop,
+                                                        body.communities, body.duration_s, body.rule, body.evidence)
     return Blackhole.of(blackhole, ctx.timezone, dry_run=dry_run)
 
 

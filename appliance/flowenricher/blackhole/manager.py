@@ -60,6 +60,26 @@ RECONCILE_HISTORY = 1000
 """The latest blackholes (active or not) whose prefixes a reconcile asks GoBGP about."""
 
 
+
+def rule_next_hop(prefix: str, next_hop: str | None) -> str | None:
+    """The next hop a rule's request gets: the rule's own when it is of the prefix's
+    family, else None (the configured next hop of that family).  A rule in the original
+    format (one IPv4 blackhole_next_hop) thus blackholes an IPv6 address correctly.  A
+    next hop or prefix that does not parse is passed on: announce() refuses it."""
+    if next_hop:
+        try:
+            if parse_next_hop(next_hop).version != parse_prefix(prefix).version:
+                return None
+        except (BgpValueError, Refused):
+            pass
+    return next_hop
+
+
+def detection_role(evidence: dict[str, Any]) -> str:
+    """The pool a detection's blackhole counts in: a victim (the rule keys on "dst") or a source."""
+    return "destination" if evidence.get("key") == "dst" else "source"
+
+
 class AnnounceError(Exception):
     """GoBGP could not be reached; the manager retries."""
 
@@ -278,19 +298,11 @@ class BlackholeManager:
 
         `evidence["key"]` says which: "src" blackholes a source, "dst" a victim; refusals
         are logged and counted, never raised into the engine.  A rule's `next_hop`
-        serves the addresses of its own family: a rule in the original format (one IPv4
-        blackhole_next_hop) blackholes an IPv6 address with the configured IPv6 next hop.
+        serves the addresses of its own family (`rule_next_hop`).
         """
-        role = "destination" if evidence.get("key") == "dst" else "source"
-        if next_hop:
-            try:
-                if parse_next_hop(next_hop).version != parse_prefix(prefix).version:
-                    next_hop = None
-            except (BgpValueError, Refused):
-                pass  # announce() refuses it, logged and counted
         try:
-            self.announce(prefix, next_hop, communities, duration_s, source="rule", rule=rule, evidence=evidence,
-                          role=role)
+            self.announce(prefix, rule_next_hop(prefix, next_hop), communities, duration_s, source="rule", rule=rule,
+                          evidence=evidence, role=detection_role(evidence))
         except Refused as err:
             log.warning("blackhole for rule %s refused: %s", rule, err)
 

@@ -11,10 +11,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
-from ..common.settings_base import Duration, FilePath, SchemaGenerator, Section, formatted, parse_duration
+from ..common.settings_base import Duration, FilePath, SchemaGenerator, Section, Url, formatted, parse_duration
+from ..default_secrets import is_loopback
 
 Problems = list[tuple[tuple[str | int, ...], str]]
 
@@ -55,6 +57,27 @@ class RouterApiSettings(Section):
         if self.port is None:
             self.derive(port=8729 if self.tls else 8728)
         return self
+
+
+class OwnerSettings(Section):
+    """Where a storer sends its rules' blackhole requests when another host owns the
+    announcements (a scale-out with several storers: one blackhole manager, one GoBGP
+    session to the router).  The owner is a `flowenricher run` with the API enabled; it
+    applies its own safety policy to every request."""
+
+    url: Url = Field(description=(
+        "The owner's API, e.g. https://appliance.example.net:9600; requests go to /api/v1/blackholes/requests. "
+        "https unless the owner is on this machine."))
+    token_file: FilePath = Field(description=(
+        "File holding an admin token of the owner (`flowenricher token create --scope admin` there), readable by the "
+        "service's user only."))
+    ca_file: FilePath | None = Field(None, description=(
+        "CA certificate that signed the owner's API certificate; null: the system's CAs."))
+    timeout_s: Duration = Field(parse_duration("5s"), alias="timeout", description=(
+        "Longest wait for the owner's answer to one request."))
+    attempts: int = Field(8, ge=1, le=100, description=(
+        "Tries per request while the owner cannot be reached (waiting 1 s, then twice as long each time, at most "
+        "60 s); then the request is dropped and counted. A refusal by the owner's safety policy is not retried."))
 
 
 class NeverEntry(Section):
@@ -138,6 +161,9 @@ class BlackholeSettings(Section):
         "router peer) before it is an alert on the alert channels and counted in "
         "flowenricher_blackhole_unconfirmed_total. It stays announced and keeps being checked."))
     router_api: RouterApiSettings | None = Field(None)
+    owner: OwnerSettings | None = Field(None, description=(
+        "Send the rules' blackhole requests to the host that owns announcements instead of announcing from here "
+        "(a storer in a scale-out); null: this process owns them."))
 
     @property
     def max_duration_s(self) -> float | None:
@@ -172,4 +198,27 @@ def blackhole_problems(bh: Mapping[str, Any]) -> Problems:
     if isinstance(api, Mapping) and api.get("ca_file") and not api.get("tls"):
         problems.append((("router_api", "ca_file"),
                          "is set, but tls is not: the plain API (port 8728) uses no certificate"))
+    owner = bh.get("owner")
+    url = owner.get("url") if isinstance(owner, Mapping) else None
+    if isinstance(url, str) and url.startswith(("http://", "https://")):  # otherwise the schema reports it
+        problems += [(("owner", "url"), problem) for problem in owner_url_problems(url)]
     return problems
+
+
+def owner_url_problems(url: str) -> list[str]:
+    """An owner URL the storer can send to: http(s) with a host, nothing but a base path,
+    and https unless the owner is on this machine (the admin token travels with every
+    request)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as err:
+        return [f"{url!r} is not a URL: {err}"]
+    if not parts.hostname:
+        return [f"{url!r} has no host"]
+    if parts.query or parts.fragment:
+        return [f"{url!r}: give the owner's base URL, without a query or fragment"]
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        return [f"{url!r} is plain HTTP to another machine, so the admin token would cross the network in clear; "
+                "use https (the owner's api.tls_cert)"]
+    return []

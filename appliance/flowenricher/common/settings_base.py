@@ -188,6 +188,8 @@ Network = Annotated[IPNetwork, BeforeValidator(_network), PlainSerializer(str, r
                     WithJsonSchema(NETWORK_SCHEMA)]
 """A network in CIDR notation, host bits clear."""
 Prefix = Annotated[str, WithJsonSchema({"type": "string", "format": "ip-prefix"})]
+Url = Annotated[str, WithJsonSchema({"type": "string", "pattern": "^https?://", "title": "an http(s) URL"})]
+"""An http(s) URL as the schema checks it; its host is checked by the owning block's problems."""
 """An address (one host) or a network with its /length, host bits clear."""
 
 

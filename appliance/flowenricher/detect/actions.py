@@ -251,17 +251,18 @@ def request_blackhole(sink: BlackholeSink, rule: Rule, detection: Detection, sam
 
 class BlackholeAction:
     """``blackhole``: detections whose flows reached the rule's blackhole_count go to the
-    sink, from a background thread.  Not retried here: the manager persists a request
-    before announcing it and retries GoBGP itself."""
+    sink, from a background thread.  A local manager is tried once (it persists a request
+    before announcing it and retries GoBGP itself); a remote owner (blackhole/owner.py)
+    is retried `attempts` times while it cannot be reached."""
 
     name = "blackhole"
 
     def __init__(self, sink: BlackholeSink, metrics: DeliveryMetrics, *, samples: int = 3,
-                 capacity: int = 1000) -> None:
+                 capacity: int = 1000, attempts: int = 1) -> None:
         self._sink = sink
         self._samples = samples
         self._outbox: Outbox[tuple[Rule, Detection]] = Outbox(self.name, self._request, metrics, capacity=capacity,
-                                                              attempts=1)
+                                                              attempts=attempts)
 
     def _request(self, items: list[tuple[Rule, Detection]]) -> None:
         for rule, detection in items:
@@ -336,7 +337,7 @@ class BlackholeNotifier:
 def build_actions(registry: CollectorRegistry | None, *, alerts_log: str | os.PathLike[str] | None = None,
                   clickhouse: tuple[Callable[[str], object], str] | None = None, slack_webhook: str | None = None,
                   webhooks: Sequence[str | Mapping[str, Any]] = (),
-                  blackhole_sink: BlackholeSink | None = None) -> list[Action]:
+                  blackhole_sink: BlackholeSink | None = None, blackhole_attempts: int = 1) -> list[Action]:
     """The configured actions, sharing one set of delivery counters on `registry`.
 
     `clickhouse` is (execute, database); `webhooks` items are URLs or
@@ -356,5 +357,5 @@ def build_actions(registry: CollectorRegistry | None, *, alerts_log: str | os.Pa
         else:
             actions.append(WebhookNotifier(str(item["url"]), metrics, headers=item.get("headers")))
     if blackhole_sink is not None:
-        actions.append(BlackholeAction(blackhole_sink, metrics))
+        actions.append(BlackholeAction(blackhole_sink, metrics, attempts=blackhole_attempts))
     return actions

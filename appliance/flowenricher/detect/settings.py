@@ -10,11 +10,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, WithJsonSchema
 
-from ..common.settings_base import Duration, FilePath, Section, field_default, parse_duration, seconds_or_none
+from ..common.settings_base import Duration, FilePath, Section, Url, field_default, parse_duration, seconds_or_none
 
 Problems = list[tuple[tuple[str | int, ...], str]]
-Url = Annotated[str, WithJsonSchema({"type": "string", "pattern": "^https?://"})]
-
 
 class DetectionSettings(Section):
     """The detection engine: rules over a sliding window of recent flows, with alert and
