@@ -191,7 +191,16 @@ def test_migrations_inserts_and_deduplication_through_distributed_tables(tmp_pat
     store = open_cluster_store(tmp_path / "data", database="fe")
     try:
         assert store.migrate() == [m.version for m in schema.MIGRATIONS]
+        executed: list[str] = []
+        run = store._execute
+
+        def recorded(sql: str) -> None:
+            executed.append(sql)
+            run(sql)
+
+        store._execute = recorded  # type: ignore[method-assign]
         assert store.migrate() == []  # the log is read back: nothing runs twice
+        assert executed == []  # not even the log's CREATE: ON CLUSTER would wait for every node
         assert _one(store, "SELECT groupArray(version) FROM (SELECT version FROM fe.schema_migrations ORDER BY version)"
                     ) == str([m.version for m in schema.MIGRATIONS]).replace(" ", "")
         engines = dict(line.split("\t") for line in _one(

@@ -528,6 +528,16 @@ def missing_columns(s: StoreSettings, existing: Sequence[str], table: str | None
     return out
 
 
+def _has_table(s: StoreSettings, name: str, query: Query) -> bool:
+    """Whether table `name` of ``s.database`` exists on the node `query` reaches.
+
+    On a cluster the log is made only while it is missing: an ON CLUSTER statement waits
+    for every node (``distributed_ddl_task_timeout``), so with one node down a start that
+    ran one would wait and fail, and flows would go to the spool for nothing once the
+    schema is complete."""
+    return bool(query(f"SELECT 1 FROM system.tables WHERE database = {string(s.database)} AND name = {string(name)}"))
+
+
 def _cluster_check(s: StoreSettings, query: Query) -> None:
     """Refuse a cluster layout over a database one server's migrations made: its ``flows``
     is a MergeTree holding rows, where the cluster needs a Distributed table (moving the
@@ -548,8 +558,9 @@ def migrate(s: StoreSettings, execute: Execute, query: Query) -> list[int]:
     """
     if s.cluster:
         _cluster_check(s, query)
-    for sql in create_migrations_table(s):
-        execute(sql)
+    if not (s.cluster and _has_table(s, MIGRATIONS_LOG.name, query)):
+        for sql in create_migrations_table(s):
+            execute(sql)
     done = {int(row[0]) for row in query(f"SELECT DISTINCT version FROM {MIGRATIONS_LOG.qualified(s.database)}")}
     applied = []
     for m in MIGRATIONS:
