@@ -27,6 +27,7 @@ import pytest
 from support import sample_batch
 from support.api import HOUR, make_env
 from support.chdb_cluster import CLUSTER, REPLICA, SHARD, chdb_connect, local_statement, open_cluster_store
+from support.clickhouse_http import ClickHouseHTTPStandIn
 
 from appliance.flowenricher.columns import ALIASES, COLUMNS
 from appliance.flowenricher.common.sql import string
@@ -34,6 +35,7 @@ from appliance.flowenricher.errors import StoreError
 from appliance.flowenricher.storage import FlowStore, StoreSettings, open_store, schema
 from appliance.flowenricher.storage.base import insert_settings
 from appliance.flowenricher.storage.native import encode_block
+from appliance.flowenricher.storage.server import ServerStore
 from appliance.flowenricher.storage.tables import DETECTIONS, KEEPER_PATH, KEEPER_PATH_EVERYWHERE, TABLES, Layout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,6 +135,7 @@ _KEEPER_CHILD = """
 import json, os, sys
 sys.path[:0] = [{tests!r}, {repo!r}]
 from pathlib import Path
+from support.clickhouse_http import ClickHouseHTTPStandIn
 from support.chdb_cluster import connect, local_statement
 conn = connect(Path({path!r}), keeper=True)
 out = {{"ran": [], "refused": []}}
@@ -226,6 +229,47 @@ def test_migrations_inserts_and_deduplication_through_distributed_tables(tmp_pat
         assert _one(store, "SELECT count() FROM fe.detections_local") == "1"
     finally:
         store.close()
+
+
+def test_the_server_store_inserts_through_the_distributed_table(tmp_path: Path) -> None:
+    """The server backend (clickhouse-connect, over HTTP to the stand-in in front of the
+    one-node cluster) sends the cluster's insert settings with the token, and a retry is
+    stored once.  The schema is made first through the cluster store: the stand-in passes
+    statements to chDB as they are, and chDB refuses ON CLUSTER; after that the server
+    store's migrate runs no DDL at all (the log exists)."""
+    path = tmp_path / "data"
+    made = open_cluster_store(path, database="fe")
+    try:
+        made.migrate()
+        for table in schema.deduplicated_tables(made.settings):  # stand-in for Keeper's window, as above
+            made.query(f"ALTER TABLE {table} MODIFY SETTING non_replicated_deduplication_window = 100", "TSV")
+    finally:
+        made.close()
+    config = path.parent / f"{path.name}-cluster.xml"
+    with ClickHouseHTTPStandIn(f"{path}?config-file={config}") as ch:
+        seen: list[dict[str, str]] = []
+        execute = ch.execute
+
+        def recorded(payload: bytes, params: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+            seen.append(params)
+            return execute(payload, params)
+
+        ch.execute = recorded  # type: ignore[method-assign]
+        server = ServerStore(StoreSettings(host="127.0.0.1", port=ch.port, cluster=CLUSTER, database="fe",
+                                           path=str(tmp_path / "server")))
+        try:
+            assert server.migrate() == []
+            assert not [r for r in ch.requests if r.lstrip().upper().startswith(("CREATE", "ALTER"))]
+            batch = sample_batch(1500, seed=5, start=START)
+            block = encode_block(batch)
+            server.insert_native(block, batch.n, "flows:1:0-49")
+            server.insert_native(block, batch.n, "flows:1:0-49")
+            assert _one(server, "SELECT count() FROM fe.flows_local") == "1500"
+            assert _one(server, "SELECT sum(flows) FROM fe.flows_5m") == "1500"
+        finally:
+            server.close()
+    inserts = [p for p in seen if p.get("insert_deduplication_token") == "flows:1:0-49"]
+    assert len(inserts) == 2 and all(p.get("insert_distributed_sync") == "1" for p in inserts)
 
 
 def test_a_cluster_refuses_one_servers_database(tmp_path: Path) -> None:
