@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,14 @@ def test_engines_keeper_paths_and_names() -> None:
     one = StoreSettings(database="fe")
     plain = [*schema.create_migrations_table(one), *(sql for m in schema.MIGRATIONS for sql in m.statements(one))]
     assert not [sql for sql in plain if re.search(r"ON CLUSTER|Replicated|Distributed|_local\b", sql)]
+
+
+@pytest.mark.parametrize(("order_by", "key"), [
+    ("(rule, detected_at)", "cityHash64(rule, detected_at)"), ("ip", "cityHash64(ip)"),
+    ("toDate(ts)", "cityHash64(toDate(ts))"), ("(toStartOfHour(ts), e)", "cityHash64(toStartOfHour(ts), e)"),
+])
+def test_sharding_key_hashes_the_sort_key(order_by: str, key: str) -> None:
+    assert replace(DETECTIONS, order_by=order_by).sharding_key == key
 
 
 def test_cluster_settings_are_checked() -> None:

@@ -258,7 +258,15 @@ class Table:
         and merge there; and the same rows always go to the same shard, so a retried insert
         is split as the first attempt was and each shard's deduplication recognises its
         part (``rand()`` would send a retry's rows elsewhere)."""
-        return f"cityHash64({self.order_by.removeprefix('(').removesuffix(')')})"
+        key = self.order_by.strip()
+        depth = 0
+        for i, char in enumerate(key):  # a tuple's parentheses go; a call's stay
+            depth += (char == "(") - (char == ")")
+            if depth == 0:
+                if i == len(key) - 1 and key.startswith("("):
+                    key = key[1:-1]
+                break
+        return f"cityHash64({key})"
 
     def create_sql(self, database: str, ttl_days: int = 0, layout: Layout = ONE_SERVER) -> str:
         """``CREATE TABLE IF NOT EXISTS``; rows expire `ttl_days` after ``ttl_from`` when both are set.
