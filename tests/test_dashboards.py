@@ -1,5 +1,6 @@
 """The Grafana dashboards shipped in roles/grafana: checked as Grafana would load them, and
-every panel query and variable query run on the real schema in chDB.
+every panel query and variable query run on the real schema in chDB, on one server and
+on the cluster layout (the Distributed tables of clickhouse.cluster).
 
 Grafana cannot be installed here, so each query goes through what Grafana and the
 ClickHouse plugin would do to it (tests/support/grafana_macros.py: variables, then the
@@ -32,6 +33,7 @@ import jinja2
 import numpy as np
 import pytest
 import yaml
+from support.chdb_cluster import open_cluster_store
 from support.grafana_macros import ALL, Selection, TemplateError, TimeRange, interpolate, interval_s, render
 
 from appliance.flowenricher.batch import DictColumn, FlowBatch, ListColumn, ipv4_to_addr
@@ -514,9 +516,14 @@ def _insert(store: FlowStore, table: Table, rows: list[dict[str, Any]]) -> None:
     store.query(table.insert_sql(DATABASE, rows), "TSV")
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowStore]:
-    s = open_store(StoreSettings(path=str(tmp_path_factory.mktemp("dashboards") / "data"), database=DATABASE))
+@pytest.fixture(scope="module", params=["one server", "cluster"])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowStore]:
+    """The store on one server, and on a cluster (clickhouse.cluster), where the same
+    table names are the Distributed tables (support/chdb_cluster.py: a one-node cluster
+    in chDB, plain engines instead of Replicated ones)."""
+    path = tmp_path_factory.mktemp("dashboards") / "data"
+    s = (open_cluster_store(path, database=DATABASE) if request.param == "cluster"
+         else open_store(StoreSettings(path=str(path), database=DATABASE)))
     try:
         s.migrate()
         yield s

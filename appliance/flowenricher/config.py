@@ -89,7 +89,13 @@ from .enrich.settings import (
     snmp_problems,
 )
 from .errors import ConfigError
-from .storage.settings import ClickHouseSettings, InsertSettings, StorageSettings, storage_problems
+from .storage.settings import (
+    ClickHouseSettings,
+    InsertSettings,
+    StorageSettings,
+    clickhouse_problems,
+    storage_problems,
+)
 
 __all__ = [
     "CONFIG_SCHEMA",
@@ -258,6 +264,7 @@ def config_schema() -> dict[str, Any]:
 
 _BLOCK_CHECKS: tuple[tuple[str, Callable[[Mapping[str, Any]], list[tuple[tuple[str | int, ...], str]]]], ...] = (
     ("collectors", collector_problems),
+    ("clickhouse", clickhouse_problems),
     ("storage", storage_problems),
     ("kafka", kafka_problems),
     ("anomaly", anomaly_problems),

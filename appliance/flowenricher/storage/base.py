@@ -39,6 +39,21 @@ blocks with the three rollup views): 382k rows/s with it, 518k rows/s without.
 """
 
 
+CLUSTER_INSERT_SETTINGS: dict[str, int] = {"insert_distributed_sync": 1}
+"""Added on a cluster, where flows are inserted into the Distributed table: the insert is
+answered once every shard stored its part (the Distributed engine sends each shard its
+rows, with this insert's settings, deduplication token included), not once the node
+queued them on its own disk to send later; so an acknowledged insert is a stored one
+there too.  (``distributed_foreground_insert`` in recent releases; this older name is
+understood by both.)"""
+
+
+def insert_settings(settings: StoreSettings, token: str | None) -> dict[str, int | str]:
+    """The settings of one flow insert under deduplication `token` (None: a token of its own)."""
+    cluster = CLUSTER_INSERT_SETTINGS if settings.cluster else {}
+    return {**INSERT_SETTINGS, **cluster, "insert_deduplication_token": token or new_token()}
+
+
 class FlowStore(Protocol):
     """A place flows are stored and queried; every failure raises StoreError."""
 

@@ -39,7 +39,7 @@ import chdb
 from ..common.private import private_dir
 from ..common.sql import string
 from ..errors import StoreError
-from .base import INSERT_SETTINGS, NativeBackend, new_token
+from .base import NativeBackend, insert_settings
 from .settings import StoreSettings
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class EmbeddedStore(NativeBackend):
 
     def insert_native(self, block: bytes, rows: int, token: str | None = None) -> None:
         table = self.settings.qualified_table
-        settings: dict[str, int | str] = {**INSERT_SETTINGS, "insert_deduplication_token": token or new_token()}
+        settings = insert_settings(self.settings, token)
         with self._write_lock:
             conn = self._live(self._writer)
             try:

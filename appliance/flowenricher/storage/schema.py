@@ -11,6 +11,12 @@ compares each with the DDL text the migration used to have).  :func:`migrate` ap
 the numbered migrations not yet recorded in ``schema_migrations`` and then adds any
 column of ``COLUMNS`` (or alias) the flows table lacks, so a column added to
 ``columns.py`` reaches existing installations by itself.
+
+On a ClickHouse cluster (``StoreSettings.cluster``, storage/tables.py's :class:`Layout`)
+the same migrations make every table ON CLUSTER: a Replicated table ``<name>_local`` on
+each node and a Distributed table ``<name>`` over them; the materialized views feed each
+node's local rollups from its local flows, and the migrations' log is kept whole on every
+node.  The statements differ from one server's only in those names, engines and clauses.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 
 from ..columns import ALIASES, BY_NAME, COLUMNS, TUNNEL_OF, Column
 from ..common.sql import string
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from .settings import StoreSettings
 from .tables import (
     ANOMALY_SCORES,
@@ -65,12 +71,34 @@ is wrong (not set: 1970) would be deleted as they are inserted, silently."""
 ROLLUP_TIME_SOURCE = "timestamp_start"
 """The flow column the finest rollup's ``timestamp`` is computed from (truncated to its step)."""
 
+FLOWS_SHARDING_KEY = "cityHash64(exporter_address, src_addr, dst_addr, src_port, dst_port, proto)"
+"""On a cluster, which shard a flow goes to: a hash of the exporter and the 5-tuple.
+
+It has to be a function of the row, not ``rand()``: a block inserted again under its
+deduplication token must be cut into the same per-shard parts as the first time, so each
+shard recognises its part by the token and stores nothing twice (a random split would
+send a retry's rows to shards that took other rows under that token, which would drop
+them, and to shards that never saw it, which would store them again).  The 5-tuple
+spreads rows evenly (a flood from spoofed sources or to many ports spreads with it,
+and one conversation is one row per export interval, never a skew), and keeps a
+conversation seen by one router on one shard.  Adding shards or changing their weights
+changes the split: do it with no block waiting for a retry (storers stopped, their
+spools and Kafka's pending ranges drained)."""
+
 DEDUPLICATION_WINDOW = 1000
 """Recent inserted blocks whose ``insert_deduplication_token`` the flows table and the rollups
 remember (``non_replicated_deduplication_window``): a block sent again with a token among
 them is acknowledged and not stored twice.  The writer retries the block that failed
 before anything newer, so the window needs to cover only the parts of one retried block
 plus what other writers inserted meanwhile; the hashes kept cost a few tens of kB."""
+
+REPLICATED_DEDUPLICATION = {"replicated_deduplication_window": 10_000,
+                            "replicated_deduplication_window_seconds": 7 * 86_400}
+"""On a cluster, what the replicated flows table and rollups remember of inserted blocks
+(in Keeper, per shard).  A block replayed from Kafka is retried by whichever storer takes
+its partition, after the others inserted meanwhile, and a block spooled while the store
+was away may come back hours later (the spool keeps blocks a day by default): so many
+blocks and a week, as older releases had by default, rather than recent releases' hour."""
 
 
 
@@ -204,18 +232,29 @@ def ttl_clause(column: str, days: int) -> str:
     return f"\nTTL {column} + toIntervalDay({days})" if days > 0 else ""
 
 
-def create_flows(s: StoreSettings) -> str:
+def local_table(s: StoreSettings, name: str) -> str:
+    """``database.name`` of the table holding one node's rows of table `name` (the table
+    itself on one server)."""
+    return f"{s.database}.{s.layout.local(name)}"
+
+
+def create_flows(s: StoreSettings) -> list[str]:
+    """The flows table; on a cluster, the local tables and the Distributed one over them."""
+    layout = s.layout
     body = ",\n  ".join([column_ddl(c) for c in COLUMNS] + [alias_ddl(a) for a in ALIASES])
-    return (
-        f"CREATE TABLE IF NOT EXISTS {s.qualified_table} (\n  {body}\n)"
-        f"\nENGINE = MergeTree\nPARTITION BY {s.partition_by}\nORDER BY {SORT_KEY}"
+    out = [
+        f"CREATE TABLE IF NOT EXISTS {local_table(s, s.table)}{layout.on_cluster} (\n  {body}\n)"
+        f"\nENGINE = {layout.engine('MergeTree')}\nPARTITION BY {s.partition_by}\nORDER BY {SORT_KEY}"
         f"{ttl_clause(TTL_COLUMN, s.ttl_days)}\nSETTINGS index_granularity = 8192"
-    )
+    ]
+    if layout.cluster:
+        out.append(layout.distributed_sql(s.database, s.table, FLOWS_SHARDING_KEY))
+    return out
 
 
-def create_ptr_cache(s: StoreSettings) -> str:
+def create_ptr_cache(s: StoreSettings) -> list[str]:
     """The original flowenricher's PTR cache (tables.PTR_CACHE)."""
-    return PTR_CACHE.create_sql(s.database)
+    return PTR_CACHE.create_statements(s.database, layout=s.layout)
 
 
 def rollup_table(s: StoreSettings, r: Rollup) -> str:
@@ -250,23 +289,24 @@ def rollup_description(flows_table: str, r: Rollup) -> Table:
 def create_rollup(s: StoreSettings, index: int) -> list[str]:
     """The SummingMergeTree of rollup ``ROLLUPS[index]`` and the view that feeds it."""
     r = ROLLUPS[index]
-    table = rollup_table(s, r)
+    description = rollup_description(s.table, r)
+    table = local_table(s, description.name)
     keys = _ROLLUP_KEYS
-    table_sql = rollup_description(s.table, r).create_sql(s.database, s.ttl_days * r.ttl_factor)
+    table_sql = description.create_statements(s.database, s.ttl_days * r.ttl_factor, s.layout)
     if index == 0:
-        source, time_col = s.qualified_table, ROLLUP_TIME_SOURCE
+        source, time_col = local_table(s, s.table), ROLLUP_TIME_SOURCE
         columns = [*ROLLUP_DIMENSIONS, f"{SERVICE_PORT} AS service_port"]
         metrics = [f"{expr} AS {m}" for m, expr in ROLLUP_METRICS]
     else:
-        source, time_col = rollup_table(s, ROLLUPS[index - 1]), "timestamp"
+        source, time_col = local_table(s, rollup_description(s.table, ROLLUPS[index - 1]).name), "timestamp"
         columns = [*ROLLUP_DIMENSIONS, "service_port"]
         metrics = [f"sum({m}) AS {m}" for m, _ in ROLLUP_METRICS]
     select = ", ".join([f"{r.bucket}({time_col}) AS timestamp", *columns, *metrics])
     view_sql = (
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {table}_mv TO {table} AS\n"
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {table}_mv{s.layout.on_cluster} TO {table} AS\n"
         f"SELECT {select}\nFROM {source}\nGROUP BY timestamp, {keys}"
     )
-    return [table_sql, view_sql]
+    return [*table_sql, view_sql]
 
 
 def who_description(flows_table: str, r: Rollup, w: WhoRollup) -> Table:
@@ -301,65 +341,79 @@ def create_who_rollup(s: StoreSettings, index: int, w: WhoRollup) -> list[str]:
     r = ROLLUPS[index]
     keys = ", ".join((*WHO_FILTERS, *w.values))
     if index == 0:
-        source, time_col = s.qualified_table, ROLLUP_TIME_SOURCE
+        source, time_col = local_table(s, s.table), ROLLUP_TIME_SOURCE
         metrics = [f"{expr} AS {m}" for m, expr in ROLLUP_METRICS]
     else:
-        source, time_col = who_table(s, ROLLUPS[index - 1], w), "timestamp"
+        source, time_col = local_table(s, who_description(s.table, ROLLUPS[index - 1], w).name), "timestamp"
         metrics = [f"sum({m}) AS {m}" for m, _ in ROLLUP_METRICS]
-    table = who_table(s, r, w)
+    description = who_description(s.table, r, w)
+    table = local_table(s, description.name)
     select = ", ".join([f"{r.bucket}({time_col}) AS timestamp", keys, *metrics])
     view_sql = (
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {table}_mv TO {table} AS\n"
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {table}_mv{s.layout.on_cluster} TO {table} AS\n"
         f"SELECT {select}\nFROM {source}\nGROUP BY timestamp, {keys}\n"
         f"ORDER BY bytes DESC\nLIMIT {WHO_CAP} BY timestamp, exporter_address, flow_direction"
     )
-    return [who_description(s.table, r, w).create_sql(s.database, s.ttl_days * r.ttl_factor), view_sql]
+    return [*description.create_statements(s.database, s.ttl_days * r.ttl_factor, s.layout), view_sql]
 
 
 def _who_rollups(s: StoreSettings) -> list[str]:
-    """Every "who" rollup at every step, finest first (each step's view reads the one before)."""
-    return [sql for index in range(len(ROLLUPS)) for w in WHO_ROLLUPS for sql in create_who_rollup(s, index, w)]
+    """Every "who" rollup at every step, finest first (each step's view reads the one before).
+    Their descriptions set one server's deduplication window; on a cluster, the replicated
+    one is set here (REPLICATED_DEDUPLICATION)."""
+    made = [sql for index in range(len(ROLLUPS)) for w in WHO_ROLLUPS for sql in create_who_rollup(s, index, w)]
+    tables = [local_table(s, who_description(s.table, r, w).name) for r in ROLLUPS for w in WHO_ROLLUPS]
+    return made + (_replicated_deduplication(s, tables) if s.cluster else [])
 
 
 def _initial(s: StoreSettings) -> list[str]:
-    out = [f"CREATE DATABASE IF NOT EXISTS {s.database}", create_flows(s), create_ptr_cache(s)]
+    out = [f"CREATE DATABASE IF NOT EXISTS {s.database}{s.layout.on_cluster}", *create_flows(s), *create_ptr_cache(s)]
     for index in range(len(ROLLUPS)):
         out.extend(create_rollup(s, index))
     return out
 
 
 def _detections(s: StoreSettings) -> list[str]:
-    return [DETECTIONS.create_sql(s.database, s.ttl_days)]
+    return DETECTIONS.create_statements(s.database, s.ttl_days, s.layout)
 
 
 def _anomaly_scores(s: StoreSettings) -> list[str]:
-    return [ANOMALY_SCORES.create_sql(s.database, s.ttl_days)]
+    return ANOMALY_SCORES.create_statements(s.database, s.ttl_days, s.layout)
 
 
 def _blackhole_events(s: StoreSettings) -> list[str]:
     """The blackhole manager's history (tables.BLACKHOLE_EVENTS), kept as long as the 1h
     rollup: an audit trail of a few rows a day costs nothing."""
-    return [BLACKHOLE_EVENTS.create_sql(s.database, s.ttl_days * ROLLUPS[-1].ttl_factor)]
+    return BLACKHOLE_EVENTS.create_statements(s.database, s.ttl_days * ROLLUPS[-1].ttl_factor, s.layout)
 
 
 def _collector_stats(s: StoreSettings) -> list[str]:
     """The collector's own counters, kept as long as the 5m rollup, and the exporters'
     interface table (tables.COLLECTOR_STATS, tables.EXPORTER_INTERFACES)."""
     return [
-        COLLECTOR_STATS.create_sql(s.database, s.ttl_days * ROLLUPS[1].ttl_factor),
-        EXPORTER_INTERFACES.create_sql(s.database),
+        *COLLECTOR_STATS.create_statements(s.database, s.ttl_days * ROLLUPS[1].ttl_factor, s.layout),
+        *EXPORTER_INTERFACES.create_statements(s.database, layout=s.layout),
     ]
 
 
 def deduplicated_tables(s: StoreSettings) -> list[str]:
-    """The tables a flow insert writes: the flows table, then each rollup its views feed."""
-    return [s.qualified_table, *(rollup_table(s, r) for r in ROLLUPS)]
+    """The tables a flow insert writes: the flows table, then each rollup its views feed
+    (on a cluster, the local tables the rows land in)."""
+    return [local_table(s, s.table), *(local_table(s, rollup_description(s.table, r).name) for r in ROLLUPS)]
+
+
+def _replicated_deduplication(s: StoreSettings, tables: Sequence[str]) -> list[str]:
+    window = ", ".join(f"{key} = {value}" for key, value in REPLICATED_DEDUPLICATION.items())
+    return [f"ALTER TABLE {table}{s.layout.on_cluster} MODIFY SETTING {window}" for table in tables]
 
 
 def _deduplication(s: StoreSettings) -> list[str]:
     """Make non-replicated MergeTree honour ``insert_deduplication_token`` on the flows table
     and the rollups (the insert also sets ``deduplicate_blocks_in_dependent_materialized_views``,
-    see base.INSERT_SETTINGS), so a retried insert stores its rows once."""
+    see base.INSERT_SETTINGS), so a retried insert stores its rows once.  Replicated tables
+    (a cluster) always do, within the window set here (REPLICATED_DEDUPLICATION)."""
+    if s.cluster:
+        return _replicated_deduplication(s, deduplicated_tables(s))
     return [
         f"ALTER TABLE {table} MODIFY SETTING non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}"
         for table in deduplicated_tables(s)
@@ -370,9 +424,11 @@ def _tunnel_columns(s: StoreSettings) -> list[str]:
     """The outer addresses of encapsulated flows (columns.TUNNEL_OF), added in place to a
     flows table made before them.  A new table has them from migration 1 (built from
     COLUMNS), where these statements change nothing; not rollup dimensions (addresses
-    never are).  The statements are missing_columns' for a table lacking only them."""
+    never are).  The statements are missing_columns' for a table lacking only them (on a
+    cluster, the local and the Distributed flows tables)."""
     tunnel = set(TUNNEL_OF.values())
-    return missing_columns(s, [*(c.name for c in COLUMNS if c.name not in tunnel), *ALIASES])
+    without = [*(c.name for c in COLUMNS if c.name not in tunnel), *ALIASES]
+    return [sql for table in flow_tables(s) for sql in missing_columns(s, without, table)]
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -441,29 +497,57 @@ def partition_columns(s: StoreSettings) -> tuple[str, ...]:
 
 
 def create_migrations_table(s: StoreSettings) -> list[str]:
-    return [f"CREATE DATABASE IF NOT EXISTS {s.database}", MIGRATIONS_LOG.create_sql(s.database)]
+    """The database and the migrations' log (on a cluster, on every node: tables.MIGRATIONS)."""
+    return [f"CREATE DATABASE IF NOT EXISTS {s.database}{s.layout.on_cluster}",
+            *MIGRATIONS_LOG.create_statements(s.database, layout=s.layout)]
 
 
-def missing_columns(s: StoreSettings, existing: Sequence[str]) -> list[str]:
-    """ALTER statements adding every COLUMNS entry and alias the flows table lacks.
+def flow_tables(s: StoreSettings) -> list[str]:
+    """The names (in ``s.database``) of the tables that hold every flow column: the flows
+    table, or on a cluster its local tables and the Distributed one."""
+    return [s.layout.local(s.table), s.table] if s.cluster else [s.table]
+
+
+def missing_columns(s: StoreSettings, existing: Sequence[str], table: str | None = None) -> list[str]:
+    """ALTER statements adding every COLUMNS entry and alias that flow table `table` (the
+    flows table by default; one of flow_tables) lacks.
 
     New columns go right after their predecessor in COLUMNS, so ``SELECT *`` keeps the
     order of columns.py; aliases go last, after the column they read is in place.
     """
+    alter = f"ALTER TABLE {s.database}.{table or s.table}{s.layout.on_cluster} ADD COLUMN IF NOT EXISTS"
     have = set(existing)
     out = []
     previous = None
     for col in COLUMNS:
         if col.name not in have:
             where = f" AFTER {previous}" if previous else " FIRST"
-            out.append(f"ALTER TABLE {s.qualified_table} ADD COLUMN IF NOT EXISTS {column_ddl(col)}{where}")
+            out.append(f"{alter} {column_ddl(col)}{where}")
         previous = col.name
-    out.extend(
-        f"ALTER TABLE {s.qualified_table} ADD COLUMN IF NOT EXISTS {alias_ddl(name)}"
-        for name in ALIASES
-        if name not in have
-    )
+    out.extend(f"{alter} {alias_ddl(name)}" for name in ALIASES if name not in have)
     return out
+
+
+def _has_table(s: StoreSettings, name: str, query: Query) -> bool:
+    """Whether table `name` of ``s.database`` exists on the node `query` reaches.
+
+    On a cluster the log is made only while it is missing: an ON CLUSTER statement waits
+    for every node (``distributed_ddl_task_timeout``), so with one node down a start that
+    ran one would wait and fail, and flows would go to the spool for nothing once the
+    schema is complete."""
+    return bool(query(f"SELECT 1 FROM system.tables WHERE database = {string(s.database)} AND name = {string(name)}"))
+
+
+def _cluster_check(s: StoreSettings, query: Query) -> None:
+    """Refuse a cluster layout over a database one server's migrations made: its ``flows``
+    is a MergeTree holding rows, where the cluster needs a Distributed table (moving the
+    rows is the operator's decision, not a migration's)."""
+    rows = query(f"SELECT engine FROM system.tables WHERE database = {string(s.database)} AND name = {string(s.table)}")
+    if rows and rows[0][0] != "Distributed":
+        raise StoreError(
+            f"clickhouse.cluster {s.cluster!r}: {s.qualified_table} exists as a {rows[0][0]} table (made without a "
+            "cluster); a cluster needs a new database (clickhouse.database) whose tables the migrations make"
+        )
 
 
 def migrate(s: StoreSettings, execute: Execute, query: Query) -> list[int]:
@@ -472,8 +556,11 @@ def migrate(s: StoreSettings, execute: Execute, query: Query) -> list[int]:
     Idempotent: every statement is ``IF NOT EXISTS`` and versions already recorded are
     skipped, so a second run (or two collectors starting together) changes nothing.
     """
-    for sql in create_migrations_table(s):
-        execute(sql)
+    if s.cluster:
+        _cluster_check(s, query)
+    if not (s.cluster and _has_table(s, MIGRATIONS_LOG.name, query)):
+        for sql in create_migrations_table(s):
+            execute(sql)
     done = {int(row[0]) for row in query(f"SELECT DISTINCT version FROM {MIGRATIONS_LOG.qualified(s.database)}")}
     applied = []
     for m in MIGRATIONS:
@@ -484,13 +571,14 @@ def migrate(s: StoreSettings, execute: Execute, query: Query) -> list[int]:
             execute(sql)
         execute(MIGRATIONS_LOG.insert_sql(s.database, [{"version": m.version, "description": m.description}]))
         applied.append(m.version)
-    existing = [
-        row[0]
-        for row in query(
-            f"SELECT name FROM system.columns WHERE database = {string(s.database)} AND table = {string(s.table)}"
-        )
-    ]
-    for sql in missing_columns(s, existing):
-        log.info("schema: %s", sql)
-        execute(sql)
+    for table in flow_tables(s):
+        existing = [
+            row[0]
+            for row in query(
+                f"SELECT name FROM system.columns WHERE database = {string(s.database)} AND table = {string(table)}"
+            )
+        ]
+        for sql in missing_columns(s, existing, table):
+            log.info("schema: %s", sql)
+            execute(sql)
     return applied

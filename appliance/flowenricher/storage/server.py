@@ -15,7 +15,7 @@ from typing import Any
 import clickhouse_connect
 
 from ..errors import StoreError
-from .base import INSERT_SETTINGS, NativeBackend, new_token
+from .base import NativeBackend, insert_settings
 from .settings import StoreSettings
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class ServerStore(NativeBackend):
         table = self.settings.qualified_table
         self._call(
             f"insert of {rows} rows into {table}", "raw_insert", table, insert_block=block, fmt="Native",
-            settings={**INSERT_SETTINGS, "insert_deduplication_token": token or new_token()},
+            settings=insert_settings(self.settings, token),
         )
 
     def query(self, sql: str, fmt: str = "TSVWithNames") -> bytes:

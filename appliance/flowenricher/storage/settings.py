@@ -17,8 +17,11 @@ from pydantic import Field, field_validator, model_validator
 
 from ..common.settings_base import FilePath, Identifier, Port, Section
 from ..errors import ConfigError
+from .tables import Layout
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CLUSTER_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$"
+"""A cluster name as ``remote_servers`` spells it (an XML element name, no macros)."""
 
 DEFAULT_PARTITION_BY = "toYYYYMMDD(timestamp_start)"
 
@@ -43,6 +46,13 @@ class ClickHouseSettings(Section):
                                  "original used pmacct).")
     table: Identifier = Field("flows", description="Flow table name.")
     secure: bool = Field(False, description="Use HTTPS to the server.")
+    cluster: str | None = Field(None, pattern=CLUSTER_NAME, json_schema_extra={
+        "title": "a cluster name as remote_servers spells it (letters, digits, _, . and -)"}, description=(
+        "A ClickHouse cluster (its name in the servers' remote_servers): the migrations create every table ON CLUSTER "
+        "as a Replicated table named <table>_local on each node and a Distributed table under the table's own name, "
+        "which flowenricher, the API and the dashboards read and write. Needs `host` (a node of the cluster), Keeper, "
+        "internal_replication true and the shard and replica macros on every node; for a new database only. Null: "
+        "one server."))
 
     @field_validator("host")
     @classmethod
@@ -128,6 +138,7 @@ class StoreSettings:
     user: str = _CLICKHOUSE.user
     password: str = _CLICKHOUSE.password
     secure: bool = _CLICKHOUSE.secure
+    cluster: str | None = _CLICKHOUSE.cluster
     database: str = _CLICKHOUSE.database
     table: str = _CLICKHOUSE.table
     path: str = str(_STORAGE.path)
@@ -145,7 +156,8 @@ class StoreSettings:
                     insert: InsertSettings) -> StoreSettings:
         """The store the three config blocks describe."""
         return cls(host=clickhouse.host, port=clickhouse.port, user=clickhouse.user, password=clickhouse.password,
-                   secure=clickhouse.secure, database=clickhouse.database, table=clickhouse.table,
+                   secure=clickhouse.secure, cluster=clickhouse.cluster, database=clickhouse.database,
+                   table=clickhouse.table,
                    path=str(storage.path), ttl_days=storage.ttl_days, partition_by=storage.partition_by,
                    batch_size=insert.batch_size, flush_interval_ms=insert.flush_interval_ms,
                    spool_dir=str(storage.spool_dir), spool_max_bytes=storage.spool_max_bytes,
@@ -159,6 +171,11 @@ class StoreSettings:
                 problems.append(
                     f"storage: {key} {value!r} must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*)"
                 )
+        if self.cluster is not None:
+            if not re.match(CLUSTER_NAME, self.cluster):
+                problems.append(f"storage: cluster {self.cluster!r} is not a cluster name ({CLUSTER_NAME})")
+            if self.host is None:
+                problems.append("storage: a cluster needs a ClickHouse server (host); the embedded store is one node")
         for key in ("ttl_days", "spool_max_bytes", "spool_max_age_s"):
             if getattr(self, key) < 0:
                 problems.append(f"storage: {key} must be >= 0, got {getattr(self, key)}")
@@ -177,6 +194,11 @@ class StoreSettings:
     @property
     def embedded(self) -> bool:
         return self.host is None
+
+    @property
+    def layout(self) -> Layout:
+        """Where the tables live: one server, or ``cluster`` (storage/tables.py)."""
+        return Layout(self.cluster)
 
     @property
     def qualified_table(self) -> str:
@@ -199,4 +221,12 @@ def storage_problems(storage: Mapping[str, Any]) -> list[tuple[tuple[str | int, 
             flow_partition_column(partition_by)
         except ValueError as err:
             return [(("partition_by",), str(err))]
+    return []
+
+
+def clickhouse_problems(clickhouse: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """A cluster needs a server: the embedded store is one process on one machine."""
+    if clickhouse.get("cluster") is not None and not clickhouse.get("host"):
+        return [(("cluster",), "a cluster needs clickhouse.host, a node of the cluster (the embedded store is one "
+                               "node)")]
     return []

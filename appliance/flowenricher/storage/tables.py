@@ -16,6 +16,15 @@ value (IPv4 mapped, as the flows table stores them).
 The rollups are :class:`Table` values too, but made by storage/schema.py's
 ``rollup_description`` from ROLLUPS and the flow columns they keep, since their
 dimensions are columns.py's and their names follow the configured flows table.
+
+Where a table lives is a :class:`Layout`: on one server a table is the described table
+itself; on a ClickHouse cluster (``clickhouse.cluster``) it is a Replicated engine under
+``<name>_local`` on every node, made ON CLUSTER, and a Distributed table under the
+described name over them.  Every reader and writer names tables by their described name,
+so the API, the dashboards and the writers read and write the Distributed tables on a
+cluster without a second name for anything; only the migrations (storage/schema.py) and
+the materialized views, which feed one node's tables from that node's rows, name the
+local tables, through :meth:`Layout.local`.
 """
 
 from __future__ import annotations
@@ -53,6 +62,72 @@ def type_parts(ch_type: str) -> tuple[str, list[str]]:
     if not rest:
         return head, []
     return head, split_top_level(rest.removesuffix(")"))
+
+
+KEEPER_PATH = "/clickhouse/tables/{shard}/{database}/{table}"
+"""Where a sharded table's replicas meet in Keeper: the server expands the macros when it
+creates the table (``{shard}`` and ``{replica}`` from each node's ``<macros>``,
+``{database}`` and ``{table}`` from the statement), so one statement run ON CLUSTER gives
+each shard its own replication group."""
+
+KEEPER_PATH_EVERYWHERE = "/clickhouse/tables/{database}/{table}"
+"""Where a table kept whole on every node (the migrations' log) meets its replicas: one
+replication group across the cluster, whose replicas are named ``{shard}-{replica}``, unique
+across shards even where replica names repeat from shard to shard."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the described tables live: one server (``cluster`` None) or a ClickHouse
+    cluster, named as in the servers' ``remote_servers``.
+
+    On a cluster each table is two: ``<name>_local`` on every node, its engine the
+    Replicated variant of the described one (replicas of a shard meet at KEEPER_PATH),
+    and ``<name>``, a Distributed table over them (:meth:`distributed_sql`).  Every
+    statement is run ON CLUSTER.  The servers need Keeper (it holds the replicas' logs and
+    the ON CLUSTER queue), the same ``remote_servers`` with ``internal_replication`` true
+    (the Distributed table writes one replica per shard and replication copies it; with
+    false it would write every replica itself), and ``<macros>`` with ``shard`` and
+    ``replica`` on each node.
+    """
+
+    cluster: str | None = None
+
+    LOCAL_SUFFIX = "_local"
+
+    def local(self, name: str) -> str:
+        """The table holding a node's rows of the described table `name`."""
+        return f"{name}{self.LOCAL_SUFFIX}" if self.cluster else name
+
+    @property
+    def on_cluster(self) -> str:
+        """`` ON CLUSTER '<cluster>'`` for every DDL statement, or nothing on one server."""
+        return f" ON CLUSTER {sql.string(self.cluster)}" if self.cluster else ""
+
+    def engine(self, engine: str, everywhere: bool = False) -> str:
+        """The engine of a local table: `engine` on one server, its Replicated variant on a
+        cluster (``SummingMergeTree((a, b))`` ->
+        ``ReplicatedSummingMergeTree('<path>', '{replica}', (a, b))``), its replicas in one
+        group per shard, or, `everywhere`, in one group across the cluster."""
+        if not self.cluster:
+            return engine
+        head, args = type_parts(engine)
+        if not head.endswith("MergeTree") or head.startswith("Replicated"):
+            raise ValueError(f"engine {engine!r}: only a MergeTree engine has a Replicated variant")
+        path, replica = (KEEPER_PATH_EVERYWHERE, "{shard}-{replica}") if everywhere else (KEEPER_PATH, "{replica}")
+        return f"Replicated{head}({', '.join([sql.string(path), sql.string(replica), *args])})"
+
+    def distributed_sql(self, database: str, name: str, sharding_key: str) -> str:
+        """The Distributed table `name` over the local tables, with their columns (``AS``:
+        the shape is never written twice); rows inserted into it go to the shard
+        `sharding_key` picks."""
+        assert self.cluster, "a Distributed table needs a cluster"
+        engine = f"Distributed({sql.string(self.cluster)}, {sql.string(database)}, {sql.string(self.local(name))}"
+        return (f"CREATE TABLE IF NOT EXISTS {database}.{name}{self.on_cluster} AS {database}.{self.local(name)}\n"
+                f"ENGINE = {engine}, {sharding_key})")
+
+
+ONE_SERVER = Layout()
 
 
 def _address(value: Any) -> str:
@@ -154,6 +229,7 @@ class Table:
     ttl_from: str = ""  # the expression retention counts from; "" = kept until deleted
     settings: str = ""
     time_column: str = ""  # what readers bound a time range on (and sort by)
+    everywhere: bool = False  # on a cluster: kept whole on every node, no Distributed table
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.columns]
@@ -175,10 +251,30 @@ class Table:
     def qualified(self, database: str) -> str:
         return f"{database}.{self.name}"
 
-    def create_sql(self, database: str, ttl_days: int = 0) -> str:
-        """``CREATE TABLE IF NOT EXISTS``; rows expire `ttl_days` after ``ttl_from`` when both are set."""
+    @property
+    def sharding_key(self) -> str:
+        """How a Distributed insert picks a row's shard: a hash of the sort key.  Rows that
+        a Replacing or Summing engine merges share their sort key, so they land on one shard
+        and merge there; and the same rows always go to the same shard, so a retried insert
+        is split as the first attempt was and each shard's deduplication recognises its
+        part (``rand()`` would send a retry's rows elsewhere)."""
+        key = self.order_by.strip()
+        depth = 0
+        for i, char in enumerate(key):  # a tuple's parentheses go; a call's stay
+            depth += (char == "(") - (char == ")")
+            if depth == 0:
+                if i == len(key) - 1 and key.startswith("("):
+                    key = key[1:-1]
+                break
+        return f"cityHash64({key})"
+
+    def create_sql(self, database: str, ttl_days: int = 0, layout: Layout = ONE_SERVER) -> str:
+        """``CREATE TABLE IF NOT EXISTS``; rows expire `ttl_days` after ``ttl_from`` when both are set.
+        On a cluster (`layout`), the local table on every node."""
         body = ",\n  ".join(c.ddl() for c in self.columns)
-        sql_text = f"CREATE TABLE IF NOT EXISTS {self.qualified(database)} (\n  {body}\n)\nENGINE = {self.engine}"
+        name = self.name if self.everywhere else layout.local(self.name)
+        sql_text = (f"CREATE TABLE IF NOT EXISTS {database}.{name}{layout.on_cluster} (\n  {body}\n)"
+                    f"\nENGINE = {layout.engine(self.engine, self.everywhere)}")
         if self.partition_by:
             sql_text += f"\nPARTITION BY {self.partition_by}"
         sql_text += f"\nORDER BY {self.order_by}"
@@ -187,6 +283,14 @@ class Table:
         if self.settings:
             sql_text += f"\nSETTINGS {self.settings}"
         return sql_text
+
+    def create_statements(self, database: str, ttl_days: int = 0, layout: Layout = ONE_SERVER) -> list[str]:
+        """What makes the table: :meth:`create_sql`, and on a cluster the Distributed table
+        readers and writers use under the described name."""
+        if not layout.cluster or self.everywhere:
+            return [self.create_sql(database, ttl_days, layout)]
+        return [self.create_sql(database, ttl_days, layout),
+                layout.distributed_sql(database, self.name, self.sharding_key)]
 
     def values_sql(self, row: Mapping[str, Any], names: Sequence[str]) -> str:
         """One row's ``(v1, v2, ...)``, the values of `names` in that order."""
@@ -226,10 +330,13 @@ def _c(name: str, ch_type: str, codec: str = "", default: str = "") -> TableColu
 
 MIGRATIONS = Table(
     "schema_migrations",
-    "The migrations applied to the store, by version (storage/schema.py reads it to skip them).",
+    "The migrations applied to the store, by version (storage/schema.py reads it to skip them)."
+    "  On a cluster every node keeps all of it, so whichever node a process reaches, it reads"
+    " the same versions.",
     (_c("version", "UInt32"), _c("description", "String"), _c("applied_at", "DateTime", default="now()")),
     engine="MergeTree",
     order_by="version",
+    everywhere=True,
 )
 
 PTR_CACHE = Table(

@@ -1,0 +1,134 @@
+"""The scale-out deployment (site.yml's collectors and storers, docs/scale-out.md): the
+playbook parses, installs neither Kafka nor ClickHouse for those hosts, and the
+flowenricher role renders a valid config.yaml for a collector and for a storer.
+
+The roles run for real under ansible-playbook, on an inventory made from
+inventory.example with scale-out hosts reached over a local connection: the common and
+flowenricher preflights (what site.yml's preflight play runs for them), then the
+effective config the role would install is written out and read by load_config, the
+check `flowenricher validate` makes as the role's gate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from appliance.flowenricher.collector.settings import KafkaSettings
+from appliance.flowenricher.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(shutil.which("ansible-playbook") is None, reason="ansible is not installed")
+
+ROLE_COLLECT = "role" in KafkaSettings.model_fields
+"""Whether this checkout's kafka settings have the collector role (kafka.role: collect)."""
+
+PLAY = [{
+    "name": "Render the scale-out hosts' config",
+    "hosts": "collectors:storers",
+    "gather_facts": False,
+    "tasks": [
+        {"name": "Preflights, as site.yml runs them for these hosts",
+         "ansible.builtin.include_role": {"name": "{{ item }}", "tasks_from": "preflight"},
+         "loop": ["common", "flowenricher"]},
+        {"name": "The config the role would install",
+         "ansible.builtin.copy": {"content": "{{ flowenricher_effective_config | to_nice_yaml }}",
+                                  "dest": "{{ out }}/{{ inventory_hostname }}.yaml", "mode": "0600"}},
+    ],
+}]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "NO_COLOR": "1", "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+            "ANSIBLE_FILTER_PLUGINS": str(REPO / "ansible" / "plugins" / "filter"),
+            "ANSIBLE_LOCALHOST_WARNING": "False", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False"}
+
+
+def _render(tmp_path: Path, groups: dict[str, list[str]],
+            example: Path = REPO / "inventory.example") -> dict[str, dict[str, Any]]:
+    """The effective config of every host of `groups` (group -> host names), rendered from
+    `example`'s group_vars with those hosts."""
+    tmp_path.mkdir(exist_ok=True)
+    inventory = tmp_path / "inventory"
+    shutil.copytree(example, inventory)
+    vault = inventory / "group_vars" / "all" / "vault.yml"
+    shutil.copy(vault.with_name("vault.yml.example"), vault)  # as the operator does (unencrypted here)
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts: dict[str, Any] = {"appliance": {"hosts": {}}, "mikrotik": {"hosts": {}}}
+    hosts |= {group: {"hosts": {name: local for name in names}} for group, names in groups.items()}
+    (inventory / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": hosts}}))
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    (wheelhouse / "flowenricher-1.0.0-py3-none-any.whl").write_bytes(b"")  # the preflight reads its name only
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(PLAY, sort_keys=False))
+    extra = {"out": str(out), "flowenricher_wheelhouse": str(wheelhouse), "flowenricher_schema_dir": str(REPO / "schemas")}
+    done = subprocess.run(["ansible-playbook", "-i", str(inventory), "-e", json.dumps(extra), "play.yml"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env())
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    configs = {}
+    for path in sorted(out.glob("*.yaml")):
+        settings = load_config(path)  # the role's gate: `flowenricher validate --config`
+        configs[path.stem] = {"settings": settings, "raw": settings.raw}
+    return configs
+
+
+def test_the_playbook_parses_with_the_example_inventory() -> None:
+    done = subprocess.run(["ansible-playbook", "--syntax-check", "-i", str(REPO / "inventory.example"),
+                           str(REPO / "site.yml")], capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_scale_out_hosts_get_no_kafka_and_no_clickhouse() -> None:
+    plays = yaml.safe_load((REPO / "site.yml").read_text())
+    scale_out = [p for p in plays if p["hosts"] == "collectors:storers"]
+    assert len(scale_out) == 1
+    assert [r["role"] for r in scale_out[0]["roles"]] == ["common", "flowenricher"]
+    preflight = next(t for t in plays[0]["tasks"] if t["name"] == "Scale-out roles")
+    assert preflight["loop"] == ["common", "flowenricher"]
+    assert not any("kafka" in r.name or "zookeeper" in r.name for r in (REPO / "roles").iterdir())
+
+
+def test_a_storer_of_goflow2_records_renders_a_valid_config(tmp_path: Path) -> None:
+    configs = _render(tmp_path, {"storers": ["storer-1"]})
+    storer = configs["storer-1"]["settings"]
+    assert storer.kafka.enabled and storer.kafka.format == "goflow2"  # no collectors: goflow2 publishes
+    assert list(storer.kafka.brokers) == ["kafka-1.example.net:9092", "kafka-2.example.net:9092",
+                                          "kafka-3.example.net:9092"]
+    assert (storer.kafka.topic, storer.kafka.group_id) == ("flows", "flowenricher")
+    ch = storer.clickhouse
+    assert (ch.host, ch.port, ch.secure, ch.cluster) == ("clickhouse-1.example.net", 8443, True, "flows_cluster")
+    assert ch.password == "change-me-writer-secret"  # the vault's vault_clickhouse_writer_password
+    assert not storer.bgp.listener.enabled and storer.blackhole.router_api is None
+
+
+@pytest.mark.skipif(not ROLE_COLLECT, reason="this checkout's kafka settings have no collector role (kafka.role)")
+def test_a_collector_and_its_storers_render_valid_configs(tmp_path: Path) -> None:
+    configs = _render(tmp_path, {"collectors": ["collector-1"], "storers": ["storer-1", "storer-2"]})
+    collector = configs["collector-1"]["settings"]
+    assert collector.kafka.enabled and configs["collector-1"]["raw"]["kafka"]["role"] == "collect"
+    assert collector.clickhouse.host is None  # nothing stored on a collector
+    for name in ("storer-1", "storer-2"):
+        storer = configs[name]["settings"]
+        assert storer.kafka.format == "flowenricher" and storer.clickhouse.cluster == "flows_cluster"
+
+
+def test_a_storer_without_brokers_is_refused_by_the_preflight(tmp_path: Path) -> None:
+    example = tmp_path / "example"
+    shutil.copytree(REPO / "inventory.example", example)
+    storers = example / "group_vars" / "storers.yml"
+    text = storers.read_text()
+    assert "flowenricher_kafka_brokers: [" in text
+    storers.write_text(text.replace("flowenricher_kafka_brokers: [", "flowenricher_kafka_brokers: []\n# ["))
+    with pytest.raises(AssertionError, match="needs flowenricher_kafka_brokers"):
+        _render(tmp_path / "run", {"storers": ["storer-1"]}, example)
