@@ -110,6 +110,9 @@ def test_a_storer_of_goflow2_records_renders_a_valid_config(tmp_path: Path) -> N
     assert (ch.host, ch.port, ch.secure, ch.cluster) == ("clickhouse-1.example.net", 8443, True, "flows_cluster")
     assert ch.password == "change-me-writer-secret"  # the vault's vault_clickhouse_writer_password
     assert not storer.bgp.listener.enabled and storer.blackhole.router_api is None
+    owner = storer.blackhole.owner  # blackholes go to the appliance, which serves the API
+    assert owner is not None and owner.url == "https://appliance.example.net:9600" and not storer.api.enabled
+    assert str(owner.token_file).endswith("/owner.token") and owner.ca_file is None
 
 
 @pytest.mark.skipif(not ROLE_COLLECT, reason="this checkout's kafka settings have no collector role (kafka.role)")
@@ -121,6 +124,17 @@ def test_a_collector_and_its_storers_render_valid_configs(tmp_path: Path) -> Non
     for name in ("storer-1", "storer-2"):
         storer = configs[name]["settings"]
         assert storer.kafka.format == "flowenricher" and storer.clickhouse.cluster == "flows_cluster"
+
+
+def test_a_storer_with_an_owner_but_no_token_is_refused_by_the_preflight(tmp_path: Path) -> None:
+    example = tmp_path / "example"
+    shutil.copytree(REPO / "inventory.example", example)
+    storers = example / "group_vars" / "storers.yml"
+    text = storers.read_text()
+    assert 'flowenricher_blackhole_owner_token: "{{ vault_blackhole_owner_token }}"' in text
+    storers.write_text(text.replace('"{{ vault_blackhole_owner_token }}"', '""'))
+    with pytest.raises(AssertionError, match="flowenricher_blackhole_owner_token must hold an admin"):
+        _render(tmp_path / "run", {"storers": ["storer-1"]}, example)
 
 
 def test_a_storer_without_brokers_is_refused_by_the_preflight(tmp_path: Path) -> None:
