@@ -212,3 +212,46 @@ api: {{enabled: false}}
     assert 'flowenricher_kafka_rows_dropped_total{reason=' not in after  # nothing dropped from the spool
     assert stored == (sender.sent, sender.sent), f"stored (rows, distinct) {stored} of {sender.sent}:\n" \
                                                  f"{collector.output()[-3000:]}"
+
+
+def test_three_brokers_one_killed_mid_stream_nothing_lost(tmp_path: Path) -> None:
+    """Three brokers, replication factor 3 and min.insync.replicas 2 (tests/support/kafka_lab.py):
+    one broker killed (kill -9) while the collector produces and a storer consumes; every
+    flow stored exactly once."""
+    lab = KafkaLab(3)
+    try:
+        lab.start()
+        topic = topic_name("replicated")
+        lab.create_topic(topic, 6, replication=3)
+        udp, metrics_port = free_port(), free_port_tcp()
+        collector = _collecting(_collector(tmp_path, lab, topic, udp, metrics_port), tmp_path)
+        storer_dir = tmp_path / "storer"
+        storer_dir.mkdir()
+        storer_config = storer_dir / "config.yaml"
+        storer_config.write_text(f"""\
+kafka: {{enabled: true, brokers: {json.dumps(lab.brokers)}, topic: {topic}, group_id: s, format: flowenricher}}
+enrich: none
+storage: {{path: {storer_dir / 'data'}}}
+insert: {{batch_size: 5000, flush_interval_ms: 200}}
+metrics: {{listen: "127.0.0.1:{free_port_tcp()}"}}
+api: {{enabled: false}}
+""")
+        storer = _started(storer_config, storer_dir, "storer")
+        sender = Sender(udp)
+        try:
+            sender.send(10_000)
+            lab.kill(2, signal.SIGKILL)
+            sender.send(20_000)
+            stored = _wait_count(storer_config, storer_dir, sender.sent, 240, storer)
+            time.sleep(3)
+            storer.stop()
+            stored = _count_bytes(storer_config, storer_dir)
+        finally:
+            sender.close()
+            storer.stop()
+            code = collector.stop()
+        assert code == 0, collector.output()[-3000:]
+        assert stored == (sender.sent, sender.sent), f"stored (rows, distinct) {stored} of {sender.sent}:\n" \
+                                                     f"{collector.output()[-3000:]}"
+    finally:
+        lab.close()
