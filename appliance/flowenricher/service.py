@@ -279,7 +279,8 @@ class CollectorService:
         producing = HandOff("producer", output.process, max(cfg.store.batch_size, 1), idle=output.idle,
                             finish=output.finish, registry=self.registry).start()
         workers, stop, metrics_server = self._workers_and_metrics(None)
-        log.info("producing to topic %s of %s", output_settings.topic, ",".join(output_settings.brokers))
+        log.info("producing to topic %s of %s (role collect: no store, enrichment, detection or API here)",
+                 output_settings.topic, ",".join(output_settings.brokers))
         for slot in workers:
             slot.start()
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
