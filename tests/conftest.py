@@ -52,6 +52,8 @@ SLOW: dict[str, str] = {
     "test_api_schemathesis::test_api_conforms_to_its_schema": "schemathesis requests against every route",
     "test_decode_hostile::test_composed_exports_decode_within_their_columns": "400 composed hypothesis exports",
     "test_decode_state::test_100k_exporters_keep_state_and_labels_bounded": "100k exporters through one decoder",
+    "test_kafka_collect::test_three_brokers_one_killed_mid_stream_nothing_lost":
+        "a three-node Kafka cluster started for the test, one node killed",
     "test_backtest::test_tuning_puts_the_threshold_between_benign_keys_and_the_attack":
         "four stores of generated traffic per store kind, each detected live and the first two replayed (2 min each)",
 }

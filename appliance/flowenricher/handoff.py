@@ -59,14 +59,16 @@ class HandOffStopped(RuntimeError):
 
 _QUEUED = {"writer": "Enriched rows handed to the writer thread, not yet encoded",
            "consumers": "Enriched rows handed to the consumers' thread (detection, anomaly scoring, traffic "
-                        "metrics), not yet processed"}
+                        "metrics), not yet processed",
+           "producer": "Decoded rows handed to the Kafka producer's thread (role collect), not yet produced or "
+                       "spooled"}
 
 
 class HandOff:
     """Runs ``process(batch)`` for every batch handed over, in order, in its own thread;
     ``idle(now)`` about every TICK_S; ``finish()`` once at close, after the last batch.
 
-    ``name`` is ``writer`` or ``consumers``: it names the thread and the gauge
+    ``name`` is ``writer``, ``consumers`` or ``producer``: it names the thread and the gauge
     ``flowenricher_<name>_queued_rows``.
     """
 

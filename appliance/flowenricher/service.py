@@ -1,5 +1,6 @@
 """The `flowenricher run` service: worker processes receive and decode, this process
-stores.
+stores (or, with ``kafka.role: collect``, produces the decoded batches to Kafka: see
+``_run_collector``; with ``kafka.role: store`` it consumes them instead of workers).
 
 Data flow: N worker processes (SO_REUSEPORT on every listener) -> a pipe per worker,
 each fed from a bounded outbox of FlowBatches -> this process's loop (enrichment) -> two
@@ -45,6 +46,7 @@ from .enrich.pipeline import Enricher
 from .errors import FlowEnricherError, StoreError
 from .handoff import Grouped, HandOff, HandOffStopped
 from .kafka.input import KafkaInput, KafkaInputSettings
+from .kafka.output import KafkaOutput, KafkaOutputSettings
 from .metrics import CollectorMetrics, WorkerSnapshots, serve
 from .storage import open_store
 from .storage.base import FlowStore
@@ -66,6 +68,7 @@ class ServiceSettings:
     metrics_listen: str | None = "127.0.0.1:9601"
     queue_batches: int = 32  # decoded batches in flight from the workers: about 1 s at 300k flows/s
     kafka: KafkaInputSettings | None = None  # flows from a Kafka topic instead of UDP (kafka/input.py)
+    kafka_output: KafkaOutputSettings | None = None  # role collect: decoded flows to Kafka, no store (kafka/output.py)
 
 
 class _LockedStore:
@@ -143,15 +146,10 @@ class CollectorService:
 
     def run(self) -> int:
         cfg = self.settings
+        if cfg.kafka_output is not None:
+            return self._run_collector(cfg.kafka_output)
         if cfg.kafka is None:
-            # Fail before anything runs if a port is taken (by anyone: see
-            # refuse_shared_port) or an address is not ours.
-            for listener in cfg.worker.listeners:
-                refuse_shared_port(listener)
-            # Kept open until the process ends: a second service starting at the same
-            # moment passed the check above too, and is refused here.
-            self._port_claims = [claim_port(port) for port in sorted({lst.port for lst in cfg.worker.listeners} - {0})]
-            _warn_if_open(cfg.worker)
+            self._claim_listeners()
         store = open_store(cfg.store)
         migrated = True
         try:
@@ -203,19 +201,8 @@ class CollectorService:
         control = ControlServer(cfg.store.path, locked.query, runtime.lookup, LocalCollector(runtime, self.registry))
         control.start()
 
-        ctx = mp.get_context("spawn")
-        stop = ctx.Event()
         # With a Kafka input the flows come from the topic: no UDP workers.
-        n = 0 if cfg.kafka is not None else cfg.workers or os.cpu_count() or 1
-        worker_settings = dataclasses.replace(cfg.worker, log_level=logging.getLogger().getEffectiveLevel(),
-                                              outbox_batches=max(2, cfg.queue_batches // max(n, 1)))
-        workers = [_WorkerSlot(i, _spawner(ctx, worker_settings, stop)) for i in range(n)]
-        ports = {listener.port for listener in cfg.worker.listeners}
-        self.registry.register(CollectorMetrics(self.snapshots, lambda: kernel_drops(ports),
-                                                lambda: sum(self._depths.values()), lambda: self.restarts))
-        metrics_server = serve(self.registry, cfg.metrics_listen) if cfg.metrics_listen else None
-        if metrics_server is not None:
-            log.info("metrics on http://%s/metrics", cfg.metrics_listen)
+        workers, stop, metrics_server = self._workers_and_metrics(0 if cfg.kafka is not None else None)
         for slot in workers:
             slot.start()
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -250,6 +237,67 @@ class CollectorService:
             with writer_store_lock:
                 store.close()
             log.info("stopped: %d flows received, stored or spooled", self.rows_received)
+        return exit_code
+
+    def _claim_listeners(self) -> None:
+        """Fail before anything runs if a port is taken (by anyone: see refuse_shared_port)
+        or an address is not ours."""
+        cfg = self.settings
+        for listener in cfg.worker.listeners:
+            refuse_shared_port(listener)
+        # Kept open until the process ends: a second service starting at the same
+        # moment passed the check above too, and is refused here.
+        self._port_claims = [claim_port(port) for port in sorted({lst.port for lst in cfg.worker.listeners} - {0})]
+        _warn_if_open(cfg.worker)
+
+    def _workers_and_metrics(self, n: int | None) -> tuple[list[_WorkerSlot], Any, Any]:
+        """`n` worker slots (None: the configured count), not started; the collector's
+        metrics registered and served.  Returns the slots, their stop event and the
+        metrics server (None when metrics are off)."""
+        cfg = self.settings
+        ctx = mp.get_context("spawn")
+        stop = ctx.Event()
+        if n is None:
+            n = cfg.workers or os.cpu_count() or 1
+        worker_settings = dataclasses.replace(cfg.worker, log_level=logging.getLogger().getEffectiveLevel(),
+                                              outbox_batches=max(2, cfg.queue_batches // max(n, 1)))
+        workers = [_WorkerSlot(i, _spawner(ctx, worker_settings, stop)) for i in range(n)]
+        ports = {listener.port for listener in cfg.worker.listeners}
+        self.registry.register(CollectorMetrics(self.snapshots, lambda: kernel_drops(ports),
+                                                lambda: sum(self._depths.values()), lambda: self.restarts))
+        metrics_server = serve(self.registry, cfg.metrics_listen) if cfg.metrics_listen else None
+        if metrics_server is not None:
+            log.info("metrics on http://%s/metrics", cfg.metrics_listen)
+        return workers, stop, metrics_server
+
+    def _run_collector(self, output_settings: KafkaOutputSettings) -> int:
+        """Role collect: the UDP workers' batches, not enriched, to the Kafka output in a
+        thread of its own (kafka/output.py); no store, no enrichment, no detection."""
+        cfg = self.settings
+        self._claim_listeners()
+        output = KafkaOutput(output_settings, registry=self.registry)
+        producing = HandOff("producer", output.process, max(cfg.store.batch_size, 1), idle=output.idle,
+                            finish=output.finish, registry=self.registry).start()
+        workers, stop, metrics_server = self._workers_and_metrics(None)
+        log.info("producing to topic %s of %s (role collect: no store, enrichment, detection or API here)",
+                 output_settings.topic, ",".join(output_settings.brokers))
+        for slot in workers:
+            slot.start()
+        previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        exit_code = 0
+        try:
+            exit_code = self._loop(workers, stop, [producing], Runtime())
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            stop.set()
+            for slot in workers:
+                slot.end()
+            producing.close()
+            output.close()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+            log.info("stopped: %d flows received, produced or spooled", self.rows_received)
         return exit_code
 
     def _loop(self, workers: list[_WorkerSlot], stop: Any, handoffs: list[HandOff], runtime: Runtime) -> int:

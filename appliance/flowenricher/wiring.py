@@ -31,6 +31,7 @@ from .enrich.pipeline import Enricher
 from .enrich.ptr import PtrResult, PtrSink
 from .errors import ConfigError
 from .kafka.input import KafkaInputSettings
+from .kafka.output import SPOOL_DIR, KafkaOutputSettings
 from .lookup import Lookup
 from .service import QueryFn, Runtime, RuntimeFactory, ServiceSettings
 from .storage.settings import StoreSettings
@@ -59,13 +60,19 @@ def service_settings(cfg: Settings) -> ServiceSettings:
         state_dir=str(cfg.storage.path / DECODER_STATE_DIR) if col.template_state else None,
         debug=col.debug,
     )
-    kafka = None
-    if cfg.kafka.enabled:
-        kafka = KafkaInputSettings(brokers=tuple(str(b) for b in cfg.kafka.brokers), topic=cfg.kafka.topic,
-                                   group_id=cfg.kafka.group_id, block_records=cfg.kafka.block_records,
-                                   start_from=cfg.kafka.start_from)
+    kafka = output = None
+    brokers = tuple(str(b) for b in cfg.kafka.brokers)
+    if cfg.kafka.enabled and cfg.kafka.role == "collect":
+        output = KafkaOutputSettings(brokers=brokers, topic=cfg.kafka.topic,
+                                     spool_dir=str(cfg.storage.path / SPOOL_DIR),
+                                     spool_max_bytes=cfg.kafka.spool_max_bytes,
+                                     buffer_max_bytes=cfg.kafka.buffer_max_bytes)
+    elif cfg.kafka.enabled:
+        kafka = KafkaInputSettings(brokers=brokers, topic=cfg.kafka.topic, group_id=cfg.kafka.group_id,
+                                   block_records=cfg.kafka.records_per_poll(), start_from=cfg.kafka.start_from,
+                                   format=cfg.kafka.format)
     return ServiceSettings(worker=worker, store=store_settings(cfg), workers=col.worker_count(),
-                           metrics_listen=cfg.metrics.listen, kafka=kafka)
+                           metrics_listen=cfg.metrics.listen, kafka=kafka, kafka_output=output)
 
 
 RuntimeExtension = Callable[[Runtime, Settings, CollectorRegistry, QueryFn], None]

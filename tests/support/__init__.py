@@ -7,8 +7,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +83,28 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         return port
 
 
+def stop_pids(procs: Sequence[subprocess.Popen[Any] | None], sig: int = signal.SIGTERM,
+              timeout: float = 20.0) -> None:
+    """Send `sig` to every process still running, by the PID the test started it with
+    (never by name), then wait for each; one still running after `timeout` is sent
+    SIGKILL.  Signalled all at once, so several processes stop in parallel."""
+    running = [p for p in procs if p is not None and p.poll() is None]
+    for proc in running:
+        proc.send_signal(sig)
+    for proc in running:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def stop_pid(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    """:func:`stop_pids` of one process; its exit code (negative: the signal that ended it)."""
+    stop_pids([proc], sig, timeout)
+    return proc.wait()
+
+
 class FlowenricherProcess:
     """One `flowenricher` command as a subprocess (by its PID), its output in
     ``<workdir>/<name>.log``."""
@@ -106,12 +129,6 @@ class FlowenricherProcess:
 
     def stop(self) -> int:
         """SIGTERM to the PID (SIGKILL after 60 s); the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_pid(self.proc, signal.SIGTERM, 60)
         self.log.close()
-        return self.proc.returncode
+        return code

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import free_port
+from . import free_port, stop_pid
 from .kafka_lab import REPO, free_port_tcp
 
 VERSION = "v2.2.6"
@@ -115,11 +115,5 @@ class GoFlow2:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_pid(self.proc, signal.SIGTERM, 15)
         shutil.rmtree(self.dir, ignore_errors=True)

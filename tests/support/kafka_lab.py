@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from . import free_port
+from . import free_port, stop_pids
 
 REPO = Path(__file__).resolve().parents[2]
 POM = Path(__file__).with_name("kafka") / "pom.xml"
@@ -226,28 +226,11 @@ class KafkaLab:
 
     def kill(self, node_id: int, sig: int = signal.SIGKILL) -> None:
         """Signal one node by its PID and wait for it to exit."""
-        node = self.node(node_id)
-        if node.proc is not None and node.proc.poll() is None:
-            node.proc.send_signal(sig)
-            try:
-                node.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                node.proc.kill()
-                node.proc.wait(timeout=10)
+        stop_pids([self.node(node_id).proc], sig, 30)
 
     def close(self) -> None:
         """Every node stopped by its PID (SIGTERM, then SIGKILL), the directory removed."""
-        for node in self.nodes:
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGTERM)
-        for node in self.nodes:
-            if node.proc is None:
-                continue
-            try:
-                node.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                node.proc.kill()
-                node.proc.wait(timeout=10)
+        stop_pids([node.proc for node in self.nodes], signal.SIGTERM, 20)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- facts -------------------------------------------------------------------------

@@ -216,27 +216,54 @@ class CollectorSettings(Section):
 
 
 class KafkaSettings(Section):
-    """Flows consumed from a Kafka topic (the original's ``kafka`` block, extended).
+    """Flows through Kafka (the original's ``kafka`` block, extended).
 
-    With ``enabled: true`` `flowenricher run` consumes ``topic`` as a member of
-    ``group_id`` instead of listening for UDP export, and stores every record exactly once
-    (offsets are committed only after the store acknowledged the rows; see
-    kafka/input.py).  Several `run` processes with the same group share the topic's
-    partitions.  The records are goflow2's protobuf FlowMessages (``format: goflow2``),
-    as goflow2 publishes them with ``-transport=kafka -format=bin``."""
+    With ``enabled: true``, `flowenricher run` takes one of two roles.  ``store`` (the
+    default): it consumes ``topic`` as a member of ``group_id`` instead of listening for
+    UDP export, and stores every record exactly once (offsets are committed only after the
+    store acknowledged the rows; see kafka/input.py); several storers with the same group
+    share the topic's partitions.  The records are goflow2's protobuf FlowMessages
+    (``format: goflow2``, as goflow2 publishes them with ``-transport=kafka -format=bin``)
+    or the blocks a flowenricher collector produces (``format: flowenricher``).
+    ``collect``: it receives UDP export as without Kafka, decodes it, and produces the
+    decoded flows to ``topic`` (kafka/output.py), partitioned by destination address; no
+    store, no enrichment.  While no broker takes them, the blocks wait in a spool on disk
+    (``storage.path``/kafka-spool, at most ``spool_max_bytes``)."""
 
-    enabled: bool = Field(False, description="Consume flows from Kafka instead of listening for UDP export.")
+    enabled: bool = Field(False, description="Send flows through Kafka (role collect) or take them from it (role "
+                                             "store) instead of one process receiving and storing.")
+    role: Literal["store", "collect"] = Field(
+        "store", description="store: consume the topic, enrich and store (no UDP). collect: receive and decode UDP "
+                             "export and produce it to the topic (no store).")
     brokers: tuple[HostPort, ...] = Field((), description="Kafka brokers as host:port (bootstrap servers).")
-    topic: str = Field("netflow", min_length=1, description="Topic to consume.")
-    group_id: str = Field("flowenricher-group", min_length=1, description="Consumer group.")
-    format: Literal["goflow2"] = Field("goflow2", description="What the records hold: goflow2's protobuf "
-                                       "FlowMessage behind its varint length (goflow2 -format=bin).")
-    block_records: int = Field(50_000, ge=100, le=1_000_000,
-                               description="Records taken per poll; each partition's share is stored as one "
-                                           "block, under one deduplication token.")
+    topic: str = Field("netflow", min_length=1, description="Topic to consume (store) or produce to (collect).")
+    group_id: str = Field("flowenricher-group", min_length=1, description="Consumer group (role store).")
+    format: Literal["goflow2", "flowenricher"] = Field(
+        "goflow2", description="What the records hold (role store): goflow2's protobuf FlowMessage behind its varint "
+                               "length (goflow2 -format=bin), or flowenricher, the flow columns a collector of role "
+                               "collect produces. A collector always produces flowenricher records.")
+    block_records: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="Records taken per poll (role store); each partition's share is stored as one block, under one "
+                    "deduplication token. Default: 50000 for goflow2 (one flow per record), 100 for flowenricher (up "
+                    "to a few thousand flows per record).")
     start_from: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new consumer group starts: the oldest record kept (no flow missed) or "
                                 "the next one written.")
+    buffer_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=64 * 1024, le=2 * 1024 ** 3,
+        description="Role collect: bytes of records the producer holds in memory while the brokers do not take "
+                    "them; beyond this the collector writes blocks to its spool.")
+    spool_max_bytes: int = Field(
+        1024 ** 3, ge=0,
+        description="Role collect: size of the spool on disk (storage.path/kafka-spool, compressed) kept while the "
+                    "brokers are away; beyond it the oldest blocks are dropped, counted and logged. 0: no spool.")
+
+    def records_per_poll(self) -> int:
+        """``block_records``, or its default for the format."""
+        if self.block_records is not None:
+            return self.block_records
+        return 100 if self.format == "flowenricher" else 50_000
 
 
 def collector_problems(collectors: Mapping[str, Any]) -> Problems:
@@ -288,7 +315,16 @@ def collector_problems(collectors: Mapping[str, Any]) -> Problems:
 
 
 def kafka_problems(kafka: Mapping[str, Any]) -> Problems:
-    """What the schema cannot say of ``kafka``: enabled needs brokers."""
+    """What the schema cannot say of ``kafka``: enabled needs brokers; a collector
+    produces flowenricher records only, and takes no consumer settings."""
+    problems: Problems = []
     if kafka.get("enabled") is True and not kafka.get("brokers"):
-        return [(("brokers",), "kafka.enabled needs at least one broker (host:port)")]
-    return []
+        problems.append((("brokers",), "kafka.enabled needs at least one broker (host:port)"))
+    if kafka.get("role") == "collect":
+        if kafka.get("format") == "goflow2":
+            problems.append((("format",), "role collect produces flowenricher records; goflow2 is a format a "
+                                          "storer (role store) reads"))
+        for key in ("group_id", "block_records", "start_from"):
+            if key in kafka:
+                problems.append(((key,), f"{key} is a consumer setting (role store); role collect produces"))
+    return problems

@@ -1,7 +1,10 @@
-"""The Kafka input of `flowenricher run` (``kafka.enabled``): flows consumed from a topic in
-a consumer group, stored exactly once.
+"""The Kafka input of `flowenricher run` (``kafka.enabled``, ``kafka.role: store``): flows
+consumed from a topic in a consumer group, stored exactly once.  The records are goflow2's
+FlowMessages (kafka/goflow2.py) or the column blocks a flowenricher ``collect`` process
+produces (kafka/blocks.py), by ``kafka.format``.
 
-Each poll takes up to ``kafka.block_records`` records; each partition's records form one
+Each poll takes up to ``kafka.block_records`` records (a flowenricher record holds many
+flows: the limit counts records, not flows); each partition's records form one
 *block* with a deterministic name ``<topic>:<partition>:<first>-<last>``.  A block is
 decoded (kafka/goflow2.py), handed to the service like a batch from the UDP workers
 (enrichment, detection, the writer), and given to the writer as a
@@ -43,6 +46,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..batch import FlowBatch
 from ..decode.stats import DecodeStats
+from .blocks import BlockDecoder
 from .goflow2 import GoFlow2Decoder
 
 log = logging.getLogger(__name__)
@@ -62,6 +66,7 @@ class KafkaInputSettings:
     block_records: int = 50_000
     poll_timeout_s: float = 0.2
     start_from: str = "earliest"
+    format: str = "goflow2"  # goflow2 (kafka/goflow2.py) or flowenricher (kafka/blocks.py)
     client_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -110,7 +115,8 @@ class KafkaInput:
         from confluent_kafka import Consumer
 
         self.settings = settings
-        self.decoder = GoFlow2Decoder(stats)
+        self.decoder: GoFlow2Decoder | BlockDecoder = (BlockDecoder(stats) if settings.format == "flowenricher"
+                                                       else GoFlow2Decoder(stats))
         self._parts: dict[int, _Partition] = defaultdict(_Partition)
         self._acks: list[tuple[int, tuple[int, int]]] = []
         self._acks_lock = threading.Lock()
@@ -177,6 +183,7 @@ class KafkaInput:
     def _cut(self, partition: int, records: list[Any]) -> list[Block]:
         """The partition's records as blocks: pending ranges first, with their cuts."""
         state = self._parts[partition]
+        replay_before = list(state.replay)
         blocks: list[Block] = []
         while records:
             if state.replay:
@@ -195,8 +202,15 @@ class KafkaInput:
                 taken, records = records, []
             blocks.append(self._block(partition, taken))
         if blocks:
-            state.in_flight += [(b.first, b.last) for b in blocks]
-            self._commit(partition, state.in_flight[0][0], state.in_flight)
+            ranges = state.in_flight + [(b.first, b.last) for b in blocks]
+            if not self._commit(partition, ranges[0][0], ranges):
+                # Not recorded as pending (a rebalance under way, the coordinator away):
+                # handing them over could store them under cuts the next owner does not
+                # know.  Read them again instead; if the partition moves, its next owner does.
+                state.replay = replay_before
+                self._rewind(partition, blocks[0].first)
+                return []
+            state.in_flight = ranges
             if len(state.in_flight) >= MAX_IN_FLIGHT and not state.paused:
                 self._pause(partition, True)
         self.records.inc(sum(b.last - b.first + 1 for b in blocks))
@@ -238,11 +252,21 @@ class KafkaInput:
             if state.paused and len(state.in_flight) < MAX_IN_FLIGHT:
                 self._pause(partition, False)
 
-    def _commit(self, partition: int, offset: int, in_flight: list[tuple[int, int]]) -> None:
-        from confluent_kafka import TopicPartition
+    def _commit(self, partition: int, offset: int, in_flight: list[tuple[int, int]]) -> bool:
+        """Whether the group took the commit.  One refused during a rebalance
+        (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, ...) is logged, not raised: after an
+        acknowledgement, the last commit still lists the stored block as pending, so its
+        next owner replays it with the same cuts (the store keeps one copy)."""
+        from confluent_kafka import KafkaException, TopicPartition
 
         tp = TopicPartition(self.settings.topic, partition, offset, metadata=pending_metadata(in_flight))
-        self._consumer.commit(offsets=[tp], asynchronous=False)
+        try:
+            self._consumer.commit(offsets=[tp], asynchronous=False)
+        except KafkaException as err:
+            log.warning("kafka: partition %d: commit refused (%s); its pending ranges stay as last committed",
+                        partition, err.args[0] if err.args else err)
+            return False
+        return True
 
     def _pause(self, partition: int, pause: bool) -> None:
         from confluent_kafka import TopicPartition
@@ -261,4 +285,7 @@ class KafkaInput:
         try:
             self._commit_acknowledged()
         finally:
-            self._consumer.close()
+            try:
+                self._consumer.close()
+            except Exception as err:  # KafkaError: leaving the group timed out; it expires the member
+                log.warning("kafka: leaving the group: %s", err)

@@ -51,29 +51,31 @@ class WriterMetrics:
 class SpoolMetrics:
     """The spool's size, read when scraped, and the rows it had to drop, by reason."""
 
-    def __init__(self, registry: Any = None) -> None:
+    def __init__(self, registry: Any = None, prefix: str = PREFIX) -> None:
+        """`prefix` names the metrics (the store's spool by default; a collector's
+        Kafka spool passes its own)."""
         self.rows_dropped = Counter(
-            PREFIX + "rows_dropped",
+            prefix + "rows_dropped",
             "Rows lost from the spool: reason age, size (limits), write_error, or rejected (when it could not be kept)",
             ["reason"],
             registry=registry,
         )
         self.files_dropped = Counter(
-            PREFIX + "spool_files_dropped", "Spooled blocks lost, by reason", ["reason"], registry=registry
+            prefix + "spool_files_dropped", "Spooled blocks lost, by reason", ["reason"], registry=registry
         )
         self.blocks_rejected = Counter(
-            PREFIX + "spool_blocks_rejected",
+            prefix + "spool_blocks_rejected",
             "Spooled blocks the store kept refusing, moved to rejected/ (kept; spool requeue replays them)",
             registry=registry,
         )
         self.rows_rejected = Counter(
-            PREFIX + "spool_rows_rejected", "Rows of the blocks moved to rejected/", registry=registry
+            prefix + "spool_rows_rejected", "Rows of the blocks moved to rejected/", registry=registry
         )
-        self.size = Gauge(PREFIX + "spool_bytes", "Size of the spool (compressed)", registry=registry)
-        self.files = Gauge(PREFIX + "spool_files", "Blocks in the spool", registry=registry)
-        self.rows = Gauge(PREFIX + "spool_rows", "Rows in the spool", registry=registry)
+        self.size = Gauge(prefix + "spool_bytes", "Size of the spool (compressed)", registry=registry)
+        self.files = Gauge(prefix + "spool_files", "Blocks in the spool", registry=registry)
+        self.rows = Gauge(prefix + "spool_rows", "Rows in the spool", registry=registry)
         self.oldest_age_s = Gauge(
-            PREFIX + "spool_oldest_age_seconds", "Age of the oldest spooled block", registry=registry
+            prefix + "spool_oldest_age_seconds", "Age of the oldest spooled block", registry=registry
         )
 
     def watch(self, stat: Callable[[str], float]) -> None:

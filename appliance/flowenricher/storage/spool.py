@@ -125,12 +125,13 @@ class Spool:
         fsync: bool = False,
         registry: Any = None,
         clock: Callable[[], float] = time.time,
+        metrics_prefix: str | None = None,
     ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.fsync = fsync
-        self.metrics = SpoolMetrics(registry)
+        self.metrics = SpoolMetrics(registry) if metrics_prefix is None else SpoolMetrics(registry, metrics_prefix)
         self._clock = clock
         self._entries: list[SpoolEntry] = []
         self._next_seq = 0

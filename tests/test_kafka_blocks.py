@@ -1,0 +1,106 @@
+"""The records a collector produces (kafka/blocks.py): lossless round trip, hostile records
+counted and never raised, and the destination partition key."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support import sample_batch
+
+from appliance.flowenricher.batch import DictColumn, FlowBatch, ListColumn, str_to_addr
+from appliance.flowenricher.config import parse_config
+from appliance.flowenricher.errors import ConfigError
+from appliance.flowenricher.kafka import blocks as b
+
+
+def _same(x: FlowBatch, y: FlowBatch) -> None:
+    assert x.n == y.n and sorted(x.set_columns()) == sorted(y.set_columns())
+    for name in x.set_columns():
+        u, v = x[name], y[name]
+        if isinstance(u, np.ndarray):
+            assert u.dtype == v.dtype and np.array_equal(u, v), name
+        elif isinstance(u, DictColumn):
+            assert u.strings() == v.strings(), name
+        else:
+            assert isinstance(u, ListColumn)
+            assert [u.row(i) for i in range(x.n)] == [v.row(i) for i in range(y.n)], name
+
+
+def test_round_trip_keeps_every_column_and_type() -> None:
+    batch = sample_batch(3000, seed=4)
+    _same(batch, b.decode_record(b.encode_record(batch)))
+    _same(FlowBatch(0), b.decode_record(b.encode_record(FlowBatch(0))))
+
+
+def test_big_batches_are_cut_under_the_record_limit() -> None:
+    batch = sample_batch(20_000, seed=5)
+    records = b.encode_records(batch, max_bytes=200_000)
+    assert len(records) > 1 and all(len(r) <= 200_000 for r in records)
+    _same(batch, FlowBatch.concat([b.decode_record(r) for r in records]))
+
+
+def test_a_column_of_a_newer_collector_is_skipped() -> None:
+    record = b.encode_record(sample_batch(10, seed=1))
+    magic, version, n, count = b._HEAD.unpack_from(record, 0)
+    extra = bytes([9]) + b"new_thing" + struct.pack("<BI", 1, 3 * n) + bytes(3 * n)
+    patched = b._HEAD.pack(magic, version, n, count + 1) + record[b._HEAD.size:] + extra
+    _same(sample_batch(10, seed=1), b.decode_record(patched))
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda r: r[:-1],  # truncated
+    lambda r: r + b"\0",  # trailing bytes
+    lambda r: b"XYZ" + r[3:],  # not ours
+    lambda r: r[:3] + bytes([2]) + r[4:],  # another version
+    lambda r: r[:4] + struct.pack("<I", 11) + r[8:],  # rows disagree with the columns
+])
+def test_malformed_records_are_refused(mutate: object) -> None:
+    record = b.encode_record(sample_batch(10, seed=2))
+    with pytest.raises(b.RecordError):
+        b.decode_record(mutate(record))  # type: ignore[operator]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.integers(0, 2000))
+def test_hostile_records_are_counted_never_raised(noise: bytes, cut: int) -> None:
+    good = b.encode_record(sample_batch(3, seed=3))
+    decoder = b.BlockDecoder()
+    batch = decoder.decode([noise, good[:cut] + noise, good, None])
+    assert batch.n >= 3
+    assert decoder.stats.dropped["kafka"][b.MALFORMED] >= 1
+
+
+def test_dst_partitions_is_stable_and_keeps_a_destination_together() -> None:
+    rows = np.frombuffer(b"".join(str_to_addr(a) for a in ("192.0.2.1", "2001:db8::1", "198.51.100.7")),
+                         np.uint8).reshape(-1, 16)
+    # Fixed values: a change of the key would move every destination to another storer
+    # while collectors of the old and new versions run side by side.
+    assert b.dst_partitions(rows, 12).tolist() == b.dst_partitions(rows.copy(), 12).tolist()
+    assert b.dst_partitions(rows, 1000).tolist() == EXPECTED_1000
+    batch = sample_batch(5000, seed=6)
+    seen: dict[bytes, int] = {}
+    for partition, part in b.split_by_partition(batch, 6):
+        for row in part["dst_addr"]:
+            assert seen.setdefault(row.tobytes(), partition) == partition
+    assert sum(p.n for _, p in b.split_by_partition(batch, 6)) == batch.n
+    assert len({p for _, p in b.split_by_partition(batch, 6)}) == 6
+
+
+EXPECTED_1000 = [902, 465, 999]  # 192.0.2.1, 2001:db8::1, 198.51.100.7
+
+
+def test_config_roles() -> None:
+    assert parse_config({}).kafka.role == "store"
+    collect = parse_config({"kafka": {"enabled": True, "role": "collect", "brokers": ["127.0.0.1:9092"]}})
+    assert collect.kafka.role == "collect"
+    assert parse_config({"kafka": {"format": "flowenricher"}}).kafka.records_per_poll() == 100
+    assert parse_config({}).kafka.records_per_poll() == 50_000
+    with pytest.raises(ConfigError) as err:
+        parse_config({"kafka": {"enabled": True, "role": "collect", "brokers": ["127.0.0.1:9092"],
+                                "start_from": "latest"}})
+    assert "config: $.kafka.start_from: start_from is a consumer setting (role store); role collect produces" \
+        in str(err.value)
