@@ -17,8 +17,10 @@ prefixes, else by ListPath: gobgpd cannot send a full table in one message, see
 appliance/flowenricher/bgp/client.py); its RSS at rest after the load and its peak
 (VmHWM) during it; batched lookups/s of distinct sorted addresses (what the BGP stage
 sends: ``np.unique`` output), with an empty overlay and with 20k pending changes; and
-the time and peak RSS to merge those changes into a rebuilt base.  Runs in about three
-minutes for a full table (BIRD and gobgpd take half of it).
+the time and peak RSS to merge those changes into a rebuilt base.  gobgpd's RSS: steady
+(``VmRSS`` after 20 s at rest with the table) and its peak while the mirror loads
+(``VmHWM``, reset through /proc/PID/clear_refs just before).  Runs in about five minutes
+for a full table (BIRD and gobgpd take most of it).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -192,9 +195,14 @@ def main() -> None:
             print(f"BIRD up with the table and sessions established in {time.monotonic() - t:.1f} s")
             took = wait_table(lab, args.v4 + args.v6, timeout=900)
             print(f"gobgpd received the full table from BIRD in {took:.1f} s more")
+            assert lab.gobgpd is not None
+            steady = steady_rss(lab.gobgpd.pid, 20.0)
+            sampler = RssSampler(lab.gobgpd.pid)
+            load = Path("/proc/loadavg").read_text().split()[:3]
             done = subprocess.run([sys.executable, "-c", CHILD, lab.api_target, str(args.v4 + args.v6)],
                                   capture_output=True, text=True, timeout=900,
                                   cwd=Path(__file__).resolve().parent.parent)
+            gobgpd = sampler.stop()
             if done.returncode != 0:
                 raise RuntimeError(f"mirror process failed:\n{done.stderr}")
             fig = json.loads(done.stdout.strip().splitlines()[-1])
@@ -202,6 +210,9 @@ def main() -> None:
             lab.close()
     print(f"mirror: {fig['prefixes_v4']} IPv4 + {fig['prefixes_v6']} IPv6 prefixes loaded by {fig['method']} in "
           f"{fig['load_s']:.1f} s (from the watch opened to the table in use: {fig['decode_and_build_s']:.1f} s)")
+    print(f"gobgpd RSS: {steady:.0f} MB steady with the table, peak {gobgpd['gobgpd_peak_rss_mb']:.0f} MB during "
+          f"the mirror's load ({gobgpd['gobgpd_peak_rss_mb'] / steady:.2f}x); load average before "
+          f"{' '.join(load)}, after {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print(f"mirror process RSS: {fig['rss_before_mb']:.0f} MB before, {fig['rss_mb']:.0f} MB with the table, "
           f"peak {fig['peak_rss_mb']:.0f} MB during the load; {fig['rss_after_merge_mb']:.0f} MB after merging "
           f"20k changes, peak {fig['peak_rss_merge_mb']:.0f} MB during the merge")
@@ -211,6 +222,40 @@ def main() -> None:
                   f"{value / 1e6:.1f} M/s")
     print(f"20k changes: applied in {fig['apply_20k_s'] * 1000:.0f} ms, overlay view built in "
           f"{fig['overlay_view_s'] * 1000:.0f} ms, merged into a rebuilt base in {fig['merge_s']:.2f} s")
+
+
+def status_mb(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+class RssSampler:
+    """gobgpd's VmRSS every 0.2 s while a load runs, and its VmHWM since `reset`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS from here on
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.samples.append(status_mb(self.pid, "VmRSS"))
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {"gobgpd_peak_rss_mb": status_mb(self.pid, "VmHWM"),
+                "gobgpd_max_sampled_rss_mb": max(self.samples, default=0.0)}
+
+
+def steady_rss(pid: int, settle_s: float = 10.0) -> float:
+    time.sleep(settle_s)
+    return status_mb(pid, "VmRSS")
 
 
 def require_netns_or_exit() -> None:
