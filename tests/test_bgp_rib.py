@@ -368,3 +368,15 @@ def test_wire_form_never_raises(pattrs: list[bytes], family: int, nlri: bytes) -
     assert all(0 <= c < 2**32 for c in route.communities) and all(0 <= a < 2**32 for a in route.as_path)
     key = wire_prefix_key(family, nlri)
     assert key is None or (len(key) == 18 and key[17] <= (32 if family == 4 else 128))
+
+
+def test_wire_caches_stay_bounded() -> None:
+    """Every cache of the decoder is emptied past its limit, the whole-attribute cache of
+    IPv4 paths included, whatever the table's variety."""
+    decoder = PathDecoder(cache_limit=50)
+    as_path = b"\x40\x02\x06\x02\x01\x00\x00\xfb\xf4"  # AS_SEQUENCE (64500)
+    for i in range(1_000):
+        hop = b"\x40\x03\x04" + bytes((10, 0, i >> 8, i & 255))
+        route = decoder.wire_route([b"\x40\x01\x01\x00", as_path, hop], True)
+        assert route.as_path == (64500,) and route.next_hop == address_bytes(f"10.0.{i >> 8}.{i & 255}")
+        assert all(len(cache) <= 51 for cache in (decoder._wire_whole, decoder._wire_routes, decoder._wire_as_paths))
