@@ -59,7 +59,7 @@ out = {"rss_before_mb": status("VmRSS")}
 mirror = RibMirror(target, CollectorRegistry(), merge_rows=1_000_000_000)
 started = time.monotonic()
 mirror.start()
-while len(mirror.view()) < expected:
+while len(mirror.view()) < expected or not mirror.synchronized:  # synchronized: the load's figures are set
     time.sleep(0.05)
 out["load_s"] = time.monotonic() - started
 out["decode_and_build_s"] = mirror.last_load_s
