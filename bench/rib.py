@@ -1,6 +1,6 @@
 """RIB mirror with a full table: time to load it from GoBGP, RSS, batched lookups/s.
 
-    python bench/rib.py [--v4 1000000] [--v6 200000] [--paths 100000]
+    python bench/rib.py [--v4 1000000] [--v6 200000] [--paths 100000] [--compare-listings]
 
 What runs (as root; it builds the BGP lab of tests/support/bgp_lab.py): BIRD 2 announces
 a synthetic table from its static protocols (a config of one route per line, each with
@@ -17,8 +17,10 @@ prefixes, else by ListPath: gobgpd cannot send a full table in one message, see
 appliance/flowenricher/bgp/client.py); its RSS at rest after the load and its peak
 (VmHWM) during it; batched lookups/s of distinct sorted addresses (what the BGP stage
 sends: ``np.unique`` output), with an empty overlay and with 20k pending changes; and
-the time and peak RSS to merge those changes into a rebuilt base.  Runs in about three
-minutes for a full table (BIRD and gobgpd take half of it).
+the time and peak RSS to merge those changes into a rebuilt base.  gobgpd's RSS: steady
+(``VmRSS`` after 20 s at rest with the table) and its peak while the mirror loads
+(``VmHWM``, reset through /proc/PID/clear_refs just before).  Runs in about five minutes
+for a full table (BIRD and gobgpd take most of it).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,7 +59,7 @@ out = {"rss_before_mb": status("VmRSS")}
 mirror = RibMirror(target, CollectorRegistry(), merge_rows=1_000_000_000)
 started = time.monotonic()
 mirror.start()
-while len(mirror.view()) < expected:
+while len(mirror.view()) < expected or not mirror.synchronized:  # synchronized: the load's figures are set
     time.sleep(0.05)
 out["load_s"] = time.monotonic() - started
 out["decode_and_build_s"] = mirror.last_load_s
@@ -111,6 +114,29 @@ out["peak_rss_merge_mb"] = status("VmHWM")
 out["rss_after_merge_mb"] = status("VmRSS")
 print(json.dumps(out))
 '''
+
+
+LISTING = r'''
+import json, sys, time
+import grpc, grpc.experimental
+from appliance.flowenricher.bgp.client import CHANNEL_OPTIONS, SINGLE_THREADED_UNARY_STREAM
+from appliance.flowenricher.bgp.stubs import gobgp_pb2 as api
+target, wire, single = sys.argv[1], sys.argv[2] == "wire", sys.argv[3] == "single"
+options = [*CHANNEL_OPTIONS, *([(SINGLE_THREADED_UNARY_STREAM, 1)] if single else [])]
+channel = grpc.insecure_channel(target, options=options)
+call = channel.unary_stream("/apipb.GobgpApi/ListPath", request_serializer=api.ListPathRequest.SerializeToString,
+                            response_deserializer=api.ListPathResponse.FromString)
+started, first, n = time.monotonic(), None, 0
+for afi in (api.Family.AFI_IP, api.Family.AFI_IP6):
+    request = api.ListPathRequest(table_type=api.GLOBAL, family=api.Family(afi=afi, safi=api.Family.SAFI_UNICAST),
+                                  enable_only_binary=wire)
+    for response in call(request, timeout=1800):
+        first = time.monotonic() - started if first is None else first
+        n += 1
+print(json.dumps({"prefixes": n, "seconds": time.monotonic() - started, "first_s": first}))
+'''
+"""One bare listing of the table (no decoding, no RIB): attributes as ``Any``s or in wire
+form, the stream read by gRPC's polling thread or on the caller's; for --compare-listings."""
 
 
 def synthetic_table(n4: int, n6: int, n_paths: int, seed: int = 1) -> list[StaticRoute]:
@@ -176,6 +202,9 @@ def main() -> None:
     ap.add_argument("--v4", type=int, default=1_000_000)
     ap.add_argument("--v6", type=int, default=200_000)
     ap.add_argument("--paths", type=int, default=100_000, help="distinct AS paths in the table")
+    ap.add_argument("--compare-listings", action="store_true",
+                    help="after the mirror, bare listings side by side: wire form read on the caller's thread, wire "
+                         "form through gRPC's polling thread, Any-packed (the API's default) through it")
     args = ap.parse_args()
     require_netns_or_exit()
     t = time.monotonic()
@@ -192,16 +221,25 @@ def main() -> None:
             print(f"BIRD up with the table and sessions established in {time.monotonic() - t:.1f} s")
             took = wait_table(lab, args.v4 + args.v6, timeout=900)
             print(f"gobgpd received the full table from BIRD in {took:.1f} s more")
+            assert lab.gobgpd is not None
+            steady = steady_rss(lab.gobgpd.pid, 20.0)
+            sampler = RssSampler(lab.gobgpd.pid)
+            load = Path("/proc/loadavg").read_text().split()[:3]
             done = subprocess.run([sys.executable, "-c", CHILD, lab.api_target, str(args.v4 + args.v6)],
                                   capture_output=True, text=True, timeout=900,
                                   cwd=Path(__file__).resolve().parent.parent)
+            gobgpd = sampler.stop()
             if done.returncode != 0:
                 raise RuntimeError(f"mirror process failed:\n{done.stderr}")
             fig = json.loads(done.stdout.strip().splitlines()[-1])
+            listings = compare_listings(lab) if args.compare_listings else []
         finally:
             lab.close()
     print(f"mirror: {fig['prefixes_v4']} IPv4 + {fig['prefixes_v6']} IPv6 prefixes loaded by {fig['method']} in "
           f"{fig['load_s']:.1f} s (from the watch opened to the table in use: {fig['decode_and_build_s']:.1f} s)")
+    print(f"gobgpd RSS: {steady:.0f} MB steady with the table, peak {gobgpd['gobgpd_peak_rss_mb']:.0f} MB during "
+          f"the mirror's load ({gobgpd['gobgpd_peak_rss_mb'] / steady:.2f}x); load average before "
+          f"{' '.join(load)}, after {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print(f"mirror process RSS: {fig['rss_before_mb']:.0f} MB before, {fig['rss_mb']:.0f} MB with the table, "
           f"peak {fig['peak_rss_mb']:.0f} MB during the load; {fig['rss_after_merge_mb']:.0f} MB after merging "
           f"20k changes, peak {fig['peak_rss_merge_mb']:.0f} MB during the merge")
@@ -211,6 +249,64 @@ def main() -> None:
                   f"{value / 1e6:.1f} M/s")
     print(f"20k changes: applied in {fig['apply_20k_s'] * 1000:.0f} ms, overlay view built in "
           f"{fig['overlay_view_s'] * 1000:.0f} ms, merged into a rebuilt base in {fig['merge_s']:.2f} s")
+    for line in listings:
+        print(line)
+
+
+def status_mb(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+class RssSampler:
+    """gobgpd's VmRSS every 0.2 s while a load runs, and its VmHWM since `reset`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS from here on
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.samples.append(status_mb(self.pid, "VmRSS"))
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {"gobgpd_peak_rss_mb": status_mb(self.pid, "VmHWM"),
+                "gobgpd_max_sampled_rss_mb": max(self.samples, default=0.0)}
+
+
+def steady_rss(pid: int, settle_s: float = 10.0) -> float:
+    time.sleep(settle_s)
+    return status_mb(pid, "VmRSS")
+
+
+def compare_listings(lab: BgpLab) -> list[str]:
+    """Bare listings in child processes, each with gobgpd's steady RSS just before and its
+    peak during; the Any-packed one last, since it leaves gobgpd's heap grown."""
+    assert lab.gobgpd is not None
+    lines = []
+    for wire, single in (("wire", "single"), ("wire", "threaded"), ("any", "threaded")):
+        steady = steady_rss(lab.gobgpd.pid, 20.0)
+        sampler = RssSampler(lab.gobgpd.pid)
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        done = subprocess.run([sys.executable, "-c", LISTING, lab.api_target, wire, single], capture_output=True,
+                              text=True, timeout=1800, cwd=Path(__file__).resolve().parent.parent)
+        peak = sampler.stop()["gobgpd_peak_rss_mb"]
+        if done.returncode != 0:
+            raise RuntimeError(f"listing failed:\n{done.stderr}")
+        got = json.loads(done.stdout.strip().splitlines()[-1])
+        lines.append(f"bare listing, attributes {wire}, stream read {'on the caller' if single == 'single' else 'by gRPC'}"
+                     f"'s thread: {got['prefixes']} prefixes in {got['seconds']:.1f} s (first after "
+                     f"{got['first_s']:.1f} s); gobgpd {steady:.0f} -> {peak:.0f} MB ({peak / steady:.2f}x); load "
+                     f"{' '.join(load)} -> {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    return lines
 
 
 def require_netns_or_exit() -> None:

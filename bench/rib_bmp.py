@@ -33,14 +33,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rib import require_netns_or_exit, synthetic_table, wait_table
+from rib import RssSampler, require_netns_or_exit, steady_rss, synthetic_table, wait_table
 from support.bgp_lab import BgpLab
 from support.netns import TestNetwork
 
@@ -130,40 +129,6 @@ mirror.stop()
 '''
 
 POLICIES = {"pre-policy": "PRE", "post-policy": "POST", "local-rib": "LOCAL"}  # AddBmpRequest.MonitoringPolicy
-
-
-def status_mb(pid: int, key: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-
-class RssSampler:
-    """gobgpd's VmRSS every 0.2 s while a load runs, and its VmHWM since `reset`."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS from here on
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.samples.append(status_mb(self.pid, "VmRSS"))
-
-    def stop(self) -> dict[str, float]:
-        self._stop.set()
-        self._thread.join()
-        return {"gobgpd_peak_rss_mb": status_mb(self.pid, "VmHWM"),
-                "gobgpd_max_sampled_rss_mb": max(self.samples, default=0.0)}
-
-
-def steady_rss(pid: int, settle_s: float = 10.0) -> float:
-    time.sleep(settle_s)
-    return status_mb(pid, "VmRSS")
 
 
 def uptime() -> str:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from support.bgp_lab import BIRD_V4, BIRD_V6, BgpLab, StaticRoute, bgp_lab_fixture  # noqa: F401 (fixture)
 
-from appliance.flowenricher.bgp.client import GoBgpClient
+from appliance.flowenricher.bgp.client import GoBgpClient, PathDecoder, wire_prefix_key
 from appliance.flowenricher.bgp.mirror import RibMirror
 from appliance.flowenricher.bgp.rib import RibState, RibView
 from appliance.flowenricher.bgp.route import (
@@ -30,6 +30,7 @@ from appliance.flowenricher.bgp.route import (
     key_to_network,
     parse_community,
 )
+from appliance.flowenricher.bgp.stubs import gobgp_pb2 as api
 
 # Routes of the lab: an upstream (64500) and the ASes behind it.
 ROUTES = [
@@ -313,3 +314,69 @@ def test_listing_gives_every_prefix_once(bgp_lab: BgpLab) -> None:
             wait_until(listed_all, 10, f"GoBGP holding the IPv{family} routes")
             listed = [str(key_to_network(change.key)) for change in client.list_best_paths(family)]
             assert sorted(listed) == sorted(expected_prefixes)
+
+
+def test_listing_in_wire_form_equals_the_any_form(bgp_lab: BgpLab) -> None:
+    """The mirror lists the table in BGP's wire form (enable_only_binary, the lighter
+    listing for gobgpd); the same table listed with Any-packed attributes, as the watch
+    sends them, decodes to the same changes: BIRD's routes (4-byte ASNs, communities,
+    LOCAL_PREF, IPv6 next hops in MP_REACH_NLRI) and GoBGP's own paths (no AS path, a
+    large community, an IPv6 blackhole)."""
+    routes = [*ROUTES, StaticRoute("192.0.2.128/26", (4_200_000_000, 64500, 4_200_000_001), ("65535:65281",), 70)]
+    bgp_lab.start(routes)
+    bgp_lab.wait_established()
+    with GoBgpClient(bgp_lab.api_target) as client:
+        client.add_path("198.18.0.9/32", "192.0.2.1", ["65535:666", "216285:666:0"], local_pref=200)
+        client.add_path("2001:db8:9::9/128", "100::1", ["65535:666"])
+        wait_until(lambda: sum(1 for f in (4, 6) for _ in client.list_best_paths(f)) == len(routes) + 2, 10,
+                   "every route in gobgpd")
+        wire = {c.key: c.attrs for f in (4, 6) for c in client.list_best_paths(f)}
+        any_form: dict[bytes, RouteAttributes | None] = {}
+        decoder = PathDecoder()
+        for family in (api.Family.AFI_IP, api.Family.AFI_IP6):
+            request = api.ListPathRequest(table_type=api.GLOBAL, family=api.Family(afi=family,
+                                                                                  safi=api.Family.SAFI_UNICAST))
+            for response in client.stub.ListPath(request, timeout=10):
+                paths = [p for p in response.destination.paths if p.best]
+                assert not any(p.nlri_binary for p in paths)
+                any_form.update((c.key, c.attrs) for c in decoder.changes(paths))
+    assert wire == any_form
+    assert len(wire) == len(routes) + 2
+    own = wire[key_from_text("198.18.0.9/32")]
+    assert own is not None and own.as_path == () and own.local_pref == 200
+    assert own.next_hop == address_bytes("192.0.2.1") and parse_community("65535:666") in own.communities
+    far = wire[key_from_text("192.0.2.128/26")]
+    assert far is not None and far.as_path == (4_200_000_000, 64500, 4_200_000_001) and far.local_pref == 70
+
+
+WIRE_ATTRIBUTE = st.builds(
+    lambda flags, kind, value, cut: (bytes((flags, kind)) + (len(value).to_bytes(2, "big") if flags & 0x10
+                                                            else bytes((len(value) & 0xFF,))) + value)[:cut],
+    st.sampled_from([0x40, 0x50, 0xC0, 0xD0, 0x00]), st.sampled_from([1, 2, 3, 5, 8, 14, 32, 99]),
+    st.binary(max_size=300), st.integers(0, 400))
+
+
+@given(st.lists(WIRE_ATTRIBUTE, max_size=8), st.sampled_from([4, 6]), st.binary(max_size=20))
+@settings(max_examples=400, deadline=None)
+def test_wire_form_never_raises(pattrs: list[bytes], family: int, nlri: bytes) -> None:
+    """Whatever gobgpd's listing holds (attributes cut short, lengths that lie, AS paths
+    that do not parse, prefixes longer than the family): a route or a count, never an
+    exception, and the decoded values are of the shapes the RIB stores."""
+    decoder = PathDecoder()
+    route = decoder.wire_route(pattrs)
+    assert len(route.next_hop) == 16 and 0 <= route.local_pref < 2**32
+    assert all(0 <= c < 2**32 for c in route.communities) and all(0 <= a < 2**32 for a in route.as_path)
+    key = wire_prefix_key(family, nlri)
+    assert key is None or (len(key) == 18 and key[17] <= (32 if family == 4 else 128))
+
+
+def test_wire_caches_stay_bounded() -> None:
+    """Every cache of the decoder is emptied past its limit, the whole-attribute cache of
+    IPv4 paths included, whatever the table's variety."""
+    decoder = PathDecoder(cache_limit=50)
+    as_path = b"\x40\x02\x06\x02\x01\x00\x00\xfb\xf4"  # AS_SEQUENCE (64500)
+    for i in range(1_000):
+        hop = b"\x40\x03\x04" + bytes((10, 0, i >> 8, i & 255))
+        route = decoder.wire_route([b"\x40\x01\x01\x00", as_path, hop], True)
+        assert route.as_path == (64500,) and route.next_hop == address_bytes(f"10.0.{i >> 8}.{i & 255}")
+        assert all(len(cache) <= 51 for cache in (decoder._wire_whole, decoder._wire_routes, decoder._wire_as_paths))

@@ -11,7 +11,7 @@ Two ways to read the whole table, because of a limit of gobgpd:
   configurable), about 650k paths at ~400 bytes each: a full table (1.2M prefixes)
   fails with RESOURCE_EXHAUSTED;
 * ``ListPath`` sends one message per prefix: any size, little memory on our side, but
-  much slower from Python (about 30 µs of gRPC work per message); gobgpd builds a whole
+  slower from Python (tens of µs of gRPC work per message); gobgpd builds a whole
   answer in memory before sending it (:meth:`list_best_paths`).  To lose no change
   while listing, the watch is opened first *without* the init dump and with peer events:
   gobgpd registers the best-path watcher and queues its peer "end of init" event in one
@@ -25,18 +25,24 @@ start until then.  GoBGP's default is one best path per prefix (no
 ``use-multiple-paths``), which is what a change batch is read as: the last path given
 for a prefix is its state.
 
-Attributes arrive ``Any``-packed; identical attribute values are decoded once (bounded
-caches), since in a full table most prefixes share their AS path, communities and next
-hop with many others.
+The watch's attributes arrive ``Any``-packed.  The listing asks for them as BGP's own
+wire bytes (``enable_only_binary``): gobgpd then skips building an ``Any`` per attribute
+and prefix, which cut the growth of its heap during a full listing (peak 1.12-1.35x its
+steady RSS, against 2.2x with ``Any``s: docs/performance.md), and the bytes are decoded
+here (:class:`PathDecoder`, RFC 4271 and RFC 4760 layouts).  Either way, identical
+attribute values are decoded once (bounded caches), since in a full table most prefixes
+share their AS path, communities and next hop with many others.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 import grpc
+import grpc.experimental
 from google.protobuf import any_pb2
 
 from ..common.bgp_values import U32, BgpValueError, next_hop_for, parse_community, parse_prefix
@@ -58,6 +64,10 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.min_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 5_000),
 )
+
+SINGLE_THREADED_UNARY_STREAM: str = grpc.experimental.ChannelOptions.SingleThreadedUnaryStream
+"""gRPC's channel option for reading a server stream on the caller's thread (experimental
+in grpcio's API since 1.28, still so named in 1.85)."""
 
 _BEST = api.WatchEventRequest.Table.Filter.BEST
 _FAMILIES = {
@@ -119,26 +129,115 @@ class PathChange(NamedTuple):
     attrs: RouteAttributes | None
 
 
+# BGP path attribute type codes (RFC 4271 section 5, RFC 1997, RFC 4760).
+_AS_PATH, _NEXT_HOP, _LOCAL_PREF, _COMMUNITIES, _MP_REACH = 2, 3, 5, 8, 14
+_EXTENDED_LENGTH = 0x10
+
+
+def wire_attributes(pattrs: Iterable[bytes]) -> dict[int, bytes]:
+    """Type code -> value of path attributes in BGP's wire form, one attribute per item
+    (gobgpd's ``pattrs_binary``: flags, type, a 1- or 2-byte length, the value).  An item
+    shorter than its header or its stated length is left out (ValueError is not raised:
+    the path keeps what could be read, as a router treats an attribute it cannot parse)."""
+    found: dict[int, bytes] = {}
+    for raw in pattrs:
+        if len(raw) < 3:
+            continue
+        if raw[0] & _EXTENDED_LENGTH:
+            if len(raw) < 4:
+                continue
+            size, start = raw[2] << 8 | raw[3], 4
+        else:
+            size, start = raw[2], 3
+        if len(raw) - start != size:
+            continue
+        found[raw[1]] = raw[start:]
+    return found
+
+
+def wire_as_path(value: bytes) -> list[tuple[int, list[int]]] | None:
+    """AS_PATH segments (type, numbers) from the attribute's value, or None when it does
+    not parse.  The numbers are 4 bytes wide: gobgpd turns every path it receives into
+    4-byte AS_PATH segments and folds AS4_PATH into them (UpdatePathAttrs4ByteAs in its
+    internal/pkg/table/message.go), so that is the only form a listing holds."""
+    segments: list[tuple[int, list[int]]] = []
+    at = 0
+    while at < len(value):
+        if at + 2 > len(value):
+            return None
+        seg_type, count = value[at], value[at + 1]
+        end = at + 2 + count * 4
+        if end > len(value):
+            return None
+        segments.append((seg_type, list(struct.unpack_from(f">{count}I", value, at + 2))))
+        at = end
+    return segments
+
+
+def wire_next_hop(attrs: Mapping[int, bytes]) -> bytes:
+    """The next hop in the flow columns' 16-byte form: MP_REACH_NLRI's first (global)
+    address for IPv6 (RFC 4760 3, RFC 2545), else NEXT_HOP; zeros when neither parses."""
+    mp = attrs.get(_MP_REACH)
+    if mp is not None and len(mp) >= 4:
+        size = mp[3]
+        hop = mp[4:4 + size]
+        if len(hop) == size:
+            if size in (16, 32):
+                return hop[:16]
+            if size == 4:
+                return V4_MAPPED + hop
+    hop = attrs.get(_NEXT_HOP, b"")
+    return V4_MAPPED + hop if len(hop) == 4 else bytes(16)
+
+
+def wire_prefix_key(family: int, nlri: bytes) -> bytes | None:
+    """The 18-byte prefix key of :mod:`.route` from a prefix in BGP's wire form (length
+    in bits, then the prefix's significant bytes); None when it does not fit `family`."""
+    if not nlri:
+        return None
+    length, bits = nlri[0], 32 if family == V4 else 128
+    if length > bits or len(nlri) != 1 + (length + 7) // 8:
+        return None
+    if family == V4:
+        return b"\x04" + V4_MAPPED + nlri[1:].ljust(4, b"\0") + bytes((length,))
+    return b"\x06" + nlri[1:].ljust(16, b"\0") + bytes((length,))
+
+
 class PathDecoder:
     """Turns API paths into :class:`PathChange` s, decoding each distinct attribute value
     once; the caches are emptied when they pass `cache_limit` entries, so memory stays
-    bounded whatever the table."""
+    bounded whatever the table.  A path comes ``Any``-packed (the watch) or in BGP's
+    wire form (the listing, ``enable_only_binary``)."""
 
     def __init__(self, cache_limit: int = 100_000) -> None:
         self.cache_limit = cache_limit
         self.skipped = 0  # paths of other families (VPN, EVPN, flowspec...)
+        self.malformed = 0  # wire-form prefixes (left out) and AS paths (read as empty) that do not parse
         self._as_paths: dict[bytes, tuple[tuple[int, ...], int, int]] = {}
         self._next_hops: dict[bytes, bytes] = {}
         self._local_prefs: dict[bytes, int] = {}
         self._communities: dict[bytes, tuple[int, ...]] = {}
         self._routes: dict[tuple[bytes, bytes, bytes, bytes], RouteAttributes] = {}
+        self._wire_as_paths: dict[bytes, tuple[tuple[int, ...], int, int]] = {}
+        self._wire_routes: dict[tuple[bytes, bytes, bytes, bytes], RouteAttributes] = {}
+        self._wire_whole: dict[tuple[bytes, ...], RouteAttributes] = {}
 
     def changes(self, paths: Iterable[Any]) -> Iterator[PathChange]:
         """The changes for API `paths` of IPv4/IPv6 unicast (others are counted in skipped)."""
         prefix_msg = attrs_pb.IPAddressPrefix
         for path in paths:
             family = _FAMILIES.get((path.family.afi, path.family.safi))
-            if family is None or not path.nlri.type_url.endswith(".IPAddressPrefix"):
+            if family is None:
+                self.skipped += 1
+                continue
+            if path.nlri_binary:
+                key = wire_prefix_key(family, path.nlri_binary)
+                if key is None:
+                    self.malformed += 1
+                    continue
+                yield PathChange(key, None if path.is_withdraw else self.wire_route(path.pattrs_binary, family == V4))
+                continue
+            if not path.nlri.type_url.endswith(".IPAddressPrefix"):
                 self.skipped += 1
                 continue
             nlri = prefix_msg.FromString(path.nlri.value)
@@ -149,9 +248,46 @@ class PathDecoder:
             yield PathChange(key, None if path.is_withdraw else self.route(path.pattrs))
 
     def _trim(self) -> None:
-        if len(self._routes) > self.cache_limit or len(self._as_paths) > self.cache_limit:
-            for cache in (self._as_paths, self._next_hops, self._local_prefs, self._communities, self._routes):
+        caches: tuple[dict[Any, Any], ...] = (self._as_paths, self._next_hops, self._local_prefs, self._communities,
+                                              self._routes, self._wire_as_paths, self._wire_routes, self._wire_whole)
+        if any(len(cache) > self.cache_limit for cache in caches):
+            for cache in caches:
                 cache.clear()
+
+    def wire_route(self, pattrs: Sequence[bytes], whole: bool = False) -> RouteAttributes:
+        """The attributes of a path in BGP's wire form (one attribute per item).  With
+        `whole`, the attributes as given are cached together too: right for IPv4, whose
+        attributes hold no prefix, so whole sets repeat; an IPv6 path's MP_REACH_NLRI
+        carries its own prefix and would only fill the cache."""
+        if whole:
+            raw = tuple(pattrs)
+            known = self._wire_whole.get(raw)
+            if known is None:
+                known = self.wire_route(raw)
+                self._trim()
+                self._wire_whole[raw] = known
+            return known
+        attrs = wire_attributes(pattrs)
+        as_path, local_pref, communities = attrs.get(_AS_PATH, b""), attrs.get(_LOCAL_PREF, b""), attrs.get(
+            _COMMUNITIES, b"")
+        hop = wire_next_hop(attrs)
+        key = (as_path, hop, local_pref, communities)
+        route = self._wire_routes.get(key)
+        if route is None:
+            found = self._wire_as_paths.get(as_path)
+            if found is None:
+                segments = wire_as_path(as_path)
+                if segments is None:
+                    self.malformed += 1
+                found = flatten_as_path(segments or ())
+                self._wire_as_paths[as_path] = found
+            path, origin, neighbor = found
+            route = RouteAttributes(path, origin, neighbor, hop,
+                                    int.from_bytes(local_pref, "big") if len(local_pref) == 4 else 0,
+                                    struct.unpack(f">{len(communities) // 4}I", communities[:len(communities) // 4 * 4]))
+            self._trim()
+            self._wire_routes[key] = route
+        return route
 
     def route(self, pattrs: Sequence[any_pb2.Any]) -> RouteAttributes:
         as_path = next_hop = local_pref = communities = b""
@@ -346,21 +482,28 @@ class GoBgpClient:
         return WatchStream(self.target, self._stub.WatchEvent(request), init)
 
     def list_best_paths(self, family: int, decoder: PathDecoder | None = None) -> Iterator[PathChange]:
-        """The best path of every prefix of `family` (4 or 6), streamed (ListPath).
+        """The best path of every prefix of `family` (4 or 6), streamed (ListPath), in
+        BGP's wire form (``enable_only_binary``: see the module docstring).
 
         One call for the whole family.  Tried and dropped: asking for one /8 at a time
         (LONGER and SHORTER lookups) to bound gobgpd's memory, since gobgpd 3.10 builds a
-        whole answer before sending it (a 1.2M-prefix listing took it to 20.2 GB).  But
-        each lookup costs gobgpd about as much as a whole listing (it copies the table
-        first): on the full table, three pieces took three minutes, and gobgpd still grew
-        to 14 GB (measured here).
+        whole answer before sending it.  Each lookup costs gobgpd about as much as a
+        whole listing (it copies the table into a new tree first, GetLongerPrefixDestinations):
+        on the full table, three pieces took three minutes (measured here).
         """
         afi = api.Family.AFI_IP if family == V4 else api.Family.AFI_IP6
-        request = api.ListPathRequest(table_type=api.GLOBAL, family=api.Family(afi=afi, safi=api.Family.SAFI_UNICAST))
+        request = api.ListPathRequest(table_type=api.GLOBAL, family=api.Family(afi=afi, safi=api.Family.SAFI_UNICAST),
+                                      enable_only_binary=True)
         yield from self._list(request, decoder or PathDecoder())
 
     def _list(self, request: Any, decoder: PathDecoder) -> Iterator[PathChange]:
-        call = self._stub.ListPath(request)
+        # A channel of its own, with gRPC's single-threaded unary-stream mode: the
+        # reading thread drives the call itself instead of taking each message from
+        # gRPC's polling thread through a lock, which measured 2-3x faster over a listing
+        # of one message per prefix (docs/performance.md).  The watch keeps the shared
+        # channel: it is cancelled from another thread, which this mode is not meant for.
+        channel = grpc.insecure_channel(self.target, options=[*CHANNEL_OPTIONS, (SINGLE_THREADED_UNARY_STREAM, 1)])
+        call = cast(Callable[[grpc.Channel], Any], api_grpc.GobgpApiStub)(channel).ListPath(request)
         try:
             for response in call:
                 yield from decoder.changes(p for p in response.destination.paths if p.best)
@@ -368,6 +511,7 @@ class GoBgpClient:
             raise rpc_error(self.target, "ListPath", err) from err
         finally:
             call.cancel()
+            channel.close()
 
     def add_path(self, prefix: str, next_hop: str, communities: Sequence[str | int] = (),
                  local_pref: int | None = None) -> bytes:
