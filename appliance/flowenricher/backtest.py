@@ -21,7 +21,7 @@ Memory.  Nothing kept grows with the length of the range: the engine's windows a
 bounded by ``detection.max_keys_per_rule``; the rows held follow the flow rate times the
 exporters' clock lead and export delay (`FlowReader.peak_held`, in the report); per rule
 the report keeps at most ``max_keys_per_rule`` keys and prefixes (the rest are counted,
-`keys_not_listed`) and SAMPLED_DETECTIONS samples; tuning keeps a histogram of values
+`unlisted_detections`, `unlisted_prefixes`) and SAMPLED_DETECTIONS samples; tuning keeps a histogram of values
 rounded to 4 significant digits (at most 9,000 values per power of ten) and per day at
 most 2 x ``max_keys_per_rule`` keys (`RuleTuning`).
 
@@ -752,7 +752,8 @@ class RuleTuning:
     the distribution at once (`pruned`).  The suggested threshold stays exact while at
     most `max_keys` - N of the day's highest keys are fired on later that day; the
     distribution may then count a key twice (before and after it was pruned) or include
-    one fired on later."""
+    one fired on later.  "Fired on" is what the report lists: past the report's key cap
+    (`RuleRecord.unlisted_detections`), keys fired on but not listed count as not fired."""
 
     def __init__(self, rule: Rule, per_day: int, max_keys: int = 100_000) -> None:
         self.rule = rule
@@ -782,9 +783,9 @@ class RuleTuning:
         highest = np.full((len(unique), values.shape[1]), -np.inf)
         np.maximum.at(highest, inverse.ravel(), values)
         self._idents, self._values = unique, highest
+        self.peak_keys = max(self.peak_keys, len(unique))
         if len(unique) > 2 * self.max_keys:
             self._prune(fired())
-        self.peak_keys = max(self.peak_keys, len(self._idents))
 
     def _prune(self, fired: set[bytes]) -> None:
         """Back to at most `max_keys` highest keys per quantity (class docstring)."""
@@ -840,6 +841,7 @@ class RuleTuning:
                 "keys_not_fired": self.keys_observed, "percentiles": tuning.percentiles(),
                 "per_day": self.per_day, "suggested": suggested,
                 "suggested_is_lower_bound": tuning.capped, "keys_pruned": self.pruned,
+                "peak_day_keys": self.peak_keys,
                 "histogram_values": len(tuning.counts),
             })
         return out
@@ -872,7 +874,7 @@ class BacktestReport:
             "outside_lag_flows": self.outside, "elapsed_s": round(self.seconds, 3),
             "flows_per_s": round(self.flows / self.seconds, 1) if self.seconds else None,
             "times_real_time": round(span / self.seconds, 2) if self.seconds else None,
-            "announcer_calls": self.announcer_calls,
+            "announcer_calls": self.announcer_calls, "peak_held_rows": self.peak_held,
         }
 
     def to_lines(self) -> list[dict[str, Any]]:
@@ -997,6 +999,11 @@ def render_table(report: BacktestReport) -> str:
             span = "-" if rec.first is None or rec.last is None else f"{iso_time(rec.first)} .. {iso_time(rec.last)}"
             lines.append(f"  {rec.rule[:24]:24} {rec.detections:10d} {len(rec.keys):6d} "
                          f"{len(rec.announced_prefixes):8d} {len(rec.refused):7d}  {span}")
+            if rec.unlisted_detections:
+                lines.append(f"      {rec.unlisted_detections} detections of keys past the cap of {rec.max_keys} "
+                             "(counted, not listed)")
+            if rec.ml_score:
+                lines.append(f"      min_ml_score: {rec.ml_score}")
             for key, entry in sorted(rec.keys.items(), key=lambda item: -item[1].detections)[:5]:
                 lines.append(f"      {key_text(key)}: {entry.detections}x, {iso_time(entry.first)} .. "
                              f"{iso_time(entry.last)}")
@@ -1006,6 +1013,12 @@ def render_table(report: BacktestReport) -> str:
                 for flow in sample["samples"][:3]:
                     lines.append(f"      flow {flow['src_addr']}:{flow['src_port']} -> {flow['dst_addr']}:"
                                  f"{flow['dst_port']} proto {flow['proto']} {flow['packets']} pkts")
+    sources = {rec.source for records in report.records for rec in records.values()}
+    if sources == {"flows"}:
+        lines.append("\nevery rule read raw flows: no rollup gives a rule's quantities exactly "
+                     "(source_reason in --format jsonl)")
+    else:
+        lines.append("\nsources: " + ", ".join(f"{rec.rule} {rec.source}" for rec in report.records[0].values()))
     if report.tuning:
         lines.append(f"\ntuning (keys the rule did not fire on; suggested: at most {report.tuning[0]['per_day']} "
                      "keys a day at or above it)")
