@@ -323,7 +323,7 @@ def rollup_fit(rule: Rule) -> SourceFit:
         kept = {*WHO_FILTERS, *host.values}
         needs = {"dst_addr": rule.same_dst_ip and rule.key == "src", "dst_port": rule.same_dst_port or bool(rule.dst_ports),
                  "proto": rule.proto is not None, "tcpflags": rule.syn_only or bool(rule.min_syn_ratio),
-                 "timestamp_end": bool(rule.min_pps or rule.min_bps)}
+                 "each flow's start and end (for rates)": bool(rule.min_pps or rule.min_bps)}
         missing = [column for column, needed in needs.items() if needed and column not in kept]
         if missing:
             reasons.append(f"the {host.name} rollup has no {', '.join(missing)}")
