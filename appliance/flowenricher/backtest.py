@@ -747,10 +747,12 @@ class RuleTuning:
     rule fired on are left out and the rest go to the distribution, and the threshold
     that leaves at most N keys of the day at or above it is noted.
 
-    The day's table holds at most 2 x `max_keys` keys: past that, keys the rule fired on
-    are dropped, then every key outside the `max_keys` highest of each quantity goes to
-    the distribution at once (`pruned`).  The suggested threshold stays exact while at
-    most `max_keys` - N of the day's highest keys are fired on later that day; the
+    When an observation leaves more than 2 x `max_keys` keys in the day's table, keys the
+    rule fired on are dropped, then every key outside the `keep` highest of each quantity
+    (`max_keys` shared among the quantities, at least N + 1 each) goes to the
+    distribution at once (`pruned`), leaving at most `max_keys` or so.  The suggested
+    threshold stays exact while at most `keep` - N - 1 of the day's highest keys are
+    fired on later that day; the
     distribution may then count a key twice (before and after it was pruned) or include
     one fired on later.  "Fired on" is what the report lists: past the report's key cap
     (`RuleRecord.unlisted_detections`), keys fired on but not listed count as not fired."""
@@ -788,14 +790,16 @@ class RuleTuning:
             self._prune(fired())
 
     def _prune(self, fired: set[bytes]) -> None:
-        """Back to at most `max_keys` highest keys per quantity (class docstring)."""
+        """Back to the `keep` highest keys of each quantity (class docstring)."""
         if fired:
             mine = ~np.isin(self._idents, np.array(sorted(fired), dtype="S34"))
             self._idents, self._values = self._idents[mine], self._values[mine]
+        quantities = self._values.shape[1]
+        each = max(self.per_day + 1, self.max_keys // max(1, quantities))
         keep = np.zeros(len(self._idents), dtype=bool)
-        for i in range(self._values.shape[1]):
-            if len(self._idents) > self.max_keys:
-                keep[np.argpartition(-self._values[:, i], self.max_keys - 1)[:self.max_keys]] = True
+        for i in range(quantities):
+            if len(self._idents) > each:
+                keep[np.argpartition(-self._values[:, i], each - 1)[:each]] = True
             else:
                 keep[:] = True
         dropped = self._values[~keep]
