@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, WithJsonSchema, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, WithJsonSchema, field_validator, model_serializer, model_validator
 
 from ..common.settings_base import (
     Duration,
@@ -259,6 +259,17 @@ class KafkaSettings(Section):
         description="Role collect: size of the spool on disk (storage.path/kafka-spool, compressed) kept while the "
                     "brokers are away; beyond it the oldest blocks are dropped, counted and logged. 0: no spool.")
 
+    @model_serializer(mode="wrap")
+    def _for_role(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A collector's settings leave out what only a storer reads, so that its effective
+        config (`GET config`, the role's rendered file) passes the check that refuses
+        consumer settings on a collector."""
+        data: dict[str, Any] = handler(self)
+        if self.role == "collect":
+            for key in CONSUMER_KEYS:
+                data.pop(key, None)
+        return data
+
     def records_per_poll(self) -> int:
         """``block_records``, or its default for the format."""
         if self.block_records is not None:
@@ -314,6 +325,12 @@ def collector_problems(collectors: Mapping[str, Any]) -> Problems:
     return problems
 
 
+CONSUMER_KEYS = ("group_id", "format", "block_records", "start_from")
+"""The keys of ``kafka`` only a storer (role store) reads: a collector refuses them (a
+collector's ``format`` is always flowenricher, so it may say so) and its effective config
+leaves them out."""
+
+
 def kafka_problems(kafka: Mapping[str, Any]) -> Problems:
     """What the schema cannot say of ``kafka``: enabled needs brokers; a collector
     produces flowenricher records only, and takes no consumer settings."""
@@ -324,7 +341,7 @@ def kafka_problems(kafka: Mapping[str, Any]) -> Problems:
         if kafka.get("format") == "goflow2":
             problems.append((("format",), "role collect produces flowenricher records; goflow2 is a format a "
                                           "storer (role store) reads"))
-        for key in ("group_id", "block_records", "start_from"):
-            if key in kafka:
+        for key in CONSUMER_KEYS:
+            if key in kafka and key != "format":
                 problems.append(((key,), f"{key} is a consumer setting (role store); role collect produces"))
     return problems
