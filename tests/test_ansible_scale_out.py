@@ -126,23 +126,24 @@ def test_a_collector_and_its_storers_render_valid_configs(tmp_path: Path) -> Non
         assert storer.kafka.format == "flowenricher" and storer.clickhouse.cluster == "flows_cluster"
 
 
-def test_a_storer_with_an_owner_but_no_token_is_refused_by_the_preflight(tmp_path: Path) -> None:
+def _storer_refused(tmp_path: Path, old: str, new: str, match: str) -> None:
+    """The example inventory with `old` replaced by `new` in the storers' group_vars: the
+    preflight refuses a storer with a message matching `match`."""
     example = tmp_path / "example"
     shutil.copytree(REPO / "inventory.example", example)
     storers = example / "group_vars" / "storers.yml"
     text = storers.read_text()
-    assert 'flowenricher_blackhole_owner_token: "{{ vault_blackhole_owner_token }}"' in text
-    storers.write_text(text.replace('"{{ vault_blackhole_owner_token }}"', '""'))
-    with pytest.raises(AssertionError, match="flowenricher_blackhole_owner_token must hold an admin"):
+    assert old in text
+    storers.write_text(text.replace(old, new))
+    with pytest.raises(AssertionError, match=match):
         _render(tmp_path / "run", {"storers": ["storer-1"]}, example)
+
+
+def test_a_storer_with_an_owner_but_no_token_is_refused_by_the_preflight(tmp_path: Path) -> None:
+    _storer_refused(tmp_path, '"{{ vault_blackhole_owner_token }}"', '""',
+                    "flowenricher_blackhole_owner_token must hold an admin")
 
 
 def test_a_storer_without_brokers_is_refused_by_the_preflight(tmp_path: Path) -> None:
-    example = tmp_path / "example"
-    shutil.copytree(REPO / "inventory.example", example)
-    storers = example / "group_vars" / "storers.yml"
-    text = storers.read_text()
-    assert "flowenricher_kafka_brokers: [" in text
-    storers.write_text(text.replace("flowenricher_kafka_brokers: [", "flowenricher_kafka_brokers: []\n# ["))
-    with pytest.raises(AssertionError, match="needs flowenricher_kafka_brokers"):
-        _render(tmp_path / "run", {"storers": ["storer-1"]}, example)
+    _storer_refused(tmp_path, "flowenricher_kafka_brokers: [", "flowenricher_kafka_brokers: []\n# [",
+                    "needs flowenricher_kafka_brokers")
