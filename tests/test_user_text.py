@@ -11,6 +11,7 @@ import argparse
 import ast
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,18 @@ def test_examples_name_no_source_file(path: Path) -> None:
              for number, text in enumerate(path.read_text().splitlines(), 1)
              if re.search(r"#.*\b[\w/]+\.py\b", text)]
     assert lines == []
+
+
+def test_no_merge_conflict_markers_in_the_tree() -> None:
+    """A merge left half-resolved ships both sides and the markers to every reader (the
+    README once did).  Every tracked text file is read; the markers are whole lines."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    marker = re.compile(r"^(<{7} |>{7} |={7}$)", re.MULTILINE)
+    found = []
+    for name in tracked:
+        try:
+            text = (REPO / name).read_text()
+        except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):
+            continue
+        found += [f"{name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)!r}" for m in marker.finditer(text)]
+    assert found == []
