@@ -7,8 +7,10 @@ protobuf >= 7.35).  protoc writes ``import gobgp_pb2`` as a top-level import, wh
 works with the output directory on ``sys.path``; the imports between the generated
 modules are rewritten to package-relative ones so the stubs live inside our package.
 
-The generated directory is not committed (``.gitignore``); tests/run.sh runs this script
-before lint and types.  Usage::
+The generated modules are committed, so that an installed package has them without
+grpcio-tools; run this script again when GoBGP's protos change (tests/run.sh runs it only
+where a checkout lacks them: each run would otherwise rewrite the committed files with
+the installed grpcio-tools' version string).  Usage::
 
     python tools/gen_gobgp_stubs.py [--proto-dir DIR] [--out DIR]
 """

@@ -1,8 +1,8 @@
 """The generated GoBGP API modules, imported in one place so that a missing generation
 step fails with the command that fixes it instead of a bare ModuleNotFoundError.
 
-The stubs are built from GoBGP's own .proto files by tools/gen_gobgp_stubs.py (see
-there for why they are generated, not committed).
+The stubs are built from GoBGP's own .proto files by tools/gen_gobgp_stubs.py, and
+committed (see there).
 """
 
 from __future__ import annotations
