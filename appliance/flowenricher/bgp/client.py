@@ -12,7 +12,7 @@ Two ways to read the whole table, because of a limit of gobgpd:
   fails with RESOURCE_EXHAUSTED;
 * ``ListPath`` sends one message per prefix: any size, little memory on our side, but
   slower from Python (tens of µs of gRPC work per message); gobgpd builds a whole
-  answer in memory before sending it (:meth:`list_best_paths`).  To lose no change
+  answer in memory before sending it (:meth:`list_best_routes`).  To lose no change
   while listing, the watch is opened first *without* the init dump and with peer events:
   gobgpd registers the best-path watcher and queues its peer "end of init" event in one
   step, so once that event has arrived, every change after the listing's snapshot is
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, cast
 
 import grpc
@@ -47,7 +47,7 @@ from google.protobuf import any_pb2
 
 from ..common.bgp_values import U32, BgpValueError, next_hop_for, parse_community, parse_prefix
 from ..errors import FlowEnricherError
-from .route import V4, V4_MAPPED, V6, RouteAttributes, address_bytes, flatten_as_path
+from .route import V4, V4_MAPPED, V6, RouteAttributes, RouteParts, address_bytes, flatten_as_path
 from .stubs import attribute_pb2 as attrs_pb
 from .stubs import gobgp_pb2 as api
 from .stubs import gobgp_pb2_grpc as api_grpc
@@ -132,27 +132,9 @@ class PathChange(NamedTuple):
 # BGP path attribute type codes (RFC 4271 section 5, RFC 1997, RFC 4760).
 _AS_PATH, _NEXT_HOP, _LOCAL_PREF, _COMMUNITIES, _MP_REACH = 2, 3, 5, 8, 14
 _EXTENDED_LENGTH = 0x10
-
-
-def wire_attributes(pattrs: Iterable[bytes]) -> dict[int, bytes]:
-    """Type code -> value of path attributes in BGP's wire form, one attribute per item
-    (gobgpd's ``pattrs_binary``: flags, type, a 1- or 2-byte length, the value).  An item
-    shorter than its header or its stated length is left out (ValueError is not raised:
-    the path keeps what could be read, as a router treats an attribute it cannot parse)."""
-    found: dict[int, bytes] = {}
-    for raw in pattrs:
-        if len(raw) < 3:
-            continue
-        if raw[0] & _EXTENDED_LENGTH:
-            if len(raw) < 4:
-                continue
-            size, start = raw[2] << 8 | raw[3], 4
-        else:
-            size, start = raw[2], 3
-        if len(raw) - start != size:
-            continue
-        found[raw[1]] = raw[start:]
-    return found
+_NO_AS_PATH: tuple[tuple[int, ...], int, int] = ((), 0, 0)
+_NO_HOP = bytes(16)
+_MISSING = object()
 
 
 def wire_as_path(value: bytes) -> list[tuple[int, list[int]]] | None:
@@ -174,20 +156,35 @@ def wire_as_path(value: bytes) -> list[tuple[int, list[int]]] | None:
     return segments
 
 
-def wire_next_hop(attrs: Mapping[int, bytes]) -> bytes:
-    """The next hop in the flow columns' 16-byte form: MP_REACH_NLRI's first (global)
-    address for IPv6 (RFC 4760 3, RFC 2545), else NEXT_HOP; zeros when neither parses."""
-    mp = attrs.get(_MP_REACH)
-    if mp is not None and len(mp) >= 4:
-        size = mp[3]
-        hop = mp[4:4 + size]
+def _mp_reach_hop(value: bytes) -> bytes | None:
+    """MP_REACH_NLRI's first next hop (16 bytes), or None when it has none that parses."""
+    if len(value) >= 4:
+        size = value[3]
+        hop = value[4:4 + size]
         if len(hop) == size:
             if size in (16, 32):
                 return hop[:16]
             if size == 4:
                 return V4_MAPPED + hop
-    hop = attrs.get(_NEXT_HOP, b"")
-    return V4_MAPPED + hop if len(hop) == 4 else bytes(16)
+    return None
+
+
+def _next_hop(value: bytes) -> bytes | None:
+    return V4_MAPPED + value if len(value) == 4 else None
+
+
+def _attribute_value(raw: bytes) -> bytes | None:
+    """The value of one attribute in wire form (flags, type, 1- or 2-byte length, value),
+    or None when it is shorter than its header or its stated length."""
+    if len(raw) < 3:
+        return None
+    if raw[0] & _EXTENDED_LENGTH:
+        if len(raw) < 4:
+            return None
+        size, start = raw[2] << 8 | raw[3], 4
+    else:
+        size, start = raw[2], 3
+    return raw[start:] if len(raw) - start == size else None
 
 
 def wire_prefix_key(family: int, nlri: bytes) -> bytes | None:
@@ -204,12 +201,15 @@ def wire_prefix_key(family: int, nlri: bytes) -> bytes | None:
 
 
 class PathDecoder:
-    """Turns API paths into :class:`PathChange` s, decoding each distinct attribute value
-    once; the caches are emptied when they pass `cache_limit` entries, so memory stays
-    bounded whatever the table.  A path comes ``Any``-packed (the watch) or in BGP's
-    wire form (the listing, ``enable_only_binary``)."""
+    """Turns API paths into routes, decoding each distinct attribute value once.  A path
+    comes ``Any``-packed (the watch) or in BGP's wire form (the listing,
+    ``enable_only_binary``).  Each cache is emptied on its own when it passes
+    `cache_limit` entries, so memory stays bounded whatever the table, and a kind of
+    attribute that rarely repeats (communities in some tables) does not flush the AS
+    paths, which repeat most.  Wire-form attributes are cached whole, header included:
+    the bytes that key the cache are the bytes decoded."""
 
-    def __init__(self, cache_limit: int = 100_000) -> None:
+    def __init__(self, cache_limit: int = 200_000) -> None:
         self.cache_limit = cache_limit
         self.skipped = 0  # paths of other families (VPN, EVPN, flowspec...)
         self.malformed = 0  # wire-form prefixes (left out) and AS paths (read as empty) that do not parse
@@ -219,8 +219,8 @@ class PathDecoder:
         self._communities: dict[bytes, tuple[int, ...]] = {}
         self._routes: dict[tuple[bytes, bytes, bytes, bytes], RouteAttributes] = {}
         self._wire_as_paths: dict[bytes, tuple[tuple[int, ...], int, int]] = {}
-        self._wire_routes: dict[tuple[bytes, bytes, bytes, bytes], RouteAttributes] = {}
-        self._wire_whole: dict[tuple[bytes, ...], RouteAttributes] = {}
+        self._wire_communities: dict[bytes, tuple[int, ...]] = {}
+        self._wire_small: dict[bytes, Any] = {}  # NEXT_HOP and LOCAL_PREF attributes: a handful of values
 
     def changes(self, paths: Iterable[Any]) -> Iterator[PathChange]:
         """The changes for API `paths` of IPv4/IPv6 unicast (others are counted in skipped)."""
@@ -235,7 +235,7 @@ class PathDecoder:
                 if key is None:
                     self.malformed += 1
                     continue
-                yield PathChange(key, None if path.is_withdraw else self.wire_route(path.pattrs_binary, family == V4))
+                yield PathChange(key, None if path.is_withdraw else self.wire_route(path.pattrs_binary))
                 continue
             if not path.nlri.type_url.endswith(".IPAddressPrefix"):
                 self.skipped += 1
@@ -247,47 +247,95 @@ class PathDecoder:
                 key = b"\x06" + socket.inet_pton(socket.AF_INET6, nlri.prefix) + bytes((nlri.prefix_len,))
             yield PathChange(key, None if path.is_withdraw else self.route(path.pattrs))
 
-    def _trim(self) -> None:
-        caches: tuple[dict[Any, Any], ...] = (self._as_paths, self._next_hops, self._local_prefs, self._communities,
-                                              self._routes, self._wire_as_paths, self._wire_routes, self._wire_whole)
-        if any(len(cache) > self.cache_limit for cache in caches):
-            for cache in caches:
-                cache.clear()
+    def listed(self, paths: Iterable[Any], family: int) -> Iterator[tuple[bytes, RouteParts]]:
+        """The prefix key and attributes of each best path among wire-form `paths` of
+        `family`, as a listing gives them (withdrawals and prefixes that do not parse are
+        left out, the latter counted).  The mirror's full load: one loop, no object per
+        prefix beyond the key and the tuple (docs/performance.md)."""
+        parts = self.wire_parts
+        for path in paths:
+            if not path.best or path.is_withdraw:
+                continue
+            key = wire_prefix_key(family, path.nlri_binary)
+            if key is None:
+                self.malformed += 1
+                continue
+            yield key, parts(path.pattrs_binary)
 
-    def wire_route(self, pattrs: Sequence[bytes], whole: bool = False) -> RouteAttributes:
-        """The attributes of a path in BGP's wire form (one attribute per item).  With
-        `whole`, the attributes as given are cached together too: right for IPv4, whose
-        attributes hold no prefix, so whole sets repeat; an IPv6 path's MP_REACH_NLRI
-        carries its own prefix and would only fill the cache."""
-        if whole:
-            raw = tuple(pattrs)
-            known = self._wire_whole.get(raw)
-            if known is None:
-                known = self.wire_route(raw)
-                self._trim()
-                self._wire_whole[raw] = known
-            return known
-        attrs = wire_attributes(pattrs)
-        as_path, local_pref, communities = attrs.get(_AS_PATH, b""), attrs.get(_LOCAL_PREF, b""), attrs.get(
-            _COMMUNITIES, b"")
-        hop = wire_next_hop(attrs)
-        key = (as_path, hop, local_pref, communities)
-        route = self._wire_routes.get(key)
-        if route is None:
-            found = self._wire_as_paths.get(as_path)
-            if found is None:
-                segments = wire_as_path(as_path)
-                if segments is None:
-                    self.malformed += 1
-                found = flatten_as_path(segments or ())
-                self._wire_as_paths[as_path] = found
-            path, origin, neighbor = found
-            route = RouteAttributes(path, origin, neighbor, hop,
-                                    int.from_bytes(local_pref, "big") if len(local_pref) == 4 else 0,
-                                    struct.unpack(f">{len(communities) // 4}I", communities[:len(communities) // 4 * 4]))
-            self._trim()
-            self._wire_routes[key] = route
-        return route
+    def _trim(self, cache: dict[Any, Any]) -> None:
+        if len(cache) >= self.cache_limit:
+            cache.clear()
+
+    def wire_route(self, pattrs: Sequence[bytes]) -> RouteAttributes:
+        """The attributes of a path in BGP's wire form (one attribute per item)."""
+        return RouteAttributes(*self.wire_parts(pattrs))
+
+    def wire_parts(self, pattrs: Iterable[bytes]) -> RouteParts:
+        """:meth:`wire_route` as :data:`RouteParts`.  An attribute shorter than its header
+        or its stated length is left out, as if absent (as a router treats an attribute it
+        cannot parse); of an attribute given twice, the last one that is not left out
+        counts; MP_REACH_NLRI's next hop, when it parses, wins over NEXT_HOP's (RFC 4760
+        3, RFC 2545: its first, global address); zeros when neither parses."""
+        as_path: tuple[tuple[int, ...], int, int] = _NO_AS_PATH
+        communities: tuple[int, ...] = ()
+        local_pref = 0
+        hop: bytes | None = None
+        mp_hop: bytes | None = None
+        small = self._wire_small
+        for raw in pattrs:
+            kind = raw[1] if len(raw) > 1 else 0
+            if kind == _AS_PATH:
+                found = self._wire_as_paths.get(raw)
+                if found is None:
+                    found = self._wire_as_path(raw)
+                    if found is None:
+                        continue
+                as_path = found
+            elif kind == _COMMUNITIES:
+                comms = self._wire_communities.get(raw)
+                if comms is None:
+                    value = _attribute_value(raw)
+                    if value is None:
+                        continue
+                    comms = struct.unpack(f">{len(value) // 4}I", value[:len(value) // 4 * 4])
+                    self._trim(self._wire_communities)
+                    self._wire_communities[raw] = comms
+                communities = comms
+            elif kind in (_LOCAL_PREF, _NEXT_HOP):
+                known = small.get(raw, _MISSING)
+                if known is _MISSING:
+                    value = _attribute_value(raw)
+                    if value is None:
+                        continue
+                    known = (int.from_bytes(value, "big") if len(value) == 4 else 0) if kind == _LOCAL_PREF \
+                        else _next_hop(value)
+                    self._trim(small)
+                    small[raw] = known
+                if kind == _LOCAL_PREF:
+                    local_pref = known
+                else:
+                    hop = known
+            elif kind == _MP_REACH:  # holds the prefix too: never repeats, never cached
+                mp_value = _attribute_value(raw)
+                if mp_value is not None:
+                    mp_hop = _mp_reach_hop(mp_value)
+        next_hop = mp_hop if mp_hop is not None else hop if hop is not None else _NO_HOP
+        return as_path[0], as_path[1], as_path[2], next_hop, local_pref, communities
+
+    def _wire_as_path(self, raw: bytes) -> tuple[tuple[int, ...], int, int] | None:
+        """The AS path attribute `raw` flattened (cached), or None when it is to be left out
+        (shorter than its header or its stated length).  Segments that do not parse count
+        as malformed and read as an empty path."""
+        value = _attribute_value(raw)
+        if value is None:
+            return None
+        segments = wire_as_path(value)
+        if segments is None:
+            self.malformed += 1
+        found = flatten_as_path(segments or ())
+        self._trim(self._wire_as_paths)
+        self._wire_as_paths[raw] = found
+        return found
 
     def route(self, pattrs: Sequence[any_pb2.Any]) -> RouteAttributes:
         as_path = next_hop = local_pref = communities = b""
@@ -310,6 +358,7 @@ class PathDecoder:
             hop = self._next_hops.get(next_hop)
             if hop is None:
                 hop = address_bytes(attrs_pb.NextHopAttribute.FromString(next_hop).next_hop)
+                self._trim(self._next_hops)
                 self._next_hops[next_hop] = hop
         key = (as_path, hop, local_pref, communities)
         route = self._routes.get(key)
@@ -317,7 +366,7 @@ class PathDecoder:
             path, origin, neighbor = self._as_path(as_path)
             route = RouteAttributes(path, origin, neighbor, hop, self._local_pref(local_pref),
                                     self._community_list(communities))
-            self._trim()
+            self._trim(self._routes)
             self._routes[key] = route
         return route
 
@@ -326,12 +375,14 @@ class PathDecoder:
         if found is None:
             segments = attrs_pb.AsPathAttribute.FromString(raw).segments
             found = flatten_as_path((int(s.type), list(s.numbers)) for s in segments)
+            self._trim(self._as_paths)
             self._as_paths[raw] = found
         return found
 
     def _local_pref(self, raw: bytes) -> int:
         found = self._local_prefs.get(raw)
         if found is None:
+            self._trim(self._local_prefs)
             found = self._local_prefs[raw] = int(attrs_pb.LocalPrefAttribute.FromString(raw).local_pref)
         return found
 
@@ -339,6 +390,7 @@ class PathDecoder:
         found = self._communities.get(raw)
         if found is None:
             found = tuple(attrs_pb.CommunitiesAttribute.FromString(raw).communities)
+            self._trim(self._communities)
             self._communities[raw] = found
         return found
 
@@ -481,36 +533,45 @@ class GoBgpClient:
             table=api.WatchEventRequest.Table(filters=[api.WatchEventRequest.Table.Filter(type=_BEST, init=init)]))
         return WatchStream(self.target, self._stub.WatchEvent(request), init)
 
-    def list_best_paths(self, family: int, decoder: PathDecoder | None = None) -> Iterator[PathChange]:
-        """The best path of every prefix of `family` (4 or 6), streamed (ListPath), in
-        BGP's wire form (``enable_only_binary``: see the module docstring).
+    def list_best_routes(self, families: Sequence[int] = (V4, V6), decoder: PathDecoder | None = None
+                         ) -> Generator[tuple[bytes, RouteParts], None, None]:
+        """The prefix key and attributes of the best path of every prefix of `families`
+        (4, 6), streamed (ListPath), in BGP's wire form (``enable_only_binary``: see the
+        module docstring), decoded by :meth:`PathDecoder.listed`.
 
-        One call for the whole family.  Tried and dropped: asking for one /8 at a time
-        (LONGER and SHORTER lookups) to bound gobgpd's memory, since gobgpd 3.10 builds a
-        whole answer before sending it.  Each lookup costs gobgpd about as much as a
-        whole listing (it copies the table into a new tree first, GetLongerPrefixDestinations):
-        on the full table, three pieces took three minutes (measured here).
+        One call per family, all asked for at once: gobgpd builds each answer whole
+        before its first message, so the IPv6 answer is built while the IPv4 one is
+        read instead of after it (about 2 s of a full table, when read one after the
+        other); HTTP/2 flow control holds its messages until they are read.
+        Tried and dropped: asking for one /8 at a time (LONGER and SHORTER lookups) to
+        bound gobgpd's memory.  Each lookup costs gobgpd about as much as a whole listing
+        (it copies the table into a new tree first, GetLongerPrefixDestinations): on the
+        full table, three pieces took three minutes (measured here).
         """
-        afi = api.Family.AFI_IP if family == V4 else api.Family.AFI_IP6
-        request = api.ListPathRequest(table_type=api.GLOBAL, family=api.Family(afi=afi, safi=api.Family.SAFI_UNICAST),
-                                      enable_only_binary=True)
-        yield from self._list(request, decoder or PathDecoder())
-
-    def _list(self, request: Any, decoder: PathDecoder) -> Iterator[PathChange]:
+        decoder = decoder or PathDecoder()
         # A channel of its own, with gRPC's single-threaded unary-stream mode: the
         # reading thread drives the call itself instead of taking each message from
         # gRPC's polling thread through a lock, which measured 2-3x faster over a listing
         # of one message per prefix (docs/performance.md).  The watch keeps the shared
         # channel: it is cancelled from another thread, which this mode is not meant for.
         channel = grpc.insecure_channel(self.target, options=[*CHANNEL_OPTIONS, (SINGLE_THREADED_UNARY_STREAM, 1)])
-        call = cast(Callable[[grpc.Channel], Any], api_grpc.GobgpApiStub)(channel).ListPath(request)
+        stub = cast(Callable[[grpc.Channel], Any], api_grpc.GobgpApiStub)(channel)
+        calls = []
+        listed = decoder.listed
         try:
-            for response in call:
-                yield from decoder.changes(p for p in response.destination.paths if p.best)
+            for family in families:
+                afi = api.Family.AFI_IP if family == V4 else api.Family.AFI_IP6
+                calls.append((family, stub.ListPath(api.ListPathRequest(
+                    table_type=api.GLOBAL, family=api.Family(afi=afi, safi=api.Family.SAFI_UNICAST),
+                    enable_only_binary=True))))
+            for family, call in calls:
+                for response in call:
+                    yield from listed(response.destination.paths, family)
         except grpc.RpcError as err:
             raise rpc_error(self.target, "ListPath", err) from err
         finally:
-            call.cancel()
+            for _, call in calls:
+                call.cancel()
             channel.close()
 
     def add_path(self, prefix: str, next_hop: str, communities: Sequence[str | int] = (),

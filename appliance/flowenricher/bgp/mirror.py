@@ -33,6 +33,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import closing
+from itertools import islice
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -158,10 +160,10 @@ class RibMirror:
             if not dump:
                 stream.wait_registered()
                 builder = self.state.new_builder()
-                for family in (4, 6):
-                    for key, route in client.list_best_paths(family):
-                        if route is not None and builder.add(key, route) % 10_000 == 0 and self._stop.is_set():
-                            return  # a full listing takes a minute: stop() must not wait for it
+                with closing(client.list_best_routes()) as routes:
+                    while builder.extend(islice(routes, 10_000)):
+                        if self._stop.is_set():
+                            return  # a full listing takes half a minute: stop() must not wait for it
                 self._loaded(builder, started, "ListPath")
                 del builder
             try:

@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..batch import U8, ListColumn, addr_is_v4, str_to_addr
-from .route import KEY_LEN, V4, IPNetwork, RouteAttributes, key_to_network
+from .route import KEY_LEN, V4, IPNetwork, RouteAttributes, RouteParts, key_to_network, route_parts
 
 KEY = np.dtype(f"S{KEY_LEN}")
 Rows = npt.NDArray[np.int64]
@@ -200,18 +200,31 @@ class RouteBuilder:
 
     def add(self, key: bytes, route: RouteAttributes) -> int:
         """Append `route` for the prefix `key`; its row number."""
-        if len(key) != KEY_LEN:
-            raise ValueError(f"a prefix key is {KEY_LEN} bytes, not {len(key)}")
-        self._keys += key
-        self._origin.append(route.origin_as)
-        self._neighbor.append(route.neighbor_as)
-        self._local_pref.append(route.local_pref)
-        self._hop.append(self.next_hops.id(route.next_hop))
-        self._path.extend(route.as_path)
-        self._path_ends.append(len(self._path))
-        self._comm.extend(route.communities)
-        self._comm_ends.append(len(self._comm))
+        self.extend(((key, route_parts(route)),))
         return len(self._origin) - 1
+
+    def extend(self, rows: Iterable[tuple[bytes, RouteParts]]) -> int:
+        """Append the routes of `rows` (prefix key, attributes); how many.  The loop of a
+        full table's load: its appends are bound once, not looked up per route."""
+        keys, hop_id = self._keys, self.next_hops.id
+        origin, neighbor, local_pref, hop = (self._origin.append, self._neighbor.append, self._local_pref.append,
+                                             self._hop.append)
+        path, path_ends, comm, comm_ends = self._path, self._path_ends.append, self._comm, self._comm_ends.append
+        added = 0
+        for key, (as_path, origin_as, neighbor_as, next_hop, pref, communities) in rows:
+            if len(key) != KEY_LEN:
+                raise ValueError(f"a prefix key is {KEY_LEN} bytes, not {len(key)}")
+            keys += key
+            origin(origin_as)
+            neighbor(neighbor_as)
+            local_pref(pref)
+            hop(hop_id(next_hop))
+            path.extend(as_path)
+            path_ends(len(path))
+            comm.extend(communities)
+            comm_ends(len(comm))
+            added += 1
+        return added
 
     def table(self, copy: bool = True) -> RouteTable:
         """The rows so far.  ``copy=False`` shares the builder's memory (no copy of a full

@@ -56,6 +56,18 @@ class RouteAttributes:
     communities: tuple[int, ...] = ()
 
 
+RouteParts = tuple[tuple[int, ...], int, int, bytes, int, tuple[int, ...]]
+"""A route's attributes as a plain tuple, in :class:`RouteAttributes`' field order (AS
+path, origin AS, neighbour AS, next hop, LOCAL_PREF, communities): what a table listing
+carries per prefix into the RIB's builder.  A frozen dataclass per prefix of a full table
+would cost about a second of the load for an object that is dropped at once."""
+
+
+def route_parts(route: RouteAttributes) -> RouteParts:
+    """`route` as :data:`RouteParts`."""
+    return route.as_path, route.origin_as, route.neighbor_as, route.next_hop, route.local_pref, route.communities
+
+
 def flatten_as_path(segments: Iterable[tuple[int, Sequence[int]]]) -> tuple[tuple[int, ...], int, int]:
     """(path, origin AS, neighbour AS) from AS path segments given as (type, numbers).
 
