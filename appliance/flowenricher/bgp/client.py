@@ -27,9 +27,9 @@ for a prefix is its state.
 
 The watch's attributes arrive ``Any``-packed.  The listing asks for them as BGP's own
 wire bytes (``enable_only_binary``): gobgpd then skips building an ``Any`` per attribute
-and prefix, which cut the growth of its heap during a full listing (peak 1.12-1.27x its
-steady RSS, against 2.2x with ``Any``s: docs/performance.md), and the bytes are decoded
-here (:class:`PathDecoder`, RFC 4271 and RFC 4760 layouts).  Either way, identical
+and prefix, which cut the growth of its heap during a full listing (peak 1.12-1.37x its
+steady RSS over five runs, against 2.2x with ``Any``s: docs/performance.md), and the bytes
+are decoded here (:class:`PathDecoder`, RFC 4271 and RFC 4760 layouts).  Either way, identical
 attribute values are decoded once (bounded caches), since in a full table most prefixes
 share their AS path, communities and next hop with many others.
 """
