@@ -41,7 +41,7 @@ def _run(argv: list[str], timeout: float = 600, env: dict[str, str] | None = Non
 
 
 def test_yamllint() -> None:
-    done = _run([_tool("yamllint"), "-f", "parsable", "-c", "ansible/yamllint.yml", *DEPLOYMENT])
+    done = _run([_tool("yamllint"), "--strict", "-f", "parsable", "-c", "ansible/yamllint.yml", *DEPLOYMENT])
     assert done.returncode == 0, done.stdout + done.stderr
 
 
