@@ -4,7 +4,7 @@ destination address, with a spool on disk for when no broker takes them.
 
 The producer is idempotent with ``acks=all`` (librdkafka: a retried send is written once
 per partition, in order) and compresses with ZSTD (docs/performance.md: 21 bytes per flow
-against 157 raw).  Each batch is split by :func:`~.blocks.dst_partitions` and each
+against 157 raw).  Each batch is split by :func:`~.blocks.address_partitions` (``dst_addr``) and each
 partition's rows become one record (more when over :data:`~.blocks.MAX_RECORD_BYTES` or a
 quarter of ``kafka.buffer_max_bytes``: a record bigger than the producer's memory could
 never be sent), sent to that partition explicitly.
