@@ -192,7 +192,7 @@ class KafkaOutput:
         def delivered(err: Any, message: Any) -> None:
             value = message.value() or b""
             if err is None:
-                rows = _rows(value)
+                rows = record_rows(value)
                 self.records.inc()
                 self.produced.inc(rows)
                 if replay is not None:
@@ -289,6 +289,6 @@ class KafkaOutput:
         self._producer.poll(0)
 
 
-def _rows(value: bytes) -> int:
+def record_rows(value: bytes) -> int:
     """The row count in a record's header (0 for anything else)."""
     return int.from_bytes(value[4:8], "little") if len(value) >= 8 else 0
