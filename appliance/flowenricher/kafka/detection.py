@@ -41,6 +41,7 @@ from ..detect.engine import EVALUATED_COLUMNS
 from ..detect.rules import Rule
 from ..errors import KafkaTopicError
 from .blocks import MAX_RECORD_BYTES, RecordError, decode_record, encode_records, split_by_partition
+from .input import is_error
 from .output import record_rows
 
 log = logging.getLogger(__name__)
@@ -195,11 +196,7 @@ class DetectionExchange:
         messages = self._consumer.consume(POLL_RECORDS, POLL_TIMEOUT_S)
         by_key: dict[str, list[FlowBatch]] = {key: [] for key in KEY_COLUMNS}
         for message in messages:
-            error = message.error()
-            if error is not None:
-                if not error.retriable() and error.fatal():
-                    raise RuntimeError(f"kafka: {error}")
-                log.warning("kafka: detection topic: %s", error)
+            if is_error(message):
                 continue
             key = (message.key() or b"").decode(errors="replace")
             try:
