@@ -327,3 +327,18 @@ def test_a_missing_detection_topic_stops_the_storer_with_its_name(kafka_lab: Kaf
             storer.stop()
     assert code != 0
     assert "kafka.detection_topic: topic 'no-such-detection-topic' is not usable" in storer.output()
+
+
+def test_brokers_away_at_start_start_anyway_and_count_what_is_not_detected_on() -> None:
+    """No broker answers: the storer is not refused (it stores meanwhile); the rows it
+    cannot route are counted, not raised."""
+    registry = CollectorRegistry()
+    settings = DetectionExchangeSettings((f"127.0.0.1:{free_port(socket.SOCK_STREAM)}",), "detection", "g",
+                                         metadata_timeout_s=1)
+    exchange = DetectionExchange(settings, DetectionEngine(parse_rule_set([SCAN, SWARM]), []), registry)
+    try:
+        exchange.process(_scan(int(time.time())))
+    finally:
+        exchange.close()
+    assert registry.get_sample_value("flowenricher_kafka_detection_rows_dropped_total",
+                                     {"reason": "no_metadata"}) == 2 * 60

@@ -52,6 +52,12 @@ the rule key, as bytes)."""
 GROUP_SUFFIX = "-detection"
 """The exchange's consumer group is ``kafka.group_id`` + this."""
 METADATA_EVERY_S = 60.0
+PRODUCER_MEMORY_KB = 64 * 1024
+"""What the exchange's producer holds while the brokers do not take records (librdkafka's
+default is 1 GB); beyond it rows are dropped and counted (``producer_full``)."""
+RECORD_TIMEOUT_MS = 300_000
+"""A record not delivered within this is dropped and counted (``not_delivered``): flows
+older than a rule's window would not be counted anyway."""
 POLL_RECORDS = 500
 POLL_TIMEOUT_S = 0.2
 
@@ -91,7 +97,8 @@ class DetectionExchange:
         common = {"bootstrap.servers": ",".join(settings.brokers),
                   "logger": logging.getLogger("flowenricher.kafka.client"), **settings.client_options}
         self._producer = Producer({**common, "compression.type": "zstd", "linger.ms": 20,
-                                   "allow.auto.create.topics": False})
+                                   "queue.buffering.max.kbytes": PRODUCER_MEMORY_KB,
+                                   "message.timeout.ms": RECORD_TIMEOUT_MS, "allow.auto.create.topics": False})
         self._partitions: int | None = None
         self._metadata_at = float("-inf")
         self.produced = Counter("flowenricher_kafka_detection_produced_rows_total",
