@@ -115,3 +115,15 @@ def test_config_roles() -> None:
                                 "start_from": "latest"}})
     assert "config: $.kafka.start_from: start_from is a consumer setting (role store); role collect produces" \
         in str(err.value)
+
+
+def test_detection_topic_is_a_storer_setting() -> None:
+    assert parse_config({}).kafka.detection_topic is None
+    store = parse_config({"kafka": {"enabled": True, "brokers": ["127.0.0.1:9092"], "detection_topic": "det"}})
+    assert store.kafka.detection_topic == "det"
+    with pytest.raises(ConfigError) as err:
+        parse_config({"kafka": {"enabled": True, "role": "collect", "brokers": ["127.0.0.1:9092"],
+                                "detection_topic": "det"}})
+    assert "config: $.kafka.detection_topic: detection_topic is a consumer setting (role store)" in str(err.value)
+    with pytest.raises(ConfigError, match=r"\$\.kafka\.detection_topic"):
+        parse_config({"kafka": {"detection_topic": ""}})
