@@ -106,6 +106,7 @@ def test_a_storer_of_goflow2_records_renders_a_valid_config(tmp_path: Path) -> N
     assert list(storer.kafka.brokers) == ["kafka-1.example.net:9092", "kafka-2.example.net:9092",
                                           "kafka-3.example.net:9092"]
     assert (storer.kafka.topic, storer.kafka.group_id) == ("flows", "flowenricher")
+    assert storer.kafka.detection_topic is None  # the example leaves the exchange off
     ch = storer.clickhouse
     assert (ch.host, ch.port, ch.secure, ch.cluster) == ("clickhouse-1.example.net", 8443, True, "flows_cluster")
     assert ch.password == "change-me-writer-secret"  # the vault's vault_clickhouse_writer_password
@@ -124,6 +125,17 @@ def test_a_collector_and_its_storers_render_valid_configs(tmp_path: Path) -> Non
     for name in ("storer-1", "storer-2"):
         storer = configs[name]["settings"]
         assert storer.kafka.format == "flowenricher" and storer.clickhouse.cluster == "flows_cluster"
+
+
+def test_a_storer_with_a_detection_topic_renders_it(tmp_path: Path) -> None:
+    example = tmp_path / "example"
+    shutil.copytree(REPO / "inventory.example", example)
+    storers = example / "group_vars" / "storers.yml"
+    old = "# flowenricher_kafka_detection_topic: flows-detection"
+    assert old in storers.read_text()
+    storers.write_text(storers.read_text().replace(old, old[2:]))
+    configs = _render(tmp_path / "run", {"storers": ["storer-1"]}, example)
+    assert configs["storer-1"]["settings"].kafka.detection_topic == "flows-detection"
 
 
 def _storer_refused(tmp_path: Path, old: str, new: str, match: str) -> None:

@@ -278,3 +278,20 @@ def test_reload_keeps_the_windows_of_unchanged_rules() -> None:
     assert [r.name for r in engine.rules] == ["scan", "other"]
     engine.reload(parse_rule_set([{**SCAN, "enabled": False}]))
     assert engine.rules == []
+
+
+def test_keys_restrict_a_batch_to_the_rules_of_that_key() -> None:
+    """process(batch, keys=...) counts the batch only into rules keyed by one of `keys`
+    (what the detection exchange does with rows partitioned by source or destination)."""
+    by_dst = {"name": "many_sources", "key": "dst", "unique_src_ips": 50, "time_window": "60s", "action": "alert"}
+    engine, sink, _ = engine_with(parse_rule_set([SCAN, by_dst]))
+    scan = flows(60, "203.0.113.7", hosts(60), at=T0)
+    engine.process(scan, keys=("dst",))
+    assert sink.detections == []
+    engine.process(scan, keys=("src",))
+    assert sink.keys() == {(SCAN["name"], "src", "203.0.113.7")}
+    engine.process(flows(60, hosts(60, "198.51.100"), "84.54.49.1", at=T0), keys=("src",))
+    assert {d.rule for d in sink.detections} == {SCAN["name"]}
+    engine.process(flows(60, hosts(60, "198.51.100"), "84.54.49.1", at=T0), keys=("dst",))
+    found = sink.keys()
+    assert ("many_sources", "dst", "84.54.49.1") in found

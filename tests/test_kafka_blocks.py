@@ -74,13 +74,20 @@ def test_hostile_records_are_counted_never_raised(noise: bytes, cut: int) -> Non
     assert decoder.stats.dropped["kafka"][b.MALFORMED] >= 1
 
 
-def test_dst_partitions_is_stable_and_keeps_a_destination_together() -> None:
+def test_address_partitions_is_stable_and_keeps_a_destination_together() -> None:
     rows = np.frombuffer(b"".join(str_to_addr(a) for a in ("192.0.2.1", "2001:db8::1", "198.51.100.7")),
                          np.uint8).reshape(-1, 16)
     # Fixed values: a change of the key would move every destination to another storer
     # while collectors of the old and new versions run side by side.
-    assert b.dst_partitions(rows, 12).tolist() == b.dst_partitions(rows.copy(), 12).tolist()
-    assert b.dst_partitions(rows, 1000).tolist() == EXPECTED_1000
+    by_dst = FlowBatch(3, {"dst_addr": rows})
+    again = FlowBatch(3, {"dst_addr": rows.copy()})
+    assert b.address_partitions(by_dst, 12).tolist() == b.address_partitions(again, 12).tolist()
+    assert b.address_partitions(by_dst, 1000).tolist() == EXPECTED_1000
+    # The source key is the same hash of the other column (one definition).
+    by_src = FlowBatch(3, {"src_addr": rows, "dst_addr": rows[::-1].copy()})
+    assert b.address_partitions(by_src, 1000, column="src_addr").tolist() == EXPECTED_1000
+    with pytest.raises(ValueError, match="not 'proto'"):
+        b.address_partitions(by_src, 6, column="proto")
     batch = sample_batch(5000, seed=6)
     seen: dict[bytes, int] = {}
     for partition, part in b.split_by_partition(batch, 6):
@@ -88,6 +95,10 @@ def test_dst_partitions_is_stable_and_keeps_a_destination_together() -> None:
             assert seen.setdefault(row.tobytes(), partition) == partition
     assert sum(p.n for _, p in b.split_by_partition(batch, 6)) == batch.n
     assert len({p for _, p in b.split_by_partition(batch, 6)}) == 6
+    sources: dict[bytes, int] = {}
+    for partition, part in b.split_by_partition(batch, 6, column="src_addr"):
+        for row in part["src_addr"]:
+            assert sources.setdefault(row.tobytes(), partition) == partition
 
 
 EXPECTED_1000 = [902, 465, 999]  # 192.0.2.1, 2001:db8::1, 198.51.100.7
@@ -104,3 +115,15 @@ def test_config_roles() -> None:
                                 "start_from": "latest"}})
     assert "config: $.kafka.start_from: start_from is a consumer setting (role store); role collect produces" \
         in str(err.value)
+
+
+def test_detection_topic_is_a_storer_setting() -> None:
+    assert parse_config({}).kafka.detection_topic is None
+    store = parse_config({"kafka": {"enabled": True, "brokers": ["127.0.0.1:9092"], "detection_topic": "det"}})
+    assert store.kafka.detection_topic == "det"
+    with pytest.raises(ConfigError) as err:
+        parse_config({"kafka": {"enabled": True, "role": "collect", "brokers": ["127.0.0.1:9092"],
+                                "detection_topic": "det"}})
+    assert "config: $.kafka.detection_topic: detection_topic is a consumer setting (role store)" in str(err.value)
+    with pytest.raises(ConfigError, match=r"\$\.kafka\.detection_topic"):
+        parse_config({"kafka": {"detection_topic": ""}})

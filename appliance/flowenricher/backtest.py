@@ -54,10 +54,9 @@ from .columns import BY_NAME, Kind
 from .detect.actions import request_blackhole
 from .detect.detection import Detection, iso_time
 from .detect.engine import (
+    EVALUATED_COLUMNS,
     FLOW_TIME_SQL,
-    INPUT_COLUMNS,
     RECORDED,
-    SAMPLE_COLUMNS,
     DetectionEngine,
     TrackedKeys,
     flow_times,
@@ -140,7 +139,7 @@ class FlowReader:
     """The flows of `window` from the flows table `table`, one receipt second at a time,
     in order (see the module docstring for how and what is left out)."""
 
-    COLUMNS = tuple(dict.fromkeys((*INPUT_COLUMNS, *SAMPLE_COLUMNS)))
+    COLUMNS = EVALUATED_COLUMNS
 
     def __init__(self, query: QueryFn, table: str, window: ReplayWindow) -> None:
         self.query = query

@@ -30,5 +30,9 @@ class StoreError(FlowEnricherError):
     """The flow store refused or could not take a batch."""
 
 
+class KafkaTopicError(FlowEnricherError):
+    """A Kafka topic the config names does not exist or cannot be used."""
+
+
 class CaptureError(FlowEnricherError):
     """A capture file cannot be read."""

@@ -39,6 +39,7 @@ from .storage.settings import StoreSettings
 if TYPE_CHECKING:
     from .detect.anomaly import AnomalyScoring
     from .detect.engine import DetectionEngine
+    from .kafka.detection import DetectionExchange
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +372,8 @@ def _add_detection(runtime: Runtime, cfg: Settings, rules_path: Path, registry: 
                              listeners=[anomaly.note_detection] if anomaly is not None else ())
     watcher = RulesWatcher(rules_path, engine.reload, max_window_s=det.flow_cache_max_window_s, registry=registry)
     watcher.install_sighup()
-    runtime.consumers.append(engine)
+    exchange = _detection_exchange(cfg, engine, registry)
+    runtime.consumers.append(engine if exchange is None else exchange)
     runtime.tickers.extend([engine.tick, watcher.tick])
 
     def reload_rules() -> int:  # the control socket's "reload-rules": the API process wrote the file
@@ -385,8 +387,25 @@ def _add_detection(runtime: Runtime, cfg: Settings, rules_path: Path, registry: 
 
     runtime.reload_rules = reload_rules
     runtime.closers.append(engine.close)
+    if exchange is not None:  # closed first (closers run in reverse): it stops feeding the engine
+        runtime.closers.append(exchange.close)
+        exchange.start()
     log.info("detection: %d rules from %s; actions %s", len(rules), rules_path, ", ".join(a.name for a in actions))
     return engine
+
+
+def _detection_exchange(cfg: Settings, engine: DetectionEngine,
+                        registry: CollectorRegistry) -> DetectionExchange | None:
+    """With ``kafka.detection_topic`` on a storer, the exchange that feeds `engine` every
+    flow of its keys whichever storer read them (kafka/detection.py); else None."""
+    kafka = cfg.kafka
+    if not (kafka.enabled and kafka.role == "store" and kafka.detection_topic):
+        return None
+    from .kafka.detection import DetectionExchange, DetectionExchangeSettings
+
+    settings = DetectionExchangeSettings(brokers=tuple(str(b) for b in kafka.brokers), topic=kafka.detection_topic,
+                                         group_id=kafka.group_id, start_from=kafka.start_from)
+    return DetectionExchange(settings, engine, registry)
 
 
 def ptr_cache_sink(store: StoreSettings, query: QueryFn) -> PtrSink:

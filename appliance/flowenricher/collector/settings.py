@@ -250,6 +250,14 @@ class KafkaSettings(Section):
     start_from: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new consumer group starts: the oldest record kept (no flow missed) or "
                                 "the next one written.")
+    detection_topic: str | None = Field(
+        None, min_length=1,
+        description="Role store: a topic through which the storers exchange the columns detection reads, so that "
+                    "every flow of a rule's key reaches one detection engine whichever storer read it (rules keyed "
+                    "by source, and any rule over goflow2's round-robin topic). Each storer produces its enriched "
+                    "flows to it partitioned by source and by destination address and consumes it in the group "
+                    "group_id + '-detection'. It must exist (the storer refuses to start otherwise). Unset: each "
+                    "storer detects on the flows it reads.")
     buffer_max_bytes: int = Field(
         64 * 1024 * 1024, ge=64 * 1024, le=2 * 1024 ** 3,
         description="Role collect: bytes of records the producer holds in memory while the brokers do not take "
@@ -325,7 +333,7 @@ def collector_problems(collectors: Mapping[str, Any]) -> Problems:
     return problems
 
 
-CONSUMER_KEYS = ("group_id", "format", "block_records", "start_from")
+CONSUMER_KEYS = ("group_id", "format", "block_records", "start_from", "detection_topic")
 """The keys of ``kafka`` only a storer (role store) reads: a collector refuses them (a
 collector's ``format`` is always flowenricher, so it may say so) and its effective config
 leaves them out."""

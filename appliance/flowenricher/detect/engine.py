@@ -24,7 +24,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,7 +42,7 @@ from .rules import Rule
 from .settings import DetectionSettings
 from .window import BYTES, END, PACKETS, ROW_COLUMNS, START, SYN_ONLY, TIME, Candidates, Rows, RuleWindow
 
-__all__ = ["FLOW_TIME_SQL", "INPUT_COLUMNS", "RECORDED", "SAMPLE_COLUMNS", "Action", "AnomalyScorer",
+__all__ = ["EVALUATED_COLUMNS", "FLOW_TIME_SQL", "INPUT_COLUMNS", "RECORDED", "SAMPLE_COLUMNS", "Action", "AnomalyScorer",
            "DetectionEngine", "DetectionListener", "TrackedKeys", "flow_times"]
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,12 @@ INPUT_COLUMNS = (
     "dst_addr", "dst_port", "flow_direction",
 )
 """The flow columns the rules read (_BatchView); with SAMPLE_COLUMNS, all a batch needs to be
-evaluated as the service evaluates it (a backtest reads only these from the store)."""
+evaluated as the service evaluates it: EVALUATED_COLUMNS."""
+
+EVALUATED_COLUMNS = tuple(dict.fromkeys((*INPUT_COLUMNS, *SAMPLE_COLUMNS)))
+"""What a batch must carry to be evaluated as the service evaluates it: what a backtest
+reads from the store, and what a storer produces to the detection topic
+(kafka/detection.py)."""
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -370,9 +375,11 @@ class DetectionEngine:
 
     # ------------------------------------------------------------------ input
 
-    def process(self, batch: FlowBatch) -> None:
+    def process(self, batch: FlowBatch, keys: Collection[str] | None = None) -> None:
         """Count a batch (after enrichment) into every rule's window and evaluate the keys
-        it touched."""
+        it touched.  With `keys` (a subset of ``{"src", "dst"}``), only the rules keyed
+        by one of them see the batch: the detection exchange (kafka/detection.py) hands
+        each batch to the rules of the key it was partitioned by."""
         if not batch.n:
             return
         began = time.perf_counter()
@@ -382,6 +389,8 @@ class DetectionEngine:
             if not self._direction_seen:
                 self._check_direction(batch)
             for state in self._states:
+                if keys is not None and state.rule.key not in keys:
+                    continue
                 index = view.select(state.rule, state.matchers)
                 if not len(index):
                     continue

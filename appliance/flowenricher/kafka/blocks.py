@@ -22,11 +22,12 @@ overlong body, a code beyond its dictionary or offsets that do not rise are refu
 malformed record.  Why this format and not Arrow IPC or the Native block is measured in
 docs/performance.md and argued in docs/architecture.md.
 
-**Partition key** (:func:`dst_partitions`): rows are split by a hash of ``dst_addr``, so
+**Partition key** (:func:`address_partitions`): rows are split by a hash of ``dst_addr``, so
 every flow towards one destination lands on one partition, hence one storer, whichever
-collector received it: a rule keyed by destination sees all of that key's flows.  This
-is the one definition of the key; collectors and tests use it, nothing else hashes
-addresses for partitioning.
+collector received it: a rule keyed by destination sees all of that key's flows.  The
+detection exchange (kafka/detection.py) splits by ``src_addr`` as well, with the same
+hash.  This is the one definition of the key; collectors, the exchange and tests use it,
+nothing else hashes addresses for partitioning.
 """
 
 from __future__ import annotations
@@ -211,13 +212,21 @@ def _decode_list(body: memoryview, n: int, name: str) -> ListColumn:
 _K1, _K2, _K3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x94D049BB133111EB)
 
 
-def dst_partitions(dst_addr: npt.NDArray[np.uint8], partitions: int) -> npt.NDArray[np.int64]:
-    """The partition of each row: a 64-bit mix of the 16 bytes of ``dst_addr`` (IPv4 as
-    mapped IPv6), modulo `partitions`.  Fixed constants and little-endian words, so every
-    collector of any version and machine puts one destination on the same partition."""
+PARTITION_KEYS = ("src_addr", "dst_addr")
+"""The address columns rows may be partitioned by (:func:`address_partitions`)."""
+
+
+def address_partitions(batch: FlowBatch, partitions: int, column: str = "dst_addr") -> npt.NDArray[np.int64]:
+    """The partition of each row of `batch`: a 64-bit mix of the 16 bytes of its address
+    `column` (IPv4 as mapped IPv6), modulo `partitions`.  Fixed constants and
+    little-endian words, so every process of any version and machine puts one address on
+    the same partition.  Collectors split by ``dst_addr``; the detection exchange
+    (kafka/detection.py) by either column, with this one hash."""
     if partitions < 1:
         raise ValueError("a topic has at least one partition")
-    words = np.ascontiguousarray(dst_addr, dtype=np.uint8).reshape(-1, 16).view("<u8").astype(np.uint64)
+    if column not in PARTITION_KEYS:
+        raise ValueError(f"rows are partitioned by one of {', '.join(PARTITION_KEYS)}, not {column!r}")
+    words = np.ascontiguousarray(batch[column], dtype=np.uint8).reshape(-1, 16).view("<u8").astype(np.uint64)
     with np.errstate(over="ignore"):
         h = (words[:, 0] * _K1) ^ (words[:, 1] * _K2)
         h ^= h >> np.uint64(31)
@@ -226,11 +235,13 @@ def dst_partitions(dst_addr: npt.NDArray[np.uint8], partitions: int) -> npt.NDAr
     return (h % np.uint64(partitions)).astype(np.int64)
 
 
-def split_by_partition(batch: FlowBatch, partitions: int) -> Iterator[tuple[int, FlowBatch]]:
-    """The rows of `batch` grouped by :func:`dst_partitions`, each group in batch order."""
+def split_by_partition(batch: FlowBatch, partitions: int,
+                       column: str = "dst_addr") -> Iterator[tuple[int, FlowBatch]]:
+    """The rows of `batch` grouped by :func:`address_partitions` of `column`, each group in
+    batch order."""
     if not batch.n:
         return
-    keys = dst_partitions(batch["dst_addr"], partitions)
+    keys = address_partitions(batch, partitions, column)
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     cuts = np.flatnonzero(np.diff(sorted_keys)) + 1

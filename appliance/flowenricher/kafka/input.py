@@ -89,6 +89,18 @@ class _Partition:
     paused: bool = False
 
 
+def is_error(message: Any) -> bool:
+    """Whether a consumed message is an event rather than a record (logged); raises on a
+    fatal client error."""
+    error = message.error()
+    if error is None:
+        return False
+    if not error.retriable() and error.fatal():
+        raise RuntimeError(f"kafka: {error}")
+    log.warning("kafka: %s", error)
+    return True
+
+
 def pending_metadata(ranges: list[tuple[int, int]]) -> str:
     return PENDING + ",".join(f"{a}-{b}" for a, b in ranges) if ranges else ""
 
@@ -168,11 +180,7 @@ class KafkaInput:
         messages = self._consumer.consume(self.settings.block_records, self.settings.poll_timeout_s)
         by_partition: dict[int, list[Any]] = defaultdict(list)
         for message in messages:
-            error = message.error()
-            if error is not None:
-                if not error.retriable() and error.fatal():
-                    raise RuntimeError(f"kafka: {error}")
-                log.warning("kafka: %s", error)
+            if is_error(message):
                 continue
             by_partition[int(message.partition() or 0)].append(message)
         blocks: list[Block] = []

@@ -4,7 +4,7 @@ destination address, with a spool on disk for when no broker takes them.
 
 The producer is idempotent with ``acks=all`` (librdkafka: a retried send is written once
 per partition, in order) and compresses with ZSTD (docs/performance.md: 21 bytes per flow
-against 157 raw).  Each batch is split by :func:`~.blocks.dst_partitions` and each
+against 157 raw).  Each batch is split by :func:`~.blocks.address_partitions` (``dst_addr``) and each
 partition's rows become one record (more when over :data:`~.blocks.MAX_RECORD_BYTES` or a
 quarter of ``kafka.buffer_max_bytes``: a record bigger than the producer's memory could
 never be sent), sent to that partition explicitly.
@@ -192,7 +192,7 @@ class KafkaOutput:
         def delivered(err: Any, message: Any) -> None:
             value = message.value() or b""
             if err is None:
-                rows = _rows(value)
+                rows = record_rows(value)
                 self.records.inc()
                 self.produced.inc(rows)
                 if replay is not None:
@@ -289,6 +289,6 @@ class KafkaOutput:
         self._producer.poll(0)
 
 
-def _rows(value: bytes) -> int:
+def record_rows(value: bytes) -> int:
     """The row count in a record's header (0 for anything else)."""
     return int.from_bytes(value[4:8], "little") if len(value) >= 8 else 0
