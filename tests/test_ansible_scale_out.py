@@ -32,20 +32,21 @@ pytestmark = pytest.mark.skipif(shutil.which("ansible-playbook") is None, reason
 ROLE_COLLECT = "role" in KafkaSettings.model_fields
 """Whether this checkout's kafka settings have the collector role (kafka.role: collect)."""
 
-PLAY = [{
-    "name": "Render the scale-out hosts' config",
-    "hosts": "collectors:storers",
-    "gather_facts": False,
-    "tasks": [
-        {"name": "Preflights, as site.yml runs them for these hosts",
-         "ansible.builtin.include_role": {"name": "{{ item }}", "tasks_from": "preflight"},
-         "loop": ["common", "flowenricher"]},
-        {"name": "The config the role would install",
-         "ansible.builtin.copy": {"content": "{{ flowenricher_effective_config | to_nice_yaml }}",
-                                  "dest": "{{ out }}/{{ inventory_hostname }}.yaml", "mode": "0600"}},
-    ],
-}]
+PREFLIGHT = yaml.safe_load((REPO / "site.yml").read_text())[0]
+"""site.yml's preflight play: run as it is, then the rendered files are written out."""
 
+PLAY = [{**PREFLIGHT, "name": "Preflight, then the config and rules the role would install", "tasks": [
+    # public: the flowenricher role's defaults (flowenricher_rules) stay visible to the last task
+    *({**task, "ansible.builtin.include_role": {**task["ansible.builtin.include_role"], "public": True}}
+      for task in PREFLIGHT["tasks"]),
+    {"name": "The config and rules the flowenricher role would install",
+     "ansible.builtin.copy": {"content": "{{ item.value | to_nice_yaml }}",
+                              "dest": "{{ out }}/{{ inventory_hostname }}.{{ item.name }}.yaml", "mode": "0600"},
+     "loop": [{"name": "config", "value": "{{ flowenricher_effective_config }}"},
+              {"name": "rules", "value": "{{ flowenricher_rules }}"}],
+     "loop_control": {"label": "{{ item.name }}"},
+     "when": "inventory_hostname not in groups['mikrotik']"},
+]}]
 
 def _env() -> dict[str, str]:
     return {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "NO_COLOR": "1", "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
@@ -65,6 +66,8 @@ def _render(tmp_path: Path, groups: dict[str, list[str]],
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     hosts: dict[str, Any] = {"appliance": {"hosts": {}}, "mikrotik": {"hosts": {}}}
     hosts |= {group: {"hosts": {name: local for name in names}} for group, names in groups.items()}
+    if groups.get("appliance"):  # the router the appliance's roles derive their settings from
+        hosts["mikrotik"]["hosts"]["edge-1"] = local
     (inventory / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": hosts}}))
     wheelhouse = tmp_path / "wheelhouse"
     wheelhouse.mkdir()
@@ -72,15 +75,49 @@ def _render(tmp_path: Path, groups: dict[str, list[str]],
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "play.yml").write_text(yaml.safe_dump(PLAY, sort_keys=False))
-    extra = {"out": str(out), "flowenricher_wheelhouse": str(wheelhouse), "flowenricher_schema_dir": str(REPO / "schemas")}
+    extra = {"out": str(out), "flowenricher_wheelhouse": str(wheelhouse)}
     done = subprocess.run(["ansible-playbook", "-i", str(inventory), "-e", json.dumps(extra), "play.yml"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env())
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     configs = {}
-    for path in sorted(out.glob("*.yaml")):
+    for path in sorted(out.glob("*.config.yaml")):
+        host = path.name.removesuffix(".config.yaml")
         settings = load_config(path)  # the role's gate: `flowenricher validate --config`
-        configs[path.stem] = {"settings": settings, "raw": settings.raw}
+        configs[host] = {"settings": settings, "raw": settings.raw, "config": path,
+                         "rules": out / f"{host}.rules.yaml"}
     return configs
+
+
+def test_every_group_of_the_example_inventory_renders_what_flowenricher_validate_accepts(tmp_path: Path) -> None:
+    """The appliance, a collector and a storer of inventory.example pass site.yml's
+    preflight, and the config and rules each would install pass the real `flowenricher
+    validate`, the check the role runs on the host before it installs them."""
+    groups = {"appliance": ["flowenricher-1"], "collectors": ["collector-1"], "storers": ["storer-1"]}
+    configs = _render(tmp_path, groups)
+    assert set(configs) == {"flowenricher-1", "collector-1", "storer-1"}
+    for host, rendered in configs.items():
+        done = subprocess.run([sys.executable, "-m", "appliance.cli", "--log-level", "error", "validate",
+                               "--config", str(rendered["config"]), "--rules", str(rendered["rules"])],
+                              cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, f"{host}: {done.stdout}{done.stderr}"
+        assert done.stdout.startswith("valid:"), done.stdout
+    api = configs["flowenricher-1"]["settings"].api  # beyond loopback, so over TLS
+    assert api.listen == "0.0.0.0:9600" and str(api.tls_cert) == "/etc/flowenricher/tls/api.pem"
+
+
+def test_the_preflight_refuses_what_flowenricher_validate_refuses(tmp_path: Path) -> None:
+    """The example's API beyond loopback without its TLS files: `run` would refuse the
+    config, so the preflight does, with the service's own words."""
+    example = tmp_path / "example"
+    shutil.copytree(REPO / "inventory.example", example)
+    appliance = example / "group_vars" / "appliance" / "main.yml"
+    text = appliance.read_text()
+    assert "flowenricher_api_tls_cert_file" in text
+    appliance.write_text("\n".join(line for line in text.splitlines() if "_tls_" not in line) + "\n")
+    with pytest.raises(AssertionError, match=r"flowenricher_config \(config.yaml\): \$.api.listen: the API listens "
+                                             r"on 0.0.0.0:9600, beyond this machine, on plain HTTP"):
+        _render(tmp_path / "run", {"appliance": ["flowenricher-1"]}, example)
 
 
 def test_the_playbook_parses_with_the_example_inventory() -> None:
