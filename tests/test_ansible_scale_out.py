@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support.files import set_group_vars
 
 from appliance.flowenricher.collector.settings import KafkaSettings
 from appliance.flowenricher.config import load_config
@@ -77,8 +78,7 @@ def _render(tmp_path: Path, groups: dict[str, list[str]], example: Path = REPO /
         hosts["mikrotik"]["hosts"]["edge-1"] = local
     (inventory / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": hosts}}))
     for group, values in (group_vars or {}).items():
-        (inventory / "group_vars" / group).mkdir(exist_ok=True)
-        (inventory / "group_vars" / group / "zz-test.yml").write_text(yaml.safe_dump(values))
+        set_group_vars(inventory, group, values)
     wheelhouse = tmp_path / "wheelhouse"
     wheelhouse.mkdir()
     (wheelhouse / "flowenricher-1.0.0-py3-none-any.whl").write_bytes(b"")  # the preflight reads its name only
@@ -124,7 +124,7 @@ def test_the_preflight_refuses_what_flowenricher_validate_refuses(tmp_path: Path
     config, so the preflight does, with the service's own words."""
     example = tmp_path / "example"
     shutil.copytree(REPO / "inventory.example", example)
-    appliance = example / "group_vars" / "appliance" / "main.yml"
+    appliance = example / "group_vars" / "appliance.yml"
     text = appliance.read_text()
     assert "flowenricher_api_tls_cert_file" in text
     appliance.write_text("\n".join(line for line in text.splitlines() if "_tls_" not in line) + "\n")
