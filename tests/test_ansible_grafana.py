@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.files import load_module
+from support.files import load_module, set_group_vars
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN = "grafana-clickhouse-datasource"
@@ -98,8 +98,8 @@ def test_the_preflight_checks_the_archive_before_any_host_changes(tmp_path: Path
            "ANSIBLE_TIMEOUT": "3"}
 
     def preflight(archive: Path) -> subprocess.CompletedProcess[str]:
-        (inv / "group_vars" / "appliance.yml").write_text(yaml.safe_dump({
-            "flowenricher_wheelhouse": str(wheelhouse), "grafana_clickhouse_plugin_archive": str(archive)}))
+        set_group_vars(inv, "appliance", {"flowenricher_wheelhouse": str(wheelhouse),
+                                          "grafana_clickhouse_plugin_archive": str(archive)})
         return subprocess.run(["ansible-playbook", "-i", str(inv), "site.yml", "--tags", "preflight"], cwd=REPO,
                               capture_output=True, text=True, timeout=300, env=env)
 

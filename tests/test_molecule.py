@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.files import set_group_vars
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOYMENT = ["site.yml", "roles", "molecule", "inventory.example", "ansible"]
@@ -63,17 +64,8 @@ def inventory(tmp_path: Path) -> Path:
     wheelhouse = tmp_path / "wheelhouse"
     wheelhouse.mkdir()
     (wheelhouse / "flowenricher-0.1.0-py3-none-any.whl").write_bytes(b"")
-    _set(inv, "appliance", {"flowenricher_wheelhouse": str(wheelhouse)})
+    set_group_vars(inv, "appliance", {"flowenricher_wheelhouse": str(wheelhouse)})
     return inv
-
-
-def _set(inv: Path, group: str, values: dict[str, object]) -> None:
-    """Add `values` to the inventory's group_vars/<group>/zz-test.yml (loaded last)."""
-    path = inv / "group_vars" / group
-    path.mkdir(parents=True, exist_ok=True)
-    target = path / "zz-test.yml"
-    current = yaml.safe_load(target.read_text()) if target.exists() else {}
-    target.write_text(yaml.safe_dump({**current, **values}))
 
 
 def _preflight(inv: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -96,6 +88,14 @@ def test_copied_inventory_example_loads_without_warnings(tmp_path: Path) -> None
         assert ("vault_snmp_community" in hostvars["flowenricher-1"]) == (step == "with the vault")
         example = inv / "group_vars" / "all" / "vault.yml.example"
         (inv / "group_vars" / "all" / "vault.yml").write_text(example.read_text())
+
+
+def test_no_group_of_the_example_has_both_a_vars_file_and_a_vars_directory() -> None:
+    """Ansible reads group_vars/<group>/ or group_vars/<group>.yml, the directory when both
+    exist: the file's values would be silently ignored."""
+    group_vars = REPO / "inventory.example" / "group_vars"
+    both = [path.name for path in group_vars.iterdir() if path.is_dir() and (group_vars / f"{path.name}.yml").exists()]
+    assert both == []
 
 
 def test_inventory_example_passes_the_preflight(inventory: Path) -> None:
@@ -121,7 +121,7 @@ def test_inventory_example_passes_the_preflight(inventory: Path) -> None:
 ])
 def test_bad_inventory_values_stop_before_any_host_is_changed(inventory: Path, values: dict[str, object],
                                                               named: str) -> None:
-    _set(inventory, "all", values)
+    set_group_vars(inventory, "appliance", values)  # over the example's group_vars/appliance.yml too
     # The full play, not only the preflight: the appliance is unreachable (192.0.2.10), so
     # reaching any task on it would show up as "unreachable"; the preflight must stop first.
     done = _run([_tool("ansible-playbook"), "-i", str(inventory), "site.yml"],
@@ -136,7 +136,8 @@ def test_unreachable_router_fails_the_router_play_with_a_clear_message(inventory
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    _set(inventory, "all", {"mikrotik_api_host": "127.0.0.1", "mikrotik_api_port": port, "mikrotik_api_timeout": 2})
+    set_group_vars(inventory, "all", {"mikrotik_api_host": "127.0.0.1", "mikrotik_api_port": port,
+                                      "mikrotik_api_timeout": 2})
     done = _run([_tool("ansible-playbook"), "-i", str(inventory), "site.yml", "--limit", "edge-1"], timeout=300)
     assert done.returncode != 0
     assert f"does not answer on 127.0.0.1:{port} (API-SSL)" in done.stdout, done.stdout[-5000:]

@@ -209,27 +209,15 @@ def load_settings(path: str | None) -> Settings:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .config import Settings, checked_at_start, load_config, load_rules
+    from .config import checked_at_start, load_config, load_rules, validation_problems
 
     if not args.config and not args.rules:
         print("flowenricher validate: give --config and/or --rules", file=sys.stderr)
         return EXIT_BAD_INPUT
-    problems: list[str] = []
-    # Without --config, `run --rules` would take the default config's window: check against it.
-    max_window_s: float | None = Settings.default().detection.flow_cache_max_window_s
-    notes: list[str] = []
-    if args.config:
-        try:
-            settings = load_config(args.config)
-            max_window_s = settings.detection.flow_cache_max_window_s
-            notes = checked_at_start(settings)
-        except ConfigError as err:
-            problems.extend(err.problems)
-    if args.rules:
-        try:
-            load_rules(args.rules, max_window_s=max_window_s)
-        except ConfigError as err:
-            problems.extend(err.problems)
+    settings, problems = validation_problems(
+        (lambda: load_config(args.config)) if args.config else None,
+        (lambda window: load_rules(args.rules, max_window_s=window)) if args.rules else None)
+    notes = checked_at_start(settings) if settings is not None else []
     for line in problems:
         print(line, file=sys.stderr)
     if not problems:

@@ -140,6 +140,7 @@ __all__ = [
     "parse_yaml",
     "schema_path",
     "split_host_port",
+    "validation_problems",
 ]
 
 log = logging.getLogger(__name__)
@@ -421,3 +422,28 @@ def warn_in_dev_mode(settings: Settings, source: str) -> None:
 # the entry points read both files.
 
 from .detect.rules_file import load_rules, parse_actions, parse_rules  # noqa: E402
+
+
+def validation_problems(config: Callable[[], Settings] | None,
+                        rules: Callable[[float | None], object] | None) -> tuple[Settings | None, list[str]]:
+    """`flowenricher validate`'s verdict on a config and a rules document, each read by its
+    callable (a file for the CLI, the inventory's rendered values for the Ansible role's
+    preflight), so both gates give one verdict: the config's settings (None when it was
+    not given or refused) and every problem of both, one line each. `rules` is called with
+    the config's ``detection.flow_cache_max_window`` in seconds, or the default config's
+    when there is no config, as ``run --rules`` would take it."""
+    problems: list[str] = []
+    settings: Settings | None = None
+    max_window_s: float | None = Settings.default().detection.flow_cache_max_window_s
+    if config is not None:
+        try:
+            settings = config()
+            max_window_s = settings.detection.flow_cache_max_window_s
+        except ConfigError as err:
+            problems.extend(err.problems)
+    if rules is not None:
+        try:
+            rules(max_window_s)
+        except ConfigError as err:
+            problems.extend(err.problems)
+    return settings, problems

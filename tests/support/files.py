@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 
 def self_signed(directory: Path, name: str, common_name: str, san: str | None = None) -> tuple[Path, Path]:
@@ -31,3 +32,15 @@ def load_module(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def set_group_vars(inventory: Path, group: str, values: dict[str, object]) -> None:
+    """Add `values` over what `inventory` sets for `group`: in group_vars/<group>.yml when
+    that file exists, else in group_vars/<group>/zz-test.yml (loaded last). Ansible reads
+    a group's directory or its .yml file, not both (the directory wins), so a test must
+    not make the directory beside the file."""
+    single = inventory / "group_vars" / f"{group}.yml"
+    target = single if single.exists() else inventory / "group_vars" / group / "zz-test.yml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    current = yaml.safe_load(target.read_text()) if target.exists() else {}
+    target.write_text(yaml.safe_dump({**(current or {}), **values}))

@@ -1,34 +1,40 @@
-"""Ansible filters that check inventory values against the project's JSON Schemas (and addresses).
+"""Ansible filters that check inventory values with the service's own checks (and addresses).
 
-`schemas/` is the one contract for the service, the API and the roles (DESIGN §2), so the
-preflight play validates the config and rules it is about to render, on the controller,
-before any host is touched; each problem names the inventory variable and the JSON path.
+The preflight play gives the config and rules it is about to render the verdict
+`flowenricher validate` gives them on the host (DESIGN §2: schemas/ is the one contract;
+the service's cross-field checks, such as the API beyond loopback without TLS, come with
+it), on the controller, before any host is touched: the same function, imported from the
+checkout that holds these roles. Each problem names the inventory variable and the JSON path.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+CHECKOUT = Path(__file__).resolve().parents[3]
+"""The repository holding this plugin, site.yml and the roles (ansible/plugins/filter/..)."""
 
-def schema_problems(data: Any, schema_file: str, variable: str = "value") -> list[str]:
-    """One line per schema violation of `data`: ``variable: $.json.path: message``; [] when valid."""
+CONFIG_SOURCE = "flowenricher_config (config.yaml)"
+RULES_SOURCE = "flowenricher_rules (detection.yml)"
+
+
+def validation_problems(config: Any, rules: Any) -> list[str]:
+    """`flowenricher validate --config --rules` on the rendered documents: one line per
+    problem, ``variable: $.json.path: message``; [] when both are valid."""
+    if str(CHECKOUT) not in sys.path:
+        sys.path.insert(0, str(CHECKOUT))  # the roles' own service code, not another install
     try:
-        from jsonschema import Draft202012Validator
+        from appliance.flowenricher.config import parse_config, parse_rules
+        from appliance.flowenricher.config import validation_problems as check
     except ImportError as err:  # the controller lacks ansible/requirements.txt
-        raise RuntimeError("the jsonschema package is missing on the controller: "
-                           "pip install -r ansible/requirements.txt") from err
-    path = Path(schema_file)
-    try:
-        schema = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise RuntimeError(f"cannot read the schema {path}: {err}") from err
-    validator = Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(_plain(data)), key=lambda e: list(map(str, e.absolute_path)))
-    return [f"{variable}: {e.json_path}: {e.message}" for e in errors]
+        raise RuntimeError(f"cannot import flowenricher's config checks from {CHECKOUT} ({err}): "
+                           "pip install -r ansible/requirements.txt on the controller") from err
+    return check(lambda: parse_config(_plain(config), CONFIG_SOURCE),
+                 lambda window: parse_rules(_plain(rules), RULES_SOURCE, max_window_s=window))[1]
 
 
 def invalid_networks(values: Any, strict: bool = False) -> list[str]:
@@ -60,4 +66,5 @@ class FilterModule:
     """Registers the filters under the names the roles use."""
 
     def filters(self) -> dict[str, Callable[..., Any]]:
-        return {"flowenricher_schema_problems": schema_problems, "flowenricher_invalid_networks": invalid_networks}
+        return {"flowenricher_validation_problems": validation_problems,
+                "flowenricher_invalid_networks": invalid_networks}
