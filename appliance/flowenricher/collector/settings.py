@@ -250,6 +250,12 @@ class KafkaSettings(Section):
     start_from: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new consumer group starts: the oldest record kept (no flow missed) or "
                                 "the next one written.")
+    dedup_window_records: int = Field(
+        10_000, ge=0, le=10_000_000,
+        description="Role store, format flowenricher: a record whose origin (collector and batch) is among the "
+                    "previous this many records of its partition is dropped as a copy a collector sent twice (a "
+                    "spooled block sent again after a crash). Read back from the topic on each partition's "
+                    "assignment. 0: no deduplication.")
     buffer_max_bytes: int = Field(
         64 * 1024 * 1024, ge=64 * 1024, le=2 * 1024 ** 3,
         description="Role collect: bytes of records the producer holds in memory while the brokers do not take "
@@ -325,7 +331,7 @@ def collector_problems(collectors: Mapping[str, Any]) -> Problems:
     return problems
 
 
-CONSUMER_KEYS = ("group_id", "format", "block_records", "start_from")
+CONSUMER_KEYS = ("group_id", "format", "block_records", "start_from", "dedup_window_records")
 """The keys of ``kafka`` only a storer (role store) reads: a collector refuses them (a
 collector's ``format`` is always flowenricher, so it may say so) and its effective config
 leaves them out."""
