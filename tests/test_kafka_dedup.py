@@ -1,5 +1,6 @@
 """A flowenricher collector killed (kill -9) while it replays its spool, restarted: every
-flow is stored once, though records reached the topic twice.
+flow is stored once, though records reached the topic twice.  And a storer restarted
+between a record and its copy knows the record: its window is read back from the topic.
 
 Real components: an Apache Kafka broker (tests/support/kafka_lab.py), `flowenricher run`
 as a collector and as an embedded storer (chDB), IPFIX over loopback from the project's
@@ -23,13 +24,16 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-from support import FlowenricherProcess, free_port
+from support import FlowenricherProcess, free_port, sample_batch
 from support.kafka_lab import KafkaLab, free_port_tcp, topic_name
 from support.kafka_lab import kafka_lab as kafka_lab
 from test_kafka_collect import Sender, _collecting, _collector, _embedded_storer, _metric, _metrics, _settled
 from test_kafka_store import _started, _wait_count
 
+from appliance.flowenricher.columns import BY_NAME
+from appliance.flowenricher.kafka.blocks import Origin, encode_record
 from appliance.flowenricher.kafka.output import SPOOL_DIR
 
 
@@ -105,3 +109,49 @@ def test_collector_killed_while_replaying_each_flow_stored_once(kafka_lab: Kafka
         assert stored == (sender.sent, sender.sent), (where, stored, sender.sent, storer_seen[-2000:])
         assert copies_dropped > 0, where
         assert _metric(storer_seen, "flowenricher_kafka_duplicate_flows_total") > 0
+
+
+def _records(first: int, count: int, origin: bool = True) -> list[tuple[int, bytes]]:
+    """Records of 100 flows each (bytes = the flow's number, from 100 * first), numbered as
+    batches first.. of one collector, alternately on partitions 0 and 1."""
+    out = []
+    for number in range(first, first + count):
+        batch = sample_batch(100, seed=number)
+        batch["bytes"] = np.arange(number * 100, number * 100 + 100, dtype=BY_NAME["bytes"].np_dtype)
+        made = Origin(b"c" * 16, number, 2, number % 2) if origin else None
+        out.append((number % 2, encode_record(batch, made)))
+    return out
+
+
+def _produce(lab: KafkaLab, topic: str, records: list[tuple[int, bytes]]) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": lab.bootstrap, "enable.idempotence": True, "acks": "all"})
+    for partition, value in records:
+        producer.produce(topic, value, partition=partition)
+    assert producer.flush(60) == 0
+
+
+def test_restarted_storer_reads_its_window_back(kafka_lab: KafkaLab, tmp_path: Path,
+                                                 collectors: list[FlowenricherProcess]) -> None:
+    """20 records stored, the storer stopped, then the same 20 again (a collector's copies),
+    5 new ones and 2 of version 1: the restarted storer drops exactly the 20 copies."""
+    topic = topic_name("window")
+    kafka_lab.create_topic(topic, 2)
+    metrics_port = free_port_tcp()
+    config = _embedded_storer(tmp_path / "storer", kafka_lab, topic, metrics_port)
+    _produce(kafka_lab, topic, _records(0, 20))
+    storer = _started(config, config.parent, "storer")
+    collectors.append(storer)
+    assert _settled(config, storer, 2000) == (2000, 2000)
+    _produce(kafka_lab, topic, _records(0, 20) + _records(20, 5) + _records(25, 2, origin=False))
+    again = _started(config, config.parent, "storer-again")
+    collectors.append(again)
+    _wait_count(config, config.parent, 2700, 120, again)
+    time.sleep(3)  # anything doubled would arrive now
+    seen = _metrics(metrics_port)
+    stored = _settled(config, again, 2700)
+    assert stored == (2700, 2700), again.output()[-3000:]
+    assert _metric(seen, "flowenricher_kafka_duplicate_records_total") == 20
+    assert _metric(seen, "flowenricher_kafka_duplicate_flows_total") == 2000
+    assert "deduplication windows of partitions [0, 1] read back: 20 records" in again.output()

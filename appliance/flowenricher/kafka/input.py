@@ -177,6 +177,8 @@ class KafkaInput:
             "logger": logging.getLogger("flowenricher.kafka.client"),
             **settings.client_options,
         }
+        self._closing = False
+        self._failure: str | None = None  # what an assignment could not do; poll() raises it
         self._consumer = Consumer(options)
         self._consumer.subscribe([settings.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_revoke)
@@ -201,15 +203,33 @@ class KafkaInput:
     # -- group membership --------------------------------------------------------------
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        """A partition taken over: its pending ranges (from whoever had it) are cut again."""
-        committed = consumer.committed(partitions, timeout=30)
+        """A partition taken over: its pending ranges (from whoever had it) are cut again.
+
+        Nothing is raised from here: an exception leaving a rebalance callback comes out of
+        ``consume`` or ``close`` as a bare KafkaError, which is no Exception subclass (seen
+        with confluent-kafka 2.16 when close() ran an assignment whose committed() timed
+        out).  A failure is kept and raised by the next :meth:`poll`."""
+        from confluent_kafka import KafkaException
+
+        if self._closing:
+            return  # leaving the group: nothing will be consumed
+        try:
+            committed = consumer.committed(partitions, timeout=30)
+        except KafkaException as err:
+            self._failure = (f"partitions {sorted(tp.partition for tp in partitions)} of {self.settings.topic} "
+                             f"assigned, but their committed offsets could not be read: {err}")
+            return
         for tp in committed:
             state = self._new_partition(parse_pending(getattr(tp, "metadata", None)))
             self._parts[tp.partition] = state
             if state.replay:
                 log.info("kafka: partition %d: replaying pending ranges %s", tp.partition, state.replay)
         if self._dedup:
-            self._fill_windows({tp.partition: tp.offset for tp in committed if tp.offset > 0})
+            try:
+                self._fill_windows({tp.partition: tp.offset for tp in committed if tp.offset > 0})
+            except Exception as err:  # KafkaException: the windows stay as far as they were read
+                log.warning("kafka: reading the deduplication windows back failed (%s); copies of records "
+                            "before them may be stored twice", err)
         consumer.incremental_assign(partitions)
 
     def _fill_windows(self, ends: dict[int, int]) -> None:
@@ -275,6 +295,8 @@ class KafkaInput:
         """Commits what the store acknowledged since the last call, then the next blocks."""
         self._commit_acknowledged()
         messages = self._consumer.consume(self.settings.block_records, self.settings.poll_timeout_s)
+        if self._failure is not None:
+            raise RuntimeError(f"kafka: {self._failure}")
         by_partition: dict[int, list[Any]] = defaultdict(list)
         for message in messages:
             error = message.error()
@@ -406,12 +428,13 @@ class KafkaInput:
 
     def close(self) -> None:
         """Commit what was stored, then leave the group (partitions move at once)."""
+        self._closing = True
         try:
             self._commit_acknowledged()
         finally:
             try:
                 self._consumer.close()
-            except Exception as err:  # KafkaError: leaving the group timed out; it expires the member
+            except Exception as err:  # KafkaException: leaving the group timed out; it expires the member
                 log.warning("kafka: leaving the group: %s", err)
 
 
