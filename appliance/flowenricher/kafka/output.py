@@ -33,7 +33,8 @@ or a record purged at shutdown that had in fact reached a broker, carries the sa
 origin as the first copy, and the storers drop the second one (kafka/input.py,
 ``kafka.dedup_window_records``).  Batches spooled before the partition count was known
 are kept whole with their number and split when replayed; split by the same partition
-count, they give the same records.  What can lose a flow: a crash (kill -9, power) with
+count, they give the same records (a partition added meanwhile and a crash during their
+replay can give a copy other origins).  What can lose a flow: a crash (kill -9, power) with
 records in the producer's memory, at most ``buffer_max_bytes``.
 """
 
@@ -225,12 +226,15 @@ class KafkaOutput:
         if not item.n:
             return
         number = self.numbers.next()
-        if len(self.spool) or self._partitions is None:
+        if self._partitions is None:  # kept whole under its number, split when replayed
             whole = encode_record(item, Origin(self.numbers.collector, number, 0, 0))
-            self._spool([(UNSPLIT, whole)], "behind spooled blocks" if len(self.spool)
-                        else "partition count not known yet")
+            self._spool([(UNSPLIT, whole)], "partition count not known yet")
             return
-        rest = self._produce(self._records(item, number, self._partitions))
+        records = self._records(item, number, self._partitions)
+        if len(self.spool):
+            self._spool(records, "behind spooled blocks")
+            return
+        rest = self._produce(records)
         if rest:
             self._spool(rest, "the producer's memory is full (brokers unreachable?)")
 
