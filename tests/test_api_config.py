@@ -10,7 +10,7 @@ import pytest
 import yaml
 from support.api import CONFIG_TEXT, RULES_TEXT, ApiEnv, make_env
 
-from appliance.api.configfiles import write_atomic
+from appliance.flowenricher.common.private import write_atomic
 from appliance.flowenricher.config import load_config
 from appliance.flowenricher.errors import ConfigError
 

@@ -1,9 +1,12 @@
 """The records a collector produces (kafka/blocks.py): lossless round trip, hostile records
-counted and never raised, and the destination partition key."""
+counted and never raised, the destination partition key, the origin that names a record
+(version 2, version 1 still read), the collector's spool frames (kafka/output.py) and the
+storer's window of origins (kafka/input.py)."""
 
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,10 @@ from appliance.flowenricher.batch import DictColumn, FlowBatch, ListColumn, str_
 from appliance.flowenricher.config import parse_config
 from appliance.flowenricher.errors import ConfigError
 from appliance.flowenricher.kafka import blocks as b
+from appliance.flowenricher.kafka.input import DedupWindow
+from appliance.flowenricher.kafka.output import UNSPLIT, BatchNumbers, pack_frames, unpack_frames
+
+ORIGIN = b.Origin(bytes(range(16)), 7, 6, 3)
 
 
 def _same(x: FlowBatch, y: FlowBatch) -> None:
@@ -43,6 +50,60 @@ def test_big_batches_are_cut_under_the_record_limit() -> None:
     _same(batch, FlowBatch.concat([b.decode_record(r) for r in records]))
 
 
+def test_origin_is_carried_and_version_1_still_reads() -> None:
+    batch = sample_batch(500, seed=8)
+    v1, v2 = b.encode_record(batch), b.encode_record(batch, ORIGIN)
+    assert (v1[3], v2[3]) == (1, 2)
+    _same(batch, b.decode_record(v1))
+    _same(batch, b.decode_record(v2))
+    assert b.record_origin(v1) is None
+    packed = b.record_origin(v2)
+    assert packed is not None and b.parse_origin(packed) == ORIGIN
+    assert b.record_rows(v1) == b.record_rows(v2) == 500
+    with pytest.raises(b.RecordError, match="origin"):
+        b.record_origin(v2[:20])
+
+
+def test_cut_records_have_their_own_origins_the_same_each_time() -> None:
+    batch = sample_batch(20_000, seed=5)
+    records = b.encode_records(batch, max_bytes=200_000, origin=ORIGIN)
+    origins = [b.parse_origin(b.record_origin(r) or b"") for r in records]
+    assert len(records) > 1 and len(set(origins)) == len(records)
+    starts = [o.first_row for o in origins]
+    assert starts == [0, *np.cumsum([b.record_rows(r) for r in records])[:-1].tolist()]
+    assert b.encode_records(batch, max_bytes=200_000, origin=ORIGIN) == records
+
+
+def test_spool_frames_keep_records_and_partitions_as_they_are() -> None:
+    records = b.encode_records(sample_batch(3000, seed=9), max_bytes=100_000, origin=ORIGIN)
+    frames = [(i % 4, r) for i, r in enumerate(records)]
+    assert unpack_frames(pack_frames(frames)) == frames
+    legacy = b.encode_record(sample_batch(5, seed=1))  # a spool file of the version before frames
+    assert unpack_frames(legacy) == [(UNSPLIT, legacy)]
+    with pytest.raises(b.RecordError, match="past the end"):
+        unpack_frames(pack_frames(frames)[:-1])
+
+
+def test_batch_numbers_continue_after_a_restart_never_reused(tmp_path: Path) -> None:
+    first = BatchNumbers(str(tmp_path / "origin"))
+    used = [first.next() for _ in range(5)]
+    again = BatchNumbers(str(tmp_path / "origin"))  # a kill -9 after five batches
+    assert again.collector == first.collector
+    assert again.next() > max(used)
+    (tmp_path / "bad").write_text("{}")
+    with pytest.raises(RuntimeError, match="bad: not a collector origin file"):
+        BatchNumbers(str(tmp_path / "bad"))
+
+
+def test_window_drops_a_copy_within_its_size_and_judges_a_reread_the_same() -> None:
+    window = DedupWindow(size=10, slack=5)
+    a, c = b"a" * 36, b"c" * 36
+    assert [window.copy(o, k) for o, k in [(0, a), (4, a), (12, c)]] == [False, True, False]
+    # Offsets 4 and 12 read again (a seek back within the slack): the same answers.
+    assert [window.copy(4, a), window.copy(12, c)] == [True, False]
+    assert [window.copy(15, a), window.copy(25, a), window.copy(36, a)] == [False, True, False]
+
+
 def test_a_column_of_a_newer_collector_is_skipped() -> None:
     record = b.encode_record(sample_batch(10, seed=1))
     magic, version, n, count = b._HEAD.unpack_from(record, 0)
@@ -55,7 +116,7 @@ def test_a_column_of_a_newer_collector_is_skipped() -> None:
     lambda r: r[:-1],  # truncated
     lambda r: r + b"\0",  # trailing bytes
     lambda r: b"XYZ" + r[3:],  # not ours
-    lambda r: r[:3] + bytes([2]) + r[4:],  # another version
+    lambda r: r[:3] + bytes([3]) + r[4:],  # another version
     lambda r: r[:4] + struct.pack("<I", 11) + r[8:],  # rows disagree with the columns
 ])
 def test_malformed_records_are_refused(mutate: object) -> None:
@@ -115,6 +176,11 @@ def test_config_roles() -> None:
                                 "start_from": "latest"}})
     assert "config: $.kafka.start_from: start_from is a consumer setting (role store); role collect produces" \
         in str(err.value)
+    with pytest.raises(ConfigError, match="dedup_window_records is a consumer setting"):
+        parse_config({"kafka": {"enabled": True, "role": "collect", "brokers": ["127.0.0.1:9092"],
+                                "dedup_window_records": 5}})
+    assert parse_config({}).kafka.dedup_window_records == 10_000
+    assert "dedup_window_records" not in collect.kafka.model_dump()
 
 
 def test_detection_topic_is_a_storer_setting() -> None:

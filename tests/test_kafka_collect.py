@@ -28,7 +28,7 @@ from support import FlowenricherProcess, free_port
 from support.clickhouse_http import ClickHouseHTTPStandIn
 from support.kafka_lab import KafkaLab, free_port_tcp, topic_name
 from support.kafka_lab import kafka_lab as kafka_lab
-from test_kafka_store import _count, _started, _wait_count
+from test_kafka_store import _started, _wait_count
 
 from appliance.flowenricher.generate.encode import ExporterSettings, make_encoder
 from appliance.flowenricher.generate.traffic import TrafficGenerator
@@ -101,6 +101,31 @@ clickhouse: {{host: 127.0.0.1, port: {ch_port}}}
     return path
 
 
+def _embedded_storer(workdir: Path, lab: KafkaLab, topic: str, metrics_port: int, extra: str = "") -> Path:
+    """The config of a storer of `topic` (group s, format flowenricher, `extra` kafka keys)
+    into the embedded store in `workdir`."""
+    workdir.mkdir()
+    path = workdir / "config.yaml"
+    path.write_text(f"""\
+kafka: {{enabled: true, brokers: {json.dumps(lab.brokers)}, topic: {topic}, group_id: s, format: flowenricher{extra}}}
+enrich: none
+storage: {{path: {workdir / 'data'}}}
+insert: {{batch_size: 5000, flush_interval_ms: 200}}
+metrics: {{listen: "127.0.0.1:{metrics_port}"}}
+api: {{enabled: false}}
+""")
+    return path
+
+
+def _settled(config: Path, storer: FlowenricherProcess, expected: int, timeout: float = 180) -> tuple[int, int]:
+    """Once the storer has `expected` rows, and 3 s more for anything doubled, the storer
+    stopped: count() and uniqExact(bytes) of what it stored."""
+    _wait_count(config, config.parent, expected, timeout, storer)
+    time.sleep(3)
+    storer.stop()
+    return _count_bytes(config, config.parent)
+
+
 def _count_bytes(config: Path, workdir: Path) -> tuple[int, int]:
     """count() and uniqExact(bytes) of the stored flows (the flow numbers)."""
     import subprocess
@@ -167,16 +192,7 @@ def test_broker_away_30s_collector_spools_and_replays(kafka_lab: KafkaLab, tmp_p
     collector = _collecting(_collector(tmp_path, kafka_lab, topic, udp, metrics_port, ", buffer_max_bytes: 65536"),
                             tmp_path)
     storer_dir = tmp_path / "storer"
-    storer_dir.mkdir()
-    storer_config = storer_dir / "config.yaml"
-    storer_config.write_text(f"""\
-kafka: {{enabled: true, brokers: {json.dumps(kafka_lab.brokers)}, topic: {topic}, group_id: s, format: flowenricher}}
-enrich: none
-storage: {{path: {storer_dir / 'data'}}}
-insert: {{batch_size: 5000, flush_interval_ms: 200}}
-metrics: {{listen: "127.0.0.1:{free_port_tcp()}"}}
-api: {{enabled: false}}
-""")
+    storer_config = _embedded_storer(storer_dir, kafka_lab, topic, free_port_tcp())
     sender = Sender(udp)
     storer: FlowenricherProcess | None = None
     try:
@@ -196,11 +212,7 @@ api: {{enabled: false}}
                 break
             time.sleep(1)
         storer = _started(storer_config, storer_dir, "storer")
-        stored = _wait_count(storer_config, storer_dir, sender.sent, 180, storer)
-        time.sleep(3)
-        storer.stop()
-        stored = _count(storer_config, storer_dir)
-        stored = _count_bytes(storer_config, storer_dir)
+        stored = _settled(storer_config, storer, sender.sent)
     finally:
         sender.close()
         if storer is not None:
@@ -226,26 +238,14 @@ def test_three_brokers_one_killed_mid_stream_nothing_lost(tmp_path: Path) -> Non
         udp, metrics_port = free_port(), free_port_tcp()
         collector = _collecting(_collector(tmp_path, lab, topic, udp, metrics_port), tmp_path)
         storer_dir = tmp_path / "storer"
-        storer_dir.mkdir()
-        storer_config = storer_dir / "config.yaml"
-        storer_config.write_text(f"""\
-kafka: {{enabled: true, brokers: {json.dumps(lab.brokers)}, topic: {topic}, group_id: s, format: flowenricher}}
-enrich: none
-storage: {{path: {storer_dir / 'data'}}}
-insert: {{batch_size: 5000, flush_interval_ms: 200}}
-metrics: {{listen: "127.0.0.1:{free_port_tcp()}"}}
-api: {{enabled: false}}
-""")
+        storer_config = _embedded_storer(storer_dir, lab, topic, free_port_tcp())
         storer = _started(storer_config, storer_dir, "storer")
         sender = Sender(udp)
         try:
             sender.send(10_000)
             lab.kill(2, signal.SIGKILL)
             sender.send(20_000)
-            stored = _wait_count(storer_config, storer_dir, sender.sent, 240, storer)
-            time.sleep(3)
-            storer.stop()
-            stored = _count_bytes(storer_config, storer_dir)
+            stored = _settled(storer_config, storer, sender.sent, 240)
         finally:
             sender.close()
             storer.stop()

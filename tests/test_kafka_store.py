@@ -192,3 +192,31 @@ def test_two_storers_share_partitions_and_survive_a_kill(kafka_lab: KafkaLab, tm
         for storer in storers:
             storer.stop()
     assert stored == (60_000, 60_000), f"stored (rows, distinct) {stored}:\n{storers[1].output()[-3000:]}"
+
+
+def test_close_right_after_the_group_assigned_partitions_raises_nothing(kafka_lab: KafkaLab) -> None:
+    """A storer stopped after the group gave it partitions but before it polled: close()
+    runs the assignment callback, whose committed() then times out.  Raised from the
+    callback, that came out of close() as a bare KafkaError, which `except Exception`
+    does not catch (confluent-kafka 2.16); now the callback does nothing while closing."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from appliance.flowenricher.kafka.input import KafkaInput, KafkaInputSettings
+
+    topic = topic_name()
+    kafka_lab.create_topic(topic, 2)
+    reader = KafkaInput(KafkaInputSettings((kafka_lab.bootstrap,), topic, "closing", format="flowenricher"))
+    admin = AdminClient({"bootstrap.servers": kafka_lab.bootstrap})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the join completes in the client's background thread
+        try:
+            group = admin.describe_consumer_groups(["closing"])["closing"].result(timeout=10)
+        except KafkaException:  # NOT_COORDINATOR while the group's coordinator loads
+            group = None
+        if group is not None and group.members and group.members[0].assignment.topic_partitions:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the group never assigned the partitions")
+    reader.close()

@@ -20,7 +20,6 @@ masked and a masked value sent back keeps the current secret (redact.py).
 from __future__ import annotations
 
 import logging
-import os
 import stat
 import threading
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from appliance.flowenricher.common.private import write_atomic
 from appliance.flowenricher.config import Settings, load_rules, parse_config, parse_json, parse_rules, parse_yaml
 from appliance.flowenricher.errors import ConfigError
 
@@ -102,33 +102,6 @@ def _split_location(text: str) -> tuple[str, str]:
         elif char == ":" and depth == 0 and text[index + 1:index + 2] == " ":
             return text[:index], text[index + 2:]
     return "$", text
-
-
-def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
-    """Replace `path` with `text` in one rename; durable on return.
-
-    The file gets `mode`, else the mode of the file it replaces, else 0600: a config may
-    hold passwords, so the temporary file is never readable by more than the owner
-    before it has its final mode.
-    """
-    if mode is None:
-        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o600
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def previous_file(path: Path) -> Path:

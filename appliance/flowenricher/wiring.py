@@ -71,7 +71,7 @@ def service_settings(cfg: Settings) -> ServiceSettings:
     elif cfg.kafka.enabled:
         kafka = KafkaInputSettings(brokers=brokers, topic=cfg.kafka.topic, group_id=cfg.kafka.group_id,
                                    block_records=cfg.kafka.records_per_poll(), start_from=cfg.kafka.start_from,
-                                   format=cfg.kafka.format)
+                                   format=cfg.kafka.format, dedup_window_records=cfg.kafka.dedup_window_records)
     return ServiceSettings(worker=worker, store=store_settings(cfg), workers=col.worker_count(),
                            metrics_listen=cfg.metrics.listen, kafka=kafka, kafka_output=output)
 

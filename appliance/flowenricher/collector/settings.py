@@ -258,6 +258,12 @@ class KafkaSettings(Section):
                     "flows to it partitioned by source and by destination address and consumes it in the group "
                     "group_id + '-detection'. It must exist (the storer refuses to start otherwise). Unset: each "
                     "storer detects on the flows it reads.")
+    dedup_window_records: int = Field(
+        10_000, ge=0, le=10_000_000,
+        description="Role store, format flowenricher: a record whose origin (collector and batch) is among the "
+                    "previous this many records of its partition is dropped as a copy a collector sent twice (a "
+                    "spooled block sent again after a crash). Read back from the topic on each partition's "
+                    "assignment. 0: no deduplication.")
     buffer_max_bytes: int = Field(
         64 * 1024 * 1024, ge=64 * 1024, le=2 * 1024 ** 3,
         description="Role collect: bytes of records the producer holds in memory while the brokers do not take "
@@ -333,7 +339,7 @@ def collector_problems(collectors: Mapping[str, Any]) -> Problems:
     return problems
 
 
-CONSUMER_KEYS = ("group_id", "format", "block_records", "start_from", "detection_topic")
+CONSUMER_KEYS = ("group_id", "format", "block_records", "start_from", "dedup_window_records", "detection_topic")
 """The keys of ``kafka`` only a storer (role store) reads: a collector refuses them (a
 collector's ``format`` is always flowenricher, so it may say so) and its effective config
 leaves them out."""

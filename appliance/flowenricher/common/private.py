@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
+import threading
 from pathlib import Path
 from typing import IO, Any
 
@@ -88,3 +90,30 @@ def _give_to_parent_owner(path: Path, fd: int | None = None) -> None:
             os.fchown(fd, parent.st_uid, parent.st_gid)
         else:
             os.chown(path, parent.st_uid, parent.st_gid)
+
+
+def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Replace `path` with `text` in one rename; durable on return.
+
+    The file gets `mode`, else the mode of the file it replaces, else 0600: a config may
+    hold passwords, so the temporary file is never readable by more than the owner
+    before it has its final mode.
+    """
+    if mode is None:
+        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o600
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -6,6 +6,8 @@ holds the rows of one FlowBatch as the collector decoded them (not enriched), co
 column, in the layout numpy already holds them, little-endian::
 
     b"FEB" version:u8 rows:u32 columns:u16
+    version 2 only, the record's origin (:class:`Origin`):
+        collector:16 bytes  batch:u64  partitions:u32  partition:u32  first_row:u32
     then per column: name_length:u8 name kind:u8 body_length:u32 body
 
     kind 1 (UINT)       rows * width bytes (the width of the column in columns.py)
@@ -13,6 +15,14 @@ column, in the layout numpy already holds them, little-endian::
     kind 3 (STR)        values:u32, each value length:u16 + UTF-8, width:u8 (1, 2, 4),
                         rows codes of that width
     kind 4 (UINT_LIST)  rows + 1 offsets:u64 from 0, then the values:u32
+
+The origin names a record for the storers' deduplication (kafka/input.py): the collector
+that encoded it (an id it keeps in its spool directory), the number of the decoded batch
+(never reused by that collector, across restarts too), the partition count it was split
+by, its partition, and the index of its first row in that partition's share (a share over
+:data:`MAX_RECORD_BYTES` is cut into several records).  A record sent twice (replayed from
+the spool after a crash, or purged at shutdown after it had reached a broker) carries the
+same origin both times.  Version 1 records (no origin) still decode.
 
 Columns the batch never set are left out (they read as their defaults, as in the Native
 insert).  A column this version does not know is skipped by its length (a newer
@@ -34,6 +44,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -44,8 +55,11 @@ from ..columns import BY_NAME, COLUMNS, Kind
 from ..decode.stats import DecodeStats
 
 MAGIC = b"FEB"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)
+"""The versions this reader decodes; :func:`encode_record` writes 1 without an origin, 2 with one."""
 _HEAD = struct.Struct("<3sBIH")
+_ORIGIN = struct.Struct("<16sQIII")  # collector, batch, partitions, partition, first row
 _COLUMN = struct.Struct("<BI")  # kind, body length (after the name)
 _KINDS = {Kind.UINT: 1, Kind.ADDR: 2, Kind.STR: 3, Kind.UINT_LIST: 4}
 _KIND_OF = {code: kind for kind, code in _KINDS.items()}
@@ -60,13 +74,57 @@ class RecordError(ValueError):
     """A record that is not a flowenricher block of this version."""
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a version 2 record comes from (see the module docstring)."""
+
+    collector: bytes  # 16 bytes
+    batch: int
+    partitions: int
+    partition: int
+    first_row: int = 0
+
+    def packed(self) -> bytes:
+        return _ORIGIN.pack(self.collector, self.batch, self.partitions, self.partition, self.first_row)
+
+
+def record_origin(value: bytes | memoryview) -> bytes | None:
+    """A record's origin as the bytes it is written as (what the storers compare), None for
+    a version 1 record; only the header is read.  Raises RecordError for a header that
+    is not a flowenricher block's."""
+    view = memoryview(value).cast("B")
+    if len(view) < _HEAD.size:
+        raise RecordError("shorter than the header")
+    magic, version = bytes(view[:3]), view[3]
+    if magic != MAGIC:
+        raise RecordError("not a flowenricher block (magic)")
+    if version == 1:
+        return None
+    if version != 2 or len(view) < _HEAD.size + _ORIGIN.size:
+        raise RecordError(f"block version {version} or its origin is not readable (this reader knows {VERSIONS})")
+    return bytes(view[_HEAD.size:_HEAD.size + _ORIGIN.size])
+
+
+def parse_origin(packed: bytes) -> Origin:
+    """The fields of :func:`record_origin`'s bytes."""
+    return Origin(*_ORIGIN.unpack(packed))
+
+
+def record_rows(value: bytes | memoryview) -> int:
+    """The row count in a record's header (0 for anything shorter than one)."""
+    return int(_HEAD.unpack_from(value, 0)[2]) if len(value) >= _HEAD.size else 0
+
+
 # --------------------------------------------------------------------------- encoding
 
 
-def encode_record(batch: FlowBatch) -> bytes:
-    """`batch` (every column it has set) as one record value."""
+def encode_record(batch: FlowBatch, origin: Origin | None = None) -> bytes:
+    """`batch` (every column it has set) as one record value: version 2 with `origin`,
+    version 1 without."""
     names = [c.name for c in COLUMNS if c.name in set(batch.set_columns())]
-    parts: list[bytes] = [_HEAD.pack(MAGIC, VERSION, batch.n, len(names))]
+    parts: list[bytes] = [_HEAD.pack(MAGIC, 1 if origin is None else 2, batch.n, len(names))]
+    if origin is not None:
+        parts.append(origin.packed())
     for name in names:
         col = BY_NAME[name]
         body = _encode_body(col.kind, batch[name], batch.n, name)
@@ -94,15 +152,18 @@ def _encode_body(kind: Kind, data: Any, n: int, name: str) -> list[bytes]:
     return [offsets.tobytes(), np.ascontiguousarray(data.values[start:stop], dtype="<u4").tobytes()]
 
 
-def encode_records(batch: FlowBatch, max_bytes: int = MAX_RECORD_BYTES) -> list[bytes]:
+def encode_records(batch: FlowBatch, max_bytes: int = MAX_RECORD_BYTES, origin: Origin | None = None) -> list[bytes]:
     """`batch` as one or more records, each under `max_bytes` (halved by rows until it fits;
-    a single row always makes a record)."""
-    record = encode_record(batch)
+    a single row always makes a record).  With `origin`, each record's ``first_row`` is
+    that of its rows (the same cuts give the same origins)."""
+    record = encode_record(batch, origin)
     if len(record) <= max_bytes or batch.n <= 1:
         return [record]
     half = batch.n // 2
     idx = np.arange(batch.n)
-    return encode_records(batch.take(idx[:half]), max_bytes) + encode_records(batch.take(idx[half:]), max_bytes)
+    second = None if origin is None else replace(origin, first_row=origin.first_row + half)
+    return (encode_records(batch.take(idx[:half]), max_bytes, origin)
+            + encode_records(batch.take(idx[half:]), max_bytes, second))
 
 
 # --------------------------------------------------------------------------- decoding
@@ -116,10 +177,10 @@ def decode_record(value: bytes | memoryview) -> FlowBatch:
     magic, version, n, count = _HEAD.unpack_from(view, 0)
     if magic != MAGIC:
         raise RecordError("not a flowenricher block (magic)")
-    if version != VERSION:
-        raise RecordError(f"block version {version}, this reader knows {VERSION}")
+    if version not in VERSIONS:
+        raise RecordError(f"block version {version}, this reader knows {VERSIONS}")
     batch = FlowBatch(n)
-    pos = _HEAD.size
+    pos = _HEAD.size + (_ORIGIN.size if version == 2 else 0)
     for _ in range(count):
         if pos >= len(view):
             raise RecordError("truncated column header")

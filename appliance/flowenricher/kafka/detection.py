@@ -40,9 +40,8 @@ from ..batch import FlowBatch
 from ..detect.engine import EVALUATED_COLUMNS
 from ..detect.rules import Rule
 from ..errors import KafkaTopicError
-from .blocks import MAX_RECORD_BYTES, RecordError, decode_record, encode_records, split_by_partition
+from .blocks import MAX_RECORD_BYTES, RecordError, decode_record, encode_records, record_rows, split_by_partition
 from .input import is_error
-from .output import record_rows
 
 log = logging.getLogger(__name__)
 

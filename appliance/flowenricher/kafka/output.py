@@ -24,27 +24,51 @@ A record the brokers refuse for good (topic deleted, not authorised) is spooled 
 tried again later.  At shutdown the producer gets ``FLUSH_S`` to deliver what it holds;
 what it could not is purged and spooled, so a restart replays it.
 
-What can still double a flow: a block removed from the spool only after its records
-were acknowledged, so a crash between the two sends it again; and records purged at
-shutdown while in flight may have reached the broker.  What can lose one: a crash
-(kill -9, power) with records in the producer's memory, at most ``buffer_max_bytes``.
+**Sent twice, stored once.** Every record carries its origin (kafka/blocks.py, version 2):
+this collector's id and the batch's number, both kept in the spool directory
+(:class:`BatchNumbers`), with the partition and first row.  The spool keeps records as
+they were encoded, each with its partition (:func:`pack_frames`), so a block sent
+again after a crash (its records acknowledged, the crash before its file was removed),
+or a record purged at shutdown that had in fact reached a broker, carries the same
+origin as the first copy, and the storers drop the second one (kafka/input.py,
+``kafka.dedup_window_records``).  Batches spooled before the partition count was known
+are kept whole with their number and split when replayed; split by the same partition
+count, they give the same records (a partition added meanwhile and a crash during their
+replay can give a copy other origins).  What can lose a flow: a crash (kill -9, power) with
+records in the producer's memory, at most ``buffer_max_bytes``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..batch import FlowBatch
+from ..common.private import write_atomic
 from ..handoff import Item
 from ..storage.spool import Spool, SpoolEntry
-from .blocks import MAX_RECORD_BYTES, RecordError, decode_record, encode_record, encode_records, split_by_partition
+from .blocks import (
+    MAX_RECORD_BYTES,
+    Origin,
+    RecordError,
+    decode_record,
+    encode_record,
+    encode_records,
+    parse_origin,
+    record_origin,
+    record_rows,
+    split_by_partition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +80,71 @@ REPLAY_IN_FLIGHT = 8
 FLUSH_S = 30.0
 """What the producer gets at shutdown to deliver what it holds before the rest is spooled."""
 TOKEN = "kafka"  # the spool's file-name token (the spool is the store's design; no insert uses it here)
+ORIGIN_FILE = "collector.origin"
+"""This collector's id and the batch numbers it reserved, in the spool directory (the
+spool ignores names that are not its own)."""
+RESERVE = 4096
+"""Batch numbers reserved per write of :data:`ORIGIN_FILE`: a restart continues after
+the last reservation, so a number is never given twice."""
+
+_FRAMES = b"FES\x01"
+_FRAME = struct.Struct("<iI")  # partition (UNSPLIT: not split yet), record length
+UNSPLIT = -1
+Frame = tuple[int, bytes]
+"""A spooled record and its partition (:data:`UNSPLIT`: a whole batch, split when replayed)."""
+
+
+def pack_frames(frames: list[Frame]) -> bytes:
+    """Records and their partitions as one spool block."""
+    return b"".join([_FRAMES, *(_FRAME.pack(p, len(r)) + r for p, r in frames)])
+
+
+def unpack_frames(block: bytes) -> list[Frame]:
+    """What :func:`pack_frames` wrote; a bare record (a spool of an earlier version) is one
+    unsplit frame.  Raises RecordError for a truncated block."""
+    if not block.startswith(_FRAMES):
+        return [(UNSPLIT, block)]
+    frames, pos = [], len(_FRAMES)
+    while pos < len(block):
+        if pos + _FRAME.size > len(block):
+            raise RecordError(f"spooled block: truncated frame header at byte {pos}")
+        partition, size = _FRAME.unpack_from(block, pos)
+        pos += _FRAME.size
+        if pos + size > len(block):
+            raise RecordError(f"spooled block: frame at byte {pos - _FRAME.size} runs past the end")
+        frames.append((partition, block[pos:pos + size]))
+        pos += size
+    return frames
+
+
+class BatchNumbers:
+    """This collector's id (16 random bytes, made once) and its batch numbers, never given
+    twice: :data:`RESERVE` numbers at a time are written to `path` before any is used."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            with open(path, encoding="utf-8") as handle:
+                state = json.load(handle)
+            self.collector = bytes.fromhex(state["collector"])
+            self._next = int(state["reserved"])
+            if len(self.collector) != 16 or self._next < 0:
+                raise ValueError("collector is not 16 bytes or reserved is negative")
+        except FileNotFoundError:
+            self.collector, self._next = secrets.token_bytes(16), 0
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise RuntimeError(f"kafka: {path}: not a collector origin file ({err}); move it away to start as a "
+                               "new collector") from err
+        self._reserved = self._next
+        log.info("kafka: collector id %s, batches from %d", self.collector.hex(), self._next)
+
+    def next(self) -> int:
+        if self._next >= self._reserved:
+            self._reserved = self._next + RESERVE
+            write_atomic(Path(self.path), json.dumps({"collector": self.collector.hex(), "reserved": self._reserved}))
+        number = self._next
+        self._next += 1
+        return number
 
 
 @dataclass(frozen=True)
@@ -107,6 +196,7 @@ class KafkaOutput:
         os.makedirs(settings.spool_dir, exist_ok=True)
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes, 0, registry=registry,
                            metrics_prefix="flowenricher_kafka_")
+        self.numbers = BatchNumbers(os.path.join(settings.spool_dir, ORIGIN_FILE))
         self._partitions: int | None = None
         self._metadata_at = float("-inf")
         self._said_at = float("-inf")
@@ -135,11 +225,17 @@ class KafkaOutput:
         self._producer.poll(0)
         if not item.n:
             return
-        if len(self.spool) or self._partitions is None:
-            self._spool(item, "behind spooled blocks" if len(self.spool) else "partition count not known yet")
+        number = self.numbers.next()
+        if self._partitions is None:  # kept whole under its number, split when replayed
+            whole = encode_record(item, Origin(self.numbers.collector, number, 0, 0))
+            self._spool([(UNSPLIT, whole)], "partition count not known yet")
             return
-        rest = self._produce(item, self._partitions)
-        if rest is not None:
+        records = self._records(item, number, self._partitions)
+        if len(self.spool):
+            self._spool(records, "behind spooled blocks")
+            return
+        rest = self._produce(records)
+        if rest:
             self._spool(rest, "the producer's memory is full (brokers unreachable?)")
 
     def idle(self, now: float) -> None:
@@ -171,22 +267,23 @@ class KafkaOutput:
 
     # -- producing -----------------------------------------------------------------------
 
-    def _produce(self, batch: FlowBatch, partitions: int, replay: _Replay | None = None) -> FlowBatch | None:
-        """Every partition's rows as records; the rows the producer refused (its memory
-        full), or None when it took all."""
-        pending = [(p, encode_records(rows, self._record_bytes)) for p, rows in split_by_partition(batch, partitions)]
-        for i, (partition, records) in enumerate(pending):
-            for j, record in enumerate(records):
-                try:
-                    self._producer.produce(self.settings.topic, record, partition=partition,
-                                           on_delivery=self._on_delivery(replay))
-                except BufferError:
-                    left = [decode_record(r) for r in records[j:]]
-                    left += [decode_record(r) for _, rest in pending[i + 1:] for r in rest]
-                    return FlowBatch.concat(left)
-                if replay is not None:
-                    replay.records += 1
-        return None
+    def _records(self, batch: FlowBatch, number: int, partitions: int) -> list[Frame]:
+        """Batch `number` as records, each with its partition and origin."""
+        collector = self.numbers.collector
+        return [(p, record) for p, rows in split_by_partition(batch, partitions)
+                for record in encode_records(rows, self._record_bytes, Origin(collector, number, partitions, p))]
+
+    def _produce(self, frames: list[Frame], replay: _Replay | None = None) -> list[Frame]:
+        """Hands `frames` to the producer; returns those it refused (its memory full)."""
+        for i, (partition, record) in enumerate(frames):
+            try:
+                self._producer.produce(self.settings.topic, record, partition=partition,
+                                       on_delivery=self._on_delivery(replay))
+            except BufferError:
+                return frames[i:]
+            if replay is not None:
+                replay.records += 1
+        return []
 
     def _on_delivery(self, replay: _Replay | None) -> Callable[[Any, Any], None]:
         def delivered(err: Any, message: Any) -> None:
@@ -203,21 +300,20 @@ class KafkaOutput:
             self.errors.inc()
             log.error("kafka: record to %s[%s] not delivered (%s); spooling it", message.topic(),
                       message.partition(), err)
-            try:
-                self._spool(decode_record(value), f"delivery failed: {err}")
-            except RecordError:  # cannot happen: we encoded it
-                log.exception("kafka: an undelivered record does not decode")
+            self._spool([(int(message.partition()), value)], f"delivery failed: {err}")
             if replay is not None:
                 replay.records -= 1
                 replay.failed = True
                 self._replay_done(replay)
         return delivered
 
-    def _spool(self, batch: FlowBatch, why: str) -> None:
+    def _spool(self, frames: list[Frame], why: str) -> None:
+        """`frames` as one spool block, as they are (a replay sends the same records)."""
         if not len(self.spool):
             log.warning("kafka: spooling flows to %s: %s", self.settings.spool_dir, why)
-        self.spooled.inc(batch.n)
-        self.spool.push(encode_record(batch), batch.n, TOKEN)
+        rows = sum(record_rows(record) for _, record in frames)
+        self.spooled.inc(rows)
+        self.spool.push(pack_frames(frames), rows, TOKEN)
 
     def _replay(self) -> None:
         """Hand the oldest spooled blocks to the producer once its memory is empty."""
@@ -229,26 +325,41 @@ class KafkaOutput:
             if entry.seq in self._replaying:
                 continue
             try:
-                batch = decode_record(self.spool.read(entry))
+                frames = self._split(unpack_frames(self.spool.read(entry)), self._partitions)
             except (RecordError, Exception) as err:  # a damaged file: set aside, never replayed blindly
                 self.spool.reject(entry, f"not a flowenricher block: {err}")
                 continue
             replay = _Replay(entry, 0)
             self._replaying[entry.seq] = replay
-            rest = self._produce(batch, self._partitions, replay)
-            if rest is not None:  # the producer is full again: the rows it did not take wait
+            rest = self._produce(frames, replay)
+            if rest:  # the producer is full again: the records it did not take wait
                 self._requeue_rest(entry, rest)
                 return
             if replay.records == 0:
                 self._replay_done(replay)
 
-    def _requeue_rest(self, entry: SpoolEntry, rest: FlowBatch) -> None:
-        """Replace a block partly handed over by the rows it did not take (same place)."""
-        self.spool.remove(entry)
-        self._replaying.pop(entry.seq, None)
+    def _split(self, frames: list[Frame], partitions: int) -> list[Frame]:
+        """Spooled frames with every unsplit batch split, under the number it was spooled
+        with (a bare record of an earlier version gets a new one)."""
+        out: list[Frame] = []
+        for partition, record in frames:
+            if partition != UNSPLIT:
+                out.append((partition, record))
+                continue
+            origin = record_origin(record)
+            number = parse_origin(origin).batch if origin is not None else self.numbers.next()
+            out += self._records(decode_record(record), number, partitions)
+        return out
+
+    def _requeue_rest(self, entry: SpoolEntry, rest: list[Frame]) -> None:
+        """Replace a block partly handed over by the records it did not take.  The rest is
+        written before the block is removed: a crash between the two sends records twice,
+        under their origins (dropped by the storers), rather than losing them."""
         # Pushed at the end: batches spooled after this block now come before its rest
         # (one block's rows out of order; nothing lost or doubled).
-        self.spool.push(encode_record(rest), rest.n, TOKEN)
+        self.spool.push(pack_frames(rest), sum(record_rows(r) for _, r in rest), TOKEN)
+        self.spool.remove(entry)
+        self._replaying.pop(entry.seq, None)
 
     def _replay_done(self, replay: _Replay) -> None:
         if replay.records > 0 or self._replaying.get(replay.entry.seq) is not replay:
@@ -288,7 +399,3 @@ class KafkaOutput:
     def close(self) -> None:
         self._producer.poll(0)
 
-
-def record_rows(value: bytes) -> int:
-    """The row count in a record's header (0 for anything else)."""
-    return int.from_bytes(value[4:8], "little") if len(value) >= 8 else 0
