@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import FlowenricherProcess
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Every process a test starts (`python -m appliance.cli`, a bench, a worker) imports the
+# service from this checkout: without it a subprocess run from a temporary directory
+# imports whatever the editable install points at, which in a second worktree is another
+# checkout's code, and its test passes or fails on code it never saw.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 @pytest.fixture
