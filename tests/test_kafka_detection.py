@@ -27,7 +27,7 @@ from support.detect import Collect
 from support.kafka_lab import KafkaLab, topic_name
 from support.kafka_lab import kafka_lab as kafka_lab
 
-from appliance.flowenricher.batch import FlowBatch
+from appliance.flowenricher.batch import FlowBatch, addr_to_str
 from appliance.flowenricher.detect import DetectionEngine, parse_rule_set
 from appliance.flowenricher.errors import KafkaTopicError
 from appliance.flowenricher.generate.flows import Flows, text_rows
@@ -75,17 +75,30 @@ def _by_collector(batch: FlowBatch) -> tuple[FlowBatch, FlowBatch]:
     return first, second
 
 
+class Sources:
+    """Where anomaly scoring would be fed (kafka/detection.SourceConsumer): each source
+    address and how many of its flows arrived here."""
+
+    def __init__(self) -> None:
+        self.flows: dict[str, int] = {}
+
+    def process(self, batch: FlowBatch) -> None:
+        for address in (addr_to_str(row) for row in batch["src_addr"]):
+            self.flows[address] = self.flows.get(address, 0) + 1
+
+
 class Storer:
     """A storer's detection side: its engine, its sink and (with a topic) its exchange."""
 
-    def __init__(self, lab: KafkaLab | None, topic: str | None, group: str) -> None:
+    def __init__(self, lab: KafkaLab | None, topic: str | None, group: str,
+                 rules: Sequence[dict[str, object]] = (SCAN, SWARM), sources: Sources | None = None) -> None:
         self.sink = Collect()
         self.registry = CollectorRegistry()
-        self.engine = DetectionEngine(parse_rule_set([SCAN, SWARM]), [self.sink], self.registry)
+        self.engine = DetectionEngine(parse_rule_set(list(rules)), [self.sink], self.registry)
         self.exchange: DetectionExchange | None = None
         if lab is not None and topic is not None:
             self.exchange = DetectionExchange(DetectionExchangeSettings(tuple(lab.brokers), topic, group),
-                                              self.engine, CollectorRegistry()).start()
+                                              self.engine, CollectorRegistry(), sources=sources).start()
 
     def process(self, batch: FlowBatch) -> None:
         """What the service's consumers thread does with an enriched batch."""
@@ -342,3 +355,26 @@ def test_brokers_away_at_start_start_anyway_and_count_what_is_not_detected_on() 
         exchange.close()
     assert registry.get_sample_value("flowenricher_kafka_detection_rows_dropped_total",
                                      {"reason": "no_metadata"}) == 2 * 60
+
+
+def test_anomaly_scoring_gets_every_flow_of_a_source_on_one_storer(kafka_lab: KafkaLab) -> None:
+    """Anomaly scoring reduces flows per source: through the exchange each source's flows
+    all reach one storer's scoring, even when no rule is keyed by source (the exchange
+    then produces the ``src`` records for the scoring alone)."""
+    topic, group = topic_name("detection"), topic_name("group")
+    kafka_lab.create_topic(topic, PARTITIONS)
+    fed = (Sources(), Sources())
+    pair = [Storer(kafka_lab, topic, group, rules=[SWARM], sources=s) for s in fed]
+    try:
+        at = int(time.time())
+        second_source = _flows(["192.0.2.77"] * 40, [f"84.54.50.{i}" for i in range(1, 41)], at)
+        for storer, share in zip(pair, _by_collector(FlowBatch.concat([_scan(at), second_source])), strict=True):
+            assert 0 < share.n < 100  # each storer read a share of both sources
+            storer.process(share)
+        _wait_consumed(pair, 2 * 100)  # every flow once per key: dst for the rule, src for the scoring
+    finally:
+        for storer in pair:
+            storer.close()
+    for source, flows in ((SCANNER, 60), ("192.0.2.77", 40)):
+        counts = sorted(s.flows.get(source, 0) for s in fed)
+        assert counts == [0, flows], (source, counts)

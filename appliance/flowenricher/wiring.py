@@ -372,7 +372,9 @@ def _add_detection(runtime: Runtime, cfg: Settings, rules_path: Path, registry: 
                              listeners=[anomaly.note_detection] if anomaly is not None else ())
     watcher = RulesWatcher(rules_path, engine.reload, max_window_s=det.flow_cache_max_window_s, registry=registry)
     watcher.install_sighup()
-    exchange = _detection_exchange(cfg, engine, registry)
+    exchange = _detection_exchange(cfg, engine, registry, anomaly)
+    if exchange is not None and anomaly is not None:
+        runtime.consumers.remove(anomaly)  # fed every flow of its sources by the exchange
     runtime.consumers.append(engine if exchange is None else exchange)
     runtime.tickers.extend([engine.tick, watcher.tick])
 
@@ -394,10 +396,11 @@ def _add_detection(runtime: Runtime, cfg: Settings, rules_path: Path, registry: 
     return engine
 
 
-def _detection_exchange(cfg: Settings, engine: DetectionEngine,
-                        registry: CollectorRegistry) -> DetectionExchange | None:
+def _detection_exchange(cfg: Settings, engine: DetectionEngine, registry: CollectorRegistry,
+                        anomaly: AnomalyScoring | None = None) -> DetectionExchange | None:
     """With ``kafka.detection_topic`` on a storer, the exchange that feeds `engine` every
-    flow of its keys whichever storer read them (kafka/detection.py); else None."""
+    flow of its keys, and `anomaly` every flow of its sources, whichever storer read them
+    (kafka/detection.py); else None."""
     kafka = cfg.kafka
     if not (kafka.enabled and kafka.role == "store" and kafka.detection_topic):
         return None
@@ -405,7 +408,7 @@ def _detection_exchange(cfg: Settings, engine: DetectionEngine,
 
     settings = DetectionExchangeSettings(brokers=tuple(str(b) for b in kafka.brokers), topic=kafka.detection_topic,
                                          group_id=kafka.group_id, start_from=kafka.start_from)
-    return DetectionExchange(settings, engine, registry)
+    return DetectionExchange(settings, engine, registry, sources=anomaly)
 
 
 def ptr_cache_sink(store: StoreSettings, query: QueryFn) -> PtrSink:

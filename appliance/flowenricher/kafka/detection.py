@@ -15,6 +15,11 @@ counts each record into the rules of its key only (``DetectionEngine.process(bat
 keys=...)``).  So one key's flows all land on one partition, hence one engine, and each
 flow is counted once per key.
 
+Anomaly scoring (detect/anomaly.py) reduces flows per source, so with the exchange it is
+fed from it too (``sources``): it gets the records keyed ``src``, produced whenever it is
+there even if no rule is keyed by source, and so sees every flow of each of its sources
+on one storer, the one whose engine asks it for those sources' scores.
+
 Delivery is at least once, as detection already is over the flows topic: offsets are
 committed automatically after records were handed to the engine, so a storer killed
 between the two leaves the next owner to count a few records again.  Rows the producer
@@ -70,6 +75,12 @@ class DetectionTarget(Protocol):
     def process(self, batch: FlowBatch, keys: Collection[str] | None = None) -> None: ...
 
 
+class SourceConsumer(Protocol):
+    """What reads every flow of a source (detect/anomaly.AnomalyScoring)."""
+
+    def process(self, batch: FlowBatch) -> None: ...
+
+
 @dataclass(frozen=True)
 class DetectionExchangeSettings:
     """What the exchange needs (built from the config's ``kafka`` block)."""
@@ -88,11 +99,12 @@ class DetectionExchange:
     Refuses to start when the brokers answer that the topic does not exist."""
 
     def __init__(self, settings: DetectionExchangeSettings, engine: DetectionTarget,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, sources: SourceConsumer | None = None) -> None:
         from confluent_kafka import Consumer, Producer
 
         self.settings = settings
         self.engine = engine
+        self.sources = sources
         common = {"bootstrap.servers": ",".join(settings.brokers),
                   "logger": logging.getLogger("flowenricher.kafka.client"), **settings.client_options}
         self._producer = Producer({**common, "compression.type": "zstd", "linger.ms": 20,
@@ -133,7 +145,7 @@ class DetectionExchange:
             self._refresh_metadata(timeout=1.0)
         if not batch.n:
             return
-        keys = sorted({rule.key for rule in self.engine.rules})
+        keys = sorted({rule.key for rule in self.engine.rules} | ({"src"} if self.sources is not None else set()))
         if not keys:
             return
         partitions = self._partitions
@@ -217,7 +229,10 @@ class DetectionExchange:
         for key, batches in by_key.items():
             batch = FlowBatch.concat(batches)
             if batch.n:
-                self.engine.process(batch, keys=(key,))
+                if any(rule.key == key for rule in self.engine.rules):
+                    self.engine.process(batch, keys=(key,))
+                if key == "src" and self.sources is not None:
+                    self.sources.process(batch)
                 self.consumed.labels(key).inc(batch.n)
                 handed += batch.n
         return handed
