@@ -191,7 +191,8 @@ def _goflow2_records(batch: FlowBatch) -> list[bytes]:
 
 def _goflow2_inputs(lab: KafkaLab, topic: str) -> tuple[KafkaInput, KafkaInput]:
     """Two storers' Kafka inputs (format goflow2) in one group, once each holds a partition."""
-    settings = KafkaInputSettings(brokers=tuple(lab.brokers), topic=topic, group_id=topic_name("flows-group"))
+    settings = KafkaInputSettings(brokers=tuple(lab.brokers), topic=topic, group_id=topic_name("flows-group"),
+                                  block_records=50_000, dedup_window_records=0)
     inputs = (KafkaInput(settings), KafkaInput(settings))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

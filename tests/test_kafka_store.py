@@ -206,7 +206,8 @@ def test_close_right_after_the_group_assigned_partitions_raises_nothing(kafka_la
 
     topic = topic_name()
     kafka_lab.create_topic(topic, 2)
-    reader = KafkaInput(KafkaInputSettings((kafka_lab.bootstrap,), topic, "closing", format="flowenricher"))
+    reader = KafkaInput(KafkaInputSettings((kafka_lab.bootstrap,), topic, "closing", format="flowenricher",
+                                           block_records=100, dedup_window_records=10_000))
     admin = AdminClient({"bootstrap.servers": kafka_lab.bootstrap})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # the join completes in the client's background thread

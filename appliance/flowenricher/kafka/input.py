@@ -73,16 +73,17 @@ WINDOW_READ_S = 30.0
 
 @dataclass(frozen=True)
 class KafkaInputSettings:
-    """What the input needs (built from the config's ``kafka`` block)."""
+    """What the input needs (built from the config's ``kafka`` block, whose model holds the
+    defaults: the two sizes have none here)."""
 
     brokers: tuple[str, ...]
     topic: str
     group_id: str
-    block_records: int = 50_000
+    block_records: int = field(kw_only=True)  # records per poll (KafkaSettings.records_per_poll)
     poll_timeout_s: float = 0.2
     start_from: str = "earliest"
     format: str = "goflow2"  # goflow2 (kafka/goflow2.py) or flowenricher (kafka/blocks.py)
-    dedup_window_records: int = 10_000  # flowenricher records: a copy within this many is dropped; 0: off
+    dedup_window_records: int = field(kw_only=True)  # flowenricher records: a copy within this many is dropped; 0: off
     client_options: dict[str, Any] = field(default_factory=dict)
 
 
