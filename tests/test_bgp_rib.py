@@ -227,6 +227,10 @@ def test_mirror_resynchronises_after_gobgpd_restart(bgp_lab: BgpLab) -> None:
     exactly GoBGP's table after each (re)connection."""
     bgp_lab.start(ROUTES)
     bgp_lab.wait_established()
+    # Established is not yet the routes received: a mirror started on an empty table takes
+    # the (empty) dump whatever dump_limit says, and this test is about the listing.
+    with GoBgpClient(bgp_lab.api_target) as client:
+        wait_until(lambda: sum(client.table_sizes().values()) == len(ROUTES), 10, "GoBGP holding BIRD's routes")
     registry = CollectorRegistry()
     with mirror_of(bgp_lab, registry, dump_limit=0) as mirror:
         assert mirror.wait_synchronized(10)
