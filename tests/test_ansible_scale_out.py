@@ -206,7 +206,7 @@ def test_a_storer_of_goflow2_records_renders_a_valid_config(tmp_path: Path) -> N
     assert list(storer.kafka.brokers) == ["kafka-1.example.net:9092", "kafka-2.example.net:9092",
                                           "kafka-3.example.net:9092"]
     assert (storer.kafka.topic, storer.kafka.group_id) == ("flows", "flowenricher")
-    assert storer.kafka.detection_topic is None  # the example leaves the exchange off
+    assert storer.kafka.detection_topic == "flows-detection"  # the example turns the exchange on
     ch = storer.clickhouse
     assert (ch.host, ch.port, ch.secure, ch.cluster) == ("clickhouse-1.example.net", 8443, True, "flows_cluster")
     assert ch.password == "change-me-writer-secret"  # the vault's vault_clickhouse_writer_password
@@ -227,15 +227,16 @@ def test_a_collector_and_its_storers_render_valid_configs(tmp_path: Path) -> Non
         assert storer.kafka.format == "flowenricher" and storer.clickhouse.cluster == "flows_cluster"
 
 
-def test_a_storer_with_a_detection_topic_renders_it(tmp_path: Path) -> None:
+def test_a_storer_without_a_detection_topic_renders_none(tmp_path: Path) -> None:
     example = tmp_path / "example"
     shutil.copytree(REPO / "inventory.example", example)
     storers = example / "group_vars" / "storers.yml"
-    old = "# flowenricher_kafka_detection_topic: flows-detection"
+    old = "flowenricher_kafka_detection_topic: flows-detection"
     assert old in storers.read_text()
-    storers.write_text(storers.read_text().replace(old, old[2:]))
+    storers.write_text(storers.read_text().replace(old, 'flowenricher_kafka_detection_topic: ""'))
     configs = _render(tmp_path / "run", {"storers": ["storer-1"]}, example)
-    assert configs["storer-1"]["settings"].kafka.detection_topic == "flows-detection"
+    assert configs["storer-1"]["settings"].kafka.detection_topic is None
+    assert "detection_topic" not in configs["storer-1"]["raw"]["kafka"]
 
 
 def _storer_refused(tmp_path: Path, old: str, new: str, match: str) -> None:
