@@ -197,7 +197,8 @@ def test_one_file_per_dashboard_and_unique_uids() -> None:
 def test_dashboard_loads_in_the_installed_grafana(file: str) -> None:
     d = DASHBOARD_FILES[file]
     assert d["schemaVersion"] == SCHEMA_VERSION, f"{file}: schemaVersion for Grafana {GRAFANA_VERSION}"
-    assert d["time"] == {"from": "now-6h", "to": "now"}
+    # the host drill-down reads one address's raw flows: its own default is the last hour
+    assert d["time"] == {"from": "now-1h" if d["uid"] == "flowenricher-host" else "now-6h", "to": "now"}
     assert "flowenricher" in d["tags"] and d.get("id") is None
     panels = _panels(d)
     ids = [p["id"] for p in panels]
@@ -355,15 +356,14 @@ WHO_PANELS = {
     ("flowenricher-overview", "Top destinations (bits/s)"): "dst_hosts",
     ("flowenricher-overview", "Top destination ports (bits/s)"): "dst_ports",
     ("flowenricher-host", "Hosts of the selected AS (bits/s)"): "src_hosts dst_hosts",
+    ("flowenricher-security", "Top scanners (inbound)"): "scanners",
+    ("flowenricher-peering", "Top destination prefixes (bits/s)"): "dst_prefixes",
+    ("flowenricher-peering", "Top source prefixes (bits/s)"): "src_prefixes",
+    ("flowenricher-peering", "Upstreams: BGP next hop and neighbour AS (bits/s)"): "next_hops",
 }
 """The "who" panels (top hosts and ports of the whole traffic) and the rollups they read."""
 
-RAW_WHO = {
-    ("flowenricher-security", "Top scanners (inbound)"): "distinct targets and ports per source, SYN-only flows",
-    ("flowenricher-peering", "Top destination prefixes (bits/s)"): "the exporter's prefix lengths (dst_mask)",
-    ("flowenricher-peering", "Top source prefixes (bits/s)"): "the exporter's prefix lengths (src_mask)",
-    ("flowenricher-peering", "Upstreams: BGP next hop and neighbour AS (bits/s)"): "bgp_next_hop",
-}
+RAW_WHO: dict[tuple[str, str], str] = {}
 """Panels ranking addresses or ports that read the flows table, and what they need that
 no rollup keeps.  Per-host panels ($host) are not here: they read one address's flows."""
 
@@ -730,6 +730,65 @@ def test_who_rollups_rank_as_the_flows_do(store: FlowStore, facts: dict[str, Any
         WHERE {row_start}(timestamp_start) BETWEEN toDateTime({time_range.from_ms // 1000}) AND toDateTime({NOW})
         GROUP BY {flows_key}{", proto" if key == "port" else ""} ORDER BY b DESC LIMIT 20""")]
     assert len(got) == 20 and got == expected
+
+
+_PREFIX_REFERENCE = """
+    SELECT if(ip_version = 4,
+              concat(IPv4NumToString(toIPv4(replaceRegexpOne(IPv6NumToString(network), '^::ffff:', ''))),
+                     '/', toString(length - 96)),
+              concat(IPv6NumToString(network), '/', toString(length))) AS prefix,
+      round(b * 8 / {range_s}, 6)
+    FROM (SELECT ip_version,
+            if(ip_version = 4, 96 + if({side}_mask = 0, 24, least({side}_mask, 32)),
+               if({side}_mask = 0, 48, least({side}_mask, 128))) AS length,
+            tupleElement(IPv6CIDRToRange({side}_addr, toUInt8(length)), 1) AS network,
+            sum(bytes) AS b
+          FROM {flows} WHERE {minutes} GROUP BY ip_version, length, network ORDER BY b DESC LIMIT 20)
+    ORDER BY b DESC"""
+
+ROLLUP_PANELS_FROM_FLOWS = {
+    # title: (dashboard, columns compared, the same answer computed from raw flows)
+    "Upstreams: BGP next hop and neighbour AS (bits/s)": ("flowenricher-peering", ("next_hop", "neighbour", "bps"), """
+        SELECT replaceRegexpOne(IPv6NumToString(bgp_next_hop), '^::ffff:', ''), peer_dst_as,
+          round(sum(bytes) * 8 / {range_s}, 6) AS b
+        FROM {flows} WHERE {minutes} AND flow_direction = 2
+        GROUP BY bgp_next_hop, peer_dst_as ORDER BY b DESC LIMIT 20"""),
+    "Top destination prefixes (bits/s)": ("flowenricher-peering", ("prefix", "bps"), _PREFIX_REFERENCE),
+    "Top source prefixes (bits/s)": ("flowenricher-peering", ("prefix", "bps"), _PREFIX_REFERENCE),
+    "Top scanners (inbound)": ("flowenricher-security", ("host", "targets", "ports", "flows", "syn_only"), """
+        SELECT replaceRegexpOne(IPv6NumToString(src_addr), '^::ffff:', ''),
+          uniqExact(dst_addr) AS t, uniqExact(dst_port) AS p,
+          count(), countIf(proto = 6 AND bitAnd(tcpflags, 0x12) = 0x02)
+        FROM {flows} WHERE {minutes} AND flow_direction = 1
+        GROUP BY src_addr HAVING t >= 10 OR p >= 10 ORDER BY t * p DESC, count() DESC, src_addr LIMIT 20"""),
+}
+
+
+@pytest.mark.parametrize("range_s", [6 * HOUR, 7 * 86400])
+@pytest.mark.parametrize("title", sorted(ROLLUP_PANELS_FROM_FLOWS))
+def test_rollup_panels_answer_as_the_flows_do(store: FlowStore, facts: dict[str, Any], range_s: int,
+                                              title: str) -> None:
+    """Upstreams, prefixes and scanners read their rollups (schema.WHO_ROLLUPS) and give the
+    flows table's answer for the same minutes: the same rows, ranked, with the same rates,
+    distinct targets and ports (uniq is exact below 65,536 values) and SYN-only flows."""
+    uid, compared, reference = ROLLUP_PANELS_FROM_FLOWS[title]
+    dashboard = BY_UID[uid]
+    panel = next(p for p in _panels(dashboard) if p["title"] == title)
+    time_range = TimeRange.last(range_s, NOW)
+    chosen = _selections(store, dashboard, time_range, "all", facts)
+    answer = _run(store, render(panel["targets"][0]["rawSql"], time_range, 60, chosen), title)
+    names = [n for n, _ in answer.columns]
+    got = [tuple(str(row[names.index(c)]) if c in ("next_hop", "prefix", "host") else
+                 round(float(row[names.index(c)]), 6) for c in compared) for row in answer.rows]
+    row_start = {"flows_1m": "toStartOfMinute", "flows_5m": "toStartOfFiveMinutes"}[chosen["rollup"].chosen[0]]
+    minutes = f"{row_start}(timestamp_start) BETWEEN toDateTime({time_range.from_ms // 1000}) AND toDateTime({NOW})"
+    side = "src" if "source" in title else "dst"
+    rows = _q(store, reference.format(flows=f"{DATABASE}.flows", minutes=minutes, range_s=range_s, side=side))
+    expected = [tuple(v if i == 0 else round(float(v), 6) for i, v in enumerate(row)) for row in rows]
+    assert got and sorted(got) == sorted(expected), f"{title}: {got[:3]} against {expected[:3]}"
+    numbers = [[float(v) for v in row[1:]] for row in got]
+    rank = [n[0] * n[1] if title == "Top scanners (inbound)" else n[-1] for n in numbers]
+    assert rank == sorted(rank, reverse=True), f"{title}: not ranked"
 
 
 def test_variable_selection_narrows_the_answer(store: FlowStore, facts: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,10 +201,15 @@ def test_who_rollups_follow_inserts_within_their_cap(tmp_path: Path, open_embedd
     batch = sample_batch(5000, seed=4)
     store.insert(batch)
     total = [[str(batch.n), str(int(batch["bytes"].sum()))]]
+    inbound = batch["flow_direction"] == 1
+    assert 0 < inbound.sum() < batch.n
     for r in schema.ROLLUPS:
         for w in schema.WHO_ROLLUPS:
             table = schema.who_table(store.settings, r, w)
-            assert _rows(store, f"SELECT sum(flows), sum(bytes) FROM {table}") == total, table
+            if w.summed:
+                assert _rows(store, f"SELECT sum(flows), sum(bytes) FROM {table}") == total, table
+            else:  # the scanners: inbound flows only
+                assert _rows(store, f"SELECT sum(flows) FROM {table}") == [[str(int(inbound.sum()))]], table
     many = sample_batch(3 * schema.WHO_CAP, seed=5, start=int(batch["timestamp_start"].min()) + 7200)
     many["timestamp_start"] = np.full(many.n, many["timestamp_start"][0], np.uint32)  # one minute
     many["exporter_address"] = np.repeat(many["exporter_address"][:1], many.n, axis=0)
@@ -217,6 +223,35 @@ def test_who_rollups_follow_inserts_within_their_cap(tmp_path: Path, open_embedd
     rows = _rows(store, f"SELECT count(), uniqExact(src_addr), min(bytes), sum(bytes) FROM {table} WHERE {minute}")
     kept = np.sort(many["bytes"])[-schema.WHO_CAP:]
     assert rows == [[str(schema.WHO_CAP), str(schema.WHO_CAP), str(int(kept[0])), str(int(kept.sum()))]]
+
+
+def test_scanner_counts_merge_across_blocks_and_steps(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:
+    """One source's inbound flows split over three inserts in one minute: the scanners
+    rollup counts its distinct targets and ports over all of them at every step, once
+    its parts are merged (the uniq states merge: a SummingMergeTree given its summed
+    columns would keep one block's state), and leaves outbound flows out."""
+    store = _open(open_embedded, StoreSettings(path=str(tmp_path)))
+    store.migrate()
+    scanners = next(w for w in schema.WHO_ROLLUPS if w.name == "scanners")
+    minute = int(time.time()) // 3600 * 3600 - 3600  # inside the tables' TTL
+    for block in range(3):
+        batch = sample_batch(40, seed=10)  # one source, exporter, interface pair, AS pair, country
+        batch["timestamp_start"] = np.full(batch.n, minute, np.uint32)
+        for column in ("exporter_address", "src_addr", "dst_addr", "input_interface", "output_interface", "src_as",
+                       "dst_as"):
+            batch[column] = np.repeat(batch[column][:1], batch.n, axis=0)
+        batch["src_host_country"] = batch["src_host_country"].take(np.zeros(batch.n, np.intp))
+        batch["flow_direction"] = np.where(np.arange(batch.n) < 30, 1, 2).astype(np.uint8)
+        batch["dst_addr"][:, 15] = np.arange(batch.n) % 20 + 20 * block  # 20 targets a block, 60 in all
+        batch["dst_port"] = (np.arange(batch.n) % 5 + 5 * block).astype(np.uint16)  # 5 a block, 15 in all
+        batch["proto"] = np.full(batch.n, 6, np.uint8)
+        batch["tcpflags"] = np.where(np.arange(batch.n) % 2 == 0, 0x02, 0x12).astype(np.uint8)
+        store.insert(batch)
+    for r in schema.ROLLUPS:
+        table = schema.who_table(store.settings, r, scanners)
+        store.query(f"OPTIMIZE TABLE {table} FINAL")
+        rows = _rows(store, f"SELECT count(), uniqMerge(targets), uniqMerge(ports), sum(flows), sum(syn_only) FROM {table}")
+        assert rows == [["1", "60", "15", "90", "45"]], table
 
 
 def test_ptr_cache_has_the_original_columns(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:

@@ -314,12 +314,12 @@ def rollup_fit(rule: Rule) -> SourceFit:
     from .storage.schema import ROLLUP_TIME_SOURCE, ROLLUPS, WHO_CAP, WHO_FILTERS, WHO_ROLLUPS
 
     key_column = f"{rule.key}_addr"
-    host = next((w for w in WHO_ROLLUPS if w.values[0] == key_column), None)
+    host = next((w for w in WHO_ROLLUPS if w.summed and w.values[0] == key_column), None)
     reasons = []
     if host is None:
         reasons.append(f"no rollup keeps {key_column}")
     else:
-        kept = {*WHO_FILTERS, *host.values}
+        kept = {*WHO_FILTERS, *host.value_names()}
         needs = {"dst_addr": rule.same_dst_ip and rule.key == "src", "dst_port": rule.same_dst_port or bool(rule.dst_ports),
                  "proto": rule.proto is not None, "tcpflags": rule.syn_only or bool(rule.min_syn_ratio),
                  "each flow's start and end (for rates)": bool(rule.min_pps or rule.min_bps)}

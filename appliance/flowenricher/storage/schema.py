@@ -166,18 +166,59 @@ each is the sum of the same column)."""
 
 
 @dataclass(frozen=True)
+class Derived:
+    """A value a "who" rollup computes from flow columns (a prefix from an address and its
+    mask), stored under its own name and type; a finer step's rows already hold it."""
+
+    name: str
+    ch_type: str
+    expression: str
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What a "who" rollup keeps per key: its column type, how the finest step computes
+    it from flows and how a coarser step combines the finer step's rows."""
+
+    name: str
+    ch_type: str
+    from_flows: str
+    from_rollup: str
+
+
+SUMS: tuple[Measure, ...] = tuple(Measure(m, "UInt64", expr, f"sum({m})") for m, expr in ROLLUP_METRICS)
+"""Bytes, packets and flows summed (ROLLUP_METRICS): what the ranking panels read."""
+
+
+@dataclass(frozen=True)
 class WhoRollup:
     """The flows summed per rollup step, filter dimension and the values one kind of "who"
     panel ranks (top hosts, top ports), kept at every step of ROLLUPS.
 
-    ``values`` are flow columns: the first is what the panel ranks, the others describe it
-    and depend on it (an address's country), so they cost no extra rows.  Its tables are
-    ``<flows>_<step suffix>_<name>``, so a dashboard reads ``${rollup}_<name>`` with the one
-    range-to-step variable the aggregate panels already use.
+    ``values`` are flow columns or Derived ones: the first is what the panel ranks, the
+    others describe it and depend on it (an address's country), so they cost no extra
+    rows.  Its tables are ``<flows>_<step suffix>_<name>``, so a dashboard reads
+    ``${rollup}_<name>`` with the one range-to-step variable the aggregate panels already
+    use.  ``since`` is the migration that makes it; ``where`` keeps only some flows;
+    ``rank`` orders a block's rows for WHO_CAP (an ORDER BY list).  With measures other than SUMS (distinct
+    counts kept as aggregate states) the table is an AggregatingMergeTree: a
+    SummingMergeTree given its summed columns leaves such states unmerged (checked on
+    ClickHouse 26.9: a uniq state of two addresses read back as one after OPTIMIZE FINAL).
     """
 
     name: str
-    values: tuple[str, ...]
+    values: tuple[str | Derived, ...]
+    since: int = 8
+    measures: tuple[Measure, ...] = SUMS
+    where: str = ""
+    rank: str = "bytes DESC"
+
+    @property
+    def summed(self) -> bool:
+        return self.measures == SUMS
+
+    def value_names(self) -> tuple[str, ...]:
+        return tuple(v if isinstance(v, str) else v.name for v in self.values)
 
 
 WHO_FILTERS: tuple[str, ...] = (
@@ -192,11 +233,47 @@ WHO_FILTERS: tuple[str, ...] = (
 variables (exporter, direction, interface, AS), so a filtered top-N reads the rollup too.
 For one address they rarely vary (its uplink, its own AS), so they add few rows."""
 
+
+def _prefix_length(side: str) -> str:
+    """The prefix length of `side`'s address in IPv6 terms (IPv4 mapped: 96 + its length),
+    from the exporter's mask, /24 and /48 when the exporter gave none."""
+    return (f"toUInt8(if(ip_version = 4, 96 + if({side}_mask = 0, 24, least({side}_mask, 32)), "
+            f"if({side}_mask = 0, 48, least({side}_mask, 128))))")
+
+
+def _prefix_values(side: str) -> tuple[str | Derived, ...]:
+    length = _prefix_length(side)
+    return ("ip_version",
+            Derived(f"{side}_prefix", "IPv6", f"tupleElement(IPv6CIDRToRange({side}_addr, {length}), 1)"),
+            Derived(f"{side}_prefix_length", "UInt8", length))
+
+
+SCAN_MEASURES: tuple[Measure, ...] = (
+    Measure("targets", "AggregateFunction(uniq, IPv6)", "uniqState(dst_addr)", "uniqMergeState(targets)"),
+    Measure("ports", "AggregateFunction(uniq, UInt16)", "uniqState(dst_port)", "uniqMergeState(ports)"),
+    Measure("flows", "SimpleAggregateFunction(sum, UInt64)", "count()", "sum(flows)"),
+    Measure("syn_only", "SimpleAggregateFunction(sum, UInt64)",
+            "countIf(proto = 6 AND bitAnd(tcpflags, 0x12) = 0x02)", "sum(syn_only)"),
+)
+"""Per inbound source: distinct targets and ports (uniq states, merged across blocks and
+steps), flows and TCP flows with SYN but no ACK.  The cap keeps a block's sources with the
+most flows (a scanner sends about one per target and port): ranking by targets x ports
+would finalize every state, and cost a store 22% of its insert rate against 15% this way
+(bench/store_insert.py with and without this rollup, 2026-12-07, docs/performance.md)."""
+
 WHO_ROLLUPS: tuple[WhoRollup, ...] = (
     WhoRollup("src_hosts", ("src_addr", "src_host_country")),
     WhoRollup("dst_hosts", ("dst_addr", "dst_host_country")),
     WhoRollup("dst_ports", ("proto", "dst_port")),
+    WhoRollup("next_hops", ("bgp_next_hop", "peer_dst_as", "peer_dst_as_name", "output_interface_name"), since=9),
+    WhoRollup("src_prefixes", _prefix_values("src"), since=9),
+    WhoRollup("dst_prefixes", _prefix_values("dst"), since=9),
+    WhoRollup("scanners", ("src_addr", "src_host_country"), since=9, measures=SCAN_MEASURES,
+              where="flow_direction = 1", rank="flows DESC"),
 )
+"""Hosts, ports, upstreams (BGP next hop and neighbour AS, with their names), prefixes
+(the exporter's masks) and inbound scanners.  A next hop, a neighbour AS and a prefix
+are bounded by the routing table; hosts and scanners by WHO_CAP per block."""
 
 WHO_CAP = 1000
 """Most rows a "who" view writes per insert block, time bucket, exporter and direction:
@@ -309,21 +386,34 @@ def create_rollup(s: StoreSettings, index: int) -> list[str]:
     return [*table_sql, view_sql]
 
 
+def _value_column(v: str | Derived) -> TableColumn:
+    if isinstance(v, Derived):
+        return TableColumn(v.name, v.ch_type)
+    c = BY_NAME[v]
+    return TableColumn(c.name, c.ch_type, c.codec)
+
+
 def who_description(flows_table: str, r: Rollup, w: WhoRollup) -> Table:
     """"Who" rollup `w` at the step of `r`, described like the other tables; the flow
     columns keep the types and codecs of columns.py."""
+    names = w.value_names()
+    if w.summed:
+        what, engine = "Flows summed", f"SummingMergeTree(({', '.join(m.name for m in w.measures)}))"
+    else:
+        what, engine = f"{', '.join(m.name for m in w.measures)} of flows", "AggregatingMergeTree"
+    where = f" ({w.where})" if w.where else ""
     return Table(
         f"{flows_table}_{r.suffix}_{w.name}",
-        f"Flows summed per {r.bucket}(timestamp), filter dimension and {', '.join(w.values)}, "
+        f"{what}{where} per {r.bucket}(timestamp), filter dimension and {', '.join(names)}, "
         f"at most {WHO_CAP} rows per insert block and bucket.",
         (
             TableColumn("timestamp", "DateTime", "DoubleDelta, ZSTD(1)"),
-            *(TableColumn(c.name, c.ch_type, c.codec) for c in (BY_NAME[d] for d in (*WHO_FILTERS, *w.values))),
-            *(TableColumn(m, "UInt64") for m, _ in ROLLUP_METRICS),
+            *(_value_column(v) for v in (*WHO_FILTERS, *w.values)),
+            *(TableColumn(m.name, m.ch_type) for m in w.measures),
         ),
-        engine=f"SummingMergeTree(({', '.join(m for m, _ in ROLLUP_METRICS)}))",
+        engine=engine,
         partition_by=r.partition,
-        order_by=f"(timestamp, {', '.join((*WHO_FILTERS, *w.values))})",
+        order_by=f"(timestamp, {', '.join((*WHO_FILTERS, *names))})",
         ttl_from="timestamp",
         settings=f"non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}",
         time_column="timestamp",
@@ -336,34 +426,48 @@ def who_table(s: StoreSettings, r: Rollup, w: WhoRollup) -> str:
 
 def create_who_rollup(s: StoreSettings, index: int, w: WhoRollup) -> list[str]:
     """The table of "who" rollup `w` at step ``ROLLUPS[index]`` and the view that feeds it:
-    from the flows for the finest step, from the step before otherwise (as create_rollup),
-    keeping the WHO_CAP rows with most bytes per block, bucket, exporter and direction."""
+    from the flows for the finest step (those `w.where` keeps), from the step before
+    otherwise (as create_rollup), keeping the WHO_CAP rows first by ``w.rank`` per block,
+    bucket, exporter and direction."""
     r = ROLLUPS[index]
-    keys = ", ".join((*WHO_FILTERS, *w.values))
+    keys = ", ".join((*WHO_FILTERS, *w.value_names()))
+    where = ""
     if index == 0:
         source, time_col = local_table(s, s.table), ROLLUP_TIME_SOURCE
-        metrics = [f"{expr} AS {m}" for m, expr in ROLLUP_METRICS]
+        values = [*WHO_FILTERS, *(v if isinstance(v, str) else f"{v.expression} AS {v.name}" for v in w.values)]
+        metrics = [f"{m.from_flows} AS {m.name}" for m in w.measures]
+        where = f"\nWHERE {w.where}" if w.where else ""
     else:
         source, time_col = local_table(s, who_description(s.table, ROLLUPS[index - 1], w).name), "timestamp"
-        metrics = [f"sum({m}) AS {m}" for m, _ in ROLLUP_METRICS]
+        values = [keys]
+        metrics = [f"{m.from_rollup} AS {m.name}" for m in w.measures]
     description = who_description(s.table, r, w)
     table = local_table(s, description.name)
-    select = ", ".join([f"{r.bucket}({time_col}) AS timestamp", keys, *metrics])
+    select = ", ".join([f"{r.bucket}({time_col}) AS timestamp", *values, *metrics])
     view_sql = (
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {table}_mv{s.layout.on_cluster} TO {table} AS\n"
-        f"SELECT {select}\nFROM {source}\nGROUP BY timestamp, {keys}\n"
-        f"ORDER BY bytes DESC\nLIMIT {WHO_CAP} BY timestamp, exporter_address, flow_direction"
+        f"SELECT {select}\nFROM {source}{where}\nGROUP BY timestamp, {keys}\n"
+        f"ORDER BY {w.rank}\nLIMIT {WHO_CAP} BY timestamp, exporter_address, flow_direction"
     )
     return [*description.create_statements(s.database, s.ttl_days * r.ttl_factor, s.layout), view_sql]
 
 
-def _who_rollups(s: StoreSettings) -> list[str]:
-    """Every "who" rollup at every step, finest first (each step's view reads the one before).
-    Their descriptions set one server's deduplication window; on a cluster, the replicated
-    one is set here (REPLICATED_DEDUPLICATION)."""
-    made = [sql for index in range(len(ROLLUPS)) for w in WHO_ROLLUPS for sql in create_who_rollup(s, index, w)]
-    tables = [local_table(s, who_description(s.table, r, w).name) for r in ROLLUPS for w in WHO_ROLLUPS]
-    return made + (_replicated_deduplication(s, tables) if s.cluster else [])
+def who_rollups_since(version: int) -> tuple[WhoRollup, ...]:
+    return tuple(w for w in WHO_ROLLUPS if w.since == version)
+
+
+def _who_rollups_of(version: int) -> Callable[[StoreSettings], list[str]]:
+    """Migration `version`'s "who" rollups at every step, finest first (each step's view
+    reads the one before).  Their descriptions set one server's deduplication window; on a
+    cluster, the replicated one is set here (REPLICATED_DEDUPLICATION)."""
+
+    def statements(s: StoreSettings) -> list[str]:
+        who = who_rollups_since(version)
+        made = [sql for index in range(len(ROLLUPS)) for w in who for sql in create_who_rollup(s, index, w)]
+        tables = [local_table(s, who_description(s.table, r, w).name) for r in ROLLUPS for w in who]
+        return made + (_replicated_deduplication(s, tables) if s.cluster else [])
+
+    return statements
 
 
 def _initial(s: StoreSettings) -> list[str]:
@@ -439,7 +543,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "collector_stats and exporter_interfaces tables", _collector_stats),
     Migration(6, "insert deduplication window on flows and rollups", _deduplication),
     Migration(7, "tunnel_src_addr and tunnel_dst_addr on flows", _tunnel_columns),
-    Migration(8, "rollups of top hosts and ports (1m/5m/1h) and their views", _who_rollups),
+    Migration(8, "rollups of top hosts and ports (1m/5m/1h) and their views", _who_rollups_of(8)),
+    Migration(9, "rollups of upstreams, prefixes and inbound scanners (1m/5m/1h) and their views", _who_rollups_of(9)),
 )
 
 

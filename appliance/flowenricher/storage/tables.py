@@ -156,6 +156,11 @@ def _not_null(value: Any) -> Any:
     return value
 
 
+def _aggregate_state(value: Any) -> str:
+    """An aggregate state has no literal: only a view (or INSERT ... SELECT ...State()) makes one."""
+    raise TypeError("an AggregateFunction column is filled by its view, never by INSERT ... VALUES")
+
+
 _INTEGER = re.compile(r"U?Int(8|16|32|64|128|256)")
 
 
@@ -171,6 +176,10 @@ def renderer(ch_type: str) -> Render:
         return lambda v: "NULL" if v is None else inner(v)
     if head == "LowCardinality":
         return renderer(args[0])
+    if head == "SimpleAggregateFunction":  # holds plain values of its last argument's type
+        return renderer(args[-1])
+    if head == "AggregateFunction":
+        return _aggregate_state
     if head == "Array":
         item = renderer(args[0])
         return lambda v: "[" + ", ".join(item(x) for x in _not_null(v)) + "]"
