@@ -258,8 +258,9 @@ SCAN_MEASURES: tuple[Measure, ...] = (
 """Per inbound source: distinct targets and ports (uniq states, merged across blocks and
 steps), flows and TCP flows with SYN but no ACK.  The cap keeps a block's sources with the
 most flows (a scanner sends about one per target and port): ranking by targets x ports
-would finalize every state, and cost a store 22% of its insert rate against 15% this way
-(bench/store_insert.py with and without this rollup, 2026-12-07, docs/performance.md)."""
+would finalize every state (bench/store_insert.py with and without this rollup: 22% of
+the insert rate against 15% this way, in runs that differ by up to 30% among themselves;
+2026-12-07, docs/performance.md)."""
 
 WHO_ROLLUPS: tuple[WhoRollup, ...] = (
     WhoRollup("src_hosts", ("src_addr", "src_host_country")),
