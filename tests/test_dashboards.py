@@ -770,7 +770,7 @@ def test_rollup_panels_answer_as_the_flows_do(store: FlowStore, facts: dict[str,
                                               title: str) -> None:
     """Upstreams, prefixes and scanners read their rollups (schema.WHO_ROLLUPS) and give the
     flows table's answer for the same minutes: the same rows, ranked, with the same rates,
-    distinct targets and ports (uniq is exact below 65,536 values) and SYN-only flows."""
+    distinct targets and ports (uniq is practically exact below 65,536 values) and SYN-only flows."""
     uid, compared, reference = ROLLUP_PANELS_FROM_FLOWS[title]
     dashboard = BY_UID[uid]
     panel = next(p for p in _panels(dashboard) if p["title"] == title)

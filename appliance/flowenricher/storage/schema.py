@@ -200,10 +200,11 @@ class WhoRollup:
     rows.  Its tables are ``<flows>_<step suffix>_<name>``, so a dashboard reads
     ``${rollup}_<name>`` with the one range-to-step variable the aggregate panels already
     use.  ``since`` is the migration that makes it; ``where`` keeps only some flows;
-    ``rank`` orders a block's rows for WHO_CAP (an ORDER BY list).  With measures other than SUMS (distinct
-    counts kept as aggregate states) the table is an AggregatingMergeTree: a
-    SummingMergeTree given its summed columns leaves such states unmerged (checked on
-    ClickHouse 26.9: a uniq state of two addresses read back as one after OPTIMIZE FINAL).
+    ``rank`` orders a block's rows for WHO_CAP (an ORDER BY list).  With measures other
+    than SUMS (distinct counts kept as aggregate states) the table is an
+    AggregatingMergeTree: a SummingMergeTree given its summed columns leaves such states
+    unmerged (checked on ClickHouse 26.9: a uniq state of two addresses read back as one
+    after OPTIMIZE FINAL).
     """
 
     name: str
@@ -273,8 +274,9 @@ WHO_ROLLUPS: tuple[WhoRollup, ...] = (
               where="flow_direction = 1", rank="flows DESC"),
 )
 """Hosts, ports, upstreams (BGP next hop and neighbour AS, with their names), prefixes
-(the exporter's masks) and inbound scanners.  A next hop, a neighbour AS and a prefix
-are bounded by the routing table; hosts and scanners by WHO_CAP per block."""
+(the exporter's masks) and inbound scanners.  Next hops and neighbour ASes are few;
+prefixes are as many as the routes in use when the exporter sends masks, as the /24s and
+/48s in use when it does not; every one is bounded by WHO_CAP per block."""
 
 WHO_CAP = 1000
 """Most rows a "who" view writes per insert block, time bucket, exporter and direction:
