@@ -27,4 +27,4 @@ echo "== GoBGP API stubs"
 [ -f appliance/flowenricher/bgp/_api/gobgp_pb2_grpc.py ] || python3 tools/gen_gobgp_stubs.py
 echo "== ruff"; python3 -m ruff check .
 echo "== mypy"; python3 -m mypy
-echo "== pytest"; python3 -m pytest -q -p no:cacheprovider "$@"
+echo "== pytest"; python3 -m pytest -q -p no:cacheprovider --durations=25 "$@"
