@@ -55,6 +55,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,45 @@ class EnrichedStep(Step):
     with_dst_as: int | None = None
     with_country: int | None = None
     extra: list[str] = field(default_factory=list)
+    parts_mb: dict[str, float] = field(default_factory=dict)  # each part's peak (PartsSampler)
+
+
+MEMORY_PARTS = {
+    "RIB": "flowenricher_rib_bytes",
+    "GeoIP cache + AS names": "flowenricher_geoip_bytes",
+    "writer queue": "flowenricher_writer_queued_bytes",
+    "consumers queue": "flowenricher_consumers_queued_bytes",
+    "blocks awaiting insert": "flowenricher_store_pending_bytes",
+    "detection windows": "flowenricher_detection_state_bytes",
+    "chDB tracker": "flowenricher_store_engine_bytes",
+}
+"""What the storing process reports it holds, part by part (its /metrics gauges)."""
+
+
+class PartsSampler(threading.Thread):
+    """Each memory part's peak over the step, from the collector's /metrics once a second
+    (a part's peak, not a simultaneous reading: their sum bounds the parts' share of RSS)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(name="memory-parts", daemon=True)
+        self.url = url
+        self.peaks: dict[str, float] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(1.0):
+            try:
+                metrics = scrape(self.url)
+            except OSError:
+                continue
+            for part, name in MEMORY_PARTS.items():
+                if name in metrics:
+                    self.peaks[part] = max(self.peaks.get(part, 0.0), metrics[name] / 2**20)
+
+    def finish(self) -> dict[str, float]:
+        self._halt.set()
+        self.join(10)
+        return self.peaks
 
 
 class MainSampler(MemorySampler):
@@ -282,6 +322,7 @@ def run_step(mode: str, rate: int, args: argparse.Namespace, work: Path, childre
     started = time.monotonic()
     proc = children.start(argv, signal.SIGTERM, log, where)
     memory = MainSampler(where, proc.pid)
+    parts = PartsSampler(url)
     code = None
     paused = False
     try:
@@ -298,6 +339,7 @@ def run_step(mode: str, rate: int, args: argparse.Namespace, work: Path, childre
             os.kill(gobgpd_pid, signal.SIGSTOP)  # resumed below, failures included
             paused = True
         memory.start()
+        parts.start()
         step.recv_buffer = socket_buffers(port)
         target = f"127.0.0.1:{port}"
         warm_up(target, args.protocol, args.seed)
@@ -323,6 +365,8 @@ def run_step(mode: str, rate: int, args: argparse.Namespace, work: Path, childre
         code = children.stop(proc, timeout=120)
         if memory.is_alive():
             memory.finish()
+        if parts.is_alive():
+            step.parts_mb = parts.finish()
     step.peak_rss_kb, step.peak_pss_kb, step.main_rss_kb = memory.peak_rss_kb, memory.peak_pss_kb, memory.main_rss_kb
     step.memory = memory.by_process()
     if code != 0:
@@ -388,6 +432,9 @@ def print_step(step: EnrichedStep) -> None:
         print(f"    gobgpd: idle again after the RIB load: {idle}; CPU it used during the traffic and the catch-up: {cpu}")
     if step.memory:
         print(f"    peak RSS per process (VmHWM): {step.memory}")
+    if step.parts_mb:
+        listed = ", ".join(f"{part} {mb:,.1f}" for part, mb in step.parts_mb.items())
+        print(f"    storing process by part, each part's peak in MB (its gauges): {listed}")
     print(f"    collector: {step.command}")
     if s:
         print(f"    sender:    {s.command}")

@@ -48,6 +48,11 @@ class DictColumn:
         vals = self.values
         return [vals[c] for c in self.codes.tolist()]
 
+    @property
+    def nbytes(self) -> int:
+        """The codes' bytes and the dictionary's text (its Python objects not counted)."""
+        return int(self.codes.nbytes) + sum(len(v) for v in self.values)
+
 
 @dataclass
 class ListColumn:
@@ -77,6 +82,10 @@ class ListColumn:
 
     def take(self, idx: npt.NDArray[np.intp]) -> ListColumn:
         return ListColumn.from_lists([self.row(int(i)) for i in idx])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.offsets.nbytes + self.values.nbytes)
 
 
 ColumnData = np.ndarray | DictColumn | ListColumn
@@ -137,6 +146,12 @@ class FlowBatch:
 
     def set_columns(self) -> list[str]:
         return list(self._cols)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the columns set so far (an unset column reads as its default and holds
+        nothing until read): what a queued batch keeps in memory."""
+        return sum(int(data.nbytes) for data in self._cols.values())
 
     def take(self, idx: npt.NDArray[np.intp]) -> FlowBatch:
         out = FlowBatch(len(idx))

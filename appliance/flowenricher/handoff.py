@@ -49,6 +49,10 @@ class Grouped:
     def n(self) -> int:
         return self.batch.n
 
+    @property
+    def nbytes(self) -> int:
+        return self.batch.nbytes
+
 
 Item = FlowBatch | Grouped
 
@@ -68,8 +72,11 @@ class HandOff:
     """Runs ``process(batch)`` for every batch handed over, in order, in its own thread;
     ``idle(now)`` about every TICK_S; ``finish()`` once at close, after the last batch.
 
-    ``name`` is ``writer``, ``consumers`` or ``producer``: it names the thread and the gauge
-    ``flowenricher_<name>_queued_rows``.
+    ``name`` is ``writer``, ``consumers`` or ``producer``: it names the thread and the gauges
+    ``flowenricher_<name>_queued_rows`` and ``flowenricher_<name>_queued_bytes`` (the
+    columns' bytes, FlowBatch.nbytes, taken when the batch is handed over).  The storing
+    process hands the same batch to the writer and to the consumers, so while both hold
+    it, the sum of their byte gauges counts it twice.
     """
 
     def __init__(self, name: str, process: Callable[[Item], None], max_pending_rows: int, *,
@@ -82,13 +89,17 @@ class HandOff:
         self._max_pending = max(1, max_pending_rows)
         self._clock = clock
         self._cond = threading.Condition()
-        self._queue: deque[Item] = deque()
+        self._queue: deque[tuple[Item, int]] = deque()  # with its bytes when handed over
         self._pending = 0
+        self._pending_bytes = 0
         self._closing = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"flowenricher-{name}", daemon=True)
         self._queued = Gauge(f"flowenricher_{name}_queued_rows", _QUEUED.get(name, f"Rows queued for {name}"),
                              registry=registry)
+        self._queued_bytes = Gauge(f"flowenricher_{name}_queued_bytes",
+                                   f"Bytes of the columns of the rows in flowenricher_{name}_queued_rows",
+                                   registry=registry)
 
     def start(self) -> HandOff:
         self._thread.start()
@@ -107,9 +118,12 @@ class HandOff:
                 self._cond.wait(TICK_S)
             if self._error is not None or not self._thread.is_alive():
                 raise HandOffStopped(f"the {self.name} thread stopped: {self._error!r}")
-            self._queue.append(batch)
+            size = batch.nbytes  # now: reading a default column later adds it to the batch
+            self._queue.append((batch, size))
             self._pending += batch.n
+            self._pending_bytes += size
             self._queued.set(self._pending)
+            self._queued_bytes.set(self._pending_bytes)
             self._cond.notify_all()
 
     def close(self, timeout: float | None = None) -> None:
@@ -127,7 +141,7 @@ class HandOff:
             # handed over is dropped without a try.
             try:
                 while self._queue:
-                    self._process(self._queue.popleft())
+                    self._process(self._queue.popleft()[0])
                 if self._finish is not None:
                     self._finish()
             except Exception:
@@ -142,14 +156,16 @@ class HandOff:
                         self._cond.wait(TICK_S)
                     # Left in the queue until processed: if the stage fails on it, close()
                     # hands it over again (at least once, like the spool).
-                    batch = self._queue[0] if self._queue else None
+                    batch, size = self._queue[0] if self._queue else (None, 0)
                     closing = self._closing
                 if batch is not None:
                     self._process(batch)
                     with self._cond:
                         self._queue.popleft()
                         self._pending -= batch.n
+                        self._pending_bytes -= size
                         self._queued.set(self._pending)
+                        self._queued_bytes.set(self._pending_bytes)
                         self._cond.notify_all()
                 elif closing:
                     break

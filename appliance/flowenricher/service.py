@@ -33,7 +33,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from .batch import FlowBatch
 from .collector.receiver import claim_port, kernel_drops, refuse_shared_port
@@ -163,6 +163,9 @@ class CollectorService:
             # the spool and the writer migrates before its first successful insert.
             log.warning("storage: %s; collecting into the spool until the server answers", err)
             migrated = False
+        if store.engine_memory_bytes() is not None:
+            Gauge("flowenricher_store_engine_bytes", "Bytes the embedded engine (chDB) holds by its memory tracker",
+                  registry=self.registry).set_function(lambda: store.engine_memory_bytes() or 0)
         where = f"embedded chDB in {os.path.abspath(cfg.store.path)}" if cfg.store.embedded else \
             f"ClickHouse at {cfg.store.host}:{cfg.store.port}"
         log.info("storage: %s, table %s", where, cfg.store.qualified_table)

@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..common.ratelimit import RateLimitedLog
 from .client import GoBgpClient, GoBgpError, WatchStream
-from .rib import RibState, RibView, RouteBuilder
+from .rib import RibState, RibView, RouteBuilder, rib_bytes_gauge
 from .settings import GoBgpSettings
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ class RibMirror:
                                  registry=registry)
         self._load_seconds = Gauge("flowenricher_rib_load_seconds", "Duration of the last full load from GoBGP",
                                    registry=registry)
+        self._loading: RouteBuilder | None = None  # a full table being listed, for the bytes gauge
+        rib_bytes_gauge(registry, self.state, lambda: self._loading)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -159,12 +161,15 @@ class RibMirror:
             started = time.monotonic()
             if not dump:
                 stream.wait_registered()
-                builder = self.state.new_builder()
-                with closing(client.list_best_routes()) as routes:
-                    while builder.extend(islice(routes, 10_000)):
-                        if self._stop.is_set():
-                            return  # a full listing takes half a minute: stop() must not wait for it
-                self._loaded(builder, started, "ListPath")
+                builder = self._loading = self.state.new_builder()
+                try:
+                    with closing(client.list_best_routes()) as routes:
+                        while builder.extend(islice(routes, 10_000)):
+                            if self._stop.is_set():
+                                return  # a full listing takes half a minute: stop() must not wait for it
+                    self._loaded(builder, started, "ListPath")
+                finally:
+                    self._loading = None
                 del builder
             try:
                 for event in stream:

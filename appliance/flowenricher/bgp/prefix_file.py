@@ -35,7 +35,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..errors import FlowEnricherError
-from .rib import RibState, RibView, RouteBuilder
+from .rib import RibState, RibView, RouteBuilder, rib_bytes_gauge
 from .route import RouteAttributes, address_bytes, flatten_as_path, parse_community, prefix_key
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,8 @@ class PrefixFileRib:
                                "Changed prefix files that were invalid (the previous table stays)", registry=registry)
         self._loads = Counter("flowenricher_prefix_file_loads", "Prefix file (re)loads", registry=registry)
         self._routes = Gauge("flowenricher_prefix_file_routes", "Routes in the loaded prefix file", registry=registry)
+        self._loading: RouteBuilder | None = None  # a file being read, for the bytes gauge
+        rib_bytes_gauge(registry, self.state, lambda: self._loading)
 
     def start(self) -> None:
         self.reload()
@@ -168,9 +170,12 @@ class PrefixFileRib:
         signature = _signature(self.path)
         if signature is not None and signature == self._signature:
             return False
-        builder = self.state.new_builder()
-        count = load_prefix_file(self.path, builder)
-        self.state.replace(builder)
+        builder = self._loading = self.state.new_builder()
+        try:
+            count = load_prefix_file(self.path, builder)
+            self.state.replace(builder)
+        finally:
+            self._loading = None
         self._signature = signature
         self._loads.inc()
         self._routes.set(count)

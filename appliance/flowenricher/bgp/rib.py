@@ -37,11 +37,12 @@ import array
 import ctypes
 import ctypes.util
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from prometheus_client import CollectorRegistry, Gauge
 
 from ..batch import U8, ListColumn, addr_is_v4, str_to_addr
 from .route import KEY_LEN, V4, IPNetwork, RouteAttributes, RouteParts, key_to_network, route_parts
@@ -95,6 +96,10 @@ class RouteTable:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(getattr(self, name).nbytes) for name in self.__dataclass_fields__)
 
     def take(self, rows: npt.NDArray[np.integer]) -> RouteTable:
         """The table of `rows` (in that order), lists copied compactly."""
@@ -197,6 +202,13 @@ class RouteBuilder:
 
     def __len__(self) -> int:
         return len(self._origin)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the rows collected so far hold (their buffers' used part)."""
+        arrays = (self._origin, self._neighbor, self._local_pref, self._hop, self._path_ends, self._path,
+                  self._comm_ends, self._comm)
+        return len(self._keys) + sum(len(a) * a.itemsize for a in arrays)
 
     def add(self, key: bytes, route: RouteAttributes) -> int:
         """Append `route` for the prefix `key`; its row number."""
@@ -351,6 +363,10 @@ class _FamilyIndex:
         self.starts = starts
         self.rows = rows
 
+    @property
+    def nbytes(self) -> int:
+        return int(self.starts.nbytes + self.rows.nbytes)
+
     @classmethod
     def build(cls, family: int, keys: npt.NDArray[np.bytes_], rows: Rows
               ) -> tuple[_FamilyIndex, npt.NDArray[np.int32]]:
@@ -402,6 +418,10 @@ class _Base:
         v6, parent6 = _FamilyIndex.build(6, table.keys[n_v4:], np.arange(n_v4, len(table), dtype=np.int64))
         return cls(table, v4, v6, np.concatenate([parent4, parent6]), n_v4)
 
+    @property
+    def nbytes(self) -> int:
+        return self.table.nbytes + self.v4.nbytes + self.v6.nbytes + int(self.parent.nbytes)
+
 
 @dataclass(frozen=True, slots=True)
 class _Overlay:
@@ -416,6 +436,11 @@ class _Overlay:
     base_dirty: npt.NDArray[np.bool_]  # base rows whose prefix changed
     live_v4: int
     live_v6: int
+
+    @property
+    def nbytes(self) -> int:
+        indexes = (self.live4, self.live6, self.cover4, self.cover6)
+        return self.table.nbytes + sum(i.nbytes for i in indexes) + int(self.base_dirty.nbytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +474,13 @@ class RibView:
 
     def __len__(self) -> int:
         return self.prefixes_v4 + self.prefixes_v6
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this view's arrays: the base table and its lookup intervals, the overlay
+        of changes and the next hops."""
+        overlay = self._overlay.nbytes if self._overlay is not None else 0
+        return self._base.nbytes + overlay + int(self._next_hops.nbytes)
 
     def lookup(self, addrs: U8) -> Rows:
         """Row of the longest-prefix match of each (m, 16) address (IPv4 mapped), -1."""
@@ -572,6 +604,21 @@ def release_freed_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
+def rib_bytes_gauge(registry: CollectorRegistry | None, state: RibState,
+                    loading: Callable[[], RouteBuilder | None]) -> Gauge:
+    """``flowenricher_rib_bytes``: RibState.nbytes plus the full load in progress, if any
+    (`loading`: its builder), whichever source (GoBGP's mirror, a prefix file) fills it."""
+    gauge = Gauge("flowenricher_rib_bytes", "Bytes the RIB holds: its arrays, changes not yet merged and a full "
+                  "load in progress", registry=registry)
+
+    def measure() -> int:
+        builder = loading()
+        return state.nbytes() + (builder.nbytes if builder is not None else 0)
+
+    gauge.set_function(measure)
+    return gauge
+
+
 class RibState:
     """The RIB that one writer thread updates while enrichment reads :meth:`view`.
 
@@ -592,6 +639,14 @@ class RibState:
         self._version = 0
         self._view = RibView.empty()
         self.merges = 0
+
+    def nbytes(self) -> int:
+        """What the RIB holds now: the current view's arrays, the changes not yet merged
+        (their rows and the prefix index: 135 bytes a prefix, measured with tracemalloc for
+        50k 18-byte keys and their ints) and the next hops.  A full load in progress is its
+        builder's (RouteBuilder.nbytes), not counted here."""
+        pending = len(self._pending)
+        return self.view().nbytes + self._changes.nbytes + pending * 135 + len(self._next_hops) * 16
 
     def new_builder(self) -> RouteBuilder:
         """A builder for a full table, to hand to :meth:`replace` when complete."""

@@ -312,6 +312,9 @@ class DetectionEngine:
                              "Flows older than a rule's window when they arrived (not counted)", ["rule"],
                              registry=registry)
         self._keys = Gauge("flowenricher_detection_keys", "Keys a rule tracks now", ["rule"], registry=registry)
+        self._state_bytes = Gauge("flowenricher_detection_state_bytes",
+                                  "Bytes of a rule's window state (its numpy arrays; samples not counted)", ["rule"],
+                                  registry=registry)
         self._seconds = Counter("flowenricher_detection_seconds", "Time spent in the detection engine",
                                 registry=registry)
         self._action_errors = Counter("flowenricher_detection_action_errors",
@@ -352,8 +355,9 @@ class DetectionEngine:
                     states.append(self._new_state(rule))
                 self._warn_about(rule)
             for gone in old.values():
-                with contextlib.suppress(KeyError):
-                    self._keys.remove(gone.rule.name)
+                for gauge in (self._keys, self._state_bytes):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(gone.rule.name)
             self._states = states
             log.info("detection: %d rule(s) active (%d kept their state)", len(states), kept)
 
@@ -463,6 +467,7 @@ class DetectionEngine:
             for state in self._states:
                 state.window.advance(self._now)
                 self._keys.labels(state.rule.name).set(state.window.tracked)
+                self._state_bytes.labels(state.rule.name).set(state.window.memory_bytes())
                 state.cooldown = {key: until for key, until in state.cooldown.items() if until > now}
                 candidates = state.window.screen()
                 if len(candidates):

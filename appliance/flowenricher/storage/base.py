@@ -90,6 +90,11 @@ class FlowStore(Protocol):
         """Run one statement; the result in ClickHouse output format `fmt` (TSV, JSON, ...)."""
         ...
 
+    def engine_memory_bytes(self) -> int | None:
+        """Bytes an engine inside this process holds (chDB's memory tracker); None when the
+        engine is a server's."""
+        ...
+
     def ping(self) -> bool:
         """True when the store answers a trivial query now."""
         ...
@@ -113,6 +118,9 @@ class NativeBackend:
 
     def insert_native(self, block: bytes, rows: int, token: str | None = None) -> None:
         raise NotImplementedError
+
+    def engine_memory_bytes(self) -> int | None:
+        return None
 
     def migrate(self) -> list[int]:
         from . import schema

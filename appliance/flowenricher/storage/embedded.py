@@ -61,6 +61,7 @@ class EmbeddedStore(NativeBackend):
         self._read_lock = threading.Lock()
         self._purged_at = time.monotonic()
         self._purge = True
+        self._engine_bytes = 0
 
     @classmethod
     def open(cls, settings: StoreSettings) -> EmbeddedStore:
@@ -110,6 +111,21 @@ class EmbeddedStore(NativeBackend):
                 return bytes(conn.query(sql, fmt).bytes())
             except Exception as err:
                 raise StoreError(f"embedded store {self.path}: query failed: {err}") from err
+
+    def engine_memory_bytes(self) -> int | None:
+        """chDB's memory tracker (``MemoryTracking``: the engine's caches, merges and the
+        insert or query in progress).  Read through the reader connection only when it is
+        free: while a query holds it, the last figure (a scrape never waits on a query)."""
+        if self._read_lock.acquire(blocking=False):
+            try:
+                if self._reader is not None:
+                    text = self._reader.query("SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'", "TSV")
+                    self._engine_bytes = int(bytes(text.bytes()).strip() or b"0")
+            except Exception as err:  # a scrape must not fail: keep the last figure
+                log.debug("embedded store: MemoryTracking not read: %s", err)
+            finally:
+                self._read_lock.release()
+        return self._engine_bytes
 
     def ping(self) -> bool:
         try:

@@ -41,6 +41,7 @@ class WriterMetrics:
         self.rows_spooled = counter("rows_spooled", "Rows written to the spool instead of the store")
         self.rows_replayed = counter("rows_replayed", "Spooled rows later accepted by the store")
         self.pending_rows = gauge("pending_rows", "Rows waiting in memory for the next flush")
+        self.pending_bytes = gauge("pending_bytes", "Bytes of the encoded blocks (Native) waiting for the next flush")
         self.lag_seconds = gauge(
             "lag_seconds",
             "Age of the oldest flow not yet acknowledged by the store (waiting in memory or in the spool); 0 when all "

@@ -61,6 +61,7 @@ class BatchWriter:
         self._clock = clock
         self._blocks: list[bytes] = []
         self._rows = 0
+        self._bytes = 0
         self._first_added: float | None = None  # when the oldest block in memory was added
         self._partition_columns = partition_columns(settings)
         self._days: partitions.Days = ()
@@ -102,9 +103,12 @@ class BatchWriter:
             if self._blocks and not partitions.fits(partitions.union(self._days, days)):
                 self.flush()  # joined, the block would span more partitions than an insert may
             self._days = partitions.union(self._days, days) if self._blocks else days
-            self._blocks.append(encode_block(part))
+            block = encode_block(part)
+            self._blocks.append(block)
             self._rows += part.n
+            self._bytes += len(block)
         self.metrics.pending_rows.set(self._rows)
+        self.metrics.pending_bytes.set(self._bytes)
         if self._rows >= self.settings.batch_size:
             self.flush()
 
@@ -152,8 +156,9 @@ class BatchWriter:
         self._last_flush = now
         if self._blocks:
             block, rows = b"".join(self._blocks), self._rows
-            self._blocks, self._rows, self._days = [], 0, ()
+            self._blocks, self._rows, self._bytes, self._days = [], 0, 0, ()
             self.metrics.pending_rows.set(0)
+            self.metrics.pending_bytes.set(0)
             self._formed += 1
             token = f"{self._token_prefix}-{self._formed}"
             if not (now >= self._retry_at and self._replay(now) and self._send(block, rows, now, token)):
