@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import threading
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -146,11 +146,11 @@ def test_queued_bytes_follow_the_batches_and_return_to_zero() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> EmbeddedStore:
+def store(tmp_path: Path) -> Iterator[EmbeddedStore]:
     opened = EmbeddedStore.open(StoreSettings(path=str(tmp_path / "data"), batch_size=10_000,
                                               flush_interval_ms=60_000))
     opened.migrate()
-    yield opened  # type: ignore[misc]
+    yield opened
     opened.close()
 
 
@@ -176,6 +176,11 @@ def test_engine_bytes_read_from_chdb_and_never_wait_for_a_query(store: EmbeddedS
     with store._read_lock:  # a long query holds the reader: the last figure, at once
         done = threading.Event()
         got: list[int | None] = []
-        threading.Thread(target=lambda: (got.append(store.engine_memory_bytes()), done.set()), daemon=True).start()
+
+        def read() -> None:
+            got.append(store.engine_memory_bytes())
+            done.set()
+
+        threading.Thread(target=read, daemon=True).start()
         assert done.wait(2), "engine_memory_bytes waited for the reader"
     assert got[0] is not None and got[0] > 0

@@ -43,8 +43,8 @@ blocks with the three rollup views): 382k rows/s with it, 518k rows/s without.
 part of its own, so an insert's time is mostly the views'; the CPU spent is the same
 and the insert is answered (or fails) once every view has written.  Measured here on 2
 cores (2026-12-07, docs/performance.md): bench/store_insert.py 135-168k rows/s without,
-200-220k with, the same CPU per row and peak RSS within 2%; 30 inserts of 10 rows 5.0-5.9 s
-without, 3.3-3.8 s with.
+200-220k with, the same CPU per row and peak RSS within 2%; 30 inserts of 10 rows 5.0-7.2 s
+without, 3.3-5.1 s with (runs on this shared machine vary that much).
 """
 
 
