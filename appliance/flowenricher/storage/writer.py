@@ -61,7 +61,6 @@ class BatchWriter:
         self._clock = clock
         self._blocks: list[bytes] = []
         self._rows = 0
-        self._bytes = 0
         self._first_added: float | None = None  # when the oldest block in memory was added
         self._partition_columns = partition_columns(settings)
         self._days: partitions.Days = ()
@@ -80,6 +79,8 @@ class BatchWriter:
         # up to date before the first insert that reaches it.
         self._migrated = migrated
         self.metrics.lag_seconds.set_function(self.lag_seconds)
+        # Read at scrape time from the blocks themselves (the list is replaced, never emptied in place).
+        self.metrics.pending_bytes.set_function(lambda: sum(len(block) for block in self._blocks))
 
     @property
     def pending_rows(self) -> int:
@@ -103,12 +104,9 @@ class BatchWriter:
             if self._blocks and not partitions.fits(partitions.union(self._days, days)):
                 self.flush()  # joined, the block would span more partitions than an insert may
             self._days = partitions.union(self._days, days) if self._blocks else days
-            block = encode_block(part)
-            self._blocks.append(block)
+            self._blocks.append(encode_block(part))
             self._rows += part.n
-            self._bytes += len(block)
         self.metrics.pending_rows.set(self._rows)
-        self.metrics.pending_bytes.set(self._bytes)
         if self._rows >= self.settings.batch_size:
             self.flush()
 
@@ -156,9 +154,8 @@ class BatchWriter:
         self._last_flush = now
         if self._blocks:
             block, rows = b"".join(self._blocks), self._rows
-            self._blocks, self._rows, self._bytes, self._days = [], 0, 0, ()
+            self._blocks, self._rows, self._days = [], 0, ()
             self.metrics.pending_rows.set(0)
-            self.metrics.pending_bytes.set(0)
             self._formed += 1
             token = f"{self._token_prefix}-{self._formed}"
             if not (now >= self._retry_at and self._replay(now) and self._send(block, rows, now, token)):
