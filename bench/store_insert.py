@@ -1,7 +1,10 @@
 """Store insert throughput: the batch writer (BatchWriter, the service's path) storing
 250k-row blocks into the embedded store (chDB) with the rollup views on.
 
-    python bench/store_insert.py [--blocks 8] [--rounds 3]
+    python bench/store_insert.py [--blocks 8] [--rounds 3] [--small 30]
+
+``--small N`` also times what every insert pays whatever its size (the views' pipelines
+and parts): a fresh store's open and migrations, then N inserts of 10 rows, each round.
 
 Blocks are built as bench/storage_size.py builds them (generated traffic, encoded as a
 router sends it, decoded, direction added), all on one day: the normal case of one or
@@ -18,6 +21,7 @@ import shutil
 import tempfile
 import time
 
+import numpy as np
 from storage_size import BATCH, batches  # bench/ is the script's directory
 
 from appliance.flowenricher.batch import FlowBatch
@@ -51,10 +55,28 @@ def one_round(blocks: list[FlowBatch]) -> tuple[float, float]:
         shutil.rmtree(where, ignore_errors=True)
 
 
+def small_inserts(block: FlowBatch, n: int) -> tuple[float, float]:
+    """(seconds to open and migrate a fresh store, seconds for `n` inserts of 10 rows)."""
+    where = tempfile.mkdtemp(prefix="flowenricher-small-inserts-")
+    small = block.take(np.arange(10))
+    started = time.perf_counter()
+    store = open_store(StoreSettings(path=where, ttl_days=0))
+    try:
+        store.migrate()
+        migrated = time.perf_counter()
+        for _ in range(n):
+            store.insert(small)
+        return migrated - started, time.perf_counter() - migrated
+    finally:
+        store.close()
+        shutil.rmtree(where, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--blocks", type=int, default=8, help="250k-row blocks per round (default 8)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--small", type=int, default=0, help="also time this many 10-row inserts per round")
     args = ap.parse_args()
     enricher = Enricher([NetworksStage([ipaddress.ip_network(p) for p in DEFAULT_MY_PREFIXES], {})])
     blocks = []
@@ -63,6 +85,10 @@ def main() -> None:
         blocks.append(batch)
     rows = sum(b.n for b in blocks)
     results = [one_round(blocks) for _ in range(args.rounds)]
+    for _ in range(args.rounds if args.small else 0):
+        migrate_s, small_s = small_inserts(blocks[0], args.small)
+        print(f"small: open + migrate {migrate_s:.2f} s, {args.small} inserts of 10 rows {small_s:.2f} s "
+              f"({small_s / args.small * 1000:.0f} ms each)")
     for total, cpu in results:
         print(f"round: {rows / total:9.0f} rows/s, {rows / cpu:9.0f} rows per CPU-second")
     print(f"best: {rows / min(r[0] for r in results):.0f} rows/s, "

@@ -376,8 +376,8 @@ def _ranks_values(sql: str) -> bool:
 
 
 def test_who_panels_read_their_rollups_and_nothing_else_ranks_raw_flows() -> None:
-    """A "who" panel reads its rollups, ``${rollup}_<who>`` (the step the range picks, as the
-    aggregate panels), never the flows table; a panel ranking addresses or ports on the
+    """A "who" panel reads its rollups, ``${who_rollup}_<who>`` (the step of
+    schema.WHO_STEPS the range picks), never the flows table; a panel ranking addresses or ports on the
     flows table must say in RAW_WHO what the rollups lack, so a new one cannot slip in."""
     titles = {(BY_UID[d["uid"]]["uid"], p["title"]) for d in DASHBOARD_FILES.values() for p in _panels(d)}
     assert set(WHO_PANELS) <= titles and set(RAW_WHO) <= titles, "a listed panel was renamed or removed"
@@ -386,7 +386,7 @@ def test_who_panels_read_their_rollups_and_nothing_else_ranks_raw_flows() -> Non
         key = (next(d["uid"] for f, d in DASHBOARD_FILES.items() if f == t.file), t.panel["title"])
         sql = t.target["rawSql"]
         if key in WHO_PANELS:
-            read = set(re.findall(r"\$\{database\}\.\$\{rollup\}_(\w+)", sql))
+            read = set(re.findall(r"\$\{database\}\.\$\{who_rollup\}_(\w+)", sql))
             assert read == set(WHO_PANELS[key].split()) and read <= who_names, f"{t.where}: reads {read}"
             assert not _reads_flows(sql), f"{t.where}: a who panel reads the flows table"
         elif _reads_flows(sql) and _ranks_values(sql) and "${host" not in sql:
@@ -402,7 +402,7 @@ def test_no_panel_groups_on_text_made_from_flows() -> None:
     checked = 0
     for t in TARGETS:
         sql = t.target["rawSql"]
-        if _reads_flows(sql) or "${rollup}_" in sql:
+        if _reads_flows(sql) or "${who_rollup}_" in sql:
             checked += 1
             assert not grouped_text(sql), f"{t.where}: groups on text {grouped_text(sql)}"
     assert checked >= 15
@@ -565,6 +565,10 @@ class Scenario:
 SCENARIOS = [Scenario("6h-all", 6 * HOUR, "all"), Scenario("6h-one", 6 * HOUR, "one"),
              Scenario("7d-all", 7 * 86400, "all"), Scenario("30d-one", 30 * 86400, "one")]
 ROLLUP_FOR = {6 * HOUR: ("flows_1m", "60"), 7 * 86400: ("flows_5m", "300"), 30 * 86400: ("flows_1h", "3600")}
+WHO_ROLLUP_FOR = {6 * HOUR: "flows_1m", 7 * 86400: "flows_1h", 30 * 86400: "flows_1h"}
+"""The who rollup's step by range: 1m up to a day, 1h beyond (schema.WHO_STEPS)."""
+ROW_START = {f"flows_{r.suffix}": r.bucket for r in schema.ROLLUPS}
+"""What a rollup's ``timestamp`` is of the flow's start: the time filter sees it."""
 
 
 def _custom_options(var: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
@@ -669,6 +673,10 @@ def test_every_panel_query_runs_on_the_real_schema(store: FlowStore, facts: dict
     if "rollup" in chosen:
         picked = (chosen["rollup"].chosen[0], chosen["step"].chosen[0])
         assert picked == ROLLUP_FOR[scenario.range_s], f"{file}: {scenario.name} reads {picked}"
+    if "who_rollup" in chosen:
+        who = chosen["who_rollup"].chosen[0]
+        assert who == WHO_ROLLUP_FOR[scenario.range_s], f"{file}: {scenario.name} reads {who}"
+        assert who in {f"flows_{r.suffix}" for r in schema.WHO_STEPS}
     empty = []
     targets = [t for t in TARGETS if t.file == file]
     for t in targets:
@@ -676,7 +684,7 @@ def test_every_panel_query_runs_on_the_real_schema(store: FlowStore, facts: dict
         interval = interval_s(time_range, t.panel.get("maxDataPoints", 1000), t.panel.get("interval"))
         sql = render(t.target["rawSql"], time_range, interval, chosen, where)
         if (dashboard["uid"], t.panel["title"]) in WHO_PANELS:
-            rollup = chosen["rollup"].chosen[0]
+            rollup = chosen["who_rollup"].chosen[0]
             assert f"{DATABASE}.{rollup}_" in sql and not re.search(rf"{DATABASE}\.flows\b(?!_)", sql), where
         answer = _run(store, sql, where)
         _check_answer(t, answer, where)
@@ -700,7 +708,7 @@ def test_rollup_series_add_up_to_the_flows(store: FlowStore, facts: dict[str, An
         got = round(sum(row[1] for row in answer.rows) * step / 8)
         first = time_range.from_ms // 1000
         # the rollup's rows start on its own step: that is what the time filter sees
-        row_start = {"flows_1m": "toStartOfMinute", "flows_5m": "toStartOfFiveMinutes"}[chosen["rollup"].chosen[0]]
+        row_start = ROW_START[chosen["rollup"].chosen[0]]
         (expected,) = _q(store, f"SELECT sum(bytes) FROM {DATABASE}.flows WHERE flow_direction = 1 "
                                 f"AND {row_start}(timestamp_start) BETWEEN toDateTime({first}) AND toDateTime({NOW})")[0]
         assert got == int(expected), f"{range_s} s: {got} from the rollup, {expected} in the flows"
@@ -723,7 +731,7 @@ def test_who_rollups_rank_as_the_flows_do(store: FlowStore, facts: dict[str, Any
     answer = _run(store, render(panel["targets"][0]["rawSql"], time_range, 60, chosen), title)
     names = [n for n, _ in answer.columns]
     got = [(str(row[names.index(key)]), round(row[names.index("bps")] * range_s / 8)) for row in answer.rows]
-    row_start = {"flows_1m": "toStartOfMinute", "flows_5m": "toStartOfFiveMinutes"}[chosen["rollup"].chosen[0]]
+    row_start = ROW_START[chosen["who_rollup"].chosen[0]]
     value = f"replaceRegexpOne(IPv6NumToString({flows_key}), '^::ffff:', '')" if key == "host" else flows_key
     expected = [(v, int(b)) for v, b in _q(store, f"""
         SELECT {value}, sum(bytes) AS b FROM {DATABASE}.flows
@@ -780,7 +788,7 @@ def test_rollup_panels_answer_as_the_flows_do(store: FlowStore, facts: dict[str,
     names = [n for n, _ in answer.columns]
     got = [tuple(str(row[names.index(c)]) if c in ("next_hop", "prefix", "host") else
                  round(float(row[names.index(c)]), 6) for c in compared) for row in answer.rows]
-    row_start = {"flows_1m": "toStartOfMinute", "flows_5m": "toStartOfFiveMinutes"}[chosen["rollup"].chosen[0]]
+    row_start = ROW_START[chosen["who_rollup"].chosen[0]]
     minutes = f"{row_start}(timestamp_start) BETWEEN toDateTime({time_range.from_ms // 1000}) AND toDateTime({NOW})"
     side = "src" if "source" in title else "dst"
     rows = _q(store, reference.format(flows=f"{DATABASE}.flows", minutes=minutes, range_s=range_s, side=side))

@@ -55,7 +55,7 @@ def described_names(s: StoreSettings = SETTINGS) -> set[str]:
     """The name of every table readers and writers use: the flows table, the described
     tables but the migrations' log, the rollups and the "who" rollups."""
     rollups = {schema.rollup_description(s.table, r).name for r in schema.ROLLUPS}
-    who = {schema.who_description(s.table, r, w).name for r in schema.ROLLUPS for w in schema.WHO_ROLLUPS}
+    who = {schema.who_description(s.table, r, w).name for r in schema.WHO_STEPS for w in schema.WHO_ROLLUPS}
     return {s.table, *(t.name for t in TABLES if not t.everywhere), *rollups, *who}
 
 
@@ -105,14 +105,14 @@ def test_engines_keeper_paths_and_names() -> None:
     assert local["schema_migrations"] == f"ReplicatedMergeTree('{KEEPER_PATH_EVERYWHERE}', '{{shard}}-{{replica}}')"
     # every view feeds a node's local table from that node's local rows
     views = [sql for sql in statements if sql.startswith("CREATE MATERIALIZED VIEW")]
-    assert len(views) == len(schema.ROLLUPS) * (1 + len(schema.WHO_ROLLUPS))
+    assert len(views) == len(schema.ROLLUPS) + len(schema.WHO_STEPS) * len(schema.WHO_ROLLUPS)
     for sql in views:
         m = re.match(rf"CREATE MATERIALIZED VIEW IF NOT EXISTS fe\.(\w+)_mv{ON} TO fe\.(\w+) AS\n.*\nFROM fe\.(\w+)\n",
                      sql, re.S)
         assert m and m.group(1) == m.group(2) and m.group(2).endswith("_local") and m.group(3).endswith("_local"), sql
     # deduplication of retried inserts: replicated windows on the tables a flow insert writes
     windows = [sql for sql in statements if "replicated_deduplication_window_seconds = 604800" in sql]
-    assert len(windows) == len(schema.ROLLUPS) * (1 + len(schema.WHO_ROLLUPS)) + 1
+    assert len(windows) == len(schema.ROLLUPS) + len(schema.WHO_STEPS) * len(schema.WHO_ROLLUPS) + 1
     # and one server's statements name none of it
     one = StoreSettings(database="fe")
     plain = [*schema.create_migrations_table(one), *(sql for m in schema.MIGRATIONS for sql in m.statements(one))]

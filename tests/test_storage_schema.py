@@ -203,7 +203,7 @@ def test_who_rollups_follow_inserts_within_their_cap(tmp_path: Path, open_embedd
     total = [[str(batch.n), str(int(batch["bytes"].sum()))]]
     inbound = batch["flow_direction"] == 1
     assert 0 < inbound.sum() < batch.n
-    for r in schema.ROLLUPS:
+    for r in schema.WHO_STEPS:
         for w in schema.WHO_ROLLUPS:
             table = schema.who_table(store.settings, r, w)
             if w.summed:
@@ -223,6 +223,54 @@ def test_who_rollups_follow_inserts_within_their_cap(tmp_path: Path, open_embedd
     rows = _rows(store, f"SELECT count(), uniqExact(src_addr), min(bytes), sum(bytes) FROM {table} WHERE {minute}")
     kept = np.sort(many["bytes"])[-schema.WHO_CAP:]
     assert rows == [[str(schema.WHO_CAP), str(schema.WHO_CAP), str(int(kept[0])), str(int(kept.sum()))]]
+    # a coarser step sums what the finest kept, rows and bytes, with no cap of its own: a
+    # block of 3 minutes with WHO_CAP sources each, all distinct, keeps them all at 1h
+    spread = many.take(np.arange(many.n))
+    hour = (int(many["timestamp_start"][0]) // 3600 + 1) * 3600
+    spread["timestamp_start"] = (hour + np.arange(spread.n) % 3 * 60).astype(np.uint32)
+    store.insert(spread)
+    finest, coarsest = (schema.who_table(store.settings, r, schema.WHO_ROLLUPS[0]) for r in (schema.WHO_STEPS[0],
+                                                                                             schema.WHO_STEPS[-1]))
+    per_host = "SELECT timestamp >= toDateTime({}), src_addr, sum(bytes) FROM {} GROUP BY 1, src_addr ORDER BY 1, src_addr"
+    assert _rows(store, per_host.format(hour, coarsest)) == _rows(store, per_host.format(hour, finest))
+    assert _rows(store, f"SELECT count() FROM {coarsest} WHERE timestamp = toDateTime({hour})") == [
+        [str(spread.n)]]
+
+
+def test_a_store_made_with_5m_who_rollups_ends_as_a_new_one(tmp_path: Path, open_embedded: list[EmbeddedStore],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store whose migrations 8 and 9 made the "who" rollups at 1m, 5m and 1h (as before
+    migration 10, rebuilt here by setting WHO_STEPS back to every step; the coarser views'
+    queries are today's) is brought by
+    migration 10 to the tables and views of a store made now, statement for statement;
+    its 1h rows stay, and flows inserted before and after reach every kept step once."""
+    def tables(store: EmbeddedStore) -> list[list[str]]:
+        database = store.settings.database
+        return [[name, create.replace(f"{database}.", "DB.")] for name, create in _rows(
+            store, f"SELECT name, create_table_query FROM system.tables WHERE database = '{database}' ORDER BY name")]
+
+    new = _open(open_embedded, StoreSettings(path=str(tmp_path), database="new"))
+    new.migrate()
+    with monkeypatch.context() as m:
+        m.setattr(schema, "WHO_STEPS", schema.ROLLUPS)
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:9])
+        old = _open(open_embedded, StoreSettings(path=str(tmp_path), database="old"))
+        assert old.migrate() == list(range(1, 10))
+        five = {schema.who_description("flows", schema.ROLLUPS[1], w).name for w in schema.WHO_ROLLUPS}
+        assert five <= {row[0] for row in tables(old)}
+    before, after = sample_batch(3000, seed=21), sample_batch(2000, seed=22)
+    old.insert(before)
+    assert old.migrate() == [10]
+    old.insert(after)
+    assert tables(old) == tables(new)
+    assert not five & {row[0] for row in tables(old)}
+    assert schema.ROLLUPS[1] not in schema.WHO_STEPS
+    for r in schema.WHO_STEPS:
+        for w in schema.WHO_ROLLUPS:
+            if w.summed:
+                table = schema.who_table(old.settings, r, w)
+                assert _rows(old, f"SELECT sum(flows) FROM {table}") == [[str(before.n + after.n)]], table
+    assert old.migrate() == []
 
 
 def test_scanner_counts_merge_across_blocks_and_steps(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:
@@ -247,7 +295,7 @@ def test_scanner_counts_merge_across_blocks_and_steps(tmp_path: Path, open_embed
         batch["proto"] = np.full(batch.n, 6, np.uint8)
         batch["tcpflags"] = np.where(np.arange(batch.n) % 2 == 0, 0x02, 0x12).astype(np.uint8)
         store.insert(batch)
-    for r in schema.ROLLUPS:
+    for r in schema.WHO_STEPS:
         table = schema.who_table(store.settings, r, scanners)
         store.query(f"OPTIMIZE TABLE {table} FINAL")
         rows = _rows(store, f"SELECT count(), uniqMerge(targets), uniqMerge(ports), sum(flows), sum(syn_only) FROM {table}")

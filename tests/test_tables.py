@@ -29,7 +29,7 @@ from appliance.flowenricher.storage.tables import BY_TABLE, TABLES, Table, type_
 from appliance.flowenricher.wiring import ptr_cache_sink
 
 DEFAULT = StoreSettings(path="unused")
-WHO_DESCRIBED = tuple(schema.who_description(DEFAULT.table, r, w) for r in schema.ROLLUPS for w in schema.WHO_ROLLUPS)
+WHO_DESCRIBED = tuple(schema.who_description(DEFAULT.table, r, w) for r in schema.WHO_STEPS for w in schema.WHO_ROLLUPS)
 DESCRIBED = (*TABLES, *(schema.rollup_description(DEFAULT.table, r) for r in schema.ROLLUPS), *WHO_DESCRIBED)
 """The side tables and the rollups of the default flows table ("who" rollups included)."""
 
@@ -290,7 +290,7 @@ def test_migrated_schema_has_exactly_the_described_columns(store: EmbeddedStore)
         assert applied == [m.version for m in schema.MIGRATIONS]
         have = {r[0] for r in _rows(store, "SELECT name FROM system.tables WHERE database = 'migrated'")}
         described = [*TABLES, *(schema.rollup_description(settings.table, r) for r in schema.ROLLUPS),
-                     *(schema.who_description(settings.table, r, w) for r in schema.ROLLUPS for w in schema.WHO_ROLLUPS)]
+                     *(schema.who_description(settings.table, r, w) for r in schema.WHO_STEPS for w in schema.WHO_ROLLUPS)]
         assert {t.name for t in described} <= have
         for table in described:
             columns = _columns(store, "migrated", table.name)

@@ -193,14 +193,14 @@ SUMS: tuple[Measure, ...] = tuple(Measure(m, "UInt64", expr, f"sum({m})") for m,
 @dataclass(frozen=True)
 class WhoRollup:
     """The flows summed per rollup step, filter dimension and the values one kind of "who"
-    panel ranks (top hosts, top ports), kept at every step of ROLLUPS.
+    panel ranks (top hosts, top ports), kept at every step of WHO_STEPS.
 
     ``values`` are flow columns or Derived ones: the first is what the panel ranks, the
     others describe it and depend on it (an address's country), so they cost no extra
     rows.  Its tables are ``<flows>_<step suffix>_<name>``, so a dashboard reads
-    ``${rollup}_<name>`` with the one range-to-step variable the aggregate panels already
-    use.  ``since`` is the migration that makes it; ``where`` keeps only some flows;
-    ``rank`` orders a block's rows for WHO_CAP (an ORDER BY list).  With measures other
+    ``${who_rollup}_<name>``, its range-to-step variable for these tables.  ``since`` is
+    the migration that makes it; ``where`` keeps only some flows; ``rank`` orders a
+    block's rows for WHO_CAP (an ORDER BY list).  With measures other
     than SUMS (distinct counts kept as aggregate states) the table is an
     AggregatingMergeTree: a SummingMergeTree given its summed columns leaves such states
     unmerged (checked on ClickHouse 26.9: a uniq state of two addresses read back as one
@@ -221,6 +221,14 @@ class WhoRollup:
     def value_names(self) -> tuple[str, ...]:
         return tuple(v if isinstance(v, str) else v.name for v in self.values)
 
+
+WHO_STEPS: tuple[Rollup, ...] = (ROLLUPS[0], ROLLUPS[-1])
+"""The steps the "who" rollups are kept at, finest first: 1m answers ranges up to a day
+to the minute, 1h every longer one (a top-N over days, whose edges are then whole hours).
+No 5m step: every view costs an insert a few ms whatever its size (about 5 ms a "who"
+view on chDB, 2026-12-07, docs/performance.md), and a top-N is one number per value, not
+a series whose points a coarser step would thin out, so 5m bought dashboards little.
+Migration 10 drops the 5m tables of stores made before it."""
 
 WHO_FILTERS: tuple[str, ...] = (
     "exporter_address",
@@ -279,7 +287,8 @@ prefixes are as many as the routes in use when the exporter sends masks, as the 
 /48s in use when it does not; every one is bounded by WHO_CAP per block."""
 
 WHO_CAP = 1000
-"""Most rows a "who" view writes per insert block, time bucket, exporter and direction:
+"""Most rows the finest step's "who" view writes per insert block, time bucket, exporter
+and direction (a coarser step sums its rows, uncapped: who_select):
 the ones with the most bytes.  Without it a flood of spoofed sources (or a port scan)
 would write one row per flow, and the rollup would be as large as the flows.  A value
 that is not among the block's 1000 largest loses that block's share, so the ranking of a
@@ -405,10 +414,12 @@ def who_description(flows_table: str, r: Rollup, w: WhoRollup) -> Table:
     else:
         what, engine = f"{', '.join(m.name for m in w.measures)} of flows", "AggregatingMergeTree"
     where = f" ({w.where})" if w.where else ""
+    finest = WHO_STEPS[0]
+    bound = (f"at most {WHO_CAP} rows per insert block and bucket" if r == finest else
+             f"the {flows_table}_{finest.suffix}_{w.name} rows summed")
     return Table(
         f"{flows_table}_{r.suffix}_{w.name}",
-        f"{what}{where} per {r.bucket}(timestamp), filter dimension and {', '.join(names)}, "
-        f"at most {WHO_CAP} rows per insert block and bucket.",
+        f"{what}{where} per {r.bucket}(timestamp), filter dimension and {', '.join(names)}, {bound}.",
         (
             TableColumn("timestamp", "DateTime", "DoubleDelta, ZSTD(1)"),
             *(_value_column(v) for v in (*WHO_FILTERS, *w.values)),
@@ -427,12 +438,16 @@ def who_table(s: StoreSettings, r: Rollup, w: WhoRollup) -> str:
     return who_description(s.table, r, w).qualified(s.database)
 
 
-def create_who_rollup(s: StoreSettings, index: int, w: WhoRollup) -> list[str]:
-    """The table of "who" rollup `w` at step ``ROLLUPS[index]`` and the view that feeds it:
-    from the flows for the finest step (those `w.where` keeps), from the step before
-    otherwise (as create_rollup), keeping the WHO_CAP rows first by ``w.rank`` per block,
-    bucket, exporter and direction."""
-    r = ROLLUPS[index]
+def who_select(s: StoreSettings, index: int, w: WhoRollup) -> str:
+    """The query of the view feeding "who" rollup `w` at step ``WHO_STEPS[index]``.
+
+    The finest step reads the flows (those `w.where` keeps) and keeps the WHO_CAP rows
+    first by ``w.rank`` per block, bucket, exporter and direction.  A coarser step sums
+    the rows the step before it wrote (as create_rollup), uncapped: they are bounded
+    already (WHO_CAP per minute of the block), and a cap here would bite where the finer
+    one did not (a block of an hour with 1000 sources a minute and more in the hour, as a
+    backfill or a replayed spool writes), so the 1h table is exactly the 1m table summed."""
+    r = WHO_STEPS[index]
     keys = ", ".join((*WHO_FILTERS, *w.value_names()))
     where = ""
     if index == 0:
@@ -441,17 +456,22 @@ def create_who_rollup(s: StoreSettings, index: int, w: WhoRollup) -> list[str]:
         metrics = [f"{m.from_flows} AS {m.name}" for m in w.measures]
         where = f"\nWHERE {w.where}" if w.where else ""
     else:
-        source, time_col = local_table(s, who_description(s.table, ROLLUPS[index - 1], w).name), "timestamp"
+        source, time_col = local_table(s, who_description(s.table, WHO_STEPS[index - 1], w).name), "timestamp"
         values = [keys]
         metrics = [f"{m.from_rollup} AS {m.name}" for m in w.measures]
+    select = ", ".join([f"{r.bucket}({time_col}) AS timestamp", *values, *metrics])
+    cap = f"\nORDER BY {w.rank}\nLIMIT {WHO_CAP} BY timestamp, exporter_address, flow_direction" if index == 0 else ""
+    return f"SELECT {select}\nFROM {source}{where}\nGROUP BY timestamp, {keys}{cap}"
+
+
+def create_who_rollup(s: StoreSettings, index: int, w: WhoRollup) -> list[str]:
+    """The table of "who" rollup `w` at step ``WHO_STEPS[index]`` and the view that feeds
+    it (who_select)."""
+    r = WHO_STEPS[index]
     description = who_description(s.table, r, w)
     table = local_table(s, description.name)
-    select = ", ".join([f"{r.bucket}({time_col}) AS timestamp", *values, *metrics])
-    view_sql = (
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {table}_mv{s.layout.on_cluster} TO {table} AS\n"
-        f"SELECT {select}\nFROM {source}{where}\nGROUP BY timestamp, {keys}\n"
-        f"ORDER BY {w.rank}\nLIMIT {WHO_CAP} BY timestamp, exporter_address, flow_direction"
-    )
+    view_sql = (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {table}_mv{s.layout.on_cluster} TO {table} AS\n"
+                f"{who_select(s, index, w)}")
     return [*description.create_statements(s.database, s.ttl_days * r.ttl_factor, s.layout), view_sql]
 
 
@@ -466,11 +486,37 @@ def _who_rollups_of(version: int) -> Callable[[StoreSettings], list[str]]:
 
     def statements(s: StoreSettings) -> list[str]:
         who = who_rollups_since(version)
-        made = [sql for index in range(len(ROLLUPS)) for w in who for sql in create_who_rollup(s, index, w)]
-        tables = [local_table(s, who_description(s.table, r, w).name) for r in ROLLUPS for w in who]
+        made = [sql for index in range(len(WHO_STEPS)) for w in who for sql in create_who_rollup(s, index, w)]
+        tables = [local_table(s, who_description(s.table, r, w).name) for r in WHO_STEPS for w in who]
         return made + (_replicated_deduplication(s, tables) if s.cluster else [])
 
     return statements
+
+
+DROPPED_WHO_STEPS: tuple[Rollup, ...] = tuple(r for r in ROLLUPS if r not in WHO_STEPS)
+"""Steps migrations 8 and 9 kept "who" rollups at before migration 10 (5m)."""
+
+
+def _who_steps_dropped(s: StoreSettings) -> list[str]:
+    """Bring a store whose "who" rollups migrations 8 and 9 made at 1m, 5m and 1h to
+    WHO_STEPS: each coarser step's view is pointed at the step now before it (``MODIFY
+    QUERY``: the view stays in place, so no insert misses it), then the dropped steps'
+    views and tables go (their rows are sums of the 1m rows, kept).  On a store made
+    after it, 8 and 9 made WHO_STEPS only: the views are given the query they already
+    have and the drops find nothing."""
+    out = []
+    for w in WHO_ROLLUPS:
+        for index in range(1, len(WHO_STEPS)):
+            table = local_table(s, who_description(s.table, WHO_STEPS[index], w).name)
+            out.append(f"ALTER TABLE {table}_mv{s.layout.on_cluster} MODIFY QUERY\n{who_select(s, index, w)}")
+        for r in DROPPED_WHO_STEPS:
+            table = local_table(s, who_description(s.table, r, w).name)
+            out += [f"DROP VIEW IF EXISTS {table}_mv{s.layout.on_cluster} SYNC",
+                    f"DROP TABLE IF EXISTS {table}{s.layout.on_cluster} SYNC"]
+    if s.cluster:
+        out += [f"DROP TABLE IF EXISTS {s.database}.{who_description(s.table, r, w).name}{s.layout.on_cluster} SYNC"
+                for r in DROPPED_WHO_STEPS for w in WHO_ROLLUPS]
+    return out
 
 
 def _initial(s: StoreSettings) -> list[str]:
@@ -546,8 +592,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "collector_stats and exporter_interfaces tables", _collector_stats),
     Migration(6, "insert deduplication window on flows and rollups", _deduplication),
     Migration(7, "tunnel_src_addr and tunnel_dst_addr on flows", _tunnel_columns),
-    Migration(8, "rollups of top hosts and ports (1m/5m/1h) and their views", _who_rollups_of(8)),
-    Migration(9, "rollups of upstreams, prefixes and inbound scanners (1m/5m/1h) and their views", _who_rollups_of(9)),
+    Migration(8, "rollups of top hosts and ports and their views", _who_rollups_of(8)),
+    Migration(9, "rollups of upstreams, prefixes and inbound scanners and their views", _who_rollups_of(9)),
+    Migration(10, "who rollups at 1m and 1h only: the 5m step dropped", _who_steps_dropped),
 )
 
 
