@@ -4,14 +4,18 @@ peer_src_as, peer_dst_as, src_as and dst_as."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from support.bgp_lab import BIRD_V4, BIRD_V6, BgpLab, StaticRoute, bgp_lab_fixture  # noqa: F401 (fixture)
 
@@ -19,6 +23,7 @@ from appliance.flowenricher.batch import FlowBatch, ListColumn, addr_to_str, str
 from appliance.flowenricher.bgp.client import GoBgpClient
 from appliance.flowenricher.bgp.mirror import RibMirror
 from appliance.flowenricher.bgp.prefix_file import PrefixFileError, PrefixFileRib, load_prefix_file
+from appliance.flowenricher.bgp.prefix_file import _route as prefix_file_route
 from appliance.flowenricher.bgp.rib import RibState
 from appliance.flowenricher.bgp.route import parse_community
 from appliance.flowenricher.enrich.base import AddressSet
@@ -233,6 +238,106 @@ def test_prefix_file_errors_name_file_entry_and_problem(tmp_path: Path, content:
         load_prefix_file(path, RibState().new_builder())
     assert str(raised.value).startswith(f"{path}: ")
     assert message in str(raised.value)
+
+
+_ROUTE = st.fixed_dictionaries(
+    {"prefix": st.one_of(
+        st.tuples(st.integers(0, 2**32 - 1), st.integers(8, 32)).map(
+            lambda t: str(ipaddress.ip_network((t[0] >> (32 - t[1]) << (32 - t[1]), t[1])))),
+        st.tuples(st.integers(0, 2**128 - 1), st.integers(16, 128)).map(
+            lambda t: str(ipaddress.ip_network((t[0] >> (128 - t[1]) << (128 - t[1]), t[1])))))},
+    optional={"as_path": st.lists(st.integers(1, 2**32 - 1), max_size=6),
+              "next_hop": st.sampled_from(["192.0.2.1", "2001:db8::1"]),
+              "local_pref": st.integers(0, 2**32 - 1),
+              "communities": st.lists(st.sampled_from(["65001:100", "64500:666", 42]), max_size=3)})
+"""A route of the prefix file, as an operator would write it."""
+
+
+def _load_whole(text: str) -> tuple[bytes, int] | str:
+    """The table a json.loads of the whole file gives (the reference the streaming loader
+    must equal): its keys and row count, or the JSON error's position."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        return f"line {err.lineno} column {err.colno}: invalid JSON"
+    builder = RibState().new_builder()
+    for entry in data:
+        key, attrs = prefix_file_route(entry)
+        builder.add(key, attrs)
+    return builder.keys().tobytes(), len(builder)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(routes=st.lists(_ROUTE, max_size=12, unique_by=lambda r: r["prefix"]), indent=st.sampled_from([None, 0, 2]),
+       chunk=st.sampled_from([1, 2, 3, 7, 64, 1 << 20]), cut=st.none() | st.tuples(st.integers(0, 10**6),
+                                                                               st.integers(1, 4)))
+def test_prefix_file_read_in_chunks_equals_the_whole_parse(tmp_path_factory: pytest.TempPathFactory,
+                                                           routes: list[dict[str, Any]], indent: int | None,
+                                                           chunk: int, cut: tuple[int, int] | None) -> None:
+    """The streaming loader, whatever its chunk size, loads what json.loads of the whole
+    file gives; with characters cut out of the file (`cut`), it refuses where json.loads
+    does, at the same line and column, and loads the same table where the cut file is
+    still a valid table."""
+    text = json.dumps(routes, indent=indent)
+    if cut is not None:
+        start = cut[0] % (len(text) + 1)
+        text = text[:start] + text[start + cut[1]:]
+    path = tmp_path_factory.mktemp("chunks") / "prefixes.json"
+    path.write_text(text)
+    try:
+        expected: tuple[bytes, int] | str = _load_whole(text)
+    except (ValueError, TypeError, AttributeError, KeyError):
+        expected = "invalid table"  # valid JSON, not a valid table: only the loader's refusal is checked
+    builder = RibState().new_builder()
+    with mock.patch("appliance.flowenricher.bgp.prefix_file._CHUNK", chunk):
+        try:
+            load_prefix_file(path, builder)
+            got: tuple[bytes, int] | str = (builder.keys().tobytes(), len(builder))
+        except PrefixFileError as err:
+            got = str(err).removeprefix(f"{path}: ")
+    if expected == "invalid table":
+        assert isinstance(got, str) and "invalid JSON" not in got, got
+    elif isinstance(expected, str):
+        assert isinstance(got, str) and got.startswith(expected), (got, expected, text)
+    else:
+        assert got == expected
+
+
+_OCTET = st.integers(0, 255).map(str) | st.sampled_from(["00", "01", "010", "256", "999", "-1", " 1", "1 ", "+1"])
+_V4_TEXT = st.lists(_OCTET, min_size=3, max_size=5).map(".".join)
+_V6_TEXT = (st.integers(0, 2**128 - 1).map(lambda n: str(ipaddress.IPv6Address(n)))
+            | st.integers(0, 2**128 - 1).map(lambda n: ipaddress.IPv6Address(n).exploded.upper())
+            | st.sampled_from(["::", "::1", "::ffff:192.0.2.0", "fe80::1%eth0", ":::", "1::2::3", "2001:db8::g",
+                               "1:2:3:4:5:6:7:8:9", "::192.0.2.256", "2001:0db8:0000::"]))
+_LENGTH = st.integers(0, 129).map(str) | st.sampled_from(["08", "032", "", "x", "24 ", "255.255.255.0", "-1"])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(address=_V4_TEXT | _V6_TEXT, length=_LENGTH, slash=st.sampled_from(["/", "//", ""]))
+def test_prefix_text_read_as_ipaddress_reads_it(address: str, length: str, slash: str) -> None:
+    """The prefix file's fast reading of a prefix gives ipaddress.ip_network(strict=True)'s
+    key for every text it accepts and refuses, with its words, every text it refuses."""
+    from appliance.flowenricher.bgp.prefix_file import _prefix
+    from appliance.flowenricher.bgp.route import prefix_key
+    text = f"{address}{slash}{length}"
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as err:
+        with pytest.raises(ValueError) as refused:
+            _prefix(text)
+        assert str(refused.value) == str(err)
+    else:
+        assert _prefix(text) == prefix_key(net.network_address.packed, net.prefixlen)
+
+
+def test_prefix_file_repeat_found_after_loading(tmp_path: Path) -> None:
+    """A prefix given three times: the error names its second entry and its first."""
+    path = tmp_path / "prefixes.json"
+    path.write_text(json.dumps([{"prefix": "2001:db8::/32"}, {"prefix": "203.0.113.0/24"}, {"prefix": "10.0.0.0/8"},
+                                {"prefix": "2001:db8::/32"}, {"prefix": "203.0.113.0/24"},
+                                {"prefix": "2001:db8::/32"}]))
+    with pytest.raises(PrefixFileError, match=r"entry 3 \(2001:db8::/32\): prefix already given in entry 0$"):
+        load_prefix_file(path, RibState().new_builder())
 
 
 def test_prefix_file_missing_fails_at_start(tmp_path: Path) -> None:

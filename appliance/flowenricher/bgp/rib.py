@@ -210,6 +210,10 @@ class RouteBuilder:
                   self._comm_ends, self._comm)
         return len(self._keys) + sum(len(a) * a.itemsize for a in arrays)
 
+    def keys(self, first: int = 0) -> npt.NDArray[np.void]:
+        """A copy of the prefix keys of rows `first` on, one KEY_LEN-byte item a row."""
+        return np.frombuffer(bytes(self._keys[first * KEY_LEN:]), dtype=f"V{KEY_LEN}")
+
     def add(self, key: bytes, route: RouteAttributes) -> int:
         """Append `route` for the prefix `key`; its row number."""
         self.extend(((key, route_parts(route)),))
