@@ -72,6 +72,8 @@ from ingest import (  # noqa: E402
     Children,
     MemorySampler,
     Step,
+    _describe,
+    family,
     free_port,
     interrupt,
     judge,
@@ -119,6 +121,7 @@ class EnrichedStep(Step):
     with_country: int | None = None
     extra: list[str] = field(default_factory=list)
     parts_mb: dict[str, float] = field(default_factory=dict)  # each part's peak (PartsSampler)
+    cpu: str = ""  # CPU seconds of each process, and of the main process's busiest threads, over the traffic
 
 
 MEMORY_PARTS = {
@@ -171,6 +174,55 @@ class MainSampler(MemorySampler):
     def sample(self) -> None:
         super().sample()
         self.main_rss_kb = max(self.main_rss_kb, _status_kb(self.main_pid, "VmRSS:"))
+
+
+def _ticks(stat_path: str) -> tuple[str, int]:
+    """(comm, utime + stime in clock ticks) from a /proc stat file; ("", 0) when gone."""
+    try:
+        text = Path(stat_path).read_text()
+    except OSError:
+        return "", 0
+    comm = text[text.index("(") + 1:text.rindex(")")]
+    fields = text.rsplit(")", 1)[1].split()
+    return comm, int(fields[11]) + int(fields[12])
+
+
+class CpuSnapshot:
+    """CPU time of a collector's processes and of its main process's threads, so two
+    snapshots say where the cores went during the traffic: whether the storing process is
+    bound to one core (its Python threads share one interpreter lock) while the other
+    sits idle, which decides whether more processes would help."""
+
+    def __init__(self, directory: Path, main_pid: int) -> None:
+        self.taken = time.monotonic()
+        self.processes = {pid: (_describe(pid), _ticks(f"/proc/{pid}/stat")[1]) for pid in family(directory)}
+        self.threads: dict[int, tuple[str, int]] = {}
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{main_pid}/task")]
+        except OSError:
+            tids = []
+        for tid in tids:
+            self.threads[tid] = _ticks(f"/proc/{main_pid}/task/{tid}/stat")
+
+    def since(self, before: CpuSnapshot) -> str:
+        """'over 12.3 s: 30.1 s CPU (245% of one core): flowenricher run 27.9 s (227%), ...;
+        main's threads by name: flowenricher 14.2 s (5 threads), ThreadPool 9.8 s (12), ...'.
+        The interpreter's threads all carry the process's name; the engine's (chDB) carry
+        their own (ThreadPool, MergeMutate, ...), so the split says interpreter against engine."""
+        hz = os.sysconf("SC_CLK_TCK")
+        wall = self.taken - before.taken
+        procs = sorted(((label, (ticks - before.processes.get(pid, (label, 0))[1]) / hz)
+                        for pid, (label, ticks) in self.processes.items()), key=lambda item: -item[1])
+        by_name: dict[str, list[float]] = {}
+        for tid, (comm, ticks) in self.threads.items():
+            by_name.setdefault(comm, []).append((ticks - before.threads.get(tid, (comm, 0))[1]) / hz)
+        names = sorted(by_name.items(), key=lambda item: -sum(item[1]))
+        total = sum(s for _, s in procs)
+        listed = ", ".join(f"{label} {s:.1f} s ({100 * s / wall:.0f}%)" for label, s in procs if s >= 0.05)
+        threads = ", ".join(f"{name} {sum(cpu):.1f} s ({sum(1 for c in cpu if c >= 0.05)} busy of {len(cpu)})"
+                            for name, cpu in names if sum(cpu) >= 0.05)
+        return (f"over {wall:.1f} s: {total:.1f} s CPU ({100 * total / wall:.0f}% of one core): {listed}; "
+                f"main's threads by name: {threads}")
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -343,8 +395,10 @@ def run_step(mode: str, rate: int, args: argparse.Namespace, work: Path, childre
         step.recv_buffer = socket_buffers(port)
         target = f"127.0.0.1:{port}"
         warm_up(target, args.protocol, args.seed)
+        cpu_before = CpuSnapshot(where, proc.pid)
         step.sent = send(target, rate, args, None)
         step.lag_s = wait_stored(url, step.sent.flows, limit_s=max(60.0, 3 * args.duration))
+        step.cpu = CpuSnapshot(where, proc.pid).since(cpu_before)
         if gobgpd_pid is not None:
             step.gobgpd_cpu_s = cpu_seconds(gobgpd_pid) - gobgpd_cpu
         if paused and gobgpd_pid is not None:
@@ -432,6 +486,8 @@ def print_step(step: EnrichedStep) -> None:
         print(f"    gobgpd: idle again after the RIB load: {idle}; CPU it used during the traffic and the catch-up: {cpu}")
     if step.memory:
         print(f"    peak RSS per process (VmHWM): {step.memory}")
+    if step.cpu:
+        print(f"    CPU from the first flow to the last stored, {step.cpu}")
     if step.parts_mb:
         listed = ", ".join(f"{part} {mb:,.1f}" for part, mb in step.parts_mb.items())
         print(f"    storing process by part, each part's peak in MB (its gauges): {listed}")

@@ -13,6 +13,7 @@ indexing and only the addresses new to the cache cost a Python step (see _Answer
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -100,8 +101,10 @@ class GeoDatabase:
     def build_epoch(self) -> int:
         return int(self.reader.metadata().build_epoch)
 
-    @property
+    @functools.cached_property
     def ipv4_only(self) -> bool:
+        # cached: the reader builds a new metadata object on every call, which cost as
+        # much as the lookup itself when asked once per address
         return int(self.reader.metadata().ip_version) == 4
 
     @property
@@ -446,14 +449,15 @@ class GeoStage:
 
     # -- lookups -----------------------------------------------------------------------
 
-    def _resolve(self, raw: bytes, is_v4: bool) -> Answer:
-        """Both databases' answer for one address (16 bytes, IPv4 mapped)."""
+    def _resolve(self, raw: bytes, is_v4: bool, lookups: dict[Role, int]) -> Answer:
+        """Both databases' answer for one address (16 bytes, IPv4 mapped); each database
+        asked is counted in `lookups`, which the caller adds to the counter once per batch."""
         ip: ipaddress.IPv4Address | ipaddress.IPv6Address = (
             ipaddress.IPv4Address(raw[12:]) if is_v4 else ipaddress.IPv6Address(raw))
         asn, org, country, city = _EMPTY
         asn_db = self._dbs.get("asn")
         if asn_db is not None:
-            record = self._get(asn_db, ip)
+            record = self._get(asn_db, ip, lookups)
             if isinstance(record, dict):
                 asn, org = _asn_of(record)
                 if asn and org:
@@ -462,15 +466,16 @@ class GeoStage:
                     org = self.asn_names.get(asn, "")
         city_db = self._dbs.get("city")
         if city_db is not None:
-            record = self._get(city_db, ip)
+            record = self._get(city_db, ip, lookups)
             if isinstance(record, dict):
                 country, city = _place_of(record)
         return (asn, sys.intern(org), sys.intern(country), sys.intern(city))
 
-    def _get(self, db: GeoDatabase, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Record | None:
+    def _get(self, db: GeoDatabase, ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+             lookups: dict[Role, int]) -> Record | None:
         if ip.version == 6 and db.ipv4_only:
             return None
-        self._metrics.lookups.labels(db.role).inc()
+        lookups[db.role] += 1
         try:
             return db.reader.get(ip)
         except (maxminddb.InvalidDatabaseError, ValueError) as err:
@@ -489,9 +494,13 @@ class GeoStage:
         found = cache.find(keys)
         misses = [j for j, answer in enumerate(found) if answer < 0]
         if misses:
-            v4 = addrs.is_v4[public]
+            v4 = addrs.is_v4[public].tolist()
+            lookups: dict[Role, int] = dict.fromkeys(self._dbs, 0)
             for j in misses:
-                found[j] = cache.add(keys[j], self._resolve(keys[j], bool(v4[j])))
+                found[j] = cache.add(keys[j], self._resolve(keys[j], v4[j], lookups))
+            for role, asked in lookups.items():
+                if asked:
+                    self._metrics.lookups.labels(role).inc(asked)
         self._metrics.cache_hits.inc(len(keys) - len(misses))
         ids[public] = found
         return ids

@@ -38,13 +38,14 @@ and the rollups' views already GROUP BY their keys, so for the SummingMergeTree 
 only sorts and sums what is already summed.  Measured here (chDB, 250k-row enriched
 blocks with the three rollup views): 382k rows/s with it, 518k rows/s without.
 
-``parallel_view_processing`` pushes a block to the materialized views (3 rollups and 21
-"who" rollups) concurrently instead of one after another.  Each view is a pipeline and a
-part of its own, so an insert's time is mostly the views'; the CPU spent is the same
-and the insert is answered (or fails) once every view has written.  Measured here on 2
-cores (2026-12-07, docs/performance.md): bench/store_insert.py 135-168k rows/s without,
-200-220k with, the same CPU per row and peak RSS within 2%; 30 inserts of 10 rows 5.0-7.2 s
-without, 3.3-5.1 s with (runs on this shared machine vary that much).
+``parallel_view_processing`` pushes a block to the materialized views (the rollups and
+"who" rollups of schema.py: 17 views since migration 10) concurrently instead of one
+after another.  Each view is a pipeline and a part of its own, so an insert's time is
+mostly the views'; the CPU spent is the same and the insert is answered (or fails) once
+every view has written.  Measured here on 2 cores (2026-12-07, docs/performance.md):
+bench/store_insert.py 135-168k rows/s without, 200-220k with, the same CPU per row and
+peak RSS within 2%; 30 inserts of 10 rows 5.0-7.2 s without, 3.3-5.1 s with (runs on
+this shared machine vary that much).
 """
 
 
