@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -396,9 +397,12 @@ def run_step(mode: str, rate: int, args: argparse.Namespace, work: Path, childre
         target = f"127.0.0.1:{port}"
         warm_up(target, args.protocol, args.seed)
         cpu_before = CpuSnapshot(where, proc.pid)
+        sender_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         step.sent = send(target, rate, args, None)
+        sender_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the sender is the one child reaped meanwhile
+        sender_cpu = (sender_after.ru_utime + sender_after.ru_stime) - (sender_before.ru_utime + sender_before.ru_stime)
         step.lag_s = wait_stored(url, step.sent.flows, limit_s=max(60.0, 3 * args.duration))
-        step.cpu = CpuSnapshot(where, proc.pid).since(cpu_before)
+        step.cpu = f"{CpuSnapshot(where, proc.pid).since(cpu_before)}; the sender {sender_cpu:.1f} s"
         if gobgpd_pid is not None:
             step.gobgpd_cpu_s = cpu_seconds(gobgpd_pid) - gobgpd_cpu
         if paused and gobgpd_pid is not None:

@@ -1,0 +1,109 @@
+"""What each materialized view adds to a flow insert: CPU per row of the batch writer
+storing 250k-row blocks into the embedded store (chDB) with no view, with each view that
+reads the flows table alone, and with every view.
+
+    python bench/store_views.py [--blocks 6] [--rounds 3] [--insert-rows 250000,1000000]
+
+Blocks are built as bench/store_insert.py builds them (generated traffic, encoded,
+decoded, direction added), but spread over `--rate` flows a second as a live collector
+would insert them (a 250k-row block covers about a second of traffic at 300k flows/s),
+not over hours.  Each configuration is a fresh store, migrated, with the views it leaves
+out dropped; the first block warms the store up and is not timed.  CPU is the process's
+(every thread: the engine inserts and runs the views on threads of its own, and merges
+in the background), so merges that happen to run inside the timed span count: the best
+of `--rounds` is printed.  The views that read another rollup (5m and 1h) run only with
+their source, so they are measured in "all" only.  ``--insert-rows`` also times every
+view with the writer inserting that many rows at a time (the service's
+``insert.batch_size``; fewer, larger parts for the views to write and the engine to merge).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import shutil
+import tempfile
+import time
+
+from storage_size import BATCH, batches  # bench/ is the script's directory
+
+from appliance.flowenricher.batch import FlowBatch
+from appliance.flowenricher.enrich.networks import NetworksStage
+from appliance.flowenricher.enrich.pipeline import Enricher
+from appliance.flowenricher.generate.traffic import DEFAULT_MY_PREFIXES
+from appliance.flowenricher.storage import StoreSettings, open_store
+from appliance.flowenricher.storage.spool import Spool
+from appliance.flowenricher.storage.writer import BatchWriter
+
+VIEWS_SQL = ("SELECT name, as_select FROM system.tables WHERE database = 'flowenricher' "
+             "AND engine = 'MaterializedView' ORDER BY name")
+
+
+def one_round(blocks: list[FlowBatch], keep: set[str] | None,
+              insert_rows: int = BATCH) -> tuple[float, list[tuple[str, str]]]:
+    """(CPU seconds to store blocks[1:], every view of a fresh store with its query) with
+    the views named in `keep` (all when None), `insert_rows` rows an insert."""
+    where = tempfile.mkdtemp(prefix="flowenricher-store-views-")
+    settings = StoreSettings(path=where, batch_size=insert_rows, ttl_days=0)
+    store = open_store(settings)
+    try:
+        store.migrate()
+        views = [tuple(line.split("\t", 1)) for line in store.query(VIEWS_SQL, "TSV").decode().splitlines()]
+        for name, _ in views:
+            if keep is not None and name not in keep:
+                store.query(f"DROP VIEW flowenricher.{name}", "TSV")
+        writer = BatchWriter(store, settings, Spool.from_settings(settings))
+        writer.add(blocks[0])
+        writer.flush()
+        cpu = time.process_time()
+        for batch in blocks[1:]:
+            writer.add(batch)
+        writer.close()
+        cpu = time.process_time() - cpu
+        stored = int(store.query("SELECT count() FROM flowenricher.flows", "TSV"))
+        if stored != sum(b.n for b in blocks):
+            raise RuntimeError(f"stored {stored} of {sum(b.n for b in blocks)} rows")
+        return cpu, [(name, sql) for name, sql in views]
+    finally:
+        store.close()
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--blocks", type=int, default=6, help="250k-row blocks per configuration (default 6)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per configuration; the best is printed")
+    ap.add_argument("--rate", type=int, default=300_000, help="flows a second the blocks are spread over")
+    ap.add_argument("--insert-rows", default="", help="comma-separated insert sizes to time every view at")
+    args = ap.parse_args()
+    enricher = Enricher([NetworksStage([ipaddress.ip_network(p) for p in DEFAULT_MY_PREFIXES], {})])
+    n = args.blocks * BATCH
+    blocks = []
+    for batch in batches(n, n / args.rate / 3600, "ipfix", seed=1):
+        enricher.enrich(batch)
+        blocks.append(batch)
+    rows = sum(b.n for b in blocks[1:])
+
+    def best(keep: set[str] | None, insert_rows: int = BATCH) -> tuple[float, list[tuple[str, str]]]:
+        runs = [one_round(blocks, keep, insert_rows) for _ in range(args.rounds)]
+        return min(r[0] for r in runs) / rows * 1e6, runs[0][1]
+
+    bare, views = best(set())
+    print(f"{rows:,} rows in {args.blocks - 1} timed blocks of {BATCH:,}, best of {args.rounds} rounds, CPU of the process")
+    print(f"{'no view':34s} {bare:6.2f} us/row")
+    on_flows = [name for name, sql in views if " FROM flowenricher.flows " in f" {sql} ".replace("\n", " ")]
+    added = 0.0
+    for name in on_flows:
+        cost, _ = best({name})
+        added += cost - bare
+        print(f"{name:34s} {cost - bare:+6.2f} us/row")
+    every, _ = best(None)
+    print(f"{'the views on the flows, summed':34s} {added:+6.2f} us/row")
+    print(f"{f'all {len(views)} views':34s} {every:6.2f} us/row ({every - bare:+.2f} over no view)")
+    for size in (int(v) for v in args.insert_rows.split(",") if v.strip()):
+        cost, _ = best(None, size)
+        print(f"{f'all {len(views)} views, {size:,} rows an insert':34s} {cost:6.2f} us/row")
+
+
+if __name__ == "__main__":
+    main()
