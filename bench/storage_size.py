@@ -66,6 +66,17 @@ def batches(n_flows: int, hours: float, protocol: str, seed: int) -> Iterator[Fl
         yield batch
 
 
+def directed_blocks(n_flows: int, hours: float, seed: int = 1) -> list[FlowBatch]:
+    """batches() as IPFIX, each with its flows' direction (the networks stage over the
+    generator's own prefixes), as the store benches insert them."""
+    enricher = Enricher([NetworksStage([ipaddress.ip_network(p) for p in DEFAULT_MY_PREFIXES], {})])
+    blocks = []
+    for batch in batches(n_flows, hours, "ipfix", seed=seed):
+        enricher.enrich(batch)
+        blocks.append(batch)
+    return blocks
+
+
 def _rows(store: FlowStore, sql: str) -> list[list[str]]:
     return [line.split("\t") for line in store.query(sql, "TSV").decode().splitlines()]
 

@@ -16,18 +16,14 @@ wall time and by CPU time of the process (all threads: less sensitive to other l
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import shutil
 import tempfile
 import time
 
 import numpy as np
-from storage_size import BATCH, batches  # bench/ is the script's directory
+from storage_size import BATCH, directed_blocks  # bench/ is the script's directory
 
 from appliance.flowenricher.batch import FlowBatch
-from appliance.flowenricher.enrich.networks import NetworksStage
-from appliance.flowenricher.enrich.pipeline import Enricher
-from appliance.flowenricher.generate.traffic import DEFAULT_MY_PREFIXES
 from appliance.flowenricher.storage import StoreSettings, open_store
 from appliance.flowenricher.storage.spool import Spool
 from appliance.flowenricher.storage.writer import BatchWriter
@@ -78,11 +74,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--small", type=int, default=0, help="also time this many 10-row inserts per round")
     args = ap.parse_args()
-    enricher = Enricher([NetworksStage([ipaddress.ip_network(p) for p in DEFAULT_MY_PREFIXES], {})])
-    blocks = []
-    for batch in batches(args.blocks * BATCH, 2.0, "ipfix", seed=1):
-        enricher.enrich(batch)
-        blocks.append(batch)
+    blocks = directed_blocks(args.blocks * BATCH, 2.0)
     rows = sum(b.n for b in blocks)
     results = [one_round(blocks) for _ in range(args.rounds)]
     for _ in range(args.rounds if args.small else 0):

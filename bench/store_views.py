@@ -20,17 +20,13 @@ view with the writer inserting that many rows at a time (the service's
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import shutil
 import tempfile
 import time
 
-from storage_size import BATCH, batches  # bench/ is the script's directory
+from storage_size import BATCH, directed_blocks  # bench/ is the script's directory
 
 from appliance.flowenricher.batch import FlowBatch
-from appliance.flowenricher.enrich.networks import NetworksStage
-from appliance.flowenricher.enrich.pipeline import Enricher
-from appliance.flowenricher.generate.traffic import DEFAULT_MY_PREFIXES
 from appliance.flowenricher.storage import StoreSettings, open_store
 from appliance.flowenricher.storage.spool import Spool
 from appliance.flowenricher.storage.writer import BatchWriter
@@ -76,12 +72,8 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=300_000, help="flows a second the blocks are spread over")
     ap.add_argument("--insert-rows", default="", help="comma-separated insert sizes to time every view at")
     args = ap.parse_args()
-    enricher = Enricher([NetworksStage([ipaddress.ip_network(p) for p in DEFAULT_MY_PREFIXES], {})])
     n = args.blocks * BATCH
-    blocks = []
-    for batch in batches(n, n / args.rate / 3600, "ipfix", seed=1):
-        enricher.enrich(batch)
-        blocks.append(batch)
+    blocks = directed_blocks(n, n / args.rate / 3600)
     rows = sum(b.n for b in blocks[1:])
 
     def best(keep: set[str] | None, insert_rows: int = BATCH) -> tuple[float, list[tuple[str, str]]]:
