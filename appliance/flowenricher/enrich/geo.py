@@ -475,7 +475,7 @@ class GeoStage:
              lookups: dict[Role, int]) -> Record | None:
         if ip.version == 6 and db.ipv4_only:
             return None
-        lookups[db.role] += 1
+        lookups[db.role] = lookups.get(db.role, 0) + 1  # a reload may bring a role in mid-batch
         try:
             return db.reader.get(ip)
         except (maxminddb.InvalidDatabaseError, ValueError) as err:
@@ -495,7 +495,7 @@ class GeoStage:
         misses = [j for j, answer in enumerate(found) if answer < 0]
         if misses:
             v4 = addrs.is_v4[public].tolist()
-            lookups: dict[Role, int] = dict.fromkeys(self._dbs, 0)
+            lookups: dict[Role, int] = {}
             for j in misses:
                 found[j] = cache.add(keys[j], self._resolve(keys[j], v4[j], lookups))
             for role, asked in lookups.items():
