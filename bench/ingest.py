@@ -264,13 +264,15 @@ class Capture:
     packets: int
 
 
-def build_capture(path: Path, protocol: str, rate: int, duration: float, seed: int) -> Capture:
+def build_capture(path: Path, protocol: str, rate: int, duration: float, seed: int,
+                  start_ms: int | None = None) -> Capture:
     """`rate * duration` flows of the traffic model, encoded as the live sender would
-    encode them (template refreshes included), flow times spread as if sent at `rate`."""
+    encode them (template refreshes included), flow times spread as if sent at `rate`
+    from `start_ms` (now by default)."""
     gen = TrafficGenerator(seed=seed)
     encoder = make_encoder(protocol)
     total = round(rate * duration)
-    start_ms = int(time.time() * 1000)
+    start_ms = int(time.time() * 1000) if start_ms is None else start_ms
     flows = 0
 
     def payloads() -> Iterator[bytes]:

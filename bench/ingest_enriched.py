@@ -16,7 +16,11 @@ What runs (as root: the BGP lab needs a network namespace):
   tens of seconds rather than the minutes gobgpd takes to list a full table per step.
 * For each rate, one `flowenricher run` per mode, alone on the machine (one listener on
   127.0.0.1, two workers, embedded chDB, ``insert.batch_size`` 250000, my_prefixes of
-  the generator), fed `--duration` seconds of IPFIX by `flowenricher generate`:
+  the generator), fed `--duration` seconds of IPFIX by `flowenricher generate` (about
+  0.6 of a core at 300k flows/s, taken from the collector's two), or with ``--sender
+  replay`` by `flowenricher replay` from a capture of the same model (bench/ingest.py's;
+  a fraction of that CPU), written for each step with its flows dated from the moment
+  it is sent (see REPLAY_LEAD_S):
   - ``enriched``: ``enrich: "geoip, bgp"``, MaxMind's test ASN and City databases
     (tests/data/geoip), ``bgp.gobgp.api`` set to the lab gobgpd's Unix socket
     (``unix:///path``).  Traffic is sent only once the collector's RIB mirror reports
@@ -70,10 +74,12 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(HERE))
 
 from ingest import (  # noqa: E402
+    Capture,
     Children,
     MemorySampler,
     Step,
     _describe,
+    build_capture,
     family,
     free_port,
     interrupt,
@@ -391,14 +397,17 @@ def run_step(mode: str, rate: int, args: argparse.Namespace, work: Path, childre
         if gobgpd_pid is not None and args.pause_gobgpd:
             os.kill(gobgpd_pid, signal.SIGSTOP)  # resumed below, failures included
             paused = True
+        capture = replay_capture(rate, args, where) if args.sender == "replay" else None
         memory.start()
         parts.start()
         step.recv_buffer = socket_buffers(port)
         target = f"127.0.0.1:{port}"
         warm_up(target, args.protocol, args.seed)
+        if capture is not None:
+            time.sleep(max(0.0, capture.start_s - time.time()))
         cpu_before = CpuSnapshot(where, proc.pid)
         sender_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        step.sent = send(target, rate, args, None)
+        step.sent = send(target, rate, args, capture)
         sender_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the sender is the one child reaped meanwhile
         sender_cpu = (sender_after.ru_utime + sender_after.ru_stime) - (sender_before.ru_utime + sender_before.ru_stime)
         step.lag_s = wait_stored(url, step.sent.flows, limit_s=max(60.0, 3 * args.duration))
@@ -433,8 +442,30 @@ def run_step(mode: str, rate: int, args: argparse.Namespace, work: Path, childre
     if step.sent is not None:
         _count_rows(conf, step)
     shutil.rmtree(where / "data", ignore_errors=True)
+    (where / "stream.pcap").unlink(missing_ok=True)
     judge(step, args.max_lag)
     return step
+
+
+@dataclass(frozen=True)
+class TimedCapture(Capture):
+    start_s: float = 0.0  # the wall time its first flow is dated: send no earlier
+
+
+REPLAY_LEAD_S = 30.0
+"""How far ahead of now a step's capture dates its flows; building 3M flows takes about
+10 s here.  The engine slides its windows with the wall clock (DetectionEngine.tick), so
+flows dated minutes back would be late for the rules and skipped: the capture is built
+for each step and sent when its first flow's time comes."""
+
+
+def replay_capture(rate: int, args: argparse.Namespace, where: Path) -> TimedCapture:
+    start_s = time.time() + REPLAY_LEAD_S
+    built = build_capture(where / "stream.pcap", args.protocol, rate, args.duration, args.seed,
+                          start_ms=int(start_s * 1000))
+    if time.time() > start_s:
+        raise RuntimeError(f"building the capture took more than {REPLAY_LEAD_S:.0f} s; its flows would be late")
+    return TimedCapture(built.path, built.flows, built.packets, start_s)
 
 
 def _log_problems(log: Path, limit: int = 3) -> list[str]:
@@ -554,6 +585,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--modes", type=lambda t: [m.strip() for m in t.split(",") if m.strip()], default=list(MODES),
                     help="enriched, plain or both (default both)")
     ap.add_argument("--protocol", choices=("ipfix", "v9"), default="ipfix")
+    ap.add_argument("--sender", choices=("generate", "replay"), default="generate",
+                    help="synthesise the traffic live, or replay a capture of it written before the steps")
     ap.add_argument("--max-lag", type=float, default=3.0,
                     help="seconds after the sender stops within which every flow must be stored")
     ap.add_argument("--receive-buffer", type=int, default=rmem_max())
