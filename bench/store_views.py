@@ -3,6 +3,7 @@ storing 250k-row blocks into the embedded store (chDB) with no view, with each v
 reads the flows table alone, and with every view.
 
     python bench/store_views.py [--blocks 6] [--rounds 3] [--insert-rows 250000,1000000]
+    python bench/store_views.py --as-numbers 5000 --who-without src_as,dst_as
 
 Blocks are built as bench/store_insert.py builds them (generated traffic, encoded,
 decoded, direction added), but spread over `--rate` flows a second as a live collector
@@ -15,6 +16,13 @@ of `--rounds` is printed.  The views that read another rollup (5m and 1h) run on
 their source, so they are measured in "all" only.  ``--insert-rows`` also times every
 view with the writer inserting that many rows at a time (the service's
 ``insert.batch_size``; fewer, larger parts for the views to write and the engine to merge).
+
+The generated rows carry no AS numbers (no ASN database in the loop), which a store
+behind the appliance's enrichment always has.  ``--as-numbers N`` fills ``src_as`` and
+``dst_as`` from N ASes drawn with a Zipf-like skew (a few large, many small), and
+``--who-without`` also times every view with those columns left out of the "who"
+rollups' filter columns (schema.WHO_FILTERS, replaced in this process only): what the
+filters cost, before deciding whether the dashboards keep them.
 """
 
 from __future__ import annotations
@@ -24,10 +32,11 @@ import shutil
 import tempfile
 import time
 
+import numpy as np
 from storage_size import BATCH, directed_blocks  # bench/ is the script's directory
 
 from appliance.flowenricher.batch import FlowBatch
-from appliance.flowenricher.storage import StoreSettings, open_store
+from appliance.flowenricher.storage import StoreSettings, open_store, schema
 from appliance.flowenricher.storage.spool import Spool
 from appliance.flowenricher.storage.writer import BatchWriter
 
@@ -71,9 +80,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds per configuration; the best is printed")
     ap.add_argument("--rate", type=int, default=300_000, help="flows a second the blocks are spread over")
     ap.add_argument("--insert-rows", default="", help="comma-separated insert sizes to time every view at")
+    ap.add_argument("--as-numbers", type=int, default=0, help="fill src_as and dst_as from this many ASes")
+    ap.add_argument("--who-without", default="", help="comma-separated WHO_FILTERS columns to also time without")
     args = ap.parse_args()
     n = args.blocks * BATCH
     blocks = directed_blocks(n, n / args.rate / 3600)
+    if args.as_numbers:
+        rng = np.random.default_rng(2)
+        ases = rng.integers(1, 400_000, args.as_numbers).astype(np.uint32)
+        weight = 1.0 / np.arange(1, args.as_numbers + 1)
+        weight /= weight.sum()
+        for batch in blocks:
+            batch["src_as"] = ases[rng.choice(args.as_numbers, batch.n, p=weight)]
+            batch["dst_as"] = ases[rng.choice(args.as_numbers, batch.n, p=weight)]
     rows = sum(b.n for b in blocks[1:])
 
     def best(keep: set[str] | None, insert_rows: int = BATCH) -> tuple[float, list[tuple[str, str]]]:
@@ -95,6 +114,18 @@ def main() -> None:
     for size in (int(v) for v in args.insert_rows.split(",") if v.strip()):
         cost, _ = best(None, size)
         print(f"{f'all {len(views)} views, {size:,} rows an insert':34s} {cost:6.2f} us/row")
+    without = {v.strip() for v in args.who_without.split(",") if v.strip()}
+    if without:
+        unknown = without - set(schema.WHO_FILTERS)
+        if unknown:
+            raise SystemExit(f"--who-without: not in schema.WHO_FILTERS: {', '.join(sorted(unknown))}")
+        kept = schema.WHO_FILTERS
+        schema.WHO_FILTERS = tuple(f for f in kept if f not in without)
+        try:
+            cost, _ = best(None)
+        finally:
+            schema.WHO_FILTERS = kept
+        print(f"{'all views, who without ' + ','.join(sorted(without)):34s} {cost:6.2f} us/row")
 
 
 if __name__ == "__main__":
