@@ -375,22 +375,49 @@ def _ranks_values(sql: str) -> bool:
     return any(_RANKED.search(expr) for _, expr in group_keys(sql))
 
 
+AS_OFF = "AND $__conditionalAll(0, $as)"
+"""What a who panel's rollup branch ends with: it reads nothing once an AS is chosen
+(the macro then gives ``0``), as the rollups keep no AS to filter on (schema.WHO_FILTERS)."""
+AS_ON = "AND NOT ($__conditionalAll(0, $as)) AND (src_as IN ($as) OR dst_as IN ($as))"
+"""What its flows branch ends with: it reads the flows only while an AS is chosen."""
+
+
+def _branches(sql: str) -> list[str]:
+    return re.split(r"\bUNION ALL\b", sql)
+
+
 def test_who_panels_read_their_rollups_and_nothing_else_ranks_raw_flows() -> None:
-    """A "who" panel reads its rollups, ``${who_rollup}_<who>`` (the step of
-    schema.WHO_STEPS the range picks), never the flows table; a panel ranking addresses or ports on the
-    flows table must say in RAW_WHO what the rollups lack, so a new one cannot slip in."""
+    """A "who" panel reads its rollups, ``${who_rollup}_top_<who>`` (the step of
+    schema.WHO_STEPS the range picks), and the flows table only in a branch that an AS
+    filter turns on while it turns the rollup's off (AS_ON, AS_OFF); a panel ranking
+    addresses or ports on the flows table must say in RAW_WHO what the rollups lack, so a
+    new one cannot slip in."""
     titles = {(BY_UID[d["uid"]]["uid"], p["title"]) for d in DASHBOARD_FILES.values() for p in _panels(d)}
     assert set(WHO_PANELS) <= titles and set(RAW_WHO) <= titles, "a listed panel was renamed or removed"
     who_names = {w.name for w in schema.WHO_ROLLUPS}
+    infix = schema.WHO.infix
     for t in TARGETS:
         key = (next(d["uid"] for f, d in DASHBOARD_FILES.items() if f == t.file), t.panel["title"])
         sql = t.target["rawSql"]
         if key in WHO_PANELS:
-            read = set(re.findall(r"\$\{database\}\.\$\{who_rollup\}_(\w+)", sql))
+            read = set(re.findall(r"\$\{database\}\.\$\{who_rollup\}_" + infix + r"(\w+)", sql))
             assert read == set(WHO_PANELS[key].split()) and read <= who_names, f"{t.where}: reads {read}"
-            assert not _reads_flows(sql), f"{t.where}: a who panel reads the flows table"
+            assert "${who_rollup}_" + infix in sql and not re.search(r"\$\{who_rollup\}_(?!" + infix + ")", sql)
+            for branch in _branches(sql):
+                if _reads_flows(branch):
+                    assert AS_ON in branch, f"{t.where}: a who panel reads the flows table unless an AS is chosen"
+                elif "(src_as IN ($as) OR dst_as IN ($as))" in sql and "${who_rollup}" in branch:
+                    assert AS_OFF in branch, f"{t.where}: its rollup branch stays on with an AS chosen"
         elif _reads_flows(sql) and _ranks_values(sql) and "${host" not in sql:
             assert key in RAW_WHO, f"{t.where}: ranks addresses or ports on the flows table; use a who rollup"
+
+
+def _tables_read(store: FlowStore, sql: str, where: str) -> dict[str, int]:
+    """The rows ClickHouse's index analysis would read per table (EXPLAIN ESTIMATE): a
+    branch whose WHERE is constant false reads no part."""
+    answer = _run(store, f"EXPLAIN ESTIMATE {sql}", where)
+    names = [n for n, _ in answer.columns]
+    return {row[names.index("table")]: int(row[names.index("rows")]) for row in answer.rows}
 
 
 def test_no_panel_groups_on_text_made_from_flows() -> None:
@@ -685,7 +712,12 @@ def test_every_panel_query_runs_on_the_real_schema(store: FlowStore, facts: dict
         sql = render(t.target["rawSql"], time_range, interval, chosen, where)
         if (dashboard["uid"], t.panel["title"]) in WHO_PANELS:
             rollup = chosen["who_rollup"].chosen[0]
-            assert f"{DATABASE}.{rollup}_" in sql and not re.search(rf"{DATABASE}\.flows\b(?!_)", sql), where
+            assert f"{DATABASE}.{rollup}_{schema.WHO.infix}" in sql, where
+            read = _tables_read(store, sql, where)
+            if scenario.pick == "all" or AS_ON not in t.target["rawSql"]:
+                assert not read.get("flows"), f"{where}: reads {read}"
+            else:  # an AS chosen: the flows answer, the rollup (which has no AS to filter on) is not read
+                assert not any(n for table, n in read.items() if table.startswith(f"{rollup}_")), f"{where}: {read}"
         answer = _run(store, sql, where)
         _check_answer(t, answer, where)
         if not answer.rows:
@@ -797,6 +829,48 @@ def test_rollup_panels_answer_as_the_flows_do(store: FlowStore, facts: dict[str,
     numbers = [[float(v) for v in row[1:]] for row in got]
     rank = [n[0] * n[1] if title == "Top scanners (inbound)" else n[-1] for n in numbers]
     assert rank == sorted(rank, reverse=True), f"{title}: not ranked"
+
+
+AS_FILTERED = sorted(key for key in WHO_PANELS
+                     if AS_ON in next(p for p in _panels(BY_UID[key[0]]) if p["title"] == key[1])["targets"][0]["rawSql"])
+
+
+@pytest.mark.parametrize("range_s", [6 * HOUR, 7 * 86400])
+@pytest.mark.parametrize("key", AS_FILTERED, ids=lambda k: k[1])
+def test_an_as_filter_answers_from_the_flows_as_the_rollup_does(store: FlowStore, facts: dict[str, Any],
+                                                                 range_s: int, key: tuple[str, str]) -> None:
+    """A who panel given every AS of the data as its AS filter (not "All") answers from
+    the flows table (its rollup branch is off) and gives what its rollup branch gives
+    with "All": the flows branch computes each value (prefixes, scanner states) as the
+    rollup's views do.  Then one AS narrows it to flows of that AS.  The AS and country
+    shown beside a value are not compared: the panels show any one (``any``, or the
+    largest row's, ``argMax``), and this data gives one address or default /24 or /48
+    several, whose pick differs between flows and summed rows."""
+    uid, title = key
+    dashboard = BY_UID[uid]
+    sql = next(p for p in _panels(dashboard) if p["title"] == title)["targets"][0]["rawSql"]
+    time_range = TimeRange.last(range_s, NOW)
+    chosen = _selections(store, dashboard, time_range, "all", facts)
+    everyone = tuple(row[0] for row in _q(store, f"SELECT DISTINCT arrayJoin([src_as, dst_as]) FROM {DATABASE}.flows"))
+    from_rollup = render(sql, time_range, 60, chosen, title)
+    chosen["as"] = Selection(everyone, everyone)
+    from_flows = render(sql, time_range, 60, chosen, title)
+    assert not _tables_read(store, from_rollup, title).get("flows")
+    assert not any(n for t, n in _tables_read(store, from_flows, title).items() if t != "flows" and "top_" in t)
+    expected, got = _run(store, from_rollup, title), _run(store, from_flows, title)
+    assert expected.rows and got.columns == expected.columns
+    names = [n for n, _ in got.columns]
+    shown = [i for i, n in enumerate(names) if n not in ("asn", "country")]
+
+    def rows(answer: Answer) -> list[str]:
+        return sorted(str([round(row[i], 6) if isinstance(row[i], float) else row[i] for i in shown])
+                      for row in answer.rows)
+
+    assert rows(got) == rows(expected), title
+    one = str(_top_as(store))
+    chosen["as"] = Selection(everyone, (one,))
+    narrowed = _run(store, render(sql, time_range, 60, chosen, title), title)
+    assert narrowed.rows != expected.rows or len(everyone) == 1, f"{title}: the AS filter changed nothing"
 
 
 def test_variable_selection_narrows_the_answer(store: FlowStore, facts: dict[str, Any]) -> None:

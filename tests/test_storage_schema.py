@@ -242,8 +242,8 @@ def test_a_store_made_with_5m_who_rollups_ends_as_a_new_one(tmp_path: Path, open
     """A store whose migrations 8 and 9 made the "who" rollups at 1m, 5m and 1h (as before
     migration 10, rebuilt here by setting WHO_STEPS back to every step; the coarser views'
     queries are today's) is brought by
-    migration 10 to the tables and views of a store made now, statement for statement;
-    its 1h rows stay, and flows inserted before and after reach every kept step once."""
+    migrations 10 and 11 to the tables and views of a store made now, statement for
+    statement; its rows stay, and flows inserted before and after reach every kept step once."""
     def tables(store: EmbeddedStore) -> list[list[str]]:
         database = store.settings.database
         return [[name, create.replace(f"{database}.", "DB.")] for name, create in _rows(
@@ -256,11 +256,12 @@ def test_a_store_made_with_5m_who_rollups_ends_as_a_new_one(tmp_path: Path, open
         m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:9])
         old = _open(open_embedded, StoreSettings(path=str(tmp_path), database="old"))
         assert old.migrate() == list(range(1, 10))
-        five = {schema.who_description("flows", schema.ROLLUPS[1], w).name for w in schema.WHO_ROLLUPS}
+        five = {schema.who_description("flows", schema.ROLLUPS[1], w, schema.WHO_V8).name
+                for w in schema.WHO_V8.rollups}
         assert five <= {row[0] for row in tables(old)}
     before, after = sample_batch(3000, seed=21), sample_batch(2000, seed=22)
     old.insert(before)
-    assert old.migrate() == [10]
+    assert old.migrate() == [10, 11]
     old.insert(after)
     assert tables(old) == tables(new)
     assert not five & {row[0] for row in tables(old)}
@@ -271,6 +272,80 @@ def test_a_store_made_with_5m_who_rollups_ends_as_a_new_one(tmp_path: Path, open
                 table = schema.who_table(old.settings, r, w)
                 assert _rows(old, f"SELECT sum(flows) FROM {table}") == [[str(before.n + after.n)]], table
     assert old.migrate() == []
+
+
+def _v10_store(opened: list[EmbeddedStore], tmp_path: Path, database: str,
+               monkeypatch: pytest.MonkeyPatch) -> EmbeddedStore:
+    """A store as migrations 1 to 10 made it (the "who" rollups of schema.WHO_V8), with
+    flows in it: 4,000 of a few hours, and a minute of 2,000 inbound flows from 40 sources
+    to many targets (scanners)."""
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:10])
+        store = _open(opened, StoreSettings(path=str(tmp_path), database=database))
+        assert store.migrate() == list(range(1, 11))
+    store.insert(sample_batch(4000, seed=31))
+    scan = sample_batch(2000, seed=32)
+    scan["flow_direction"] = np.ones(scan.n, np.uint8)
+    scan["src_addr"] = np.repeat(scan["src_addr"][:40], 50, axis=0)
+    store.insert(scan)
+    return store
+
+
+def _who_content(store: EmbeddedStore, g: schema.WhoGeneration) -> dict[str, list[list[str]]]:
+    """Each "who" rollup of generation `g` at every step, summed over WHO's keys (the
+    columns both generations have): what migration 11 must keep."""
+    out = {}
+    for r in schema.WHO_STEPS:
+        for w, kept in zip(g.rollups, schema.WHO.rollups, strict=True):
+            keys = ", ".join(n for n in schema.who_description("flows", r, kept).names
+                             if n not in {m.name for m in kept.measures})
+            measures = ("uniqMerge(targets), uniqMerge(ports), sum(flows), sum(syn_only)" if not w.summed else
+                        "sum(bytes), sum(packets), sum(flows)")
+            out[f"{r.suffix} {w.name}"] = _rows(store, f"SELECT {keys}, {measures} FROM "
+                                                       f"{schema.who_table(store.settings, r, w, g)} "
+                                                       f"GROUP BY {keys} ORDER BY {keys}")
+    return out
+
+
+def test_migration_11_keeps_the_who_rows_without_the_other_sides_as(
+        tmp_path: Path, open_embedded: list[EmbeddedStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 11 moves a store's "who" rollups to tables without ``src_as``/``dst_as``
+    among their keys (schema.WHO_FILTERS): every row of the old tables is in the new ones,
+    summed over the new keys (the scanners' distinct counts merged), the old tables and
+    views are gone, and flows stored afterwards reach the new ones through their views."""
+    store = _v10_store(open_embedded, tmp_path, "v10", monkeypatch)
+    before = _who_content(store, schema.WHO_V8)
+    assert all(before.values()) and len(before) == 2 * len(schema.WHO_ROLLUPS)
+    assert store.migrate() == [11]
+    assert _who_content(store, schema.WHO) == before
+    names = {row[0] for row in _rows(store, "SELECT name FROM system.tables WHERE database = 'v10'")}
+    old = {schema.who_description("flows", r, w, schema.WHO_V8).name for r in schema.WHO_STEPS
+           for w in schema.WHO_V8.rollups}
+    assert not {n for n in names if n in old or n.removesuffix("_mv") in old}
+    more = sample_batch(1000, seed=33)
+    store.insert(more)
+    table = schema.who_table(store.settings, schema.WHO_STEPS[-1], schema.WHO_ROLLUPS[0])
+    assert _rows(store, f"SELECT sum(flows) FROM {table}") == [[str(4000 + 2000 + more.n)]]
+    assert store.migrate() == []
+
+
+@pytest.mark.parametrize("stop", [1, 3, 5, 6, 7, 8, 9, 10, 20, 60])
+def test_migration_11_stopped_midway_resumes_without_loss_or_double(
+        tmp_path: Path, open_embedded: list[EmbeddedStore], monkeypatch: pytest.MonkeyPatch, stop: int) -> None:
+    """Migration 11 stopped after `stop` of its statements (the process killed: the
+    migration is not recorded) and run again from the start ends as an uninterrupted
+    one: a rollup's copy is redone from empty tables unless its views exist, so no row
+    is copied twice and none is missing.  The stops fall on each kind of statement of
+    the first rollup (tables made, emptied, copied, views made, old ones dropped) and
+    in later rollups."""
+    store = _v10_store(open_embedded, tmp_path, "v10", monkeypatch)
+    before = _who_content(store, schema.WHO_V8)
+    plan = schema.who_rebuilt(store.settings, store._rows)
+    assert len(plan) > 60
+    for sql in plan[:stop]:
+        store._execute(sql)
+    assert store.migrate() == [11]
+    assert _who_content(store, schema.WHO) == before
 
 
 def test_scanner_counts_merge_across_blocks_and_steps(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:

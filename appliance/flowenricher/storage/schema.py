@@ -235,12 +235,16 @@ WHO_FILTERS: tuple[str, ...] = (
     "flow_direction",
     "input_interface",
     "output_interface",
-    "src_as",
-    "dst_as",
 )
-"""Flow columns every "who" rollup keeps besides its values: the dashboards' filter
-variables (exporter, direction, interface, AS), so a filtered top-N reads the rollup too.
-For one address they rarely vary (its uplink, its own AS), so they add few rows."""
+"""Flow columns every "who" rollup keeps besides its values: the dashboards' exporter,
+direction and interface filters, so a top-N so filtered reads the rollup too.  For one
+address they rarely vary (its uplink), so they add few rows.  Not the AS filter
+(``src_as``/``dst_as``, the migration 8-10 rollups had them): the other side's AS of a
+host, port or prefix varies with every peer it talks to, and grouping by it made the 1m
+views about half of an enriched insert's cost (bench/store_views.py, 2026-12-07: 11.8
+against 6.1 µs a row with 5,000 ASes, docs/performance.md).  A rollup keeps its own
+value's AS among its values instead (a host's, a prefix's: one per value), and the
+dashboards answer an AS filter from the flows (roles/grafana/files/dashboards/README.md)."""
 
 
 def _prefix_length(side: str) -> str:
@@ -272,19 +276,20 @@ the insert rate against 15% this way, in runs that differ by up to 30% among the
 2026-12-07, docs/performance.md)."""
 
 WHO_ROLLUPS: tuple[WhoRollup, ...] = (
-    WhoRollup("src_hosts", ("src_addr", "src_host_country")),
-    WhoRollup("dst_hosts", ("dst_addr", "dst_host_country")),
-    WhoRollup("dst_ports", ("proto", "dst_port")),
-    WhoRollup("next_hops", ("bgp_next_hop", "peer_dst_as", "peer_dst_as_name", "output_interface_name"), since=9),
-    WhoRollup("src_prefixes", _prefix_values("src"), since=9),
-    WhoRollup("dst_prefixes", _prefix_values("dst"), since=9),
-    WhoRollup("scanners", ("src_addr", "src_host_country"), since=9, measures=SCAN_MEASURES,
+    WhoRollup("src_hosts", ("src_addr", "src_as", "src_host_country"), since=11),
+    WhoRollup("dst_hosts", ("dst_addr", "dst_as", "dst_host_country"), since=11),
+    WhoRollup("dst_ports", ("proto", "dst_port"), since=11),
+    WhoRollup("next_hops", ("bgp_next_hop", "peer_dst_as", "peer_dst_as_name", "output_interface_name"), since=11),
+    WhoRollup("src_prefixes", (*_prefix_values("src"), "src_as"), since=11),
+    WhoRollup("dst_prefixes", (*_prefix_values("dst"), "dst_as"), since=11),
+    WhoRollup("scanners", ("src_addr", "src_as", "src_host_country"), since=11, measures=SCAN_MEASURES,
               where="flow_direction = 1", rank="flows DESC"),
 )
 """Hosts, ports, upstreams (BGP next hop and neighbour AS, with their names), prefixes
-(the exporter's masks) and inbound scanners.  Next hops and neighbour ASes are few;
-prefixes are as many as the routes in use when the exporter sends masks, as the /24s and
-/48s in use when it does not; every one is bounded by WHO_CAP per block."""
+(the exporter's masks) and inbound scanners, each host and prefix with its own AS.
+Next hops and neighbour ASes are few; prefixes are as many as the routes in use when the
+exporter sends masks, as the /24s and /48s in use when it does not; every one is bounded
+by WHO_CAP per block.  Tables ``<flows>_<step>_top_<name>`` (WHO)."""
 
 WHO_CAP = 1000
 """Most rows the finest step's "who" view writes per insert block, time bucket, exporter
@@ -299,12 +304,48 @@ bounds nothing (docs/performance.md, 2026-12-05)."""
 
 
 @dataclass(frozen=True)
+class WhoGeneration:
+    """One shape of the "who" rollups: their filter columns, rollups and table names
+    (``<flows>_<step suffix>_<infix><name>``).  Migrations 8 to 10 made WHO_V8's tables;
+    a migration that ran is never rebuilt differently, so that shape stays described here
+    for them, and migration 11 moves a store from it to WHO's (who_rebuilt)."""
+
+    filters: tuple[str, ...]
+    rollups: tuple[WhoRollup, ...]
+    infix: str
+
+
+WHO = WhoGeneration(WHO_FILTERS, WHO_ROLLUPS, "top_")
+"""The "who" rollups readers use: the dashboards read ``${who_rollup}_top_<name>``."""
+
+WHO_V8 = WhoGeneration(
+    (*WHO_FILTERS, "src_as", "dst_as"),
+    (
+        WhoRollup("src_hosts", ("src_addr", "src_host_country")),
+        WhoRollup("dst_hosts", ("dst_addr", "dst_host_country")),
+        WhoRollup("dst_ports", ("proto", "dst_port")),
+        WhoRollup("next_hops", ("bgp_next_hop", "peer_dst_as", "peer_dst_as_name", "output_interface_name"), since=9),
+        WhoRollup("src_prefixes", _prefix_values("src"), since=9),
+        WhoRollup("dst_prefixes", _prefix_values("dst"), since=9),
+        WhoRollup("scanners", ("src_addr", "src_host_country"), since=9, measures=SCAN_MEASURES,
+                  where="flow_direction = 1", rank="flows DESC"),
+    ),
+    "",
+)
+"""The "who" rollups migrations 8 and 9 made (and 10 cut to WHO_STEPS), with both sides'
+AS among their filter columns; migration 11 replaces them."""
+
+
+@dataclass(frozen=True)
 class Migration:
     """One numbered schema change; ``statements`` returns its DDL for the given settings."""
 
     version: int
     description: str
     statements: Callable[[StoreSettings], list[str]]
+    planned: Callable[[StoreSettings, Query], list[str]] | None = None
+    """When set, what :func:`migrate` runs instead of ``statements``: the statements for
+    the state the store is found in (a migration that copies rows and must resume)."""
 
 
 def column_ddl(col: Column) -> str:
@@ -405,9 +446,9 @@ def _value_column(v: str | Derived) -> TableColumn:
     return TableColumn(c.name, c.ch_type, c.codec)
 
 
-def who_description(flows_table: str, r: Rollup, w: WhoRollup) -> Table:
-    """"Who" rollup `w` at the step of `r`, described like the other tables; the flow
-    columns keep the types and codecs of columns.py."""
+def who_description(flows_table: str, r: Rollup, w: WhoRollup, g: WhoGeneration = WHO) -> Table:
+    """"Who" rollup `w` of generation `g` at the step of `r`, described like the other
+    tables; the flow columns keep the types and codecs of columns.py."""
     names = w.value_names()
     if w.summed:
         what, engine = "Flows summed", f"SummingMergeTree(({', '.join(m.name for m in w.measures)}))"
@@ -416,29 +457,29 @@ def who_description(flows_table: str, r: Rollup, w: WhoRollup) -> Table:
     where = f" ({w.where})" if w.where else ""
     finest = WHO_STEPS[0]
     bound = (f"at most {WHO_CAP} rows per insert block and bucket" if r == finest else
-             f"the {flows_table}_{finest.suffix}_{w.name} rows summed")
+             f"the {flows_table}_{finest.suffix}_{g.infix}{w.name} rows summed")
     return Table(
-        f"{flows_table}_{r.suffix}_{w.name}",
+        f"{flows_table}_{r.suffix}_{g.infix}{w.name}",
         f"{what}{where} per {r.bucket}(timestamp), filter dimension and {', '.join(names)}, {bound}.",
         (
             TableColumn("timestamp", "DateTime", "DoubleDelta, ZSTD(1)"),
-            *(_value_column(v) for v in (*WHO_FILTERS, *w.values)),
+            *(_value_column(v) for v in (*g.filters, *w.values)),
             *(TableColumn(m.name, m.ch_type) for m in w.measures),
         ),
         engine=engine,
         partition_by=r.partition,
-        order_by=f"(timestamp, {', '.join((*WHO_FILTERS, *names))})",
+        order_by=f"(timestamp, {', '.join((*g.filters, *names))})",
         ttl_from="timestamp",
         settings=f"non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}",
         time_column="timestamp",
     )
 
 
-def who_table(s: StoreSettings, r: Rollup, w: WhoRollup) -> str:
-    return who_description(s.table, r, w).qualified(s.database)
+def who_table(s: StoreSettings, r: Rollup, w: WhoRollup, g: WhoGeneration = WHO) -> str:
+    return who_description(s.table, r, w, g).qualified(s.database)
 
 
-def who_select(s: StoreSettings, index: int, w: WhoRollup) -> str:
+def who_select(s: StoreSettings, index: int, w: WhoRollup, g: WhoGeneration = WHO) -> str:
     """The query of the view feeding "who" rollup `w` at step ``WHO_STEPS[index]``.
 
     The finest step reads the flows (those `w.where` keeps) and keeps the WHO_CAP rows
@@ -448,15 +489,15 @@ def who_select(s: StoreSettings, index: int, w: WhoRollup) -> str:
     one did not (a block of an hour with 1000 sources a minute and more in the hour, as a
     backfill or a replayed spool writes), so the 1h table is exactly the 1m table summed."""
     r = WHO_STEPS[index]
-    keys = ", ".join((*WHO_FILTERS, *w.value_names()))
+    keys = ", ".join((*g.filters, *w.value_names()))
     where = ""
     if index == 0:
         source, time_col = local_table(s, s.table), ROLLUP_TIME_SOURCE
-        values = [*WHO_FILTERS, *(v if isinstance(v, str) else f"{v.expression} AS {v.name}" for v in w.values)]
+        values = [*g.filters, *(v if isinstance(v, str) else f"{v.expression} AS {v.name}" for v in w.values)]
         metrics = [f"{m.from_flows} AS {m.name}" for m in w.measures]
         where = f"\nWHERE {w.where}" if w.where else ""
     else:
-        source, time_col = local_table(s, who_description(s.table, WHO_STEPS[index - 1], w).name), "timestamp"
+        source, time_col = local_table(s, who_description(s.table, WHO_STEPS[index - 1], w, g).name), "timestamp"
         values = [keys]
         metrics = [f"{m.from_rollup} AS {m.name}" for m in w.measures]
     select = ", ".join([f"{r.bucket}({time_col}) AS timestamp", *values, *metrics])
@@ -464,37 +505,51 @@ def who_select(s: StoreSettings, index: int, w: WhoRollup) -> str:
     return f"SELECT {select}\nFROM {source}{where}\nGROUP BY timestamp, {keys}{cap}"
 
 
-def create_who_rollup(s: StoreSettings, index: int, w: WhoRollup) -> list[str]:
-    """The table of "who" rollup `w` at step ``WHO_STEPS[index]`` and the view that feeds
-    it (who_select)."""
+def who_view(s: StoreSettings, index: int, w: WhoRollup, g: WhoGeneration = WHO) -> str:
+    """The materialized view feeding "who" rollup `w` at step ``WHO_STEPS[index]`` (who_select)."""
+    table = local_table(s, who_description(s.table, WHO_STEPS[index], w, g).name)
+    return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {table}_mv{s.layout.on_cluster} TO {table} AS\n"
+            f"{who_select(s, index, w, g)}")
+
+
+def create_who_rollup(s: StoreSettings, index: int, w: WhoRollup, g: WhoGeneration = WHO) -> list[str]:
+    """The table of "who" rollup `w` at step ``WHO_STEPS[index]`` and the view that feeds it."""
     r = WHO_STEPS[index]
-    description = who_description(s.table, r, w)
-    table = local_table(s, description.name)
-    view_sql = (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {table}_mv{s.layout.on_cluster} TO {table} AS\n"
-                f"{who_select(s, index, w)}")
-    return [*description.create_statements(s.database, s.ttl_days * r.ttl_factor, s.layout), view_sql]
+    description = who_description(s.table, r, w, g)
+    return [*description.create_statements(s.database, s.ttl_days * r.ttl_factor, s.layout), who_view(s, index, w, g)]
 
 
-def who_rollups_since(version: int) -> tuple[WhoRollup, ...]:
-    return tuple(w for w in WHO_ROLLUPS if w.since == version)
-
-
-def _who_rollups_of(version: int) -> Callable[[StoreSettings], list[str]]:
-    """Migration `version`'s "who" rollups at every step, finest first (each step's view
-    reads the one before).  Their descriptions set one server's deduplication window; on a
-    cluster, the replicated one is set here (REPLICATED_DEDUPLICATION)."""
+def _who_rollups_of(version: int, g: WhoGeneration) -> Callable[[StoreSettings], list[str]]:
+    """Migration `version`'s "who" rollups of generation `g` at every step, finest first
+    (each step's view reads the one before).  Their descriptions set one server's
+    deduplication window; on a cluster, the replicated one is set here
+    (REPLICATED_DEDUPLICATION)."""
 
     def statements(s: StoreSettings) -> list[str]:
-        who = who_rollups_since(version)
-        made = [sql for index in range(len(WHO_STEPS)) for w in who for sql in create_who_rollup(s, index, w)]
-        tables = [local_table(s, who_description(s.table, r, w).name) for r in WHO_STEPS for w in who]
-        return made + (_replicated_deduplication(s, tables) if s.cluster else [])
+        who = tuple(w for w in g.rollups if w.since == version)
+        made = [sql for index in range(len(WHO_STEPS)) for w in who for sql in create_who_rollup(s, index, w, g)]
+        return made + (_replicated_deduplication(s, _who_locals(s, who, g)) if s.cluster else [])
 
     return statements
 
 
+def _who_locals(s: StoreSettings, who: Sequence[WhoRollup], g: WhoGeneration) -> list[str]:
+    return [local_table(s, who_description(s.table, r, w, g).name) for r in WHO_STEPS for w in who]
+
+
 DROPPED_WHO_STEPS: tuple[Rollup, ...] = tuple(r for r in ROLLUPS if r not in WHO_STEPS)
 """Steps migrations 8 and 9 kept "who" rollups at before migration 10 (5m)."""
+
+
+def _drop_who(s: StoreSettings, r: Rollup, w: WhoRollup, g: WhoGeneration) -> list[str]:
+    """Drop a "who" rollup's view and table (on a cluster the local and Distributed ones)."""
+    name = who_description(s.table, r, w, g).name
+    table = local_table(s, name)
+    out = [f"DROP VIEW IF EXISTS {table}_mv{s.layout.on_cluster} SYNC",
+           f"DROP TABLE IF EXISTS {table}{s.layout.on_cluster} SYNC"]
+    if s.cluster:
+        out.append(f"DROP TABLE IF EXISTS {s.database}.{name}{s.layout.on_cluster} SYNC")
+    return out
 
 
 def _who_steps_dropped(s: StoreSettings) -> list[str]:
@@ -505,18 +560,72 @@ def _who_steps_dropped(s: StoreSettings) -> list[str]:
     after it, 8 and 9 made WHO_STEPS only: the views are given the query they already
     have and the drops find nothing."""
     out = []
-    for w in WHO_ROLLUPS:
+    for w in WHO_V8.rollups:
         for index in range(1, len(WHO_STEPS)):
-            table = local_table(s, who_description(s.table, WHO_STEPS[index], w).name)
-            out.append(f"ALTER TABLE {table}_mv{s.layout.on_cluster} MODIFY QUERY\n{who_select(s, index, w)}")
-        for r in DROPPED_WHO_STEPS:
-            table = local_table(s, who_description(s.table, r, w).name)
-            out += [f"DROP VIEW IF EXISTS {table}_mv{s.layout.on_cluster} SYNC",
-                    f"DROP TABLE IF EXISTS {table}{s.layout.on_cluster} SYNC"]
-    if s.cluster:
-        out += [f"DROP TABLE IF EXISTS {s.database}.{who_description(s.table, r, w).name}{s.layout.on_cluster} SYNC"
-                for r in DROPPED_WHO_STEPS for w in WHO_ROLLUPS]
+            table = local_table(s, who_description(s.table, WHO_STEPS[index], w, WHO_V8).name)
+            out.append(f"ALTER TABLE {table}_mv{s.layout.on_cluster} MODIFY QUERY\n{who_select(s, index, w, WHO_V8)}")
+    for r in DROPPED_WHO_STEPS:
+        for w in WHO_V8.rollups:
+            out += _drop_who(s, r, w, WHO_V8)
     return out
+
+
+def _existing(s: StoreSettings, query: Query | None) -> set[str] | None:
+    """The names of ``s.database``'s tables and views on the node `query` reaches; None
+    without a store (the statements of the whole migration are wanted)."""
+    if query is None:
+        return None
+    return {row[0] for row in query(f"SELECT name FROM system.tables WHERE database = {string(s.database)}")}
+
+
+def who_rebuilt(s: StoreSettings, query: Query | None = None) -> list[str]:
+    """Migration 11: the "who" rollups of WHO_V8 (both sides' AS among the filter
+    columns) replaced by WHO's, their rows kept.
+
+    For each rollup: WHO's tables are made, WHO_V8's rows copied in, summed over the new
+    keys (the AS columns a WHO rollup no longer has fall out of its key; a host's own AS
+    is among the values), then WHO's views are made and WHO_V8's views and tables
+    dropped.  The views come after the copy, so a copied 1m row never reaches the 1h
+    table twice, and their existence marks a rollup's copy done: a migration stopped
+    midway (killed, the server gone) starts a rollup's copy again from empty tables
+    (TRUNCATE) unless its views exist.  On a cluster the copy goes from Distributed
+    table to Distributed table (every shard read, every row written to the shard its
+    key picks).  Flows inserted by another storing process during the copy reach
+    WHO_V8's tables only and are missing from the rollups (the flows keep them): the
+    appliance migrates before its storing process inserts; on a cluster, migrate before
+    starting the storers.  Without `query` (no store): every statement, as on a store
+    that has WHO_V8's tables only."""
+    existing = _existing(s, query)
+    on = s.layout.on_cluster
+    out: list[str] = []
+    for w, old in zip(WHO.rollups, WHO_V8.rollups, strict=True):
+        assert w.name == old.name and w.measures == old.measures, "migration 11 copies a rollup to its own kind"
+        descriptions = [who_description(s.table, r, w) for r in WHO_STEPS]
+        views = {f"{s.layout.local(d.name)}_mv" for d in descriptions}
+        if existing is None or not views <= existing:
+            out += [sql for r, d in zip(WHO_STEPS, descriptions, strict=True)
+                    for sql in d.create_statements(s.database, s.ttl_days * r.ttl_factor, s.layout)]
+            if s.cluster:
+                out += _replicated_deduplication(s, _who_locals(s, (w,), WHO))
+            out += [f"TRUNCATE TABLE IF EXISTS {local_table(s, d.name)}{on} SYNC" for d in descriptions]
+            for r, d in zip(WHO_STEPS, descriptions, strict=True):
+                source = who_description(s.table, r, old, WHO_V8)
+                if existing is None or source.name in existing:
+                    out.append(_who_copy(s, d, source, w))
+            out += [who_view(s, index, w) for index in range(len(WHO_STEPS))]
+        for r in WHO_STEPS:
+            out += _drop_who(s, r, old, WHO_V8)
+    return out
+
+
+def _who_copy(s: StoreSettings, target: Table, source: Table, w: WhoRollup) -> str:
+    """``INSERT ... SELECT`` of `source`'s rows into `target`, summed (states merged) over
+    `target`'s keys."""
+    keys = [c for c in target.names if c not in {m.name for m in w.measures}]
+    measures = [f"{m.from_rollup} AS {m.name}" for m in w.measures]
+    return (f"INSERT INTO {target.qualified(s.database)} ({', '.join(target.names)})\n"
+            f"SELECT {', '.join([*keys, *measures])}\nFROM {source.qualified(s.database)}\n"
+            f"GROUP BY {', '.join(keys)}")
 
 
 def _initial(s: StoreSettings) -> list[str]:
@@ -592,9 +701,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "collector_stats and exporter_interfaces tables", _collector_stats),
     Migration(6, "insert deduplication window on flows and rollups", _deduplication),
     Migration(7, "tunnel_src_addr and tunnel_dst_addr on flows", _tunnel_columns),
-    Migration(8, "rollups of top hosts and ports and their views", _who_rollups_of(8)),
-    Migration(9, "rollups of upstreams, prefixes and inbound scanners and their views", _who_rollups_of(9)),
+    Migration(8, "rollups of top hosts and ports and their views", _who_rollups_of(8, WHO_V8)),
+    Migration(9, "rollups of upstreams, prefixes and inbound scanners and their views", _who_rollups_of(9, WHO_V8)),
     Migration(10, "who rollups at 1m and 1h only: the 5m step dropped", _who_steps_dropped),
+    Migration(11, "who rollups without the other side's AS: top_ tables, rows copied", who_rebuilt, who_rebuilt),
 )
 
 
@@ -722,7 +832,7 @@ def migrate(s: StoreSettings, execute: Execute, query: Query) -> list[int]:
         if m.version in done:
             continue
         log.info("schema: applying migration %d (%s) to %s", m.version, m.description, s.database)
-        for sql in m.statements(s):
+        for sql in m.planned(s, query) if m.planned else m.statements(s):
             execute(sql)
         execute(MIGRATIONS_LOG.insert_sql(s.database, [{"version": m.version, "description": m.description}]))
         applied.append(m.version)
