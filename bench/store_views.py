@@ -19,7 +19,8 @@ view with the writer inserting that many rows at a time (the service's
 
 The generated rows carry no AS numbers (no ASN database in the loop), which a store
 behind the appliance's enrichment always has.  ``--as-numbers N`` fills ``src_as`` and
-``dst_as`` from N ASes drawn with a Zipf-like skew (a few large, many small), and
+``dst_as`` from N ASes drawn with a Zipf-like skew (a few large, many small), one per
+address (from its hash, as a routing table gives an address one origin AS), and
 ``--who-without`` also times every view with those columns left out of the "who"
 rollups' filter columns (schema.WHO_FILTERS, replaced in this process only): what the
 filters cost, before deciding whether the dashboards keep them.
@@ -89,10 +90,12 @@ def main() -> None:
         rng = np.random.default_rng(2)
         ases = rng.integers(1, 400_000, args.as_numbers).astype(np.uint32)
         weight = 1.0 / np.arange(1, args.as_numbers + 1)
-        weight /= weight.sum()
-        for batch in blocks:
-            batch["src_as"] = ases[rng.choice(args.as_numbers, batch.n, p=weight)]
-            batch["dst_as"] = ases[rng.choice(args.as_numbers, batch.n, p=weight)]
+        cumulative = np.cumsum(weight / weight.sum())
+        for batch in blocks:  # an address's AS is one, as a routing table gives it: drawn from its hash
+            for side in ("src", "dst"):
+                hashed = np.ascontiguousarray(batch[f"{side}_addr"]).view(np.uint64)
+                u = ((hashed[:, 0] ^ hashed[:, 1]) * np.uint64(0x9E3779B97F4A7C15) >> np.uint64(11)) / float(1 << 53)
+                batch[f"{side}_as"] = ases[np.minimum(np.searchsorted(cumulative, u), args.as_numbers - 1)]
     rows = sum(b.n for b in blocks[1:])
 
     def best(keep: set[str] | None, insert_rows: int = BATCH) -> tuple[float, list[tuple[str, str]]]:
