@@ -71,6 +71,7 @@ def test_every_cluster_statement_parses_and_keeps_on_cluster() -> None:
             formatted = conn.query(f"SELECT formatQuerySingleLine({string(sql)})", "TSV").bytes().decode().strip()
             if sql.startswith("INSERT INTO"):  # migration 11's copies: Distributed to Distributed, no DDL
                 assert not re.search(r"_local\b|ON CLUSTER", formatted), sql
+                assert "SETTINGS insert_distributed_sync = 1 SELECT" in formatted, sql  # on every shard when it returns
                 continue
             assert f" ON CLUSTER {CLUSTER} " in formatted.replace("\\'", "'") + " ", sql
     finally:

@@ -590,7 +590,7 @@ def who_rebuilt(s: StoreSettings, query: Query | None = None) -> list[str]:
     midway (killed, the server gone) starts a rollup's copy again from empty tables
     (TRUNCATE) unless its views exist.  On a cluster the copy goes from Distributed
     table to Distributed table (every shard read, every row written to the shard its
-    key picks).  Flows inserted by another storing process during the copy reach
+    key picks, synchronously: CLUSTER_INSERT_SETTINGS).  Flows inserted by another storing process during the copy reach
     WHO_V8's tables only and are missing from the rollups (the flows keep them): the
     appliance migrates before its storing process inserts; on a cluster, migrate before
     starting the storers.  Without `query` (no store): every statement, as on a store
@@ -623,7 +623,14 @@ def _who_copy(s: StoreSettings, target: Table, source: Table, w: WhoRollup) -> s
     `target`'s keys."""
     keys = [c for c in target.names if c not in {m.name for m in w.measures}]
     measures = [f"{m.from_rollup} AS {m.name}" for m in w.measures]
-    return (f"INSERT INTO {target.qualified(s.database)} ({', '.join(target.names)})\n"
+    # On a cluster the rows reach every shard before the statement returns (as a flow
+    # insert's do): a queued row reaching a 1m table after its views exist would be
+    # summed into the 1h table a second time.
+    from .base import CLUSTER_INSERT_SETTINGS  # base imports this module's users
+
+    synced = ", ".join(f"{k} = {v}" for k, v in CLUSTER_INSERT_SETTINGS.items())
+    settings = f" SETTINGS {synced}" if s.cluster else ""
+    return (f"INSERT INTO {target.qualified(s.database)} ({', '.join(target.names)}){settings}\n"
             f"SELECT {', '.join([*keys, *measures])}\nFROM {source.qualified(s.database)}\n"
             f"GROUP BY {', '.join(keys)}")
 
