@@ -16,7 +16,7 @@ What runs (as root: the BGP lab needs a network namespace):
   tens of seconds rather than the minutes gobgpd takes to list a full table per step.
 * For each rate, one `flowenricher run` per mode, alone on the machine (one listener on
   127.0.0.1, two workers, embedded chDB, ``insert.batch_size`` 250000, my_prefixes of
-  the generator), fed `--duration` seconds of IPFIX by `flowenricher generate` (about
+  the generator, the deployed socket buffer: DEPLOYED_RECEIVE_BUFFER), fed `--duration` seconds of IPFIX by `flowenricher generate` (about
   0.6 of a core at 300k flows/s, taken from the collector's two), or with ``--sender
   replay`` by `flowenricher replay` from a capture of the same model (bench/ingest.py's;
   a fraction of that CPU), written for each step with its flows dated from the moment
@@ -99,6 +99,7 @@ from support.clickhouse_http import ClickHouseHTTPStandIn  # noqa: E402
 from support.netns import TestNetwork, sweep_stale, unavailable_reason  # noqa: E402
 
 from appliance.flowenricher.collector.receiver import kernel_drops  # noqa: E402
+from appliance.flowenricher.collector.settings import CollectorSettings  # noqa: E402
 from appliance.flowenricher.generate.traffic import DEFAULT_MY_PREFIXES  # noqa: E402
 
 DEFAULT_RATES = "200k,250k,300k,350k,400k"
@@ -241,6 +242,13 @@ def _status_kb(pid: int, key: str) -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+DEPLOYED_RECEIVE_BUFFER: int = CollectorSettings.model_fields["receive_buffer_bytes"].default
+"""The socket buffer the appliance's collector has as deployed (the config's default, granted
+by the rmem_max the Ansible role sets).  Until 2026-12-07 this bench asked for this machine's
+rmem_max (4 MiB): a tenth of a second of traffic at 300k flows/s, where the deployed 32 MiB
+holds about two seconds (docs/performance.md)."""
 
 
 def collector_config(mode: str, where: Path, port: int, metrics_port: int, api_port: int, gobgp_api: str,
@@ -589,7 +597,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="synthesise the traffic live, or replay a capture of it written for each step")
     ap.add_argument("--max-lag", type=float, default=3.0,
                     help="seconds after the sender stops within which every flow must be stored")
-    ap.add_argument("--receive-buffer", type=int, default=rmem_max())
+    ap.add_argument("--receive-buffer", type=int, default=DEPLOYED_RECEIVE_BUFFER,
+                    help=f"socket receive buffer the collector asks for (default {DEPLOYED_RECEIVE_BUFFER:,}, "
+                         "collectors.receive_buffer_bytes' default, which the Ansible role lets the kernel grant: "
+                         "roles/common sets net.core.rmem_max to it; this bench runs as root and gets it whatever "
+                         f"this machine's rmem_max, now {rmem_max():,}). bench/ingest.py gives nfacctd and "
+                         "flowenricher rmem_max alike instead, for a fair comparison")
     ap.add_argument("--rib-timeout", type=float, default=600.0, help="seconds for the collector to load the RIB")
     ap.add_argument("--idle-timeout", type=float, default=300.0,
                     help="seconds to wait for gobgpd to settle after the collector's RIB load (default 300)")
