@@ -16,7 +16,8 @@ What runs (as root: the BGP lab needs a network namespace):
   tens of seconds rather than the minutes gobgpd takes to list a full table per step.
 * For each rate, one `flowenricher run` per mode, alone on the machine (one listener on
   127.0.0.1, two workers, embedded chDB, ``insert.batch_size`` 250000, my_prefixes of
-  the generator, the deployed socket buffer: DEPLOYED_RECEIVE_BUFFER), fed `--duration` seconds of IPFIX by `flowenricher generate` (about
+  the generator, the deployed socket buffer: DEPLOYED_RECEIVE_BUFFER), fed `--duration`
+  seconds of IPFIX by `flowenricher generate` (about
   0.6 of a core at 300k flows/s, taken from the collector's two), or with ``--sender
   replay`` by `flowenricher replay` from a capture of the same model (bench/ingest.py's;
   a fraction of that CPU), written for each step with its flows dated from the moment
