@@ -240,9 +240,10 @@ WHO_FILTERS: tuple[str, ...] = (
 direction and interface filters, so a top-N so filtered reads the rollup too.  For one
 address they rarely vary (its uplink), so they add few rows.  Not the AS filter
 (``src_as``/``dst_as``, the migration 8-10 rollups had them): the other side's AS of a
-host, port or prefix varies with every peer it talks to, and grouping by it made the 1m
-views about half of an enriched insert's cost (bench/store_views.py, 2026-12-07: 11.8
-against 6.1 µs a row with 5,000 ASes, docs/performance.md).  A rollup keeps its own
+host, port or prefix varies with every peer it talks to, and grouping by it made the
+views a large part of an enriched insert's cost (bench/store_views.py, rows with 5,000
+ASes, one per address: the 17 views 11.1 µs a row with these columns, 7.0 without;
+2026-12-07, docs/performance.md).  A rollup keeps its own
 value's AS among its values instead (a host's, a prefix's: one per value), and the
 dashboards answer an AS filter from the flows (roles/grafana/files/dashboards/README.md)."""
 
