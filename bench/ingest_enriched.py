@@ -248,8 +248,8 @@ def _status_kb(pid: int, key: str) -> int:
 DEPLOYED_RECEIVE_BUFFER: int = CollectorSettings.model_fields["receive_buffer_bytes"].default
 """The socket buffer the appliance's collector has as deployed (the config's default, granted
 by the rmem_max the Ansible role sets).  Until 2026-12-07 this bench asked for this machine's
-rmem_max (4 MiB): a tenth of a second of traffic at 300k flows/s, where the deployed 32 MiB
-holds about two seconds (docs/performance.md)."""
+rmem_max (4 MiB): an eighth of what the deployed appliance buffers, so bursts it would
+absorb were lost here (docs/performance.md)."""
 
 
 def collector_config(mode: str, where: Path, port: int, metrics_port: int, api_port: int, gobgp_api: str,

@@ -3,7 +3,7 @@ storing 250k-row blocks into the embedded store (chDB) with no view, with each v
 reads the flows table alone, and with every view.
 
     python bench/store_views.py [--blocks 6] [--rounds 3] [--insert-rows 250000,1000000]
-    python bench/store_views.py --as-numbers 5000 --who-without src_as,dst_as
+    python bench/store_views.py --as-numbers 5000
 
 Blocks are built as bench/store_insert.py builds them (generated traffic, encoded,
 decoded, direction added), but spread over `--rate` flows a second as a live collector
@@ -20,10 +20,11 @@ view with the writer inserting that many rows at a time (the service's
 The generated rows carry no AS numbers (no ASN database in the loop), which a store
 behind the appliance's enrichment always has.  ``--as-numbers N`` fills ``src_as`` and
 ``dst_as`` from N ASes drawn with a Zipf-like skew (a few large, many small), one per
-address (from its hash, as a routing table gives an address one origin AS), and
-``--who-without`` also times every view with those columns left out of the "who"
-rollups' filter columns (schema.WHO_FILTERS, replaced in this process only): what the
-filters cost, before deciding whether the dashboards keep them.
+address (from its hash, as a routing table gives an address one origin AS).  (Until
+migration 11 an option ``--who-without`` timed the views with columns left out of
+schema.WHO_FILTERS by replacing it in the process; the who tables are now built from
+schema.WHO, made at import, which that no longer changes, so the option went with the
+decision it served: docs/performance.md, 2026-12-07.)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import numpy as np
 from storage_size import BATCH, directed_blocks  # bench/ is the script's directory
 
 from appliance.flowenricher.batch import FlowBatch
-from appliance.flowenricher.storage import StoreSettings, open_store, schema
+from appliance.flowenricher.storage import StoreSettings, open_store
 from appliance.flowenricher.storage.spool import Spool
 from appliance.flowenricher.storage.writer import BatchWriter
 
@@ -82,7 +83,6 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=300_000, help="flows a second the blocks are spread over")
     ap.add_argument("--insert-rows", default="", help="comma-separated insert sizes to time every view at")
     ap.add_argument("--as-numbers", type=int, default=0, help="fill src_as and dst_as from this many ASes")
-    ap.add_argument("--who-without", default="", help="comma-separated WHO_FILTERS columns to also time without")
     args = ap.parse_args()
     n = args.blocks * BATCH
     blocks = directed_blocks(n, n / args.rate / 3600)
@@ -117,18 +117,6 @@ def main() -> None:
     for size in (int(v) for v in args.insert_rows.split(",") if v.strip()):
         cost, _ = best(None, size)
         print(f"{f'all {len(views)} views, {size:,} rows an insert':34s} {cost:6.2f} us/row")
-    without = {v.strip() for v in args.who_without.split(",") if v.strip()}
-    if without:
-        unknown = without - set(schema.WHO_FILTERS)
-        if unknown:
-            raise SystemExit(f"--who-without: not in schema.WHO_FILTERS: {', '.join(sorted(unknown))}")
-        kept = schema.WHO_FILTERS
-        schema.WHO_FILTERS = tuple(f for f in kept if f not in without)
-        try:
-            cost, _ = best(None)
-        finally:
-            schema.WHO_FILTERS = kept
-        print(f"{'all views, who without ' + ','.join(sorted(without)):34s} {cost:6.2f} us/row")
 
 
 if __name__ == "__main__":

@@ -408,6 +408,12 @@ def test_who_panels_read_their_rollups_and_nothing_else_ranks_raw_flows() -> Non
                     assert AS_ON in branch, f"{t.where}: a who panel reads the flows table unless an AS is chosen"
                 elif "(src_as IN ($as) OR dst_as IN ($as))" in sql and "${who_rollup}" in branch:
                     assert AS_OFF in branch, f"{t.where}: its rollup branch stays on with an AS chosen"
+            flows_branch = " ".join(b for b in _branches(sql) if _reads_flows(b))
+            for side in ("src", "dst"):  # what the views compute, computed alike from the flows
+                if f"{side}_prefix" in sql:
+                    assert schema._prefix_length(side) in flows_branch, f"{t.where}: not the views' {side} prefix"
+            if "_top_scanners" in sql:
+                assert all(m.from_flows in flows_branch for m in schema.SCAN_MEASURES), t.where
         elif _reads_flows(sql) and _ranks_values(sql) and "${host" not in sql:
             assert key in RAW_WHO, f"{t.where}: ranks addresses or ports on the flows table; use a who rollup"
 

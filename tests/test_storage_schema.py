@@ -332,10 +332,11 @@ def test_migration_11_keeps_the_who_rows_without_the_other_sides_as(
 @pytest.mark.parametrize("stop", [1, 3, 5, 6, 7, 8, 9, 10, 20, 60])
 def test_migration_11_stopped_midway_resumes_without_loss_or_double(
         tmp_path: Path, open_embedded: list[EmbeddedStore], monkeypatch: pytest.MonkeyPatch, stop: int) -> None:
-    """Migration 11 stopped after `stop` of its statements (the process killed: the
-    migration is not recorded) and run again from the start ends as an uninterrupted
-    one: a rollup's copy is redone from empty tables unless its views exist, so no row
-    is copied twice and none is missing.  The stops fall on each kind of statement of
+    """Migration 11 stopped after `stop` of its statements (its statements run here up to
+    there, then no more, as when the process is killed between two; the migration is
+    not recorded) and run again from the start ends as an uninterrupted one: a
+    rollup's copy is redone from empty tables unless its views exist, so no row is
+    copied twice and none is missing.  The stops fall on each kind of statement of
     the first rollup (tables made, emptied, copied, views made, old ones dropped) and
     in later rollups."""
     store = _v10_store(open_embedded, tmp_path, "v10", monkeypatch)
