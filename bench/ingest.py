@@ -1,9 +1,10 @@
 """Ingest benchmark: the highest flow rate the collector stores without losing a flow, beside
-pmacct's nfacctd fed the same stream on the same machine, and the collector's peak memory.
+pmacct's nfacctd and goflow2 fed the same stream on the same machine, and each one's peak
+memory.
 
     python bench/ingest.py [--rates 200k,300k,400k] [--duration 10] [--protocol ipfix|v9]
-                           [--sender generate|replay] [--collectors flowenricher,nfacctd,nfacctd-totals]
-                           [--quick]
+                           [--sender generate|replay]
+                           [--collectors flowenricher,nfacctd,nfacctd-totals,goflow2] [--quick]
 
 Each step runs one collector alone (never two at once, so each has the whole machine), sends
 it `--duration` seconds of MikroTik-like export at one rate, stops it and compares what it
@@ -23,8 +24,22 @@ reach the rate), one rate at a time for every collector, so conditions stay comp
   nearest thing to storing every flow); `nfacctd-totals` only per protocol (see
   NFACCTD_AGGREGATES for why both).
 
-Both get the same socket receive buffer (`--receive-buffer`, default net.core.rmem_max, the
-most nfacctd can get without a sysctl change), so neither wins by buffering more.
+* goflow2 (netsampler/goflow2, built from its Go module at tests/support/goflow2.py's
+  VERSION into .cache/), its NetFlow/IPFIX listener on 127.0.0.1 with its defaults (one
+  socket, two decoding workers, a queue of up to a million datagrams between them),
+  writing every flow as a length-delimited protobuf FlowMessage (``-format bin``) to a file
+  (``-transport file``, no separator).  Kept: the records in that file; zero loss means
+  kept == sent, no kernel drop on its port and no datagram its queue dropped
+  (``flow_dropped_packets_total``) or its decoder refused (``flow_decoder_error_total``).
+
+All three get the same socket receive buffer (`--receive-buffer`, default net.core.rmem_max,
+the most nfacctd can get without a sysctl change), so none wins by buffering more.
+goflow2 has no setting for it (its docs/performance.md: the buffer is the host's), so
+for its step the bench sets net.core.rmem_default to what the kernel grants the others
+(twice the size asked: the kernel doubles an SO_RCVBUF request for its bookkeeping), as
+such an operator would, and puts the old value back after the step (root only;
+otherwise goflow2 gets the kernel's default, and the step says so).  Each step reports
+the buffer the kernel gave.
 
 Senders: `generate` runs `flowenricher generate` (flows synthesised and encoded live, about
 one core per 1M flows/s, taken from the same two cores).  `replay` first writes the same
@@ -55,10 +70,13 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance.flowenricher.collector.receiver import kernel_drops
-from appliance.flowenricher.generate.encode import make_encoder
-from appliance.flowenricher.generate.pcapwriter import write_pcap
-from appliance.flowenricher.generate.traffic import DEFAULT_MY_PREFIXES, TrafficGenerator
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # support.goflow2: the one way goflow2 is built
+
+from appliance.flowenricher.collector.receiver import kernel_drops  # noqa: E402
+from appliance.flowenricher.generate.encode import make_encoder  # noqa: E402
+from appliance.flowenricher.generate.pcapwriter import write_pcap  # noqa: E402
+from appliance.flowenricher.generate.traffic import DEFAULT_MY_PREFIXES, TrafficGenerator  # noqa: E402
 
 DEFAULT_RATES = "200k,250k,300k,350k,400k,450k,500k,600k,800k,1M,1.5M,2M,2.5M,3M"
 SAMPLE_INTERVAL_S = 0.2  # memory sampling period
@@ -292,14 +310,18 @@ def build_capture(path: Path, protocol: str, rate: int, duration: float, seed: i
     return Capture(path, flows, packets)
 
 
-def send(target: str, rate: int, args: argparse.Namespace, capture: Capture | None) -> Sent:
-    """Run the sender to completion; its JSON result says what it sent."""
+def send(target: str, rate: int, args: argparse.Namespace, capture: Capture | None,
+         source_port: int | None = None) -> Sent:
+    """Run the sender to completion (from `source_port`: warm_up's); its JSON result says
+    what it sent."""
     if capture is None:
         argv = ["flowenricher", "generate", "--to", target, "--fps", str(rate), "--duration", str(args.duration),
                 "--protocol", args.protocol, "--seed", str(args.seed)]
     else:
         pps = capture.packets / args.duration
         argv = ["flowenricher", "replay", str(capture.path), "--to", target, "--rate", f"{pps:.1f}"]
+    if source_port is not None:
+        argv += ["--source-port", str(source_port)]
     done = subprocess.run(argv, capture_output=True, check=False, timeout=args.duration * 4 + 120)
     if done.returncode != 0:
         raise RuntimeError(f"sender failed ({done.returncode}): {' '.join(argv)}\n{done.stderr.decode(errors='replace')}")
@@ -310,21 +332,29 @@ def send(target: str, rate: int, args: argparse.Namespace, capture: Capture | No
     return Sent(flows, float(stats["elapsed_s"]), int(stats["send_errors"]), " ".join(argv))
 
 
-def warm_up(target: str, protocol: str, seed: int) -> None:
-    """Send one template packet (no flow records) before the measured stream.
+def warm_up(target: str, protocol: str, seed: int) -> int:
+    """Send one template packet (no flow records) before the measured stream; the UDP port
+    it came from, for the sender to export from too (send's `source_port`).
 
     nfacctd 1.7.7 ignores the first datagram it receives after it starts (seen here in its
     debug log: no "Received" line for it), which would be the stream's first template and
-    cost it the flows of every data packet before the next refresh.  Both collectors get
-    this packet, so both start the stream knowing the templates.
+    cost it the flows of every data packet before the next refresh.  goflow2 keys
+    templates by exporter address and port, and decodes on two workers: the stream's first
+    data datagrams raced its own first template there and were dropped as
+    ``template_not_found`` (20 datagrams at 100k flows/s, seen here).  Every collector gets
+    this packet, from the port the stream then comes from, as a router's export does, so
+    each starts the stream knowing the templates.
     """
     encoder = make_encoder(protocol)
     packets = encoder.encode(TrafficGenerator(seed=seed).batch(1))
     template = packets[list(encoder.last_record_counts).index(0)]
     host, port = target.rsplit(":", 1)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
         s.sendto(template, (host, int(port)))
+        source_port: int = s.getsockname()[1]
     time.sleep(0.3)
+    return source_port
 
 
 # --------------------------------------------------------------------------- steps
@@ -432,8 +462,8 @@ def run_flowenricher(name: str, rate: int, args: argparse.Namespace, work: Path,
         memory.start()
         step.recv_buffer = socket_buffers(port)
         target = f"127.0.0.1:{port}"
-        warm_up(target, args.protocol, args.seed)
-        step.sent = send(target, rate, args, capture)
+        exporter_port = warm_up(target, args.protocol, args.seed)
+        step.sent = send(target, rate, args, capture, exporter_port)
         step.lag_s = wait_stored(url, step.sent.flows, limit_s=max(60.0, 3 * args.duration))
         time.sleep(WORKER_STATS_S + 0.5)  # a fresh counter snapshot from every worker
         final = scrape(url)
@@ -535,8 +565,8 @@ def run_nfacctd(name: str, rate: int, args: argparse.Namespace, work: Path, chil
         memory.start()
         step.recv_buffer = socket_buffers(port)
         target = f"127.0.0.1:{port}"
-        warm_up(target, args.protocol, args.seed)
-        step.sent = send(target, rate, args, capture)
+        exporter_port = warm_up(target, args.protocol, args.seed)
+        step.sent = send(target, rate, args, capture, exporter_port)
         time.sleep(2 * NFACCTD_REFRESH_S + 1)  # the last flows reach the plugin's cache
         step.kernel_drops = kernel_drops({port})[port]
     except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as err:
@@ -589,6 +619,129 @@ def _log_problems(log: Path, needles: Sequence[str], limit: int = 3) -> list[str
              if any(n in line.lower() for n in lowered)]
     more = f" (+{len(found) - limit} more)" if len(found) > limit else ""
     return [f"log: {line[:200]}" for line in found[:limit]] + ([more.strip()] if more else [])
+
+
+GOFLOW2_DROPS = ("goflow2_flow_dropped_packets_total", "goflow2_flow_decoder_error_total")
+"""goflow2's own counters of datagrams it did not turn into flows: its queue full (the
+listener is non-blocking by default) and datagrams its decoders refused."""
+
+
+def run_goflow2(name: str, rate: int, args: argparse.Namespace, work: Path, children: Children,
+                capture: Capture | None) -> Step:
+    """One step of goflow2 (see the module docstring): start, warm up, send, wait until its
+    output stops growing, read the kernel's and its own drops, stop (SIGTERM), count the
+    records in its output."""
+    from support.goflow2 import binary
+
+    step = Step(name, rate)
+    port, http_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+    where = Path(tempfile.mkdtemp(prefix=f"{name}-{rate}-", dir=work))
+    out = where / "flows.bin"
+    argv = [str(args.goflow2 or binary()), "-listen", f"netflow://127.0.0.1:{port}", "-transport", "file",
+            "-transport.file", str(out), "-transport.file.sep=", "-format", "bin",
+            "-addr", f"127.0.0.1:{http_port}", "-loglevel", "warn"]
+    step.command = " ".join(argv)
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    # goflow2 asks for no buffer: a socket then gets rmem_default as it is, where a size
+    # asked with SO_RCVBUF (nfacctd, flowenricher) is doubled by the kernel for its overhead.
+    with net_core("rmem_default", 2 * args.receive_buffer, step.notes):
+        proc = children.start(argv, signal.SIGTERM, where / "goflow2.log", where)
+        _wait_http(proc, url, where / "goflow2.log", timeout=60)  # its socket is open: the buffer is set
+    memory = MemorySampler(where)
+    try:
+        memory.start()
+        step.recv_buffer = socket_buffers(port)
+        target = f"127.0.0.1:{port}"
+        exporter_port = warm_up(target, args.protocol, args.seed)
+        step.sent = send(target, rate, args, capture, exporter_port)
+        step.lag_s = _wait_still(out, quiet_s=1.0, limit_s=max(60.0, 3 * args.duration))
+        final = scrape(url)
+        step.decoder_drops = int(sum(final.get(k, 0.0) for k in GOFLOW2_DROPS))
+        step.kernel_drops = kernel_drops({port})[port]
+    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as err:
+        step.notes.append(str(err))
+    finally:
+        code = children.stop(proc, timeout=60)
+        _close_step(step, memory, code, "goflow2", _log_problems(where / "goflow2.log", ("level=ERROR",)))
+    if step.sent is not None and out.exists():
+        step.kept, rest = count_delimited(out.read_bytes())
+        if rest:
+            step.notes.append(f"{rest} bytes at the end of goflow2's output are not a whole record")
+    out.unlink(missing_ok=True)
+    judge(step, args.max_lag)
+    return step
+
+
+@contextlib.contextmanager
+def net_core(name: str, value: int, notes: list[str]) -> Iterator[None]:
+    """The sysctl net.core.`name` at `value` inside the block, its previous value back
+    after it (root only: otherwise unchanged, and `notes` says so)."""
+    path = Path("/proc/sys/net/core") / name
+    try:
+        before = path.read_text().strip()
+        path.write_text(str(value))
+    except OSError as err:
+        notes.append(f"net.core.{name} not set to {value} ({err.strerror})")
+        yield
+        return
+    try:
+        yield
+    finally:
+        path.write_text(before)
+
+
+def _wait_http(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else "(no log)"
+    state = f"exited with {proc.returncode}" if proc.poll() is not None else f"not serving {url} after {timeout:.0f} s"
+    raise RuntimeError(f"{proc.args!r} {state}; {log}:\n{tail}")
+
+
+def _wait_still(path: Path, quiet_s: float, limit_s: float) -> float | None:
+    """Seconds from now until `path` last grew, once it has not grown for `quiet_s`; None
+    if it still grows after `limit_s`."""
+    start = last_change = time.monotonic()
+    size = -1
+    while True:
+        now = time.monotonic()
+        current = path.stat().st_size if path.exists() else 0
+        if current != size:
+            size, last_change = current, now
+        elif now - last_change >= quiet_s:
+            return last_change - start
+        if now - start > limit_s:
+            return None
+        time.sleep(0.05)
+
+
+def count_delimited(data: bytes) -> tuple[int, int]:
+    """(records, bytes left over) in `data`: messages each behind its length as a varint
+    (protobuf's delimited form, goflow2's ``-format bin``)."""
+    records = at = 0
+    end = len(data)
+    while at < end:
+        length = shift = 0
+        start = at
+        while at < end:
+            byte = data[at]
+            at += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        else:
+            return records, end - start
+        if at + length > end:
+            return records, end - start
+        at += length
+        records += 1
+    return records, 0
 
 
 # --------------------------------------------------------------------------- report
@@ -653,10 +806,10 @@ def summary(steps: Sequence[Step], args: argparse.Namespace) -> str:
             parts.append(f"{name}: no zero-loss step")
             continue
         bound = "" if limited else ">= "
-        mem = f", peak RSS {top.peak_rss_kb / 1024:.0f} MB" if name == "flowenricher" else ""
+        mem = f", peak RSS {top.peak_rss_kb / 1024:.0f} MB"
         parts.append(f"{name}: {bound}{top.rate:,} flows/s with zero loss{mem}")
     fe = found.get("flowenricher", (None, False))
-    for name in NFACCTD_AGGREGATES:
+    for name in PEERS:
         nf = found.get(name, (None, False))
         if fe[0] is not None and nf[0] is not None:
             ratio = fe[0].rate / nf[0].rate
@@ -667,7 +820,9 @@ def summary(steps: Sequence[Step], args: argparse.Namespace) -> str:
 
 # --------------------------------------------------------------------------- main
 Runner = Callable[[str, int, argparse.Namespace, Path, Children, "Capture | None"], Step]
-RUNNERS: dict[str, Runner] = {"flowenricher": run_flowenricher, "nfacctd": run_nfacctd, "nfacctd-totals": run_nfacctd}
+RUNNERS: dict[str, Runner] = {"flowenricher": run_flowenricher, "nfacctd": run_nfacctd, "nfacctd-totals": run_nfacctd,
+                               "goflow2": run_goflow2}
+PEERS = ("nfacctd", "nfacctd-totals", "goflow2")
 
 def rmem_max() -> int:
     try:
@@ -695,6 +850,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="one short step per collector (smoke check)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--nfacctd", default=shutil.which("nfacctd") or "/usr/sbin/nfacctd")
+    ap.add_argument("--goflow2", default=None, help="goflow2 binary (default: built from its Go module into .cache/)")
     ap.add_argument("--workdir", default=None, help="where step directories go (default: a new temp dir, removed)")
     args = ap.parse_args(argv)
     for c in args.collectors:

@@ -75,16 +75,21 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(HERE))
 
 from ingest import (  # noqa: E402
+    PEERS,
+    RUNNERS,
     Capture,
     Children,
     MemorySampler,
     Step,
     _describe,
+    _print_step,
+    best,
     build_capture,
     family,
     free_port,
     interrupt,
     judge,
+    net_core,
     parse_rates,
     rmem_max,
     scrape,
@@ -94,6 +99,7 @@ from ingest import (  # noqa: E402
     wait_stored,
     warm_up,
 )
+from ingest import print_table as print_ingest_table  # noqa: E402
 from rib import synthetic_table, wait_table  # noqa: E402
 from support.bgp_lab import BgpLab, StaticRoute  # noqa: E402
 from support.clickhouse_http import ClickHouseHTTPStandIn  # noqa: E402
@@ -411,12 +417,12 @@ def run_step(mode: str, rate: int, args: argparse.Namespace, work: Path, childre
         parts.start()
         step.recv_buffer = socket_buffers(port)
         target = f"127.0.0.1:{port}"
-        warm_up(target, args.protocol, args.seed)
+        exporter_port = warm_up(target, args.protocol, args.seed)
         if capture is not None:
             time.sleep(max(0.0, capture.start_s - time.time()))
         cpu_before = CpuSnapshot(where, proc.pid)
         sender_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        step.sent = send(target, rate, args, capture)
+        step.sent = send(target, rate, args, capture, exporter_port)
         sender_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the sender is the one child reaped meanwhile
         sender_cpu = (sender_after.ru_utime + sender_after.ru_stime) - (sender_before.ru_utime + sender_before.ru_stime)
         step.lag_s = wait_stored(url, step.sent.flows, limit_s=max(60.0, 3 * args.duration))
@@ -617,6 +623,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pause-gobgpd", action="store_true",
                     help="SIGSTOP gobgpd (by PID) from the RIB load until every flow is stored, so its "
                          "post-ListPath CPU burn does not compete with the collector (see wait_idle)")
+    ap.add_argument("--peers", type=lambda t: [c.strip() for c in t.split(",") if c.strip()], default=[],
+                    help=f"other collectors to run at each rate after the modes, as bench/ingest.py runs them: "
+                         f"any of {', '.join(PEERS)} (default none)")
+    ap.add_argument("--nfacctd", default=shutil.which("nfacctd") or "/usr/sbin/nfacctd")
+    ap.add_argument("--goflow2", default=None, help="goflow2 binary (default: built from its Go module into .cache/)")
     ap.add_argument("--keep-going", action="store_true", help="run every rate even after a mode failed")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", default=None, help="where step directories go (default: a new temp dir, removed)")
@@ -624,6 +635,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for m in args.modes:
         if m not in MODES:
             ap.error(f"--modes: unknown mode {m!r} (known: {', '.join(MODES)})")
+    for c in args.peers:
+        if c not in PEERS:
+            ap.error(f"--peers: unknown collector {c!r} (known: {', '.join(PEERS)})")
     if args.duration <= 0 or args.v4 < 0 or args.v6 < 0:
         ap.error("--duration must be > 0, --v4 and --v6 >= 0")
     return args
@@ -640,6 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     children = Children()
     steps: list[EnrichedStep] = []
+    peer_steps: list[Step] = []
     lab = BgpLab(TestNetwork(work / "net"))
     gobgp_api = ""
     args.standin = ClickHouseHTTPStandIn(str(work / "server")).start() if args.store == "server" else None
@@ -667,9 +682,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"({took:.1f} s after the sessions came up)")
             sys.stdout.flush()
             gobgp_api = f"unix://{lab.api_socket}"  # bgp.gobgp.api takes gobgpd's Unix socket
-        active = list(args.modes)
+        active, peers = list(args.modes), list(args.peers)
         for rate in args.rates:
-            if not active:
+            if not active and not peers:
                 break
             for mode in list(active):
                 step = run_step(mode, rate, args, work, children, gobgp_api, expected,
@@ -678,6 +693,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print_step(step)
                 if step.verdict != "ok" and not args.keep_going:
                     active.remove(mode)
+            for peer in list(peers):
+                peer_step = run_peer(peer, rate, args, work, children)
+                peer_steps.append(peer_step)
+                _print_step(peer_step)
+                if peer_step.verdict != "ok" and not args.keep_going:
+                    peers.remove(peer)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
@@ -689,9 +710,52 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print()
     print_table(steps)
+    if peer_steps:
+        print()
+        print_ingest_table(peer_steps)
     print()
     print(summary(steps, args.modes))
-    return 0 if steps else 1
+    if peer_steps:
+        print(peer_summary(steps, peer_steps, args))
+    return 0 if steps or peer_steps else 1
+
+
+def run_peer(name: str, rate: int, args: argparse.Namespace, work: Path, children: Children) -> Step:
+    """One step of another collector, run as bench/ingest.py runs it, on the same traffic
+    (with ``--sender replay``, a capture of the same model, not dated ahead: neither peer
+    slides windows on the wall clock).  The host's net.core.rmem_max is raised to the
+    deployed buffer for the step, as roles/common raises it on the appliance, so the peer
+    gets the buffer flowenricher gets."""
+    capture = None
+    if args.sender == "replay":
+        capture = build_capture(work / f"{name}-{rate}.pcap", args.protocol, rate, args.duration, args.seed)
+    notes: list[str] = []
+    try:
+        with net_core("rmem_max", max(args.receive_buffer, rmem_max()), notes):
+            step = RUNNERS[name](name, rate, args, work, children, capture)
+    finally:
+        if capture is not None:
+            capture.path.unlink(missing_ok=True)
+    step.notes.extend(notes)
+    return step
+
+
+def peer_summary(steps: Sequence[EnrichedStep], peer_steps: Sequence[Step], args: argparse.Namespace) -> str:
+    """Each peer's best zero-loss rate, and each mode's against it."""
+    parts = []
+    for peer in args.peers:
+        top, limited = best(peer_steps, peer)
+        if top is None:
+            parts.append(f"{peer}: no zero-loss step")
+            continue
+        parts.append(f"{peer}: {'' if limited else '>= '}{top.rate:,} flows/s with zero loss, "
+                     f"peak RSS {_mb(top.peak_rss_kb)} MB")
+        for mode in args.modes:
+            ok = [s.rate for s in steps if s.mode == mode and s.verdict == "ok"
+                  and not any(f.rate == s.rate and f.verdict != "ok" for f in steps if f.mode == mode)]
+            if ok:
+                parts.append(f"{mode}/{peer} = {max(ok) / top.rate:.2f}")
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

@@ -400,6 +400,7 @@ class Receiver:
         self.port = self.sock.getsockname()[1]
         self.target = f"[{host}]:{self.port}" if family == socket.AF_INET6 else f"{host}:{self.port}"
         self.payloads: list[bytes] = []
+        self.source_ports: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -407,7 +408,9 @@ class Receiver:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.payloads.append(self.sock.recv(65535))
+                payload, source = self.sock.recvfrom(65535)
+                self.payloads.append(payload)
+                self.source_ports.add(source[1])
             except TimeoutError:
                 continue
 
@@ -472,6 +475,40 @@ def test_bad_targets_are_refused_with_the_input_named() -> None:
             generate(bad, fps=1, duration=0.01)
     with pytest.raises(FlowEnricherError, match="unknown scenario"):
         generate("127.0.0.1:9", fps=1, duration=0.01, scenario="nope")
+
+
+def test_both_senders_export_from_the_source_port_asked_for(tmp_path: Path) -> None:
+    """As a router exports from one port: a collector keying templates by address and port
+    (goflow2) reads a second run with the first run's templates (bench/ingest.py)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    rx = Receiver()
+    generate(rx.target, fps=2000, duration=0.1, source_port=port)
+    pcap = tmp_path / "capture.pcap"
+    write_pcap(pcap, build_packets("ipfix", 90, now_ms=NOW_MS), start=1000.0, interval=0.001)
+    replay(pcap, rx.target, source_port=port)  # the same port again, once generate closed it
+    rx.close()
+    assert rx.source_ports == {port}
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("0.0.0.0", 0))
+        busy = taken.getsockname()[1]
+        with pytest.raises(FlowEnricherError, match=f"cannot send to 127.0.0.1:9 from port {busy}: Address already in use"):
+            generate("127.0.0.1:9", fps=1, duration=0.01, source_port=busy)
+        with pytest.raises(FlowEnricherError, match=f"from port {busy}"):
+            replay(pcap, "127.0.0.1:9", source_port=busy)
+
+
+@pytest.mark.parametrize("bad", ["0", "65536", "x", "-1", "\uff12"])
+def test_the_cli_refuses_a_source_port_that_is_not_one(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from appliance.flowenricher.cli import build_parser
+
+    for argv in (["generate", "--to", "127.0.0.1:9"], ["replay", "x.pcap", "--to", "127.0.0.1:9"]):
+        with pytest.raises(SystemExit) as exited:
+            build_parser().parse_args([*argv, "--source-port", bad])
+        assert exited.value.code == 2
+        assert f"--source-port: {bad!r} is not a port from 1 to 65535" in capsys.readouterr().err
 
 
 def test_replay_sends_every_payload_in_order(tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ def build_parser(extension: Extension | None = None) -> argparse.ArgumentParser:
     rep.add_argument("file", help="a pcap or pcapng capture")
     rep.add_argument("--to", required=True, metavar="HOST:PORT")
     rep.add_argument("--rate", type=float, default=None, metavar="PPS", help="packets/s (default: as fast as possible)")
+    _add_source_port(rep)
 
     gen = sub.add_parser("generate", help="send synthetic flow export of a small AS")
     gen.add_argument("--to", required=True, metavar="HOST:PORT")
@@ -92,6 +93,7 @@ def build_parser(extension: Extension | None = None) -> argparse.ArgumentParser:
                           "(web, DNS, NTP, backup, video, speed test and gaming mixes; each alone as benign_web ...) "
                           "or evaluation (all of them)")
     gen.add_argument("--seed", type=int, default=1)
+    _add_source_port(gen)
 
     val = sub.add_parser("validate", help="validate config and rules against the JSON Schemas")
     add_option(val, "config", default=None)
@@ -284,11 +286,22 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_source_port(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source-port", type=_source_port, default=None, metavar="PORT",
+                        help="send from this UDP port, as a router exports from one (default: any free port)")
+
+
+def _source_port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535")
+    return int(text)
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from .generate.sender import replay
 
     try:
-        result = replay(args.file, args.to, rate_pps=args.rate)
+        result = replay(args.file, args.to, rate_pps=args.rate, source_port=args.source_port)
     except CaptureError as err:  # a bad capture is bad input, as for decode
         print(f"flowenricher replay: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -300,7 +313,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .generate.sender import generate
 
     result = generate(args.to, fps=args.fps, duration=args.duration, protocol=args.protocol,
-                      scenario=args.scenario, seed=args.seed)
+                      scenario=args.scenario, seed=args.seed, source_port=args.source_port)
     print(json.dumps(result if isinstance(result, dict) else vars(result), default=str))
     return EXIT_OK
 

@@ -77,13 +77,25 @@ def parse_target(to: str) -> tuple[socket.AddressFamily, tuple[str, int] | tuple
 
 
 class _UdpOut:
-    """A connected UDP socket that counts, rather than raises, refused datagrams."""
+    """A connected UDP socket that counts, rather than raises, refused datagrams.
 
-    def __init__(self, to: str) -> None:
+    `source_port` fixes the port it sends from, as a router exports from one port: a
+    collector that keys NetFlow v9/IPFIX templates by exporter address *and* port (goflow2
+    does) then reads a later run's data with the templates an earlier one sent.  None: an
+    ephemeral port."""
+
+    def __init__(self, to: str, source_port: int | None = None) -> None:
         family, addr = parse_target(to)
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        self.sock.connect(addr)
+        try:
+            if source_port is not None:
+                self.sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", source_port))
+            self.sock.connect(addr)
+        except OSError as err:
+            self.sock.close()
+            where = f" from port {source_port}" if source_port is not None else ""
+            raise FlowEnricherError(f"cannot send to {to}{where}: {err.strerror or err}") from err
         self.packets = self.bytes = self.errors = 0
 
     def send(self, packets: Sequence[bytes]) -> None:
@@ -121,20 +133,20 @@ class _Pacer:
 
 def generate(to: str, fps: int = 10_000, duration: float = 10.0, protocol: str = "ipfix",
              scenario: str = "normal", seed: int = 1, *, profile: TrafficProfile | None = None,
-             exporter: ExporterSettings | None = None) -> SendStats:
+             exporter: ExporterSettings | None = None, source_port: int | None = None) -> SendStats:
     """Send `fps` flows/s of the modelled AS for `duration` seconds to `to` (HOST:PORT).
 
     `fps <= 0` sends as fast as possible for `duration`.  If the machine cannot keep up,
     sending stops at `duration` anyway and `flows_per_s` shows what was achieved.  The
     scenario's ground truth (attackers, victims, ports) is in `ground_truth`.  Ctrl-C
-    stops cleanly and returns what was sent so far.
+    stops cleanly and returns what was sent so far.  `source_port`: see _UdpOut.
     """
     try:
         gen = TrafficGenerator(profile, scenario, seed)
         encoder = make_encoder(protocol, exporter)
     except ValueError as err:
         raise FlowEnricherError(str(err)) from err
-    out = _UdpOut(to)
+    out = _UdpOut(to, source_port)
     stats = SendStats(to, protocol, scenario, ground_truth=[t.summary() for t in gen.truths])
     limited = fps > 0
     total = round(fps * duration) if limited else math.inf
@@ -186,14 +198,15 @@ def _finish(stats: SendStats | ReplayStats, out: _UdpOut, elapsed: float) -> Non
 
 
 def replay(path: str | Path, to: str, rate_pps: float | None = None, speed: float | None = None,
-           ) -> ReplayStats:
+           source_port: int | None = None) -> ReplayStats:
     """Send every UDP payload of the capture `path` to `to`, in capture order.
 
     Pace: `rate_pps` packets/s if given; else the capture's own timing divided by `speed`
     (1.0 = real time, 10 = ten times faster) if given; else as fast as possible.
+    `source_port`: see _UdpOut.
     """
     datagrams = list(read_udp(path))
-    out = _UdpOut(to)
+    out = _UdpOut(to, source_port)
     stats = ReplayStats(to, str(path))
     pacer = _Pacer(rate_pps)
     burst = max(1, round((rate_pps or 0) * BURST_S)) if rate_pps else 64
