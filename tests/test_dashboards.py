@@ -20,6 +20,8 @@ import ipaddress
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -197,8 +199,8 @@ def test_one_file_per_dashboard_and_unique_uids() -> None:
 def test_dashboard_loads_in_the_installed_grafana(file: str) -> None:
     d = DASHBOARD_FILES[file]
     assert d["schemaVersion"] == SCHEMA_VERSION, f"{file}: schemaVersion for Grafana {GRAFANA_VERSION}"
-    # the host drill-down reads one address's raw flows: its own default is the last hour
-    assert d["time"] == {"from": "now-1h" if d["uid"] == "flowenricher-host" else "now-6h", "to": "now"}
+    # the host drill-down reads one address's raw flows: its own default is the last 30 minutes
+    assert d["time"] == {"from": "now-30m" if d["uid"] == "flowenricher-host" else "now-6h", "to": "now"}
     assert "flowenricher" in d["tags"] and d.get("id") is None
     panels = _panels(d)
     ids = [p["id"] for p in panels]
@@ -280,6 +282,17 @@ def test_as_columns_drill_down_to_hosts() -> None:
     assert as_links and all(url.startswith("/d/flowenricher-host/") for url in as_links)
     host = BY_UID["flowenricher-host"]
     assert {"host", "as"} <= {v["name"] for v in _variables(host)}
+
+
+def test_the_range_variables_are_written_from_their_one_definition() -> None:
+    """`rollup`, `step` and `who_rollup` are the same query in every dashboard that has
+    them: tools/gen_dashboards.py's, made from the storage's steps."""
+    done = subprocess.run([sys.executable, str(ROLE.parents[1] / "tools" / "gen_dashboards.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for d in BY_UID.values():
+        names = {v["name"] for v in _variables(d)}
+        assert {"rollup", "step"} <= names or not names & {"rollup", "step", "who_rollup"}, d["uid"]
 
 
 def test_every_target_is_plugin_sql() -> None:
@@ -595,10 +608,13 @@ class Scenario:
     pick: str  # "all": every variable on All; "one": one exporter, interface, direction, AS
 
 
-SCENARIOS = [Scenario("6h-all", 6 * HOUR, "all"), Scenario("6h-one", 6 * HOUR, "one"),
+SCENARIOS = [Scenario("6h-all", 6 * HOUR, "all"), Scenario("2h-one", 2 * HOUR, "one"),
              Scenario("7d-all", 7 * 86400, "all"), Scenario("30d-one", 30 * 86400, "one")]
-ROLLUP_FOR = {6 * HOUR: ("flows_1m", "60"), 7 * 86400: ("flows_5m", "300"), 30 * 86400: ("flows_1h", "3600")}
-WHO_ROLLUP_FOR = {6 * HOUR: "flows_1m", 7 * 86400: "flows_1h", 30 * 86400: "flows_1h"}
+ROLLUP_FOR = {2 * HOUR: ("flows_1m", "60"), 6 * HOUR: ("flows_5m", "300"), 7 * 86400: ("flows_5m", "300"),
+              30 * 86400: ("flows_1h", "3600")}
+"""The aggregate rollup and its step by range: 1m up to 3 hours, 5m up to 7 days, 1h beyond
+(tools/gen_dashboards.py)."""
+WHO_ROLLUP_FOR = {2 * HOUR: "flows_1m", 6 * HOUR: "flows_1m", 7 * 86400: "flows_1h", 30 * 86400: "flows_1h"}
 """The who rollup's step by range: 1m up to a day, 1h beyond (schema.WHO_STEPS)."""
 ROW_START = {f"flows_{r.suffix}": r.bucket for r in schema.ROLLUPS}
 """What a rollup's ``timestamp`` is of the flow's start: the time filter sees it."""
@@ -737,9 +753,10 @@ def test_rollup_series_add_up_to_the_flows(store: FlowStore, facts: dict[str, An
     length, is the flows table's bytes in the same minutes: nothing lost or doubled."""
     overview = BY_UID["flowenricher-overview"]
     panel = next(p for p in _panels(overview) if p["title"] == "Traffic in and out (bits/s)")
-    for range_s in (6 * HOUR, 7 * 86400):
+    for range_s in (2 * HOUR, 6 * HOUR, 30 * 86400):  # 1m, 5m, 1h
         time_range = TimeRange.last(range_s, NOW)
         chosen = _selections(store, overview, time_range, "all", facts)
+        assert chosen["rollup"].chosen[0] == ROLLUP_FOR[range_s][0]
         interval = interval_s(time_range)
         step = max(int(interval), int(chosen["step"].chosen[0]))
         answer = _run(store, render(panel["targets"][0]["rawSql"], time_range, interval, chosen), "overview")
@@ -891,7 +908,8 @@ def test_variable_selection_narrows_the_answer(store: FlowStore, facts: dict[str
     sql = render(panel["targets"][0]["rawSql"], time_range, 60, chosen)
     assert f"exporter_address IN ('{exporter}')" in sql
     ((got,),) = _run(store, sql, "overview").rows
-    ((expected,),) = _q(store, f"SELECT sumIf(bytes, flow_direction = 1) * 8 / {6 * HOUR} FROM {DATABASE}.flows_1m "
+    rollup = chosen["rollup"].chosen[0]
+    ((expected,),) = _q(store, f"SELECT sumIf(bytes, flow_direction = 1) * 8 / {6 * HOUR} FROM {DATABASE}.{rollup} "
                                f"WHERE timestamp >= toDateTime({NOW - 6 * HOUR}) AND timestamp <= toDateTime({NOW}) "
                                f"AND exporter_address = toIPv6('{EXPORTERS[1]}')")
     assert got == pytest.approx(float(expected)) and got > 0

@@ -190,6 +190,13 @@ def test_rollups_follow_inserts(tmp_path: Path, open_embedded: list[EmbeddedStor
     )
     countries, counts = np.unique(np.array(batch["src_host_country"].strings()), return_counts=True)
     assert per_country == [[c, str(2 * n)] for c, n in zip(countries.tolist(), counts.tolist(), strict=True)]
+    # Each rollup's step_s (which the API and the dashboards' range variables take) is its
+    # bucket's length: the engine's bucket of the step's last second and of the next one.
+    day = 1_796_601_600  # a midnight (UTC)
+    for r in schema.ROLLUPS:
+        assert _rows(store, f"SELECT toUnixTimestamp({r.bucket}(toDateTime({day + r.step_s - 1}, 'UTC'))), "
+                            f"toUnixTimestamp({r.bucket}(toDateTime({day + r.step_s}, 'UTC')))") == \
+            [[str(day), str(day + r.step_s)]], r.suffix
 
 
 def test_who_rollups_follow_inserts_within_their_cap(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:

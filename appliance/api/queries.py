@@ -40,8 +40,7 @@ TOP_DIMENSIONS: tuple[str, ...] = (
 """What top N and series may group by: flow column names (columns.py), aliases included."""
 
 
-_STEP_OF_BUCKET = {"toStartOfMinute": 60, "toStartOfFiveMinutes": 300, "toStartOfHour": 3600}
-ROLLUP_STEPS: dict[str, int] = {r.suffix: _STEP_OF_BUCKET[r.bucket] for r in ROLLUPS}
+ROLLUP_STEPS: dict[str, int] = {r.suffix: r.step_s for r in ROLLUPS}
 """Seconds per bucket of each rollup, by suffix."""
 
 MAX_POINTS = 10_000

@@ -113,14 +113,15 @@ class Rollup:
 
     suffix: str
     bucket: str
+    step_s: int  # the seconds `bucket` truncates to
     partition: str
     ttl_factor: int
 
 
 ROLLUPS: tuple[Rollup, ...] = (
-    Rollup("1m", "toStartOfMinute", "toYYYYMMDD(timestamp)", 1),
-    Rollup("5m", "toStartOfFiveMinutes", "toYYYYMM(timestamp)", 4),
-    Rollup("1h", "toStartOfHour", "toYYYYMM(timestamp)", 12),
+    Rollup("1m", "toStartOfMinute", 60, "toYYYYMMDD(timestamp)", 1),
+    Rollup("5m", "toStartOfFiveMinutes", 300, "toYYYYMM(timestamp)", 4),
+    Rollup("1h", "toStartOfHour", 3600, "toYYYYMM(timestamp)", 12),
 )
 """Finest first: each rollup after the first is fed from the one before it.
 
