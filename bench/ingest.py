@@ -30,7 +30,9 @@ reach the rate), one rate at a time for every collector, so conditions stay comp
   writing every flow as a length-delimited protobuf FlowMessage (``-format bin``) to a file
   (``-transport file``, no separator).  Kept: the records in that file; zero loss means
   kept == sent, no kernel drop on its port and no datagram its queue dropped
-  (``flow_dropped_packets_total``) or its decoder refused (``flow_decoder_error_total``).
+  (``goflow2_flow_dropped_packets_total``) or its decoder refused
+  (``goflow2_flow_decoder_error_total``), the last record written within ``--max-lag``
+  seconds of the sender's end.
 
 All three get the same socket receive buffer (`--receive-buffer`, default net.core.rmem_max,
 the most nfacctd can get without a sysctl change), so none wins by buffering more.
@@ -606,7 +608,7 @@ def _close_step(step: Step, memory: MemorySampler, code: int | None, who: str, p
         memory.finish()
     step.peak_rss_kb, step.peak_pss_kb = memory.peak_rss_kb, memory.peak_pss_kb
     step.memory = memory.by_process()
-    if code != 0:
+    if code not in (0, None):  # None: it never started (the notes say why)
         step.notes.append(f"{who} exited with {code}")
     step.notes.extend(problems)
 
@@ -642,13 +644,14 @@ def run_goflow2(name: str, rate: int, args: argparse.Namespace, work: Path, chil
             "-addr", f"127.0.0.1:{http_port}", "-loglevel", "warn"]
     step.command = " ".join(argv)
     url = f"http://127.0.0.1:{http_port}/metrics"
-    # goflow2 asks for no buffer: a socket then gets rmem_default as it is, where a size
-    # asked with SO_RCVBUF (nfacctd, flowenricher) is doubled by the kernel for its overhead.
-    with net_core("rmem_default", 2 * args.receive_buffer, step.notes):
-        proc = children.start(argv, signal.SIGTERM, where / "goflow2.log", where)
-        _wait_http(proc, url, where / "goflow2.log", timeout=60)  # its socket is open: the buffer is set
     memory = MemorySampler(where)
+    proc = None
     try:
+        # goflow2 asks for no buffer: a socket then gets rmem_default as it is, where a size
+        # asked with SO_RCVBUF (nfacctd, flowenricher) is doubled by the kernel for its overhead.
+        with net_core("rmem_default", 2 * args.receive_buffer, step.notes):
+            proc = children.start(argv, signal.SIGTERM, where / "goflow2.log", where)
+            _wait_http(proc, url, where / "goflow2.log", timeout=60)  # its socket is open: the buffer is set
         memory.start()
         step.recv_buffer = socket_buffers(port)
         target = f"127.0.0.1:{port}"
@@ -661,7 +664,7 @@ def run_goflow2(name: str, rate: int, args: argparse.Namespace, work: Path, chil
     except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as err:
         step.notes.append(str(err))
     finally:
-        code = children.stop(proc, timeout=60)
+        code = children.stop(proc, timeout=60) if proc is not None else None
         _close_step(step, memory, code, "goflow2", _log_problems(where / "goflow2.log", ("level=ERROR",)))
     if step.sent is not None and out.exists():
         step.kept, rest = count_delimited(out.read_bytes())

@@ -4,6 +4,7 @@ enrichment off, in the same run.
 
     python bench/ingest_enriched.py [--rates 200k,250k,300k,350k,400k] [--duration 10]
                                     [--v4 1000000] [--v6 200000] [--modes enriched,plain]
+                                    [--peers nfacctd,goflow2]
 
 What runs (as root: the BGP lab needs a network namespace):
 
@@ -36,6 +37,11 @@ What runs (as root: the BGP lab needs a network namespace):
   - ``plain``: ``enrich: none`` (direction and networks still run, as they always do).
   - ``rules``: ``enriched`` plus the detection engine with the original rule and ten more
     (:func:`bench_rules`), issue 4's "ingest with the engine and eleven rules".
+
+With ``--peers``, each rate then runs the other collectors named, each alone, as
+bench/ingest.py runs them (nfacctd storing a line per flow, goflow2 writing each flow to
+a file), on the same traffic and the same socket buffer (:func:`run_peer`), so one run
+compares them.
 
 Zero loss is bench/ingest.py's: flows kept (``count()`` on the stopped store) equal to
 flows sent, no kernel drop on the port, no decoder drop, and every row stored within
