@@ -76,6 +76,21 @@ def one_round(blocks: list[FlowBatch], keep: set[str] | None,
         shutil.rmtree(where, ignore_errors=True)
 
 
+def as_numbered(blocks: list[FlowBatch], count: int) -> list[FlowBatch]:
+    """`blocks` with ``src_as`` and ``dst_as`` from `count` ASes drawn with a 1/rank skew, one
+    per address (from its hash, as a routing table gives an address one origin AS)."""
+    rng = np.random.default_rng(2)
+    ases = rng.integers(1, 400_000, count).astype(np.uint32)
+    weight = 1.0 / np.arange(1, count + 1)
+    cumulative = np.cumsum(weight / weight.sum())
+    for batch in blocks:
+        for side in ("src", "dst"):
+            hashed = np.ascontiguousarray(batch[f"{side}_addr"]).view(np.uint64)
+            u = ((hashed[:, 0] ^ hashed[:, 1]) * np.uint64(0x9E3779B97F4A7C15) >> np.uint64(11)) / float(1 << 53)
+            batch[f"{side}_as"] = ases[np.minimum(np.searchsorted(cumulative, u), count - 1)]
+    return blocks
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--blocks", type=int, default=6, help="250k-row blocks per configuration (default 6)")
@@ -87,15 +102,7 @@ def main() -> None:
     n = args.blocks * BATCH
     blocks = directed_blocks(n, n / args.rate / 3600)
     if args.as_numbers:
-        rng = np.random.default_rng(2)
-        ases = rng.integers(1, 400_000, args.as_numbers).astype(np.uint32)
-        weight = 1.0 / np.arange(1, args.as_numbers + 1)
-        cumulative = np.cumsum(weight / weight.sum())
-        for batch in blocks:  # an address's AS is one, as a routing table gives it: drawn from its hash
-            for side in ("src", "dst"):
-                hashed = np.ascontiguousarray(batch[f"{side}_addr"]).view(np.uint64)
-                u = ((hashed[:, 0] ^ hashed[:, 1]) * np.uint64(0x9E3779B97F4A7C15) >> np.uint64(11)) / float(1 << 53)
-                batch[f"{side}_as"] = ases[np.minimum(np.searchsorted(cumulative, u), args.as_numbers - 1)]
+        blocks = as_numbered(blocks, args.as_numbers)
     rows = sum(b.n for b in blocks[1:])
 
     def best(keep: set[str] | None, insert_rows: int = BATCH) -> tuple[float, list[tuple[str, str]]]:

@@ -199,6 +199,23 @@ def test_rollups_follow_inserts(tmp_path: Path, open_embedded: list[EmbeddedStor
             [[str(day), str(day + r.step_s)]], r.suffix
 
 
+def test_every_table_a_flow_insert_writes_has_the_small_compression_blocks(
+        tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:
+    """Migration 12 (schema.WRITE_BLOCKS): the flows table, the rollups and the who rollups,
+    as the engine reports their settings; the other tables keep the defaults."""
+    store = _open(open_embedded, StoreSettings(path=str(tmp_path)))
+    store.migrate()
+    written = {t.split(".", 1)[1] for t in schema.insert_tables(store.settings)}
+    assert {"flows", "flows_1m", "flows_5m", "flows_1h", "flows_1m_top_src_hosts", "flows_1h_top_scanners"} <= written
+    assert len(written) == 1 + len(schema.ROLLUPS) + len(schema.WHO_STEPS) * len(schema.WHO.rollups)
+    wanted = ", ".join(f"{k} = {v}" for k, v in schema.WRITE_BLOCKS.items())
+    for name, create in _rows(store, "SELECT name, create_table_query FROM system.tables "
+                                     "WHERE database = 'flowenricher' AND engine LIKE '%MergeTree'"):
+        assert (wanted in create) == (name in written), (name, create[-300:])
+    store.insert(sample_batch(1000, seed=6))
+    assert _rows(store, "SELECT count() FROM flowenricher.flows") == [["1000"]]
+
+
 def test_who_rollups_follow_inserts_within_their_cap(tmp_path: Path, open_embedded: list[EmbeddedStore]) -> None:
     """Below the cap, every "who" rollup holds all the bytes of the flows at every step;
     a block with more distinct sources than WHO_CAP in one bucket keeps WHO_CAP rows per
@@ -268,7 +285,7 @@ def test_a_store_made_with_5m_who_rollups_ends_as_a_new_one(tmp_path: Path, open
         assert five <= {row[0] for row in tables(old)}
     before, after = sample_batch(3000, seed=21), sample_batch(2000, seed=22)
     old.insert(before)
-    assert old.migrate() == [10, 11]
+    assert old.migrate() == [10, 11, 12]
     old.insert(after)
     assert tables(old) == tables(new)
     assert not five & {row[0] for row in tables(old)}
@@ -323,7 +340,7 @@ def test_migration_11_keeps_the_who_rows_without_the_other_sides_as(
     store = _v10_store(open_embedded, tmp_path, "v10", monkeypatch)
     before = _who_content(store, schema.WHO_V8)
     assert all(before.values()) and len(before) == 2 * len(schema.WHO_ROLLUPS)
-    assert store.migrate() == [11]
+    assert store.migrate() == [11, 12]
     assert _who_content(store, schema.WHO) == before
     names = {row[0] for row in _rows(store, "SELECT name FROM system.tables WHERE database = 'v10'")}
     old = {schema.who_description("flows", r, w, schema.WHO_V8).name for r in schema.WHO_STEPS
@@ -352,7 +369,7 @@ def test_migration_11_stopped_midway_resumes_without_loss_or_double(
     assert len(plan) > 60
     for sql in plan[:stop]:
         store._execute(sql)
-    assert store.migrate() == [11]
+    assert store.migrate() == [11, 12]
     assert _who_content(store, schema.WHO) == before
 
 

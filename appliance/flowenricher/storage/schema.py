@@ -691,6 +691,34 @@ def _deduplication(s: StoreSettings) -> list[str]:
     ]
 
 
+WRITE_BLOCKS: dict[str, int] = {"max_compress_block_size": 131_072, "min_compress_block_size": 32_768}
+"""Compression block sizes of the tables a flow insert writes (ClickHouse's defaults: 1 MiB
+and 64 KiB).  Every part written keeps a compression buffer of up to
+``max_compress_block_size`` per column stream, and one flow insert writes a part of the
+flows table (over 60 columns) and one of each of the 17 rollups its views feed.  Twelve
+250k-row inserts with every view (bench/insert_memory.py, 2026-12-07): the engine's
+tracked memory peaked at 648-716 MB with the defaults, 295-299 MB with these, 271-275 MB
+with 64/16 KiB and 360-371 MB with 256/64 KiB; CPU 30.2-30.7 s with these against
+28.6-32.0 s with the defaults, but 31.9-35.7 s with 64/16 KiB; the flows table 0.6%
+larger.  The same settings given to the INSERT changed nothing: the tables' own decide.
+In the service (bench/ingest_enriched.py, 200k flows/s enriched, the parent commit then
+this one, back to back): main process 1,043 -> 921 MB, all processes 1,216 -> 1,052 MB,
+the engine's tracker 315 -> 189 MB, CPU 22.9 -> 22.8 s (docs/performance.md)."""
+
+
+def _write_blocks(s: StoreSettings) -> list[str]:
+    """WRITE_BLOCKS on the tables a flow insert writes (migration 12; on a cluster, the
+    local tables, on every node).  Tables a later migration makes need them set too."""
+    clause = ", ".join(f"{key} = {value}" for key, value in WRITE_BLOCKS.items())
+    return [f"ALTER TABLE {table}{s.layout.on_cluster} MODIFY SETTING {clause}" for table in insert_tables(s)]
+
+
+def insert_tables(s: StoreSettings) -> list[str]:
+    """Every table a flow insert writes: the flows table, the rollups and the "who" rollups
+    (on a cluster, the local tables the rows land in)."""
+    return [*deduplicated_tables(s), *_who_locals(s, WHO.rollups, WHO)]
+
+
 def _tunnel_columns(s: StoreSettings) -> list[str]:
     """The outer addresses of encapsulated flows (columns.TUNNEL_OF), added in place to a
     flows table made before them.  A new table has them from migration 1 (built from
@@ -714,6 +742,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "rollups of upstreams, prefixes and inbound scanners and their views", _who_rollups_of(9, WHO_V8)),
     Migration(10, "who rollups at 1m and 1h only: the 5m step dropped", _who_steps_dropped),
     Migration(11, "who rollups without the other side's AS: top_ tables, rows copied", who_rebuilt, who_rebuilt),
+    Migration(12, "smaller compression blocks on the tables a flow insert writes", _write_blocks),
 )
 
 
