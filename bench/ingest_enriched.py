@@ -574,17 +574,23 @@ def print_table(steps: Sequence[EnrichedStep]) -> None:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
 
 
+def best_of_mode(steps: Sequence[EnrichedStep], mode: str) -> tuple[EnrichedStep | None, bool]:
+    """bench/ingest.py's `best` for one mode: its highest zero-loss step (a rate that failed
+    in any run does not count), and whether a failing step bounded the sweep."""
+    mine = [s for s in steps if s.mode == mode]
+    failed = {s.rate for s in mine if s.verdict != "ok"}
+    ok = [s for s in mine if s.verdict == "ok" and s.rate not in failed]
+    limited = any(s.verdict in ("LOSS", "behind") for s in mine)
+    return (max(ok, key=lambda s: s.rate) if ok else None), limited
+
+
 def summary(steps: Sequence[EnrichedStep], modes: Sequence[str]) -> str:
     parts = []
     for mode in modes:
-        mine = [s for s in steps if s.mode == mode]
-        failed = {s.rate for s in mine if s.verdict != "ok"}
-        ok = [s for s in mine if s.verdict == "ok" and s.rate not in failed]
-        limited = any(s.verdict in ("LOSS", "behind") for s in mine)
-        if not ok:
+        top, limited = best_of_mode(steps, mode)
+        if top is None:
             parts.append(f"{mode}: no zero-loss step")
             continue
-        top = max(ok, key=lambda s: s.rate)
         bound = "" if limited else ">= "
         text = (f"{mode}: {bound}{top.rate:,} flows/s with zero loss, peak RSS {_mb(top.peak_rss_kb)} MB "
                 f"(main process {_mb(top.main_rss_kb)} MB during the step, {_mb(top.main_hwm_kb)} MB lifetime peak)")
@@ -757,10 +763,9 @@ def peer_summary(steps: Sequence[EnrichedStep], peer_steps: Sequence[Step], args
         parts.append(f"{peer}: {'' if limited else '>= '}{top.rate:,} flows/s with zero loss, "
                      f"peak RSS {_mb(top.peak_rss_kb)} MB")
         for mode in args.modes:
-            ok = [s.rate for s in steps if s.mode == mode and s.verdict == "ok"
-                  and not any(f.rate == s.rate and f.verdict != "ok" for f in steps if f.mode == mode)]
-            if ok:
-                parts.append(f"{mode}/{peer} = {max(ok) / top.rate:.2f}")
+            mine, _ = best_of_mode(steps, mode)
+            if mine is not None:
+                parts.append(f"{mode}/{peer} = {mine.rate / top.rate:.2f}")
     return "; ".join(parts)
 
 
